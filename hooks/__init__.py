@@ -1,0 +1,1 @@
+"""Intervention hooks (installed as ``unpact_mech.hooks``): factories returning (hook_name, fn) pairs."""

@@ -1,0 +1,114 @@
+"""Shared fixtures: tiny random models (fast) and the real SmolLM2 (slow, session-scoped)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+WORDS = (
+    "what is the capital of france paris japan tokyo who wrote hamlet shakespeare question answer "
+    "a an and in on to it was by city country river largest planet red mars gold symbol au "
+    "? : . , \n"
+).split(" ")
+
+
+def make_tokenizer(directory: Path):
+    """A word-level tokenizer over a small vocabulary, saved and reloaded (no hub involved)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<bos>", "<eos>", "<unk>"]
+    vocab = {w: i for i, w in enumerate(specials + sorted({w.strip() for w in WORDS if w.strip()}))}
+    for i in range(40):
+        vocab[f"w{i}"] = len(vocab)
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
+    tok.save_pretrained(directory)
+    return PreTrainedTokenizerFast.from_pretrained(directory)
+
+
+def make_tiny(directory: Path, arch: str, seed: int = 0) -> Path:
+    """Save a tiny random model (``llama`` with grouped-query attention, or ``gpt2``) to ``directory``."""
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tok = make_tokenizer(directory)
+    v = len(tok)
+    if arch == "llama":
+        cfg = LlamaConfig(vocab_size=v, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+                          num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=128,
+                          bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+    elif arch == "gpt2":
+        cfg = GPT2Config(vocab_size=v, n_embd=48, n_layer=3, n_head=4, n_positions=128,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    else:
+        raise ValueError(arch)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg)
+    with torch.no_grad():  # larger weights than the default init so the tiny model's outputs vary
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(4.0)
+    model.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    return make_tiny(tmp_path_factory.mktemp("tiny_llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory) -> Path:
+    return make_tiny(tmp_path_factory.mktemp("tiny_gpt2"), "gpt2")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_llama_dir):
+    from unpact_mech.models import load_model
+
+    return load_model(str(tiny_llama_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tiny_gpt2_dir):
+    from unpact_mech.models import load_model
+
+    return load_model(str(tiny_gpt2_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_probes():
+    from unpact_mech.probes import Probe
+
+    return [
+        Probe("t0", "what is the capital of france ?", "the capital of france is paris .", fact="paris"),
+        Probe("t1", "who wrote hamlet ?", "hamlet was wrote by shakespeare", fact="shakespeare", split="retain"),
+        Probe("t2", "what is the symbol of gold ?", "au", split="retain"),
+        Probe("t3", "what is the red planet ?", "the red planet is mars", fact="mars", split="general"),
+    ]
+
+
+@pytest.fixture(scope="session")
+def smol():
+    from unpact_mech.models import load_model
+
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def smol_probes():
+    from unpact_mech.data import load_benchmark
+
+    return load_benchmark("facts")

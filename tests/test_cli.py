@@ -1,0 +1,32 @@
+import json
+
+import pandas as pd
+
+from unpact_mech.cli import main
+
+
+def test_attribute_cli_marks_keytokens(tiny_llama_dir, capsys, tmp_path):
+    out = tmp_path / "t.csv"
+    rc = main(["attribute", "--model", str(tiny_llama_dir), "--prompt", "what is the capital of france ?",
+               "--answer", "paris", "--format", "plain", "--out", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "KeyToken" in text and "'capital'" in text
+    df = pd.read_csv(out)
+    assert len(df) == 7 and set(df.method) == {"loo"}
+
+
+def test_compare_cli_writes_table_and_summary(tiny_llama_dir, tmp_path, capsys, tiny_probes):
+    probes = tmp_path / "p.jsonl"
+    probes.write_text("".join(json.dumps(p.to_dict()) + "\n" for p in tiny_probes))
+    out = tmp_path / "cmp.parquet"
+    rc = main(["compare", "--base", str(tiny_llama_dir), "--unlearned", str(tiny_llama_dir),
+               "--probes", str(probes), "--out", str(out), "--format", "plain"])
+    assert rc == 0
+    assert len(pd.read_parquet(out)) == len(tiny_probes)
+    assert json.loads(out.with_suffix(".summary.json").read_text())["mean_keytoken_jaccard"] == 1.0
+
+
+def test_cli_errors_are_clean(capsys):
+    assert main(["attribute", "--model", "no-such-model", "--prompt", "q", "--answer", "a"]) == 2
+    assert "unknown model spec 'no-such-model'" in capsys.readouterr().err

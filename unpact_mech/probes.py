@@ -1,0 +1,213 @@
+"""Probes (a prompt and the answer whose log-prob we study) and their tokenised form.
+
+Formatting lives here: ``chat`` renders the prompt with the tokenizer's chat template (instruct models),
+``plain`` uses ``Question: ...\\nAnswer:``. Only the tokens of the user's prompt text are *attributable*
+(leave-one-out deletes them, emphasis scales them); template scaffolding, the system prompt and BOS are not,
+unless ``attribute_scaffolding=True``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Format = Literal["chat", "plain", "auto"]
+PLAIN_TEMPLATE = "Question: {prompt}\nAnswer:"
+
+
+class ProbeError(ValueError):
+    """A probe that cannot be used (empty text, too long, fact not inside the answer...)."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One question/answer pair. ``fact`` is the span of ``answer`` that carries the fact (default: all)."""
+
+    id: str
+    prompt: str
+    answer: str
+    split: str = "forget"
+    fact: str | None = None
+    domain: str | None = None
+    keywords: tuple[str, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not str(self.id):
+            raise ProbeError("probe has an empty id")
+        if not self.prompt or not self.prompt.strip():
+            raise ProbeError(f"probe '{self.id}': empty prompt")
+        if not self.answer or not self.answer.strip():
+            raise ProbeError(f"probe '{self.id}': empty answer")
+        if self.fact is not None and self.fact not in self.answer:
+            raise ProbeError(f"probe '{self.id}': fact span {self.fact!r} is not inside answer {self.answer!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Probe:
+        known = {"id", "prompt", "answer", "split", "fact", "domain", "keywords"}
+        missing = [k for k in ("id", "prompt", "answer") if k not in d]
+        if missing:
+            raise ProbeError(f"probe record {d!r} lacks field(s) {missing}; expected id, prompt, answer")
+        meta = {k: v for k, v in d.items() if k not in known and k != "meta"} | dict(d.get("meta") or {})
+        return cls(
+            id=str(d["id"]),
+            prompt=d["prompt"],
+            answer=d["answer"],
+            split=d.get("split", "forget"),
+            fact=d.get("fact"),
+            domain=d.get("domain"),
+            keywords=tuple(d.get("keywords") or ()),
+            meta=meta,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["keywords"] = list(self.keywords)
+        return d
+
+
+def load_probes(path: str | Path) -> list[Probe]:
+    """Read probes from a JSON-lines file (fields: id, prompt, answer; optional split, fact, domain)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"probe file '{path}' does not exist")
+    probes = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            probes.append(Probe.from_dict(json.loads(line)))
+        except (json.JSONDecodeError, ProbeError) as err:
+            raise ProbeError(f"{path}:{n}: {err}") from err
+    if not probes:
+        raise ProbeError(f"probe file '{path}' holds no probes")
+    return probes
+
+
+def save_probes(probes: Iterable[Probe], path: str | Path) -> Path:
+    """Write probes as JSON lines (atomically)."""
+    from unpact_mech.io import atomic_write_text
+
+    return atomic_write_text(path, "".join(json.dumps(p.to_dict()) + "\n" for p in probes))
+
+
+@dataclass(frozen=True)
+class TokenizedProbe:
+    """Token ids of prompt + answer, with the answer span and which prompt positions are attributable."""
+
+    probe: Probe
+    ids: tuple[int, ...]
+    prompt_len: int
+    attributable: tuple[int, ...]
+    tokens: tuple[str, ...]
+    fact_positions: tuple[int, ...]
+    format: str
+
+    @property
+    def answer_positions(self) -> range:
+        return range(self.prompt_len, len(self.ids))
+
+    @property
+    def n_answer(self) -> int:
+        return len(self.ids) - self.prompt_len
+
+    @property
+    def prompt_ids(self) -> tuple[int, ...]:
+        return self.ids[: self.prompt_len]
+
+    @property
+    def answer_ids(self) -> tuple[int, ...]:
+        return self.ids[self.prompt_len :]
+
+
+def _resolve_format(tokenizer: Any, fmt: Format) -> str:
+    if fmt == "auto":
+        return "chat" if getattr(tokenizer, "chat_template", None) else "plain"
+    if fmt == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise ProbeError("format 'chat' asked for, but this tokenizer has no chat template; use 'plain'")
+    if fmt not in ("chat", "plain"):
+        raise ProbeError(f"unknown probe format {fmt!r}: use 'chat', 'plain' or 'auto'")
+    return fmt
+
+
+def render_prompt(tokenizer: Any, prompt: str, fmt: Format = "auto") -> tuple[str, int, int]:
+    """Rendered prompt text and the character span [start, end) of the user's prompt inside it."""
+    fmt = _resolve_format(tokenizer, fmt)
+    if fmt == "chat":
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+    else:
+        text = PLAIN_TEMPLATE.format(prompt=prompt)
+    start = text.rfind(prompt)
+    if start < 0:
+        raise ProbeError(f"the {fmt} template altered the prompt text {prompt!r}; cannot locate it")
+    return text, start, start + len(prompt)
+
+
+def _adds_bos(tokenizer: Any) -> bool:
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    ids = tokenizer("a")["input_ids"]
+    return bool(ids) and ids[0] == bos
+
+
+def _encode(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+
+
+def tokenize_probe(
+    tokenizer: Any,
+    probe: Probe,
+    fmt: Format = "auto",
+    max_len: int | None = None,
+    attribute_scaffolding: bool = False,
+) -> TokenizedProbe:
+    """Tokenise a probe: prompt (rendered) then answer, each tokenised separately and concatenated."""
+    fmt_r = _resolve_format(tokenizer, fmt)
+    text, c0, c1 = render_prompt(tokenizer, probe.prompt, fmt_r)
+    p_ids, p_off = _encode(tokenizer, text)
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    attributable = [
+        i
+        for i, (s, e) in enumerate(p_off)
+        if p_ids[i] not in special and (attribute_scaffolding or (e > c0 and s < c1))
+    ]
+    if fmt_r == "plain" and _adds_bos(tokenizer):
+        p_ids = [tokenizer.bos_token_id] + p_ids
+        attributable = [i + 1 for i in attributable]
+    answer_text = probe.answer if fmt_r == "chat" else " " + probe.answer.lstrip()
+    a_ids, a_off = _encode(tokenizer, answer_text)
+    if not a_ids:
+        raise ProbeError(f"probe '{probe.id}': the answer tokenises to nothing")
+    if not attributable:
+        raise ProbeError(f"probe '{probe.id}': no attributable prompt token")
+    ids = p_ids + a_ids
+    if max_len is not None and len(ids) > max_len:
+        raise ProbeError(
+            f"probe '{probe.id}' is {len(ids)} tokens long, longer than the model context of {max_len}"
+        )
+    fact = probe.fact or probe.answer.strip()
+    f0 = answer_text.find(fact)
+    f1 = f0 + len(fact)
+    fact_pos = [len(p_ids) + j for j, (s, e) in enumerate(a_off) if e > f0 and s < f1]
+    tokens = tuple(tokenizer.decode([t]) for t in ids)
+    return TokenizedProbe(
+        probe=probe,
+        ids=tuple(ids),
+        prompt_len=len(p_ids),
+        attributable=tuple(attributable),
+        tokens=tokens,
+        fact_positions=tuple(fact_pos) or tuple(range(len(p_ids), len(ids))),
+        format=fmt_r,
+    )
+
+
+def tokenize_probes(subject: Any, probes: Sequence[Probe], fmt: Format = "auto", **kw: Any) -> list[TokenizedProbe]:
+    """Tokenise probes for a Subject (checks each against its context length)."""
+    return [tokenize_probe(subject.tokenizer, p, fmt, max_len=subject.n_ctx, **kw) for p in probes]
