@@ -14,8 +14,8 @@ def _naive_lp(subject, ids, start):
     return float(lp.mean())
 
 
-def _check_against_naive(subject, tps, batch_tokens):
-    results = loo_contributions(subject, tps, batch_tokens=batch_tokens)
+def _check_against_naive(subject, tps, batch_tokens, prefix_cache=True):
+    results = loo_contributions(subject, tps, batch_tokens=batch_tokens, prefix_cache=prefix_cache)
     for r in results:
         tp = r.tprobe
         full = _naive_lp(subject, list(tp.ids), tp.prompt_len)
@@ -25,13 +25,17 @@ def _check_against_naive(subject, tps, batch_tokens):
             assert abs(c - (full - _naive_lp(subject, deleted, tp.prompt_len - 1))) < 1e-5
 
 
-def test_loo_equals_naive_loop_tiny(tiny_llama, tiny_probes):
-    _check_against_naive(tiny_llama, tokenize_probes(tiny_llama, tiny_probes, "plain"), batch_tokens=64)
+@pytest.mark.parametrize("prefix_cache", [True, False])
+def test_loo_equals_naive_loop_tiny(tiny_llama, tiny_probes, prefix_cache):
+    tps = tokenize_probes(tiny_llama, tiny_probes, "plain")
+    _check_against_naive(tiny_llama, tps, batch_tokens=64, prefix_cache=prefix_cache)
 
 
 @pytest.mark.slow
 def test_loo_equals_naive_loop_smollm2(smol, smol_probes):
-    _check_against_naive(smol, tokenize_probes(smol, smol_probes[:3]), batch_tokens=2048)
+    tps = tokenize_probes(smol, smol_probes[:3])
+    _check_against_naive(smol, tps, batch_tokens=2048)
+    _check_against_naive(smol, tps[:1], batch_tokens=2048, prefix_cache=False)
 
 
 class _CaptumTokenizer:

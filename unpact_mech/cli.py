@@ -136,6 +136,79 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+@command("dla")
+def cmd_dla(a: argparse.Namespace) -> int:
+    from unpact_mech.attribution import attribute
+    from unpact_mech.attribution.dla import average_over_answer
+    from unpact_mech.io import write_table
+    from unpact_mech.models import load_model
+    from unpact_mech.probes import tokenize_probes
+
+    subject = load_model(a.model, verbose=True)
+    tps = tokenize_probes(subject, _probes_from_args(a), a.format)
+    table = attribute(subject, tps, method="dla", target=a.target, progress=True)
+    write_table(table, a.out)
+    avg = average_over_answer(table)
+    top = avg.reindex(avg.score.abs().sort_values(ascending=False).index).head(a.top)
+    _print_df(top[["probe_id", "component", "layer", "head", "score"]].round(4))
+    print(f"wrote {a.out} ({len(table)} rows)")
+    return 0
+
+
+@command("paths")
+def cmd_paths(a: argparse.Namespace) -> int:
+    from unpact_mech.attribution import attribute
+    from unpact_mech.io import write_table
+    from unpact_mech.models import load_model
+    from unpact_mech.probes import tokenize_probes
+
+    subject = load_model(a.model, verbose=True)
+    tps = tokenize_probes(subject, _probes_from_args(a), a.format)
+    table = attribute(subject, tps, method="paths", target=a.target, progress=True)
+    write_table(table, a.out)
+    per_token = table.groupby(["probe_id", "position", "token"], sort=False)["score"].sum().reset_index()
+    _print_df(per_token.round(4))
+    print(f"wrote {a.out} ({len(table)} rows)")
+    return 0
+
+
+@command("localise")
+def cmd_localise(a: argparse.Namespace) -> int:
+    from unpact_mech.io import write_table
+    from unpact_mech.models import load_model
+    from unpact_mech.report.figures import head_heatmap, logit_lens_curves, save_figure, source_heatmap
+    from unpact_mech.tracking import localise
+
+    probes = _load_probes_arg(a.probes)
+    base = load_model(a.base, verbose=True)
+    unl = load_model(a.unlearned, verbose=True)
+    loc = localise(base, unl, probes, _params(a), fmt=a.format, top_k=a.top, progress=True)
+    out = Path(a.out)
+    write_table(loc.heads, out / "heads.csv")
+    write_table(loc.layer_source, out / "layer_source.csv")
+    write_table(loc.keytoken_route, out / "keytoken_route.csv")
+    write_table(loc.logit_lens, out / "logit_lens.csv")
+    for split in sorted(loc.heads.split.unique()):
+        save_figure(head_heatmap(loc.heads, "change", split, f"head DLA change ({split})"), out / f"heads_{split}.png")
+    first = loc.layer_source.probe_id.iloc[0]
+    save_figure(source_heatmap(loc.layer_source, first), out / f"layer_source_{first}.png")
+    save_figure(logit_lens_curves(loc.logit_lens), out / "logit_lens.png")
+    _print_df(loc.keytoken_route.groupby("split").head(a.top).round(4))
+    print("\n" + loc.summary)
+    print(f"wrote tables and figures to {out}")
+    return 0
+
+
+def _probes_from_args(a: argparse.Namespace) -> list[Any]:
+    from unpact_mech.probes import Probe
+
+    if a.probes:
+        return _load_probes_arg(a.probes)
+    if not a.prompt or not a.answer:
+        raise SystemExit(f"unpact {a.cmd}: give --prompt and --answer, or --probes FILE")
+    return [Probe(id="cli", prompt=a.prompt, answer=a.answer)]
+
+
 def build_parser() -> argparse.ArgumentParser:
     from unpact_mech.attribution import ATTRIBUTION_METHODS
 
@@ -162,6 +235,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="smollm2-135m")
     s.add_argument("--split", default=None)
     s.add_argument("--n", type=int, default=12, help="number of built-in probes")
+    _keytoken_args(s)
+
+    for name, help_ in (("dla", "direct logit attribution per head, MLP and embedding"),
+                        ("paths", "attention paths: each head's contribution split by source token")):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("--model", default="smollm2-135m")
+        s.add_argument("--prompt")
+        s.add_argument("--answer")
+        s.add_argument("--probes", help="JSON-lines probe file or benchmark name")
+        s.add_argument("--target", default="logit", choices=["logit", "logit_diff"])
+        s.add_argument("--out", default=f"{name}.csv", help="table (.csv or .parquet)")
+        s.add_argument("--top", type=int, default=20, help="rows to print")
+        _keytoken_args(s)
+
+    s = sub.add_parser("localise", help="where base -> unlearned changed: heads, layers x source tokens")
+    s.add_argument("--base", required=True)
+    s.add_argument("--unlearned", required=True)
+    s.add_argument("--probes", required=True)
+    s.add_argument("--out", default="localise", help="output directory for tables and figures")
+    s.add_argument("--top", type=int, default=5)
     _keytoken_args(s)
     return p
 

@@ -132,6 +132,7 @@ class Subject:
     tokenizer: Any
     source: str
     provenance: dict[str, Any] = field(default_factory=dict)
+    _plain: Any = field(default=None, init=False, repr=False)
 
     @property
     def cfg(self) -> Any:
@@ -148,6 +149,15 @@ class Subject:
     def load_hf_model(self) -> Any:
         """A fresh HF causal LM with the original (unfolded) weights, e.g. to train on."""
         return _load_hf(self.source)
+
+    def plain_model(self) -> Any:
+        """A cached, frozen, unprocessed HF model for fast paths that need its KV cache (read-only use)."""
+        if self._plain is None:
+            model = self.load_hf_model()
+            for p in model.parameters():
+                p.requires_grad_(False)
+            self._plain = model
+        return self._plain
 
     def tokenizer_fingerprint(self) -> str:
         """A hash of the vocabulary: equal fingerprints mean token ids mean the same thing."""
@@ -205,6 +215,8 @@ def subject_from_hf(hf_model: Any, tokenizer: Any, name: str, source: str, prove
     )
     bridge.enable_compatibility_mode(disable_warnings=True)
     bridge.eval()
+    for p in bridge.parameters():  # analysis only: train on load_hf_model()
+        p.requires_grad_(False)
     return Subject(name=name, bridge=bridge, tokenizer=tokenizer, source=source, provenance=provenance or {})
 
 

@@ -42,6 +42,6 @@ def attribute(
     return ATTRIBUTION_METHODS[method](subject, tps, **options)
 
 
-from unpact_mech.attribution import loo  # noqa: E402,F401  (registers methods)
+from unpact_mech.attribution import dla, loo  # noqa: E402,F401  (registers methods)
 
 __all__ = ["ATTRIBUTION_METHODS", "attribute", "register"]

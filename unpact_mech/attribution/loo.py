@@ -67,6 +67,68 @@ def loo_variants(tp: TokenizedProbe, variant: Variant = "delete", baseline_id: i
     return out
 
 
+def _hf_causal_lm(subject: Any) -> Any | None:
+    """A plain HF causal LM of the subject with a KV cache (the bridge's wrapped attention has none)."""
+    get = getattr(subject, "plain_model", None)
+    hf = get() if get is not None else None
+    return hf if hf is not None and hasattr(hf, "model") and hasattr(hf, "lm_head") else None
+
+
+def _cache_kw(hf: Any) -> str:
+    """Name of the KV-cache argument (``cache`` in transformers >= 5.2x, ``past_key_values`` before)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(hf.model.forward).parameters else "past_key_values"
+
+
+def _answer_logprobs(hf: Any, hidden: Tensor, rows: Tensor, cols: Tensor, targets: Tensor) -> Tensor:
+    logits = hf.lm_head(hidden[rows, cols]).double()
+    return torch.log_softmax(logits, -1).gather(1, targets[:, None])[:, 0]
+
+
+def _loo_prefix_cached(
+    hf: Any, tp: TokenizedProbe, variant: Variant, baseline_id: int, batch_tokens: int
+) -> tuple[float, Tensor]:
+    """LOO for one probe, reusing the KV cache of the prefix shared by all variants.
+
+    Every variant equals the original up to the first attributable position p0 (template, system prompt), so
+    that prefix is run once; each variant's remainder runs on a copy of its cache, and only the answer
+    positions go through the unembedding.
+    """
+    from transformers import DynamicCache
+
+    ids = torch.tensor([tp.ids])
+    L, P = len(tp.ids), tp.prompt_len
+    p0 = min(tp.attributable)
+    with torch.no_grad():
+        cache = DynamicCache(config=hf.config)
+        kw = _cache_kw(hf)
+        out = hf.model(input_ids=ids, use_cache=True, **{kw: cache})
+        q = torch.arange(P - 1, L - 1)
+        full = float(_answer_logprobs(hf, out.last_hidden_state, torch.zeros_like(q), q, torch.tensor(tp.answer_ids)).mean())
+        variants = loo_variants(tp, variant, baseline_id)
+        rem_len = len(variants[0][0]) - p0
+        start = variants[0][1]
+        step = max(1, batch_tokens // max(1, rem_len + p0))
+        lps = []
+        for c0 in range(0, len(variants), step):
+            chunk = variants[c0 : c0 + step]
+            n = len(chunk)
+            rem = torch.tensor([v[0][p0:] for v in chunk])
+            kv = DynamicCache(config=hf.config)
+            for layer, lay in enumerate(cache.layers):
+                kv.update(lay.keys[:, :, :p0].expand(n, -1, -1, -1).contiguous(),
+                          lay.values[:, :, :p0].expand(n, -1, -1, -1).contiguous(), layer)
+            pos = torch.arange(p0, p0 + rem_len)[None].expand(n, -1)
+            h = hf.model(input_ids=rem, position_ids=pos, use_cache=True, **{kw: kv}).last_hidden_state
+            qv = torch.arange(start - 1, start - 1 + tp.n_answer) - p0
+            rows = torch.arange(n).repeat_interleave(len(qv))
+            cols = qv.repeat(n)
+            tg = torch.tensor(tp.answer_ids).repeat(n)
+            lps.append(_answer_logprobs(hf, h, rows, cols, tg).view(n, -1).mean(1))
+    return full, full - torch.cat(lps)
+
+
 def loo_contributions(
     subject: Any,
     tprobes: Sequence[TokenizedProbe],
@@ -75,9 +137,26 @@ def loo_contributions(
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     hooks: Sequence[Any] = (),
     progress: bool = False,
+    prefix_cache: bool = True,
 ) -> list[LooResult]:
-    """Leave-one-out contributions for many probes in chunked, padded batches."""
+    """Leave-one-out contributions for many probes.
+
+    Default: per probe, the prefix shared by all variants is computed once (KV cache) and the variants'
+    remainders run as one batch. With ``hooks`` (or ``prefix_cache=False``) every variant of every probe
+    runs in full through the bridge as right-padded chunks of at most ``batch_tokens`` tokens.
+    """
     base_id = baseline_token_id(subject.tokenizer, baseline_token) if variant == "replace" else 0
+    if variant not in ("delete", "replace"):
+        raise ValueError(f"unknown leave-one-out variant {variant!r}: use 'delete' or 'replace'")
+    hf = _hf_causal_lm(subject) if not hooks and prefix_cache else None
+    if hf is not None:
+        from tqdm.auto import tqdm
+
+        results = []
+        for tp in tqdm(tprobes, desc="leave-one-out", disable=not progress or len(tprobes) < 2, leave=False):
+            full, contrib = _loo_prefix_cached(hf, tp, variant, base_id, batch_tokens)
+            results.append(LooResult(tp, full, contrib.double()))
+        return results
     seqs: list[tuple[list[int], int]] = []
     spans = []
     for tp in tprobes:

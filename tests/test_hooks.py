@@ -1,0 +1,136 @@
+import pytest
+import torch
+from unpact_mech.hooks import (
+    ablate_heads,
+    active_hook_count,
+    applied,
+    patch_from_cache,
+    scale_embedding,
+    steer_attention,
+)
+
+from unpact_mech.emphasis import emphasize, keyword_strings, prompt_emphasis, sweep
+from unpact_mech.metrics import destructive_rate, generated_correct, recovery_rate, rouge_l_recall, wilson
+from unpact_mech.models import load_model, save_checkpoint
+from unpact_mech.patching import patch_heads, patch_positions, restoration
+from unpact_mech.probes import tokenize_probes
+from unpact_mech.scoring import score_probes
+
+
+@pytest.fixture(scope="module")
+def tps(tiny_llama, tiny_probes):
+    return tokenize_probes(tiny_llama, tiny_probes, "plain")
+
+
+@pytest.mark.parametrize("route", ["embed", "attention"])
+def test_factor_one_changes_nothing(tiny_llama, tps, route):
+    tp = tps[0]
+    plain = score_probes(tiny_llama, [tp])[0].lp
+    res = emphasize(tiny_llama, tp, 1.0, positions=list(tp.attributable[:3]), route=route)
+    assert abs(res.lp - plain) < 1e-6
+    res8 = emphasize(tiny_llama, tp, 8.0, positions=list(tp.attributable[:3]), route=route)
+    assert abs(res8.lp - plain) > 1e-4  # and a real factor does change it
+    assert active_hook_count(tiny_llama.bridge) == 0
+
+
+def test_hooks_removed_after_error(tiny_llama, tps):
+    ids = torch.tensor([tps[0].ids])
+    with pytest.raises(RuntimeError, match="boom"):
+        with applied(tiny_llama, scale_embedding([1], 3.0)):
+            assert active_hook_count(tiny_llama.bridge) == 1
+            raise RuntimeError("boom")
+    assert active_hook_count(tiny_llama.bridge) == 0
+    with torch.no_grad():
+        assert torch.equal(tiny_llama.bridge(ids), tiny_llama.bridge(ids))
+
+
+def test_attention_steering_moves_pattern_to_keys(tiny_llama, tps):
+    tp = tps[0]
+    ids = torch.tensor([tp.ids])
+    keys = [tp.attributable[2]]
+    with torch.no_grad():
+        _, c0 = tiny_llama.bridge.run_with_cache(ids)
+        with applied(tiny_llama, steer_attention(keys, 5.0, tiny_llama.cfg.n_layers, layers=[1], heads=[0, 3])):
+            _, c1 = tiny_llama.bridge.run_with_cache(ids)
+    p0, p1 = c0["blocks.1.attn.hook_pattern"][0], c1["blocks.1.attn.hook_pattern"][0]
+    q = len(tp.ids) - 1
+    assert p1[0, q, keys[0]] > p0[0, q, keys[0]] and p1[3, q, keys[0]] > p0[3, q, keys[0]]
+    assert torch.allclose(p1[1], p0[1]) and torch.allclose(p1.sum(-1), torch.ones_like(p1.sum(-1)))
+    # exact: the steered weight is the softmax with the key's weight multiplied by the factor
+    w = p0[0, q].clone()
+    w[keys[0]] *= 5.0
+    assert torch.allclose(p1[0, q], w / w.sum(), atol=1e-6)
+
+
+def test_ablation_and_patch_self(tiny_llama, tps):
+    ids = torch.tensor([tps[0].ids])
+    with torch.no_grad():
+        logits, cache = tiny_llama.bridge.run_with_cache(ids)
+        with applied(tiny_llama, patch_from_cache(cache, "blocks.1.hook_resid_pre")):
+            assert torch.allclose(tiny_llama.bridge(ids), logits, atol=1e-6)
+        with applied(tiny_llama, ablate_heads(0, [0, 1, 2, 3, 4, 5])):
+            _, c2 = tiny_llama.bridge.run_with_cache(ids)
+    assert c2["blocks.0.attn.hook_z"].abs().max() == 0
+    with pytest.raises(KeyError, match="not in the source cache"):
+        patch_from_cache({}, "blocks.0.hook_resid_pre")
+
+
+@pytest.fixture(scope="module")
+def embed_perturbed(tiny_llama, tmp_path_factory):
+    """A copy that differs from the base only in its input embedding (the unembedding is untied)."""
+    hf = tiny_llama.load_hf_model()
+    assert not hf.config.tie_word_embeddings
+    with torch.no_grad():
+        hf.model.embed_tokens.weight.mul_(-1.5).add_(0.3)
+    out = save_checkpoint(hf, tiny_llama.tokenizer, tmp_path_factory.mktemp("emb") / "m", {"method": "embed"})
+    return load_model(str(out))
+
+
+def test_patching_layer0_resid_reproduces_base(tiny_llama, embed_perturbed, tps):
+    tp = tps[0]
+    ids = torch.tensor([tp.ids])
+    with torch.no_grad():
+        base_logits, cache = tiny_llama.bridge.run_with_cache(ids)
+        with applied(embed_perturbed, patch_from_cache(cache, "blocks.0.hook_resid_pre")):
+            patched = embed_perturbed.bridge(ids)
+        assert not torch.allclose(embed_perturbed.bridge(ids), base_logits, atol=1e-3)
+    assert torch.allclose(patched, base_logits, atol=1e-5)
+    assert abs(restoration(tiny_llama, embed_perturbed, tp, patch_from_cache(cache, "blocks.0.hook_resid_pre")) - 1) < 1e-4
+    assert abs(restoration(tiny_llama, embed_perturbed, tp, [])) < 1e-6  # no patch: 0 up to float noise
+    df = patch_positions(tiny_llama, embed_perturbed, tp, kinds=["resid_pre"], layers=[0, 2])
+    assert len(df) == 2 * (len(tp.ids) - 1 - min(tp.attributable))
+    hd = patch_heads(tiny_llama, embed_perturbed, tp, layers=[0])
+    assert len(hd) == tiny_llama.cfg.n_heads and hd.restoration.notna().all()
+
+
+def test_sweep_and_prompt_edits(tiny_llama, tps):
+    df = sweep(tiny_llama, tps[:2], [list(tps[0].attributable[:2]), []], factors=(1.0, 4.0))
+    assert len(df) == 2 * 2 * 2
+    assert df[df.probe_id == "t1"].lp.nunique() == 1  # no KeyTokens: nothing to emphasise
+    p = tps[0].probe
+    kws = keyword_strings(tps[0], tps[0].attributable[3:6])
+    assert kws == ["capital", "of", "france"]
+    for style in ("repeat", "instruct"):
+        edited = prompt_emphasis(p, kws, style)
+        assert p.prompt in edited.prompt and edited.answer == p.answer
+    marked = prompt_emphasis(p, kws, "mark")
+    assert marked.prompt.replace("**", "") == p.prompt and marked.prompt.count("**") == 6
+    with pytest.raises(ValueError, match="unknown prompt emphasis style"):
+        prompt_emphasis(p, kws, "shout")
+
+
+def test_rates_on_hand_made_cases():
+    r = recovery_rate([True, True, True, False, True], [False, False, True, False, False], [True, False, True, True, True])
+    assert (r.k, r.n) == (2, 3) and abs(r.rate - 2 / 3) < 1e-12 and 0 < r.low < r.rate < r.high < 1
+    d = destructive_rate([True, True, False, True], [True, False, False, False])
+    assert (d.k, d.n) == (2, 3)
+    empty = recovery_rate([False, True], [False, True], [True, True])
+    assert not empty.defined and str(empty) == "not defined (no eligible probes)"
+    assert not destructive_rate([], []).defined
+    w = wilson(0, 10)
+    assert w.low == 0 and 0.2 < w.high < 0.35
+    with pytest.raises(ValueError, match="differ in length"):
+        destructive_rate([True], [True, False])
+    assert rouge_l_recall("Paris is the capital", "The capital of France is Paris") > 0.3
+    assert generated_correct("The capital of France is Paris.", "Paris is the capital of France", 0.3)
+    assert not generated_correct("I do not know.", "The capital of France is Paris")

@@ -1,0 +1,248 @@
+"""Direct logit attribution (DLA) and attention paths from one cached forward pass.
+
+In compatibility mode (LayerNorm folded into the weights) the final residual at query position q is a sum of
+components: embeddings, every head's output z[q, h] @ W_O[h], attention output biases, every MLP output.
+With the final norm's scale frozen from the cache, the answer logit is linear in them:
+
+    logit(y) = sum_c (c_centred / scale[q]) . W_U[:, y] + b_U[y]
+
+(centring only for LayerNorm models; RMSNorm has none). For the logit difference to the strongest other
+token, the direction is W_U[:, y] - W_U[:, y_alt]. The per-head terms are further split by source position
+(attention paths): pattern[h, q, s] * v[s, kv(h)] . (W_O[h] u) / scale[q], with u folded into W_O first, so
+no [pos, head, src, d_model] tensor is built. Grouped-query attention: query head h reads kv head
+h // (n_heads / n_kv_heads), as in HF's ``repeat_kv``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from unpact_mech.attribution import register
+from unpact_mech.probes import TokenizedProbe
+from unpact_mech.tables import make_table
+
+Target = Literal["logit", "logit_diff"]
+
+
+@dataclass
+class Decomposition:
+    """DLA of one probe's answer tokens (T of them), optionally with per-source attention paths."""
+
+    tprobe: TokenizedProbe
+    target: str
+    alt_ids: list[int]  # strongest other token per answer position (logit_diff), else []
+    embed: Float[Tensor, " T"]
+    heads: Float[Tensor, "layer head T"]
+    attn_bias: Float[Tensor, "layer T"]
+    mlp: Float[Tensor, "layer T"]
+    unembed_bias: Float[Tensor, " T"]
+    total: Float[Tensor, " T"]  # the model's (centred) logit or logit difference, for completeness checks
+    paths: Float[Tensor, "layer head T src"] | None = None
+
+    def component_sum(self) -> Float[Tensor, " T"]:
+        return self.embed + self.heads.sum((0, 1)) + self.attn_bias.sum(0) + self.mlp.sum(0) + self.unembed_bias
+
+
+def _is_ln(cfg: Any) -> bool:
+    return str(getattr(cfg, "normalization_type", "RMS")).upper().startswith("LN")
+
+
+def _maybe_bias(module: Any, name: str) -> Tensor | None:
+    val = getattr(module, name, None) if module is not None else None
+    return val if isinstance(val, torch.Tensor) else None
+
+
+def _cached_names(n_layers: int, extra: Sequence[str] = ()) -> set[str]:
+    names = {"hook_embed", "hook_pos_embed", "ln_final.hook_scale", *extra}
+    for layer in range(n_layers):
+        names |= {f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out", f"blocks.{layer}.attn.hook_pattern",
+                  f"blocks.{layer}.attn.hook_v", f"blocks.{layer}.hook_resid_pre"}
+    return names
+
+
+def run_cache(subject: Any, ids: Sequence[int], names: set[str], hooks: Sequence[Any] = ()) -> tuple[Tensor, Any]:
+    """One forward with only ``names`` cached (plus optional intervention hooks)."""
+    inp = torch.tensor([list(ids)], device=subject.device)
+    with torch.no_grad():
+        if hooks:
+            with subject.bridge.hooks(fwd_hooks=list(hooks)):
+                return subject.bridge.run_with_cache(inp, names_filter=lambda n: n in names)
+        return subject.bridge.run_with_cache(inp, names_filter=lambda n: n in names)
+
+
+@torch.no_grad()
+def decompose(
+    subject: Any, tp: TokenizedProbe, target: Target = "logit", with_paths: bool = True, hooks: Sequence[Any] = ()
+) -> Decomposition:
+    """DLA (and attention paths) of every answer token of one probe."""
+    if target not in ("logit", "logit_diff"):
+        raise ValueError(f"unknown DLA target {target!r}: use 'logit' or 'logit_diff'")
+    b, cfg = subject.bridge, subject.cfg
+    n_layers, n_heads = cfg.n_layers, cfg.n_heads
+    n_kv = int(getattr(cfg, "n_key_value_heads", None) or n_heads)
+    logits, cache = run_cache(subject, tp.ids, _cached_names(n_layers), hooks)
+    qpos = torch.arange(tp.prompt_len - 1, len(tp.ids) - 1)  # positions that predict the answer tokens
+    tgt = torch.tensor(tp.answer_ids)
+    W_U = b.W_U  # [d_model, vocab]
+    b_U = _maybe_bias(b.unembed, "b_U")
+    lg = logits[0, qpos]  # [T, vocab]
+    alt: list[int] = []
+    U = W_U[:, tgt]  # [d_model, T]
+    ub = b_U[tgt] if b_U is not None else torch.zeros(len(tgt))
+    total = lg.gather(1, tgt[:, None])[:, 0]
+    if target == "logit_diff":
+        masked = lg.clone()
+        masked[torch.arange(len(tgt)), tgt] = -torch.inf
+        alt_t = masked.argmax(-1)
+        alt = alt_t.tolist()
+        U = U - W_U[:, alt_t]
+        ub = ub - (b_U[alt_t] if b_U is not None else 0)
+        total = total - lg.gather(1, alt_t[:, None])[:, 0]
+    if _is_ln(cfg):  # (x - mean x) . u == x . (u - mean u)
+        U = U - U.mean(0, keepdim=True)
+    scale = cache["ln_final.hook_scale"][0, qpos, 0]  # [T]
+
+    def direct(resid: Tensor) -> Tensor:  # resid [pos, d_model] -> [T]
+        return (resid[qpos] * U.T).sum(-1) / scale
+
+    embed = direct(cache["hook_embed"][0])
+    if "hook_pos_embed" in cache:
+        embed = embed + direct(cache["hook_pos_embed"][0])
+    W_O = b.W_O  # [layer, head, d_head, d_model]
+    WOU = torch.einsum("lhdm,mt->lhdt", W_O, U)  # answer direction folded into W_O
+    heads = torch.empty(n_layers, n_heads, len(tgt))
+    attn_bias = torch.zeros(n_layers, len(tgt))
+    mlp = torch.empty(n_layers, len(tgt))
+    paths = torch.empty(n_layers, n_heads, len(tgt), len(tp.ids)) if with_paths else None
+    kv_of = torch.arange(n_heads) // (n_heads // n_kv)
+    for layer in range(n_layers):
+        z = cache[f"blocks.{layer}.attn.hook_z"][0, qpos]  # [T, head, d_head]
+        heads[layer] = torch.einsum("thd,hdt->ht", z, WOU[layer]) / scale
+        bo = _maybe_bias(b.blocks[layer].attn, "b_O")
+        if bo is not None:
+            attn_bias[layer] = (bo[None] * U.T).sum(-1) / scale
+        mlp[layer] = direct(cache[f"blocks.{layer}.hook_mlp_out"][0])
+        if paths is not None:
+            v = cache[f"blocks.{layer}.attn.hook_v"][0][:, kv_of]  # [src, head, d_head]
+            vu = torch.einsum("shd,hdt->hts", v, WOU[layer])  # value . (W_O u) per source
+            pat = cache[f"blocks.{layer}.attn.hook_pattern"][0][:, qpos]  # [head, T, src]
+            paths[layer] = pat * vu / scale[None, :, None]
+    return Decomposition(tp, target, alt, embed, heads, attn_bias, mlp, ub, total, paths)
+
+
+def dla_rows(d: Decomposition, model: str) -> list[dict[str, Any]]:
+    """Tidy rows: one per (answer token, component)."""
+    tp = d.tprobe
+    rows: list[dict[str, Any]] = []
+    method = "dla" if d.target == "logit" else "dla_diff"
+    for t, pos in enumerate(tp.answer_positions):
+        base = {"probe_id": tp.probe.id, "model": model, "method": method, "position": pos, "token": tp.tokens[pos]}
+        rows.append({**base, "component": "embed", "score": float(d.embed[t])})
+        rows.append({**base, "component": "unembed_bias", "score": float(d.unembed_bias[t])})
+        for layer in range(d.heads.shape[0]):
+            rows.append({**base, "layer": layer, "component": "mlp", "score": float(d.mlp[layer, t])})
+            if float(d.attn_bias[layer, t]) != 0.0:
+                rows.append({**base, "layer": layer, "component": "attn_bias", "score": float(d.attn_bias[layer, t])})
+            for h in range(d.heads.shape[1]):
+                rows.append({**base, "layer": layer, "head": h, "component": "head", "score": float(d.heads[layer, h, t])})
+    return rows
+
+
+def path_rows(d: Decomposition, model: str, per_answer_token: bool = False) -> pd.DataFrame:
+    """Tidy path table: per (layer, head, source position), averaged over answer tokens by default."""
+    if d.paths is None:
+        raise ValueError("decomposition was computed without paths")
+    tp = d.tprobe
+    L, H, T, S = d.paths.shape
+    p = d.paths if per_answer_token else d.paths.mean(2, keepdim=True)
+    layer, head, t, src = torch.meshgrid(*(torch.arange(n) for n in p.shape), indexing="ij")
+    df = pd.DataFrame(
+        {
+            "probe_id": tp.probe.id,
+            "model": model,
+            "method": "paths",
+            "position": src.flatten().numpy(),
+            "layer": layer.flatten().numpy(),
+            "head": head.flatten().numpy(),
+            "component": "head_path",
+            "score": p.flatten().double().numpy(),
+        }
+    )
+    df["token"] = [tp.tokens[i] for i in df["position"]]
+    if per_answer_token:
+        df["answer_position"] = [tp.prompt_len + i for i in t.flatten().tolist()]
+    return make_table(df)
+
+
+def decompose_all(subject: Any, tprobes: Sequence[TokenizedProbe], target: Target = "logit",
+                  with_paths: bool = True, progress: bool = False) -> list[Decomposition]:
+    from tqdm.auto import tqdm
+
+    return [decompose(subject, tp, target, with_paths) for tp in tqdm(tprobes, desc="dla", disable=not progress)]
+
+
+@register("dla")
+def dla(subject: Any, tprobes: Sequence[TokenizedProbe], target: Target = "logit", progress: bool = False) -> pd.DataFrame:
+    """DLA of the answer logit (or ``target='logit_diff'``) per answer token and component."""
+    rows = [r for d in decompose_all(subject, tprobes, target, False, progress) for r in dla_rows(d, subject.name)]
+    return make_table(rows)
+
+
+@register("paths")
+def paths(subject: Any, tprobes: Sequence[TokenizedProbe], target: Target = "logit", per_answer_token: bool = False,
+          progress: bool = False) -> pd.DataFrame:
+    """Head x source-token paths to the answer, averaged over answer tokens."""
+    ds = decompose_all(subject, tprobes, target, True, progress)
+    return pd.concat([path_rows(d, subject.name, per_answer_token) for d in ds], ignore_index=True)
+
+
+def average_over_answer(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean over the answer tokens of a per-answer-token DLA table (position/token left empty)."""
+    keys = ["probe_id", "model", "method", "layer", "head", "component"]
+    out = table.groupby(keys, dropna=False, sort=False)["score"].mean().reset_index()
+    return make_table(out)
+
+
+def path_token_attribution(d: Decomposition) -> Float[Tensor, " src"]:
+    """Mechanistic per-source-token attribution: paths summed over layers and heads, mean over answer."""
+    if d.paths is None:
+        raise ValueError("decomposition was computed without paths")
+    return d.paths.sum((0, 1)).mean(0)
+
+
+@torch.no_grad()
+def logit_lens(subject: Any, tp: TokenizedProbe, hooks: Sequence[Any] = ()) -> pd.DataFrame:
+    """Answer log-prob and rank read from the residual stream before each layer and after the last."""
+    cfg, b = subject.cfg, subject.bridge
+    names = {f"blocks.{layer}.hook_resid_pre" for layer in range(cfg.n_layers)} | {
+        f"blocks.{cfg.n_layers - 1}.hook_resid_post"
+    }
+    _, cache = run_cache(subject, tp.ids, names, hooks)
+    qpos = torch.arange(tp.prompt_len - 1, len(tp.ids) - 1)
+    tgt = torch.tensor(tp.answer_ids)
+    eps = float(getattr(cfg, "eps", 1e-5))
+    b_U = _maybe_bias(b.unembed, "b_U")
+    rows = []
+    stages = [(layer, f"blocks.{layer}.hook_resid_pre") for layer in range(cfg.n_layers)]
+    stages.append((cfg.n_layers, f"blocks.{cfg.n_layers - 1}.hook_resid_post"))
+    for layer, name in stages:
+        x = cache[name][0, qpos]
+        if _is_ln(cfg):
+            x = x - x.mean(-1, keepdim=True)
+        x = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+        logits = x @ b.W_U + (b_U if b_U is not None else 0)
+        logp = torch.log_softmax(logits.double(), -1)
+        lp = logp.gather(1, tgt[:, None])[:, 0]
+        rank = (logp > lp[:, None]).sum(-1)
+        rows.append({"probe_id": tp.probe.id, "model": subject.name, "method": "logit_lens", "layer": layer,
+                     "component": "resid_pre" if layer < cfg.n_layers else "resid_final",
+                     "score": float(lp.mean()), "mean_rank": float(rank.double().mean()),
+                     "top1": bool((rank == 0).all())})
+    return make_table(rows)

@@ -1,0 +1,133 @@
+"""Keyword emphasis (paper finding 2, "FocusOnKey"): bring a forgotten answer back without touching weights.
+
+Three routes on the same probes:
+* ``embed``: scale the KeyTokens' input embeddings (``unpact_mech.hooks.scale_embedding``). On pre-RMSNorm
+  models the first layer normalises the scale away; see the hooks module for what remains.
+* ``attention``: add log(factor) to every head's attention score on the KeyTokens (PASTA-style steering).
+* ``prompt``: the paper's prompt edits (repeat the KeyTokens, mark them, or an instruction naming them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pandas as pd
+
+from unpact_mech.hooks import Hooks, scale_embedding, steer_attention
+from unpact_mech.keytokens import KeyTokenParams, select_keytokens
+from unpact_mech.probes import Probe, TokenizedProbe, tokenize_probe
+from unpact_mech.scoring import fact_top1, score_probes
+
+Route = Literal["embed", "attention"]
+PromptStyle = Literal["repeat", "mark", "instruct"]
+ROUTES: tuple[str, ...] = ("embed", "attention")
+PROMPT_STYLES: tuple[str, ...] = ("repeat", "mark", "instruct")
+
+
+def emphasis_hooks(subject: Any, positions: Sequence[int], factor: float, route: str) -> Hooks:
+    """The hooks of one emphasis route at the given prompt positions."""
+    if route == "embed":
+        return scale_embedding(positions, factor)
+    if route == "attention":
+        return steer_attention(positions, factor, subject.cfg.n_layers)
+    raise ValueError(f"unknown emphasis route {route!r}: use one of {ROUTES} (or prompt_emphasis for prompt edits)")
+
+
+def keytoken_positions(
+    reference: Any, tprobes: Sequence[TokenizedProbe], params: KeyTokenParams | None = None
+) -> list[list[int]]:
+    """KeyToken positions of each probe under a reference model (usually the base model)."""
+    from unpact_mech.attribution.loo import loo_contributions
+
+    return [[r.positions[i] for i in select_keytokens(r.contributions, params)] for r in loo_contributions(reference, tprobes)]
+
+
+@dataclass(frozen=True)
+class EmphasisResult:
+    lp: float
+    fact_top1: bool
+    answer_top1: bool
+
+
+def emphasize(
+    subject: Any,
+    probe: Probe | TokenizedProbe,
+    factor: float,
+    positions: Sequence[int] | None = None,
+    route: str = "embed",
+    reference: Any = None,
+    params: KeyTokenParams | None = None,
+) -> EmphasisResult:
+    """Score a probe with its KeyTokens emphasised (positions default to ``reference``'s KeyTokens, else own)."""
+    tp = probe if isinstance(probe, TokenizedProbe) else tokenize_probe(subject.tokenizer, probe, max_len=subject.n_ctx)
+    if positions is None:
+        positions = keytoken_positions(reference or subject, [tp], params)[0]
+    hooks = emphasis_hooks(subject, positions, factor, route) if positions else []
+    s = score_probes(subject, [tp], hooks)[0]
+    return EmphasisResult(s.lp, fact_top1(tp, s), bool(s.top1.all()))
+
+
+def sweep(
+    subject: Any,
+    tprobes: Sequence[TokenizedProbe],
+    positions: Sequence[Sequence[int]],
+    factors: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
+    routes: Sequence[str] = ROUTES,
+) -> pd.DataFrame:
+    """Answer LP and fact top-1 per probe, route and factor (factor 1 is the unemphasised model)."""
+    rows = []
+    for tp, pos in zip(tprobes, positions):
+        for route in routes:
+            for f in factors:
+                hooks = emphasis_hooks(subject, pos, f, route) if pos and f != 1.0 else []
+                s = score_probes(subject, [tp], hooks)[0]
+                rows.append({"probe_id": tp.probe.id, "model": subject.name, "route": route, "factor": float(f),
+                             "lp": s.lp, "fact_top1": fact_top1(tp, s), "n_keytokens": len(pos)})
+    return pd.DataFrame(rows)
+
+
+def keyword_strings(tp: TokenizedProbe, positions: Sequence[int]) -> list[str]:
+    """The KeyTokens' surface strings, in prompt order, without duplicates."""
+    out: list[str] = []
+    for p in sorted(positions):
+        w = tp.tokens[p].strip()
+        if w and w not in out:
+            out.append(w)
+    return out
+
+
+def prompt_emphasis(probe: Probe, keywords: Sequence[str], style: str = "repeat") -> Probe:
+    """A FocusOnKey prompt edit that keeps the question intact and only adds emphasis."""
+    kws = [k for k in keywords if k]
+    if not kws:
+        return probe
+    q = probe.prompt
+    if style == "repeat":
+        prompt = f"{q} ({', '.join(kws)})"
+    elif style == "mark":
+        prompt = q
+        for k in sorted(kws, key=len, reverse=True):
+            prompt = prompt.replace(k, f"**{k}**", 1)
+    elif style == "instruct":
+        prompt = f"Focus on the key words {', '.join(repr(k) for k in kws)}. {q}"
+    else:
+        raise ValueError(f"unknown prompt emphasis style {style!r}: use one of {PROMPT_STYLES}")
+    return Probe(probe.id, prompt, probe.answer, probe.split, probe.fact, probe.domain, tuple(kws),
+                 {**probe.meta, "emphasis": style})
+
+
+def prompt_sweep(
+    subject: Any, tprobes: Sequence[TokenizedProbe], positions: Sequence[Sequence[int]], styles: Sequence[str] = PROMPT_STYLES
+) -> pd.DataFrame:
+    """Answer LP and fact top-1 of each prompt-edit style (the paper's FocusOnKey), per probe."""
+    rows = []
+    for tp, pos in zip(tprobes, positions):
+        for style in styles:
+            edited = tokenize_probe(subject.tokenizer, prompt_emphasis(tp.probe, keyword_strings(tp, pos), style),
+                                    tp.format, max_len=subject.n_ctx)  # type: ignore[arg-type]
+            s = score_probes(subject, [edited])[0]
+            rows.append({"probe_id": tp.probe.id, "model": subject.name, "route": f"prompt:{style}",
+                         "factor": float("nan"), "lp": s.lp, "fact_top1": fact_top1(edited, s)})
+    return pd.DataFrame(rows)

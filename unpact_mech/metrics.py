@@ -1,0 +1,80 @@
+"""Correctness, recovery and destructive rates (with counts and Wilson intervals), ROUGE-L recall."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Rate:
+    """k successes out of n eligible, with a Wilson 95% interval; ``rate`` is NaN when n == 0."""
+
+    k: int
+    n: int
+    rate: float
+    low: float
+    high: float
+
+    @property
+    def defined(self) -> bool:
+        return self.n > 0
+
+    def __str__(self) -> str:
+        if not self.defined:
+            return "not defined (no eligible probes)"
+        return f"{self.rate:.2f} ({self.k}/{self.n}, 95% CI {self.low:.2f}-{self.high:.2f})"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> Rate:
+    """Wilson score interval for k/n (NaN rate and interval when n == 0)."""
+    if n < 0 or not 0 <= k <= max(n, 0):
+        raise ValueError(f"invalid counts k={k}, n={n}")
+    if n == 0:
+        return Rate(0, 0, math.nan, math.nan, math.nan)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return Rate(k, n, p, max(0.0, centre - half), min(1.0, centre + half))
+
+
+def _check_lengths(*cols: Sequence[bool]) -> None:
+    if len({len(c) for c in cols}) > 1:
+        raise ValueError(f"correctness lists differ in length: {[len(c) for c in cols]}")
+
+
+def recovery_rate(base: Sequence[bool], unlearned: Sequence[bool], emphasized: Sequence[bool]) -> Rate:
+    """Among forget probes the base answers and the unlearned model does not, the share restored by emphasis."""
+    _check_lengths(base, unlearned, emphasized)
+    eligible = [e for b, u, e in zip(base, unlearned, emphasized) if b and not u]
+    return wilson(sum(bool(e) for e in eligible), len(eligible))
+
+
+def destructive_rate(base: Sequence[bool], unlearned: Sequence[bool]) -> Rate:
+    """Among retain/general probes the base answers correctly, the share the unlearned model fails."""
+    _check_lengths(base, unlearned)
+    eligible = [u for b, u in zip(base, unlearned) if b]
+    return wilson(sum(not u for u in eligible), len(eligible))
+
+
+def accuracy(correct: Sequence[bool]) -> Rate:
+    """Share correct."""
+    return wilson(sum(bool(c) for c in correct), len(correct))
+
+
+def rouge_l_recall(prediction: str, reference: str) -> float:
+    """ROUGE-L recall of a generated answer against the reference (``rouge-score`` package, stemmed)."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return float(scorer.score(reference, prediction)["rougeL"].recall)
+
+
+def generated_correct(prediction: str, reference: str, threshold: float = 0.5) -> bool:
+    """A generated answer counts as correct when its ROUGE-L recall of the reference exceeds ``threshold``."""
+    return rouge_l_recall(prediction, reference) > threshold

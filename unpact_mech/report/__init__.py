@@ -1,0 +1,1 @@
+"""Figures (seaborn) and the HTML report."""
