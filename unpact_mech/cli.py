@@ -199,6 +199,87 @@ def cmd_localise(a: argparse.Namespace) -> int:
     return 0
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as err:
+        raise ValueError(f"expected comma-separated numbers, got {text!r}") from err
+
+
+@command("unlearn")
+def cmd_unlearn(a: argparse.Namespace) -> int:
+    from unpact_mech.models import load_model, read_provenance
+    from unpact_mech.unlearning import unlearn
+
+    forget = _load_probes_arg(a.forget)
+    retain = _load_probes_arg(a.retain) if a.retain else []
+    subject = load_model(a.model, verbose=True)
+    over = {k: v for k, v in (("steps", a.steps), ("lr", a.lr), ("seed", a.seed), ("batch_size", a.batch_size),
+                              ("target_forget_acc", a.target_forget_acc)) if v is not None}
+    out = unlearn(subject, a.method, forget, retain, a.out, fmt=a.format, **over)
+    prov = read_provenance(out)
+    print(json.dumps({k: prov[k] for k in ("method", "steps", "stopped_at", "forget_fact_acc_before",
+                                           "forget_fact_acc_after", "train_seconds", "final_losses")}, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+@command("emphasize")
+def cmd_emphasize(a: argparse.Namespace) -> int:
+    from unpact_mech.findings import destruction, recovery
+    from unpact_mech.io import write_table
+    from unpact_mech.models import load_model
+
+    probes = _load_probes_arg(a.probes)
+    base = load_model(a.base, verbose=True)
+    unl = load_model(a.unlearned, verbose=True)
+    factors = _floats(a.factors) if a.sweep else [1.0, _floats(a.factors)[-1]]
+    forget = [p for p in probes if p.split == "forget"] or probes
+    per_probe, rates = recovery(base, unl, forget, factors, a.routes.split(","), params=_params(a), fmt=a.format)
+    out = Path(a.out)
+    write_table(per_probe, out / "emphasis_sweep.csv")
+    write_table(rates, out / "recovery_rates.csv")
+    print("recovery rate (forget probes the base answers and the unlearned model does not):")
+    _print_df(rates[["route", "factor", "k", "n", "rate", "low", "high"]].round(3))
+    others = [p for p in probes if p.split != "forget"]
+    if others:
+        _, drates = destruction(base, unl, others, a.format)
+        for split, r in drates.items():
+            print(f"destructive rate ({split}): {r}")
+    print(f"wrote {out}")
+    return 0
+
+
+@command("patch")
+def cmd_patch(a: argparse.Namespace) -> int:
+    from unpact_mech.io import write_table
+    from unpact_mech.models import load_model
+    from unpact_mech.patching import patch_heads, patch_positions
+    from unpact_mech.probes import tokenize_probes
+    from unpact_mech.report.figures import patch_heatmap, save_figure
+
+    probes = _load_probes_arg(a.probes)[: a.n]
+    base = load_model(a.base, verbose=True)
+    unl = load_model(a.unlearned, verbose=True)
+    layers = list(range(0, base.cfg.n_layers, a.layer_step))
+    out = Path(a.out)
+    frames, heads = [], []
+    for d in a.direction.split(","):
+        for tp in tokenize_probes(base, probes, a.format):
+            frames.append(patch_positions(base, unl, tp, a.kinds.split(","), layers, direction=d))
+            heads.append(patch_heads(base, unl, tp, layers, direction=d))
+    pos, hd = pd.concat(frames, ignore_index=True), pd.concat(heads, ignore_index=True)
+    write_table(pos, out / "patch_positions.csv")
+    write_table(hd, out / "patch_heads.csv")
+    for d, g in pos.groupby("direction"):
+        first = g.probe_id.iloc[0]
+        save_figure(patch_heatmap(g[g.probe_id == first]), out / f"patch_{first}_{d.replace('->', '_to_')}.png")
+    best = pos.sort_values("restoration", ascending=False).groupby("direction").head(5)
+    _print_df(best[["direction", "probe_id", "kind", "layer", "position", "token", "restoration"]].round(3))
+    print(f"wrote {out}")
+    return 0
+
+
 def _probes_from_args(a: argparse.Namespace) -> list[Any]:
     from unpact_mech.probes import Probe
 
@@ -256,6 +337,42 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="localise", help="output directory for tables and figures")
     s.add_argument("--top", type=int, default=5)
     _keytoken_args(s)
+
+    from unpact_mech.unlearning import METHODS
+
+    s = sub.add_parser("unlearn", help="unlearn a forget set from a model; methods: " + ", ".join(sorted(METHODS)))
+    s.add_argument("--model", default="smollm2-135m")
+    s.add_argument("--method", required=True, choices=sorted(METHODS))
+    s.add_argument("--forget", required=True, help="JSON-lines probes or benchmark name, e.g. facts:forget")
+    s.add_argument("--retain", help="JSON-lines probes or benchmark name, e.g. facts:retain")
+    s.add_argument("--out", required=True, help="checkpoint directory")
+    s.add_argument("--steps", type=int)
+    s.add_argument("--lr", type=float)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--target-forget-acc", type=float, help="stop once forget fact top-1 accuracy <= this")
+    s.add_argument("--format", default="auto", choices=["auto", "chat", "plain"])
+
+    s = sub.add_parser("emphasize", help="finding 2: recovery by emphasising KeyTokens (embed, attention, prompt)")
+    s.add_argument("--base", required=True)
+    s.add_argument("--unlearned", required=True)
+    s.add_argument("--probes", required=True)
+    s.add_argument("--factors", default="1,2,4,8", help="emphasis factors (with --sweep; else the last only)")
+    s.add_argument("--sweep", action="store_true", help="score every factor, not only the largest")
+    s.add_argument("--routes", default="embed,attention")
+    s.add_argument("--out", default="emphasis")
+    _keytoken_args(s)
+
+    s = sub.add_parser("patch", help="activation patching base <-> unlearned per layer/position and per head")
+    s.add_argument("--base", required=True)
+    s.add_argument("--unlearned", required=True)
+    s.add_argument("--probes", required=True)
+    s.add_argument("--n", type=int, default=1, help="number of probes")
+    s.add_argument("--kinds", default="resid_pre,attn_out,mlp_out")
+    s.add_argument("--layer-step", type=int, default=1, help="patch every k-th layer")
+    s.add_argument("--direction", default="base->unlearned", help="base->unlearned, unlearned->base or both (comma)")
+    s.add_argument("--out", default="patching")
+    s.add_argument("--format", default="auto", choices=["auto", "chat", "plain"])
     return p
 
 

@@ -85,3 +85,19 @@ def bar(df: pd.DataFrame, x: str, y: str, hue: str | None = None, title: str = "
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def patch_heatmap(patch: pd.DataFrame, value: str = "restoration") -> Figure:
+    """One panel per patched kind: layer x position restoration, token strings on the x axis."""
+    kinds = list(dict.fromkeys(patch["kind"]))
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4.2), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        g = patch[patch["kind"] == kind]
+        grid = g.pivot_table(index="layer", columns="position", values=value, aggfunc="mean")
+        names = g.drop_duplicates("position").set_index("position").loc[grid.columns, "token"]
+        sns.heatmap(grid, cmap="RdBu_r", center=0, vmin=-1, vmax=1, ax=ax,
+                    xticklabels=[repr(t)[1:-1] for t in names])
+        ax.set_title(f"{kind}: {value}")
+        ax.invert_yaxis()
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,90 @@
+"""The paper's findings as library calls (used by the CLI, the demo and ``analyses/``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from unpact_mech.emphasis import ROUTES, keytoken_positions, prompt_sweep, sweep
+from unpact_mech.keytokens import KeyTokenParams
+from unpact_mech.metrics import destructive_rate, recovery_rate
+from unpact_mech.probes import Probe, tokenize_probes
+from unpact_mech.scoring import probe_table
+from unpact_mech.tracking import check_same_tokenizer
+
+
+def recovery(
+    base: Any,
+    unlearned: Any,
+    probes: Sequence[Probe],
+    factors: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
+    routes: Sequence[str] = ROUTES,
+    prompt_styles: Sequence[str] = ("repeat", "mark", "instruct"),
+    params: KeyTokenParams | None = None,
+    fmt: str = "auto",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Finding 2: emphasis on the base model's KeyTokens, weights unchanged.
+
+    Returns the per-probe sweep (route, factor, LP, fact top-1) and the recovery rate per route and factor
+    (plus ``best`` = restored at any factor of that route) among probes the base answers and the unlearned
+    model does not.
+    """
+    check_same_tokenizer(base, unlearned)
+    tps = tokenize_probes(base, probes, fmt)
+    pos = keytoken_positions(base, tps, params)
+    b = probe_table(base, tps).set_index("probe_id")
+    u = probe_table(unlearned, tps).set_index("probe_id")
+    sw = pd.concat([sweep(unlearned, tps, pos, factors, routes), prompt_sweep(unlearned, tps, pos, prompt_styles)],
+                   ignore_index=True)
+    sw["base_correct"] = sw.probe_id.map(b.fact_top1)
+    sw["unlearned_correct"] = sw.probe_id.map(u.fact_top1)
+    rows = []
+    ids = list(b.index)
+    for (route, factor), g in sw.groupby(["route", "factor"], dropna=False, sort=False):
+        got = g.set_index("probe_id").fact_top1
+        r = recovery_rate([b.fact_top1[i] for i in ids], [u.fact_top1[i] for i in ids], [bool(got.get(i, False)) for i in ids])
+        rows.append({"route": route, "factor": factor, **r.to_dict()})
+    for route, g in sw[sw.factor.isna() | (sw.factor > 1)].groupby("route"):
+        anyf = g.groupby("probe_id").fact_top1.any()
+        r = recovery_rate([b.fact_top1[i] for i in ids], [u.fact_top1[i] for i in ids], [bool(anyf.get(i, False)) for i in ids])
+        rows.append({"route": route, "factor": "best", **r.to_dict()})
+    return sw, pd.DataFrame(rows)
+
+
+def destruction(base: Any, unlearned: Any, probes: Sequence[Probe], fmt: str = "auto") -> tuple[pd.DataFrame, dict]:
+    """Finding 3 (rate): per split, the share of probes the base answers that the unlearned model fails."""
+    tps = tokenize_probes(base, probes, fmt)
+    b, u = probe_table(base, tps), probe_table(unlearned, tps)
+    df = b[["probe_id", "split", "lp", "fact_top1"]].merge(
+        u[["probe_id", "lp", "fact_top1"]], on="probe_id", suffixes=("_base", "_unlearned"))
+    rates = {split: destructive_rate(list(g.fact_top1_base), list(g.fact_top1_unlearned))
+             for split, g in df.groupby("split")}
+    return df, rates
+
+
+FUNCTION_WORDS = frozenset(
+    "a an the of in on at to for by with from and or but is are was were be been it its this that these those "
+    "what which who whom whose when where why how do does did ? . , ! ; :".split()
+)
+
+
+def function_word_penalisation(comparison: Any, params: KeyTokenParams | None = None) -> pd.DataFrame:
+    """Finding 3 (mechanism): contribution change of function words vs base KeyTokens vs other tokens.
+
+    ``comparison`` is a :class:`~unpact_mech.tracking.Comparison` on retain/general probes.
+    """
+    from unpact_mech.keytokens import select_keytokens
+
+    rows = []
+    for rb, ru in zip(comparison.base, comparison.unlearned):
+        keys = set(select_keytokens(rb.contributions, params))
+        for i, pos in enumerate(rb.positions):
+            tok = rb.tprobe.tokens[pos].strip().lower()
+            kind = "KeyToken" if i in keys else ("function word" if tok in FUNCTION_WORDS else "other")
+            rows.append({"probe_id": rb.tprobe.probe.id, "split": rb.tprobe.probe.split, "token": tok, "kind": kind,
+                         "base": float(rb.contributions[i]), "unlearned": float(ru.contributions[i])})
+    df = pd.DataFrame(rows)
+    df["change"] = df["unlearned"] - df["base"]
+    return df
