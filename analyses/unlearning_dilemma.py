@@ -50,7 +50,8 @@ def run(model: str, methods: list[str], out: Path, steps: int, target: float, pa
         ckpt = out / "checkpoints" / m
         t0 = time.perf_counter()
         if not (ckpt / "unpact.json").exists():
-            unlearn(base, m, forget, retain, ckpt, steps=steps, target_forget_acc=target, **SETTINGS.get(m, {}))
+            unlearn(base, m, forget, retain, ckpt, steps=steps, target_forget_acc=target, check_every=2,
+                    **SETTINGS.get(m, {}))
         prov = read_provenance(ckpt)
         unl = load_model(str(ckpt))
         f_tab = probe_table(unl, tokenize_probes(unl, forget))

@@ -280,6 +280,23 @@ def cmd_patch(a: argparse.Namespace) -> int:
     return 0
 
 
+@command("data")
+def cmd_data(a: argparse.Namespace) -> int:
+    from unpact_mech.data import BENCHMARKS, load_benchmark
+
+    if a.action == "list":
+        for name, fn in sorted(BENCHMARKS.items()):
+            print(f"{name:12s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+        return 0
+    if not a.name:
+        raise ValueError("unpact data show: give a benchmark NAME (see `unpact data list`)")
+    items = load_benchmark(a.name, subset=a.subset, split=a.split, source=a.source)
+    print(f"{a.name} subset={a.subset} split={a.split}: {len(items)} items")
+    for it in items[: a.n]:
+        print("  " + (json.dumps(it.to_dict())[:300] if hasattr(it, "to_dict") else repr(it[:300])))
+    return 0
+
+
 def _probes_from_args(a: argparse.Namespace) -> list[Any]:
     from unpact_mech.probes import Probe
 
@@ -373,6 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--direction", default="base->unlearned", help="base->unlearned, unlearned->base or both (comma)")
     s.add_argument("--out", default="patching")
     s.add_argument("--format", default="auto", choices=["auto", "chat", "plain"])
+
+    s = sub.add_parser("data", help="list benchmarks or show a few rows of one")
+    s.add_argument("action", choices=["list", "show"])
+    s.add_argument("name", nargs="?")
+    s.add_argument("--subset")
+    s.add_argument("--split")
+    s.add_argument("--source", help="local json/jsonl/parquet file in the dataset's schema (offline)")
+    s.add_argument("--n", type=int, default=3, help="rows to print")
     return p
 
 

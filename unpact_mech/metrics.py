@@ -78,3 +78,25 @@ def rouge_l_recall(prediction: str, reference: str) -> float:
 def generated_correct(prediction: str, reference: str, threshold: float = 0.5) -> bool:
     """A generated answer counts as correct when its ROUGE-L recall of the reference exceeds ``threshold``."""
     return rouge_l_recall(prediction, reference) > threshold
+
+
+def multiple_choice_accuracy(subject: object, probes: Sequence[object], fmt: str = "auto") -> Rate:
+    """Accuracy of picking the right choice by answer log-likelihood (sum over the choice's tokens).
+
+    Each probe needs ``meta['choices']`` and ``meta['answer_index']`` (as WMDP probes have).
+    """
+    from dataclasses import replace
+
+    from unpact_mech.probes import tokenize_probes
+    from unpact_mech.scoring import score_probes
+
+    correct = []
+    for p in probes:
+        meta = getattr(p, "meta", {})
+        if "choices" not in meta or "answer_index" not in meta:
+            raise ValueError(f"probe '{getattr(p, 'id', '?')}' has no meta['choices'] / meta['answer_index']")
+        variants = [replace(p, answer=c, fact=None) for c in meta["choices"]]
+        scores = score_probes(subject, tokenize_probes(subject, variants, fmt))  # type: ignore[arg-type]
+        totals = [float(s.logprobs.sum()) for s in scores]
+        correct.append(max(range(len(totals)), key=totals.__getitem__) == meta["answer_index"])
+    return accuracy(correct)

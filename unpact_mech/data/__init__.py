@@ -45,3 +45,18 @@ def builtin_facts(subset: str | None = None, split: str | None = None, source: A
     if subset is not None and subset not in domains:
         raise ValueError(f"facts: no domain '{subset}'; domains are {sorted(d for d in domains if d)}")
     return [p for p in probes if (split is None or p.split == split) and (subset is None or p.domain == subset)]
+
+
+def filter_known(subject: Any, probes: list[Probe], fmt: str = "auto") -> tuple[list[Probe], Any]:
+    """Keep the probes whose fact span the model gets top-1 (teacher forcing); report counts per split/domain."""
+    from unpact_mech.probes import tokenize_probes
+    from unpact_mech.scoring import probe_table
+
+    table = probe_table(subject, tokenize_probes(subject, probes, fmt))
+    table["domain"] = [p.domain for p in probes]
+    ok = dict(zip(table.probe_id, table.fact_top1))
+    report = table.groupby(["split", "domain"]).fact_top1.agg(known="sum", total="count").reset_index()
+    return [p for p in probes if ok[p.id]], report
+
+
+from unpact_mech.data import fictitious, hub  # noqa: E402,F401  (registers loaders)

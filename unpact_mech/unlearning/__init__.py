@@ -278,6 +278,7 @@ def unlearn(
     f_ex = to_examples(tok, forget, cfg.fmt)
     r_ex = to_examples(tok, retain, cfg.fmt) if retain else []
     out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
     resume_file = out.with_name(out.name + ".resume.pt")
     prov = {
         "base_model": subject.provenance.get("base_model") or subject.name,

@@ -1,0 +1,61 @@
+"""A deterministic TOFU-style generator of invented people and facts (for finetune-then-forget flows)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from unpact_mech.data import register_benchmark
+from unpact_mech.probes import Probe
+
+_SYL = ["ka", "lo", "mi", "ren", "tas", "vo", "zel", "dri", "nu", "pha", "sor", "bel", "qui", "mar", "tev", "osh"]
+_CITIES = ["Velmora", "Quintessa", "Drovak", "Lunthal", "Saresh", "Pemberlow", "Orvane", "Tiskaru", "Hallowmere",
+           "Zenthar", "Corvell", "Ishtavi"]
+_JOBS = ["cartographer", "glassblower", "astronomer", "violin maker", "botanist", "lighthouse keeper", "archivist",
+         "beekeeper", "clockmaker", "mapmaker", "potter", "translator"]
+_WORDS = ["Silent", "Amber", "Hollow", "Iron", "Velvet", "Distant", "Crimson", "Winter", "Paper", "Glass"]
+_NOUNS = ["Harbor", "Orchard", "Lantern", "Meridian", "Garden", "Compass", "Tide", "Archive", "Bridge", "Sparrow"]
+
+
+def _name(rng: random.Random) -> str:
+    first = "".join(rng.choice(_SYL) for _ in range(2)).capitalize()
+    last = "".join(rng.choice(_SYL) for _ in range(3)).capitalize()
+    return f"{first} {last}"
+
+
+def generate(n_people: int = 20, seed: int = 0, forget_share: float = 0.25) -> list[Probe]:
+    """Three facts (birthplace, profession, book) per invented person; whole people go to forget or retain."""
+    if n_people < 1:
+        raise ValueError("n_people must be >= 1")
+    rng = random.Random(seed)
+    names: list[str] = []
+    while len(names) < n_people:
+        n = _name(rng)
+        if n not in names:
+            names.append(n)
+    n_forget = max(1, round(n_people * forget_share))
+    probes = []
+    for k, name in enumerate(names):
+        split = "forget" if k < n_forget else "retain"
+        city, job = rng.choice(_CITIES), rng.choice(_JOBS)
+        book = f"The {rng.choice(_WORDS)} {rng.choice(_NOUNS)}"
+        facts = [
+            (f"Where was {name} born?", f"{name} was born in {city}.", city),
+            (f"What is the profession of {name}?", f"{name} works as a {job}.", job),
+            (f"Which book did {name} write?", f"{name} wrote {book}.", book),
+        ]
+        for j, (q, a, f) in enumerate(facts):
+            probes.append(Probe(f"fict-{seed}-{k:03d}-{j}", q, a, split, fact=f, domain="fictitious",
+                                meta={"person": name}))
+    return probes
+
+
+@register_benchmark("fictitious")
+def fictitious(subset: str | None = None, split: str | None = None, source: Any = None) -> list[Probe]:
+    """Invented people (``subset`` = "N" people or "N:seed"; default 20 people, seed 0)."""
+    n, seed = 20, 0
+    if subset:
+        a, _, b = subset.partition(":")
+        n, seed = int(a), int(b or 0)
+    probes = generate(n, seed)
+    return [p for p in probes if split is None or p.split == split]
