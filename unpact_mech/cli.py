@@ -124,6 +124,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
 def cmd_demo(a: argparse.Namespace) -> int:
     from unpact_mech.attribution.loo import loo_contributions
     from unpact_mech.data import load_benchmark
+    from unpact_mech.demo import run_demo
     from unpact_mech.models import load_model
     from unpact_mech.probes import tokenize_probes
 
@@ -133,6 +134,11 @@ def cmd_demo(a: argparse.Namespace) -> int:
     results = loo_contributions(subject, tps, progress=True)
     print(f"\nKeyTokens of {subject.name} (leave-one-out, alpha={a.alpha}, beta={a.beta}):")
     _print_df(keytoken_table(results, _params(a)))
+    if a.keytokens_only:
+        return 0
+    table = run_demo(a.model, a.methods.split(","), a.out, steps=a.steps, target=a.target)
+    print("\nSummary (one row per unlearning method):")
+    _print_df(table.round(3))
     return 0
 
 
@@ -332,7 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="the main job on the embedded default model")
     s.add_argument("--model", default="smollm2-135m")
     s.add_argument("--split", default=None)
-    s.add_argument("--n", type=int, default=12, help="number of built-in probes")
+    s.add_argument("--n", type=int, default=12, help="number of built-in probes in the KeyToken table")
+    s.add_argument("--methods", default="ga_gdr,ga_klr,npo_gdr,npo_klr,task_vector,rmu")
+    s.add_argument("--out", default="unpact_out/demo", help="report directory (reruns resume from it)")
+    s.add_argument("--steps", type=int, default=12, help="max unlearning steps per method")
+    s.add_argument("--target", type=float, default=0.25, help="forget fact top-1 accuracy to unlearn down to")
+    s.add_argument("--keytokens-only", action="store_true", help="only print the KeyToken table")
     _keytoken_args(s)
 
     for name, help_ in (("dla", "direct logit attribution per head, MLP and embedding"),

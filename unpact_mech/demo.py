@@ -1,0 +1,222 @@
+"""``unpact demo``: the unlearning dilemma end to end on one base model, with a summary table and an HTML report.
+
+Stages are resumable: checkpoints (``OUT/checkpoints/METHOD``) and per-method results (``OUT/METHOD/result.json``)
+are reused on a rerun, so an interrupted demo continues where it stopped. Every write is atomic.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from unpact_mech.io import atomic_write_json, read_table, write_table
+
+PAPER_METHODS = ("ga_gdr", "ga_klr", "npo_gdr", "npo_klr", "task_vector", "rmu")
+# CPU-sized learning rates; every method stops at the same forget target (or at max steps).
+SETTINGS: dict[str, dict[str, Any]] = {
+    "ga_gdr": {"lr": 3e-5}, "ga_klr": {"lr": 3e-5}, "npo_gdr": {"lr": 6e-5}, "npo_klr": {"lr": 6e-5},
+    "simnpo": {"lr": 6e-5}, "idk_dpo": {"lr": 6e-5}, "task_vector": {"lr": 1e-4, "tv_scale": 1.0},
+    "rmu": {"lr": 3e-4}, "ga": {"lr": 3e-5}, "npo": {"lr": 6e-5},
+}
+FACTORS = (1.0, 2.0, 4.0, 8.0)
+
+
+def _known(subject: Any, probes: Sequence[Any]) -> list[Any]:
+    from unpact_mech.data import filter_known
+
+    return filter_known(subject, list(probes))[0]
+
+
+def _rate_str(k: int, n: int) -> str:
+    return f"{k}/{n}" if n else "n/a"
+
+
+def method_stage(base: Any, method: str, data: dict[str, list], out: Path, steps: int, target: float,
+                 patch: bool) -> dict[str, Any]:
+    """Unlearn with one method (cached) and measure the three findings; results cached as JSON."""
+    from unpact_mech.findings import destruction, function_word_penalisation, recovery
+    from unpact_mech.metrics import accuracy
+    from unpact_mech.models import load_model, read_provenance
+    from unpact_mech.probes import tokenize_probes
+    from unpact_mech.scoring import probe_table
+    from unpact_mech.tracking import compare, localise
+    from unpact_mech.unlearning import unlearn
+
+    res_file = out / method / "result.json"
+    if res_file.exists():
+        return json.loads(res_file.read_text())
+    forget, retain, general = data["forget"], data["retain"], data["general"]
+    ckpt = out / "checkpoints" / method
+    if not (ckpt / "unpact.json").exists():
+        unlearn(base, method, forget, retain, ckpt, steps=steps, target_forget_acc=target, check_every=2,
+                **SETTINGS.get(method, {}))
+    t0 = time.perf_counter()
+    prov = read_provenance(ckpt)
+    unl = load_model(str(ckpt))
+    f_tab = probe_table(unl, tokenize_probes(unl, forget))
+    cmp_f = compare(base, unl, forget)
+    sweep_df, rates = recovery(base, unl, forget, FACTORS)
+    _, drates = destruction(base, unl, retain + general)
+    cmp_r = compare(base, unl, retain + general)
+    fw = function_word_penalisation(cmp_r)
+    loc = localise(base, unl, forget[:8] + retain[:4])
+    d = out / method
+    write_table(cmp_f.per_probe, d / "keyword_focus.csv")
+    write_table(sweep_df, d / "emphasis_sweep.csv")
+    write_table(rates, d / "recovery_rates.csv")
+    write_table(fw, d / "function_words.csv")
+    write_table(loc.heads, d / "heads.csv")
+    write_table(loc.keytoken_route, d / "keytoken_route.csv")
+    write_table(loc.logit_lens, d / "logit_lens.csv")
+    examples = []
+    for rb, ru in list(zip(cmp_f.base, cmp_f.unlearned))[:3]:
+        from unpact_mech.keytokens import select_keytokens
+
+        tp = rb.tprobe
+        keys = {rb.positions[i] for i in select_keytokens(rb.contributions)}
+        b = [float("nan")] * tp.prompt_len
+        u = [float("nan")] * tp.prompt_len
+        for pos, cb, cu in zip(rb.positions, rb.contributions.tolist(), ru.contributions.tolist()):
+            b[pos], u[pos] = cb, cu
+        lo = min(tp.attributable)
+        examples.append({"id": tp.probe.id, "prompt": tp.probe.prompt, "answer": tp.probe.answer,
+                         "tokens": list(tp.tokens[lo : tp.prompt_len]), "base": b[lo:], "unlearned": u[lo:],
+                         "keys": [k - lo for k in keys]})
+    if patch:
+        from unpact_mech.patching import patch_positions
+
+        tp = tokenize_probes(base, forget[:1])[0]
+        pt = patch_positions(base, unl, tp, ["resid_pre", "attn_out", "mlp_out"], list(range(0, base.cfg.n_layers, 3)))
+        write_table(pt, d / "patch_positions.csv")
+    best = rates[rates.factor.astype(str) == "best"].set_index("route")
+    fw_mean = fw.groupby("kind")["change"].mean().to_dict()
+    row = {
+        "method": method,
+        "steps": prov["steps"],
+        "stopped_at": prov.get("stopped_at"),
+        "train_s": prov.get("train_seconds"),
+        "forget_acc": accuracy(list(f_tab.fact_top1)).rate,
+        "forget_lp_before": float(cmp_f.per_probe.lp_base.mean()),
+        "forget_lp_after": float(cmp_f.per_probe.lp_unlearned.mean()),
+        "retain_acc": 1 - drates["retain"].rate if "retain" in drates and drates["retain"].defined else float("nan"),
+        "focus_before": cmp_f.summary["mean_focus_base"],
+        "focus_after": cmp_f.summary["mean_focus_unlearned"],
+        "keytoken_jaccard": cmp_f.summary["mean_keytoken_jaccard"],
+        **{f"recovery_{r}": _rate_str(int(best.loc[r].k), int(best.loc[r].n)) for r in best.index},
+        "destructive_retain": str(drates.get("retain", "n/a")),
+        "destructive_general": str(drates.get("general", "n/a")),
+        "fw_change": fw_mean.get("function word", float("nan")),
+        "keytoken_change": fw_mean.get("KeyToken", float("nan")),
+        "route_summary": loc.summary,
+        "examples": examples,
+        "analysis_s": round(time.perf_counter() - t0, 1),
+    }
+    atomic_write_json(res_file, row)
+    return row
+
+
+def build_report(out: Path, rows: list[dict[str, Any]], data: dict[str, list], model: str) -> Path:
+    """The self-contained ``report.html`` with figures saved as PNG beside it."""
+    from unpact_mech.report.figures import (
+        bar,
+        head_heatmap,
+        line_sweep,
+        logit_lens_curves,
+        patch_heatmap,
+        save_figure,
+    )
+    from unpact_mech.report.html import comparison_block, image, write_report
+
+    summary = summary_table(rows)
+    sections: list[tuple[str, Any]] = [
+        ("Summary", f"<p>Base model <b>{model}</b>; {len(data['forget'])} forget, {len(data['retain'])} retain and "
+                    f"{len(data['general'])} general facts the base model answers (fact span top-1). Every method "
+                    "unlearns the forget split until its fact top-1 accuracy is at most the target, or max steps. "
+                    "Recovery columns: forget probes restored at any emphasis factor / eligible probes "
+                    "(prompt: repeat, mark, instruct).</p>"),
+        ("Summary table", summary),
+    ]
+    figs = out / "figures"
+    rec_frames, fw_frames = [], []
+    for r in rows:
+        m = r["method"]
+        rates = read_table(out / m / "recovery_rates.csv")
+        rates = rates[rates.factor.astype(str) != "best"].copy()
+        num = rates[~rates.route.str.startswith("prompt")].copy()
+        num["factor"] = num.factor.astype(float)
+        rec_frames.append(num.assign(method=m))
+        fw_frames.append(read_table(out / m / "function_words.csv").assign(method=m))
+        body = "".join(comparison_block(f"{e['id']}: {e['prompt']} -> {e['answer']}", e["tokens"], e["base"],
+                                        e["unlearned"], set(e["keys"])) for e in r["examples"])
+        heads = read_table(out / m / "heads.csv")
+        p1 = save_figure(head_heatmap(heads, "change", "forget", f"{m}: head DLA change on forget probes"),
+                         figs / f"{m}_heads_forget.png")
+        p2 = save_figure(logit_lens_curves(read_table(out / m / "logit_lens.csv"), title=f"{m}: logit lens"),
+                         figs / f"{m}_logit_lens.png")
+        route = html_pre(r["route_summary"])
+        patch = ""
+        if (out / m / "patch_positions.csv").exists():
+            pt = read_table(out / m / "patch_positions.csv")
+            patch = image(save_figure(patch_heatmap(pt), figs / f"{m}_patch.png"),
+                          f"{m}: restoration when patching base activations into the unlearned model")
+        sections.append((f"{m}: contributions before and after (red = supports the answer; outlined = base KeyToken)",
+                          body + route + image(p1) + image(p2) + patch))
+    rec = pd.concat(rec_frames, ignore_index=True)
+    p = save_figure(line_sweep(rec, "factor", "rate", "method", "Recovery rate over emphasis factor", style="route"),
+                    figs / "recovery_curves.png")
+    fw = pd.concat(fw_frames, ignore_index=True)
+    q = save_figure(bar(fw, "method", "change", "kind", "Contribution change on retain/general probes"),
+                    figs / "function_words.png")
+    sections.insert(2, ("Finding 2: recovery by emphasis", image(p)))
+    sections.insert(3, ("Finding 3: what unlearning penalised on retain probes", image(q)))
+    return write_report(out / "report.html", "unPact: the unlearning dilemma, mechanistically", sections)
+
+
+def html_pre(text: str) -> str:
+    import html
+
+    return f"<pre>{html.escape(text)}</pre>"
+
+
+SUMMARY_COLUMNS = ["method", "steps", "forget_acc", "forget_lp_before", "forget_lp_after", "retain_acc",
+                   "focus_before", "focus_after", "keytoken_jaccard", "recovery_embed", "recovery_attention",
+                   "recovery_prompt:repeat", "recovery_prompt:mark", "recovery_prompt:instruct",
+                   "destructive_retain", "destructive_general", "fw_change", "keytoken_change"]
+
+
+def summary_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    return df[[c for c in SUMMARY_COLUMNS if c in df.columns]]
+
+
+def run_demo(model: str = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS, out: str | Path = "unpact_out/demo",
+             steps: int = 12, target: float = 0.25, patch: bool = True, max_forget: int | None = None,
+             probes: Sequence[Any] | None = None, known_only: bool = True) -> pd.DataFrame:
+    """Run (or resume) the demo; returns the summary table and writes ``OUT/report.html``."""
+    from unpact_mech.data import load_benchmark
+    from unpact_mech.models import load_model
+
+    out = Path(out)
+    t0 = time.perf_counter()
+    base = load_model(model, verbose=True)
+    pool = list(probes) if probes is not None else load_benchmark("facts")
+    known = _known(base, pool) if known_only else pool
+    data = {s: [p for p in known if p.split == s] for s in ("forget", "retain", "general")}
+    if max_forget:
+        data["forget"] = data["forget"][:max_forget]
+    print(f"[unpact] base knows {len(data['forget'])} forget, {len(data['retain'])} retain, "
+          f"{len(data['general'])} general facts", flush=True)
+    rows = []
+    for i, m in enumerate(methods):
+        print(f"[unpact] method {i + 1}/{len(methods)}: {m}", flush=True)
+        rows.append(method_stage(base, m, data, out, steps, target, patch and i == 0))
+    table = summary_table(rows)
+    write_table(table, out / "summary.csv")
+    report = build_report(out, rows, data, base.name)
+    print(f"[unpact] demo finished in {time.perf_counter() - t0:.0f} s; report: {report}", flush=True)
+    return table

@@ -1,0 +1,73 @@
+"""A self-contained HTML report: summary table, token heatmaps (base vs unlearned), embedded figures."""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from unpact_mech.io import atomic_write_text
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:1em 0}
+td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th{background:#f3f3f3}
+td:first-child,th:first-child{text-align:left}
+.tok{display:inline-block;padding:2px 3px;margin:1px;border-radius:3px;font-family:monospace;font-size:13px}
+.key{outline:2px solid #111}
+.pair{display:grid;grid-template-columns:130px 1fr;gap:4px;margin:.4em 0 1.2em}
+.lbl{color:#555;font-size:13px;padding-top:4px}
+img{max-width:100%;border:1px solid #eee;margin:.5em 0}
+h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:1.6em}
+"""
+
+
+def _colour(score: float, scale: float) -> str:
+    """Red for positive contribution, blue for negative, white for zero."""
+    x = max(-1.0, min(1.0, score / scale)) if scale > 0 else 0.0
+    if x >= 0:
+        return f"rgb(255,{int(255 * (1 - x))},{int(255 * (1 - x))})"
+    return f"rgb({int(255 * (1 + x))},{int(255 * (1 + x))},255)"
+
+
+def token_row(tokens: Sequence[str], scores: Sequence[float], keys: set[int], scale: float) -> str:
+    """Tokens as coloured spans (KeyTokens outlined); ``scores`` may be NaN for non-attributable tokens."""
+    spans = []
+    for i, (t, s) in enumerate(zip(tokens, scores)):
+        bg = "#f4f4f4" if s != s else _colour(s, scale)
+        title = "" if s != s else f' title="{s:+.3f}"'
+        cls = "tok key" if i in keys else "tok"
+        spans.append(f'<span class="{cls}" style="background:{bg}"{title}>{html.escape(t) or "&nbsp;"}</span>')
+    return "".join(spans)
+
+
+def comparison_block(title: str, tokens: Sequence[str], base: Sequence[float], unlearned: Sequence[float],
+                     keys: set[int]) -> str:
+    """One probe: its prompt tokens coloured by contribution, base above unlearned."""
+    vals = [abs(v) for v in list(base) + list(unlearned) if v == v]
+    scale = max(vals) if vals else 1.0
+    return (f"<h4>{html.escape(title)}</h4><div class='pair'><div class='lbl'>base</div><div>"
+            f"{token_row(tokens, base, keys, scale)}</div><div class='lbl'>unlearned</div><div>"
+            f"{token_row(tokens, unlearned, keys, scale)}</div></div>")
+
+
+def image(path: str | Path, caption: str = "") -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f"<figure><img src='data:image/png;base64,{data}'/><figcaption>{html.escape(caption)}</figcaption></figure>"
+
+
+def write_report(path: str | Path, title: str, sections: Sequence[tuple[str, Any]]) -> Path:
+    """Write the report; each section is (heading, HTML string or DataFrame)."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    for heading, body in sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        parts.append(body.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="")
+                     if isinstance(body, pd.DataFrame) else str(body))
+    parts.append("</body></html>")
+    return atomic_write_text(path, "\n".join(parts))
