@@ -55,3 +55,27 @@ def test_load_hf_model_is_unfolded_and_matches_bridge(tiny_gpt2):
 def test_smollm2_cached_load(smol):
     assert (models.cache_dir() / "models" / "smollm2-135m" / "model.safetensors").exists()
     assert smol.cfg.n_layers == 30 and smol.cfg.n_heads == 9 and smol.cfg.n_key_value_heads == 3
+
+
+def test_placement_options_reach_from_pretrained(tiny_llama_dir, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from unpact_mech.models import placement_kwargs
+
+    seen = {}
+    real = AutoModelForCausalLM.from_pretrained.__func__
+
+    def spy(cls, source, **kw):
+        seen.update(kw)
+        kw.pop("device_map", None)  # no GPUs here: record the option, load on the CPU
+        return real(cls, source, **kw)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(spy))
+    load_model(str(tiny_llama_dir), device_map={"": "cpu"})
+    assert seen["device_map"] == {"": "cpu"}
+    assert placement_kwargs(device="cpu") == {"device_map": "cpu"}
+    with pytest.raises(ValueError, match="only one of"):
+        placement_kwargs(device="cpu", n_devices=2)
+    if torch.cuda.device_count() < 2:
+        with pytest.raises(ValueError, match="CUDA device"):
+            placement_kwargs(n_devices=2)

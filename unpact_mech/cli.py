@@ -82,12 +82,14 @@ def cmd_attribute(a: argparse.Namespace) -> int:
         if not a.prompt or not a.answer:
             raise SystemExit("unpact attribute: give --prompt and --answer, or --probes FILE")
         probes = [Probe(id="cli", prompt=a.prompt, answer=a.answer)]
-    tps = tokenize_probes(subject, probes, a.format)
+    from unpact_mech.sharding import parse_shard, run_key, take_shard, write_part
+
+    shard = parse_shard(a.shard)
+    key = run_key("attribute", {"model": a.model, "method": a.method, "format": a.format}, [p.id for p in probes])
+    tps = tokenize_probes(subject, take_shard(probes, shard), a.format)
     table = attribute(subject, tps, method=a.method, progress=True)
     if a.out:
-        from unpact_mech.io import write_table
-
-        write_table(table, a.out)
+        write_part(table, a.out, key, shard)
         print(f"wrote {a.out}")
     params = _params(a)
     for tp in tps:
@@ -146,14 +148,16 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def cmd_dla(a: argparse.Namespace) -> int:
     from unpact_mech.attribution import attribute
     from unpact_mech.attribution.dla import average_over_answer
-    from unpact_mech.io import write_table
     from unpact_mech.models import load_model
     from unpact_mech.probes import tokenize_probes
+    from unpact_mech.sharding import parse_shard, run_key, take_shard, write_part
 
     subject = load_model(a.model, verbose=True)
-    tps = tokenize_probes(subject, _probes_from_args(a), a.format)
+    probes, shard = _probes_from_args(a), parse_shard(a.shard)
+    key = run_key("dla", {"model": a.model, "target": a.target, "format": a.format}, [p.id for p in probes])
+    tps = tokenize_probes(subject, take_shard(probes, shard), a.format)
     table = attribute(subject, tps, method="dla", target=a.target, progress=True)
-    write_table(table, a.out)
+    write_part(table, a.out, key, shard)
     avg = average_over_answer(table)
     top = avg.reindex(avg.score.abs().sort_values(ascending=False).index).head(a.top)
     _print_df(top[["probe_id", "component", "layer", "head", "score"]].round(4))
@@ -164,14 +168,16 @@ def cmd_dla(a: argparse.Namespace) -> int:
 @command("paths")
 def cmd_paths(a: argparse.Namespace) -> int:
     from unpact_mech.attribution import attribute
-    from unpact_mech.io import write_table
     from unpact_mech.models import load_model
     from unpact_mech.probes import tokenize_probes
+    from unpact_mech.sharding import parse_shard, run_key, take_shard, write_part
 
     subject = load_model(a.model, verbose=True)
-    tps = tokenize_probes(subject, _probes_from_args(a), a.format)
+    probes, shard = _probes_from_args(a), parse_shard(a.shard)
+    key = run_key("paths", {"model": a.model, "target": a.target, "format": a.format}, [p.id for p in probes])
+    tps = tokenize_probes(subject, take_shard(probes, shard), a.format)
     table = attribute(subject, tps, method="paths", target=a.target, progress=True)
-    write_table(table, a.out)
+    write_part(table, a.out, key, shard)
     per_token = table.groupby(["probe_id", "position", "token"], sort=False)["score"].sum().reset_index()
     _print_df(per_token.round(4))
     print(f"wrote {a.out} ({len(table)} rows)")
@@ -286,6 +292,15 @@ def cmd_patch(a: argparse.Namespace) -> int:
     return 0
 
 
+@command("merge")
+def cmd_merge(a: argparse.Namespace) -> int:
+    from unpact_mech.sharding import merge_parts
+
+    merged = merge_parts(a.parts, a.out)
+    print(f"merged {len(a.parts)} parts, {len(merged)} rows -> {a.out}")
+    return 0
+
+
 @command("data")
 def cmd_data(a: argparse.Namespace) -> int:
     from unpact_mech.data import BENCHMARKS, load_benchmark
@@ -326,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--probes", help="JSON-lines probe file or benchmark name (instead of --prompt/--answer)")
     s.add_argument("--method", default="loo", choices=sorted(ATTRIBUTION_METHODS))
     s.add_argument("--out", help="write the table (.csv or .parquet)")
+    s.add_argument("--shard", help="i/n: only every n-th probe from the i-th (merge parts with `unpact merge`)")
     _keytoken_args(s)
 
     s = sub.add_parser("compare", help="base vs unlearned: KeyTokens, focus, contribution change per probe")
@@ -356,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--target", default="logit", choices=["logit", "logit_diff"])
         s.add_argument("--out", default=f"{name}.csv", help="table (.csv or .parquet)")
         s.add_argument("--top", type=int, default=20, help="rows to print")
+        s.add_argument("--shard", help="i/n: only every n-th probe from the i-th (merge parts with `unpact merge`)")
         _keytoken_args(s)
 
     s = sub.add_parser("localise", help="where base -> unlearned changed: heads, layers x source tokens")
@@ -402,6 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="patching")
     s.add_argument("--format", default="auto", choices=["auto", "chat", "plain"])
 
+    s = sub.add_parser("merge", help="merge the partial tables of a sharded run (order-independent)")
+    s.add_argument("out", help="merged table (.csv or .parquet)")
+    s.add_argument("parts", nargs="+", help="partial tables written with --shard i/n")
+
     s = sub.add_parser("data", help="list benchmarks or show a few rows of one")
     s.add_argument("action", choices=["list", "show"])
     s.add_argument("name", nargs="?")
@@ -416,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.cmd](args)
-    except (ValueError, KeyError, FileNotFoundError) as err:
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
         print(f"unpact {args.cmd}: error: {err}", file=sys.stderr)
         return 2
 

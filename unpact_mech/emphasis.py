@@ -28,6 +28,13 @@ PROMPT_STYLES: tuple[str, ...] = ("repeat", "mark", "instruct")
 
 def emphasis_hooks(subject: Any, positions: Sequence[int], factor: float, route: str) -> Hooks:
     """The hooks of one emphasis route at the given prompt positions."""
+    if getattr(subject, "backend", "transformer_lens") == "nnsight":
+        if route != "embed":
+            raise ValueError(f"route {route!r} needs TransformerLens attention internals; the nnsight backend "
+                             "supports route='embed'")
+        from unpact_mech import nnsight_backend
+
+        return nnsight_backend.scale_embedding(subject, positions, factor)  # type: ignore[return-value]
     if route == "embed":
         return scale_embedding(positions, factor)
     if route == "attention":

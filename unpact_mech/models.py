@@ -165,11 +165,27 @@ class Subject:
         return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
 
 
-def _load_hf(source: str) -> Any:
+def placement_kwargs(device: str | None = None, device_map: Any = None, n_devices: int | None = None) -> dict[str, Any]:
+    """``from_pretrained`` placement options: one device, an HF device map, or balanced over n GPUs."""
+    if sum(x is not None for x in (device, device_map, n_devices)) > 1:
+        raise ValueError("give only one of device, device_map and n_devices")
+    if n_devices is not None:
+        if n_devices < 1:
+            raise ValueError(f"n_devices must be >= 1, got {n_devices}")
+        available = torch.cuda.device_count()
+        if available < n_devices:
+            raise ValueError(f"n_devices={n_devices} but only {available} CUDA device(s) are visible")
+        return {"device_map": "balanced", "max_memory": {i: torch.cuda.mem_get_info(i)[0] for i in range(n_devices)}}
+    if device_map is not None:
+        return {"device_map": device_map}
+    return {"device_map": device} if device is not None else {}
+
+
+def _load_hf(source: str, **placement: Any) -> Any:
     from transformers import AutoModelForCausalLM
 
     _quiet_transformers()
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, attn_implementation="eager", **placement)
     return model.eval()
 
 
@@ -220,12 +236,25 @@ def subject_from_hf(hf_model: Any, tokenizer: Any, name: str, source: str, prove
     return Subject(name=name, bridge=bridge, tokenizer=tokenizer, source=source, provenance=provenance or {})
 
 
-def load_model(spec: str, name: str | None = None, verbose: bool = False) -> Subject:
-    """Load a model spec (built-in name, local HF dir or hub id) as a :class:`Subject`."""
+def load_model(
+    spec: str,
+    name: str | None = None,
+    verbose: bool = False,
+    device: str | None = None,
+    device_map: Any = None,
+    n_devices: int | None = None,
+) -> Subject:
+    """Load a model spec (built-in name, local HF dir or hub id) as a :class:`Subject`.
+
+    Placement: ``device`` ("cuda:0"), an HF ``device_map`` ("auto", "balanced", dict) or ``n_devices`` (balanced
+    over the first n GPUs) for models larger than one device. Compatibility mode's weight folding refuses
+    CPU/disk-offloaded maps (TransformerLens limitation), so keep big models on GPUs.
+    """
     t0 = time.perf_counter()
+    placement = placement_kwargs(device, device_map, n_devices)
     model_name, source = _resolve(spec)
     try:
-        hf = _load_hf(source)
+        hf = _load_hf(source, **placement)
         tok = _load_tokenizer(source)
     except OSError as err:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"

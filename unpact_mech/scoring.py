@@ -46,7 +46,9 @@ def pad_token_id(tokenizer: Any) -> int:
 def forward_logits(
     subject: Any, ids: Int[Tensor, "batch pos"], hooks: Sequence[Hook] = ()
 ) -> Float[Tensor, "batch pos vocab"]:
-    """One forward pass of the bridge, with optional (hook_name, fn) hooks."""
+    """One forward pass of the bridge, with optional (hook_name, fn) hooks (other backends: their own)."""
+    if hasattr(subject, "forward_logits"):  # e.g. the nnsight backend
+        return subject.forward_logits(ids, hooks)
     with torch.no_grad():
         if hooks:
             return subject.bridge.run_with_hooks(ids, fwd_hooks=list(hooks))

@@ -1,0 +1,88 @@
+"""Split a batch job over machines: ``--shard i/n`` keeps every n-th probe; ``unpact merge`` joins the parts.
+
+Each part is written with a sidecar ``<table>.shard.json`` recording the run (command, model, options, probe
+set hash) and its shard; merging refuses parts of different runs, duplicate or missing shards, and sorts rows
+canonically so the merged table does not depend on the order the parts are given in.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pandas as pd
+
+from unpact_mech.io import atomic_write_json, read_table, write_table
+from unpact_mech.models import data_hash
+
+T = TypeVar("T")
+SORT_KEYS = ["probe_id", "model", "method", "component", "layer", "head", "position"]
+
+
+class ShardError(ValueError):
+    """Parts that cannot be merged into one table."""
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'i/n' -> (i, n) with 0 <= i < n."""
+    if not text:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError as err:
+        raise ShardError(f"--shard takes 'i/n' (e.g. 0/4), got {text!r}") from err
+    if not (n >= 1 and 0 <= i < n):
+        raise ShardError(f"--shard {text}: need 0 <= i < n")
+    return i, n
+
+
+def take_shard(items: Sequence[T], shard: tuple[int, int] | None) -> list[T]:
+    """Every n-th item starting at i (all items without a shard)."""
+    if shard is None:
+        return list(items)
+    i, n = shard
+    return [x for k, x in enumerate(items) if k % n == i]
+
+
+def canonical(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows in a fixed order (by the shared keys present), index reset."""
+    keys = [k for k in SORT_KEYS if k in df.columns]
+    return df.sort_values(keys, kind="mergesort", na_position="first").reset_index(drop=True)
+
+
+def run_key(command: str, options: dict[str, Any], probe_ids: Sequence[str]) -> str:
+    return data_hash({"command": command, "options": options, "probes": list(probe_ids)})
+
+
+def write_part(df: pd.DataFrame, path: str | Path, key: str, shard: tuple[int, int] | None) -> Path:
+    """Write a (partial) table and its sidecar."""
+    path = Path(path)
+    write_table(canonical(df), path)
+    i, n = shard or (0, 1)
+    atomic_write_json(path.with_name(path.name + ".shard.json"), {"run": key, "shard": i, "n_shards": n})
+    return path
+
+
+def merge_parts(parts: Sequence[str | Path], out: str | Path) -> pd.DataFrame:
+    """Merge partial tables of one run into ``out``."""
+    if not parts:
+        raise ShardError("nothing to merge")
+    metas = []
+    for p in parts:
+        side = Path(p).with_name(Path(p).name + ".shard.json")
+        if not side.exists():
+            raise ShardError(f"{p} has no {side.name}: not written with --shard")
+        metas.append(json.loads(side.read_text()))
+    runs = {m["run"] for m in metas}
+    if len(runs) > 1:
+        raise ShardError(f"parts come from different runs ({len(runs)} run keys): same command, model, options "
+                         "and probes are needed")
+    n = metas[0]["n_shards"]
+    got = sorted(m["shard"] for m in metas)
+    if any(m["n_shards"] != n for m in metas) or got != list(range(n)):
+        raise ShardError(f"need shards 0..{n - 1} exactly once, got {got}")
+    merged = canonical(pd.concat([read_table(p) for p in parts], ignore_index=True))
+    write_table(merged, out)
+    return merged
