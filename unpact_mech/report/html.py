@@ -40,9 +40,10 @@ def token_row(tokens: Sequence[str], scores: Sequence[float], keys: set[int], sc
     spans = []
     for i, (t, s) in enumerate(zip(tokens, scores)):
         bg = "#f4f4f4" if s != s else _colour(s, scale)
+        fg = "color:#fff;" if s == s and scale > 0 and abs(s / scale) > 0.6 else ""
         title = "" if s != s else f' title="{s:+.3f}"'
         cls = "tok key" if i in keys else "tok"
-        spans.append(f'<span class="{cls}" style="background:{bg}"{title}>{html.escape(t) or "&nbsp;"}</span>')
+        spans.append(f'<span class="{cls}" style="{fg}background:{bg}"{title}>{html.escape(t) or "&nbsp;"}</span>')
     return "".join(spans)
 
 
