@@ -144,20 +144,27 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
-@command("dla")
-def cmd_dla(a: argparse.Namespace) -> int:
+def _mech_table(a: argparse.Namespace) -> Any:
+    """Shared body of ``unpact dla`` / ``unpact paths``: load, shard, attribute, write; returns the table."""
     from unpact_mech.attribution import attribute
-    from unpact_mech.attribution.dla import average_over_answer
     from unpact_mech.models import load_model
     from unpact_mech.probes import tokenize_probes
     from unpact_mech.sharding import parse_shard, run_key, take_shard, write_part
 
     subject = load_model(a.model, verbose=True)
     probes, shard = _probes_from_args(a), parse_shard(a.shard)
-    key = run_key("dla", {"model": a.model, "target": a.target, "format": a.format}, [p.id for p in probes])
+    key = run_key(a.cmd, {"model": a.model, "target": a.target, "format": a.format}, [p.id for p in probes])
     tps = tokenize_probes(subject, take_shard(probes, shard), a.format)
-    table = attribute(subject, tps, method="dla", target=a.target, progress=True)
+    table = attribute(subject, tps, method=a.cmd, target=a.target, progress=True)
     write_part(table, a.out, key, shard)
+    return table
+
+
+@command("dla")
+def cmd_dla(a: argparse.Namespace) -> int:
+    from unpact_mech.attribution.dla import average_over_answer
+
+    table = _mech_table(a)
     avg = average_over_answer(table)
     top = avg.reindex(avg.score.abs().sort_values(ascending=False).index).head(a.top)
     _print_df(top[["probe_id", "component", "layer", "head", "score"]].round(4))
@@ -167,17 +174,7 @@ def cmd_dla(a: argparse.Namespace) -> int:
 
 @command("paths")
 def cmd_paths(a: argparse.Namespace) -> int:
-    from unpact_mech.attribution import attribute
-    from unpact_mech.models import load_model
-    from unpact_mech.probes import tokenize_probes
-    from unpact_mech.sharding import parse_shard, run_key, take_shard, write_part
-
-    subject = load_model(a.model, verbose=True)
-    probes, shard = _probes_from_args(a), parse_shard(a.shard)
-    key = run_key("paths", {"model": a.model, "target": a.target, "format": a.format}, [p.id for p in probes])
-    tps = tokenize_probes(subject, take_shard(probes, shard), a.format)
-    table = attribute(subject, tps, method="paths", target=a.target, progress=True)
-    write_part(table, a.out, key, shard)
+    table = _mech_table(a)
     per_token = table.groupby(["probe_id", "position", "token"], sort=False)["score"].sum().reset_index()
     _print_df(per_token.round(4))
     print(f"wrote {a.out} ({len(table)} rows)")

@@ -34,6 +34,21 @@ def _rowwise_patch(src: torch.Tensor, positions: Sequence[int]) -> Any:
     return fn
 
 
+def _endpoints(base: Any, unlearned: Any, tp: TokenizedProbe, direction: str, names: set[str]) -> tuple[Any, Any, float, float]:
+    """(target model, source cache of ``names``, LP of source, LP of target) for one patching direction."""
+    check_same_tokenizer(base, unlearned)
+    if direction not in ("base->unlearned", "unlearned->base"):
+        raise ValueError(f"unknown direction {direction!r}: 'base->unlearned' or 'unlearned->base'")
+    source, target = (base, unlearned) if direction == "base->unlearned" else (unlearned, base)
+    cache = None
+    if names:
+        with torch.no_grad():
+            _, cache = source.bridge.run_with_cache(torch.tensor([tp.ids]), names_filter=lambda n: n in names)
+    lp_src = score_sequences(source, [(tp.ids, tp.prompt_len)])[0].lp
+    lp_tgt = score_sequences(target, [(tp.ids, tp.prompt_len)])[0].lp
+    return target, cache, lp_src, lp_tgt
+
+
 def _lp_batch(subject: Any, tp: TokenizedProbe, n: int, hooks: list) -> torch.Tensor:
     with applied(subject, hooks):
         scores = score_sequences(subject, [(tp.ids, tp.prompt_len)] * n, batch_tokens=n * len(tp.ids))
@@ -50,21 +65,13 @@ def patch_positions(
     direction: str = "base->unlearned",
 ) -> pd.DataFrame:
     """Restoration per (kind, layer, position). Positions default to the question's first token onwards."""
-    check_same_tokenizer(base, unlearned)
-    if direction not in ("base->unlearned", "unlearned->base"):
-        raise ValueError(f"unknown direction {direction!r}: 'base->unlearned' or 'unlearned->base'")
-    source, target = (base, unlearned) if direction == "base->unlearned" else (unlearned, base)
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         raise ValueError(f"unknown patch kind(s) {unknown}: use {sorted(KINDS)}")
-    n_layers = target.cfg.n_layers
-    layers = list(range(n_layers)) if layers is None else list(layers)
+    layers = list(range(base.cfg.n_layers)) if layers is None else list(layers)
     positions = list(range(min(tp.attributable), len(tp.ids) - 1)) if positions is None else list(positions)
     names = {KINDS[k].format(l=layer) for k in kinds for layer in layers}
-    with torch.no_grad():
-        _, cache = source.bridge.run_with_cache(torch.tensor([tp.ids]), names_filter=lambda n: n in names)
-    lp_src = score_sequences(source, [(tp.ids, tp.prompt_len)])[0].lp
-    lp_tgt = score_sequences(target, [(tp.ids, tp.prompt_len)])[0].lp
+    target, cache, lp_src, lp_tgt = _endpoints(base, unlearned, tp, direction, names)
     gap = lp_src - lp_tgt
     rows = []
     for kind in kinds:
@@ -82,15 +89,10 @@ def patch_heads(
     base: Any, unlearned: Any, tp: TokenizedProbe, layers: Sequence[int] | None = None, direction: str = "base->unlearned"
 ) -> pd.DataFrame:
     """Restoration per (layer, head): the head's ``hook_z`` at every position patched from the source run."""
-    check_same_tokenizer(base, unlearned)
-    source, target = (base, unlearned) if direction == "base->unlearned" else (unlearned, base)
-    layers = list(range(target.cfg.n_layers)) if layers is None else list(layers)
-    n_heads = target.cfg.n_heads
+    layers = list(range(base.cfg.n_layers)) if layers is None else list(layers)
+    n_heads = base.cfg.n_heads
     names = {f"blocks.{layer}.attn.hook_z" for layer in layers}
-    with torch.no_grad():
-        _, cache = source.bridge.run_with_cache(torch.tensor([tp.ids]), names_filter=lambda n: n in names)
-    lp_src = score_sequences(source, [(tp.ids, tp.prompt_len)])[0].lp
-    lp_tgt = score_sequences(target, [(tp.ids, tp.prompt_len)])[0].lp
+    target, cache, lp_src, lp_tgt = _endpoints(base, unlearned, tp, direction, names)
     gap = lp_src - lp_tgt
     rows = []
     for layer in layers:
@@ -111,8 +113,6 @@ def patch_heads(
 
 def restoration(base: Any, unlearned: Any, tp: TokenizedProbe, hooks: list, direction: str = "base->unlearned") -> float:
     """Restoration of one arbitrary set of patch hooks applied to the target model."""
-    source, target = (base, unlearned) if direction == "base->unlearned" else (unlearned, base)
-    lp_src = score_sequences(source, [(tp.ids, tp.prompt_len)])[0].lp
-    lp_tgt = score_sequences(target, [(tp.ids, tp.prompt_len)])[0].lp
+    target, _, lp_src, lp_tgt = _endpoints(base, unlearned, tp, direction, set())
     lp = float(_lp_batch(target, tp, 1, hooks)[0])
     return (lp - lp_tgt) / (lp_src - lp_tgt)

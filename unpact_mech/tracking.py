@@ -39,6 +39,11 @@ class Comparison:
     unlearned: list[LooResult]
 
 
+def _tokenized(subject: Any, probes: Sequence[Probe | TokenizedProbe], fmt: str) -> list[TokenizedProbe]:
+    """Probes tokenised for ``subject``, in their given order (tokenised ones kept as they are)."""
+    return [p if isinstance(p, TokenizedProbe) else tokenize_probes(subject, [p], fmt)[0] for p in probes]  # type: ignore[arg-type]
+
+
 def _jaccard(a: set[int], b: set[int]) -> float:
     return 1.0 if not a and not b else len(a & b) / len(a | b)
 
@@ -55,8 +60,7 @@ def compare(
     """Compare leave-one-out contributions and KeyTokens of two models on the same probes."""
     check_same_tokenizer(base, unlearned)
     params = params or KeyTokenParams()
-    raw = [p for p in probes if isinstance(p, Probe)]
-    tps = [p for p in probes if isinstance(p, TokenizedProbe)] + tokenize_probes(base, raw, fmt)  # type: ignore
+    tps = _tokenized(base, probes, fmt)
     rb = loo_contributions(base, tps, variant, progress=progress)  # type: ignore[arg-type]
     ru = loo_contributions(unlearned, tps, variant, progress=progress)  # type: ignore[arg-type]
     rows = []
@@ -136,8 +140,7 @@ def localise(
 
     check_same_tokenizer(base, unlearned)
     params = params or KeyTokenParams()
-    raw = [p for p in probes if isinstance(p, Probe)]
-    tps = [p for p in probes if isinstance(p, TokenizedProbe)] + tokenize_probes(base, raw, fmt)  # type: ignore
+    tps = _tokenized(base, probes, fmt)
     loo = loo_contributions(base, tps)  # type: ignore[arg-type]
     head_acc: dict[str, list] = {}
     route_acc: dict[str, list] = {}
