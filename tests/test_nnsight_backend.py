@@ -28,10 +28,12 @@ def _agree(tl, nn, tps):
     ids = torch.tensor([other])
     with torch.no_grad():
         _, cache = tl.bridge.run_with_cache(ids, names_filter=lambda n: n == "blocks.1.hook_resid_post")
-    with applied(tl, patch_from_cache(cache, "blocks.1.hook_resid_post", positions=[1, 2])):
+    qpos = [p for p in tp.attributable if other[p] != tp.ids[p]][:2]  # where the two prompts differ
+    assert qpos
+    with applied(tl, patch_from_cache(cache, "blocks.1.hook_resid_post", positions=qpos)):
         pa = score_sequences(tl, [(tp.ids, tp.prompt_len)])[0].lp
     src = nn.layer_output(ids, 1)
-    pb = score_sequences(nn, [(tp.ids, tp.prompt_len)], hooks=patch_layer_output(nn, 1, src, [1, 2]))[0].lp
+    pb = score_sequences(nn, [(tp.ids, tp.prompt_len)], hooks=patch_layer_output(nn, 1, src, qpos))[0].lp
     assert abs(pa - pb) < 1e-4 and abs(pa - a[0].lp) > 1e-5
 
 
