@@ -30,3 +30,9 @@ def test_compare_cli_writes_table_and_summary(tiny_llama_dir, tmp_path, capsys, 
 def test_cli_errors_are_clean(capsys):
     assert main(["attribute", "--model", "no-such-model", "--prompt", "q", "--answer", "a"]) == 2
     assert "unknown model spec 'no-such-model'" in capsys.readouterr().err
+
+
+def test_demo_keytoken_table(tiny_llama_dir, capsys):
+    assert main(["demo", "--model", str(tiny_llama_dir), "--n", "3", "--keytokens-only"]) == 0
+    out = capsys.readouterr().out
+    assert "KeyTokens of" in out and "geography-00" in out
