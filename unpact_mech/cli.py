@@ -46,6 +46,14 @@ def _load_probes_arg(spec: str, split: str | None = None) -> list[Any]:
     return load_probes(spec)
 
 
+def _base_and_unlearned(a: argparse.Namespace) -> tuple[list[Any], Any, Any]:
+    """Probes (--probes), base model (--base) and unlearned model (--unlearned) of a comparison command."""
+    from unpact_mech.models import load_model
+
+    probes = _load_probes_arg(a.probes)
+    return probes, load_model(a.base, verbose=True), load_model(a.unlearned, verbose=True)
+
+
 def keytoken_table(results: Sequence[Any], params: KeyTokenParams) -> pd.DataFrame:
     """One row per probe: prompt, LP and its KeyTokens with their contributions."""
     rows = []
@@ -105,12 +113,9 @@ def cmd_attribute(a: argparse.Namespace) -> int:
 @command("compare")
 def cmd_compare(a: argparse.Namespace) -> int:
     from unpact_mech.io import atomic_write_json, write_table
-    from unpact_mech.models import load_model
     from unpact_mech.tracking import compare
 
-    probes = _load_probes_arg(a.probes)
-    base = load_model(a.base, verbose=True)
-    unl = load_model(a.unlearned, verbose=True)
+    probes, base, unl = _base_and_unlearned(a)
     result = compare(base, unl, probes, _params(a), fmt=a.format, progress=True)
     out = Path(a.out)
     write_table(result.per_probe, out)
@@ -184,13 +189,10 @@ def cmd_paths(a: argparse.Namespace) -> int:
 @command("localise")
 def cmd_localise(a: argparse.Namespace) -> int:
     from unpact_mech.io import write_table
-    from unpact_mech.models import load_model
     from unpact_mech.report.figures import head_heatmap, logit_lens_curves, save_figure, source_heatmap
     from unpact_mech.tracking import localise
 
-    probes = _load_probes_arg(a.probes)
-    base = load_model(a.base, verbose=True)
-    unl = load_model(a.unlearned, verbose=True)
+    probes, base, unl = _base_and_unlearned(a)
     loc = localise(base, unl, probes, _params(a), fmt=a.format, top_k=a.top, progress=True)
     out = Path(a.out)
     write_table(loc.heads, out / "heads.csv")
@@ -237,11 +239,8 @@ def cmd_unlearn(a: argparse.Namespace) -> int:
 def cmd_emphasize(a: argparse.Namespace) -> int:
     from unpact_mech.findings import destruction, recovery
     from unpact_mech.io import write_table
-    from unpact_mech.models import load_model
 
-    probes = _load_probes_arg(a.probes)
-    base = load_model(a.base, verbose=True)
-    unl = load_model(a.unlearned, verbose=True)
+    probes, base, unl = _base_and_unlearned(a)
     factors = _floats(a.factors) if a.sweep else [1.0, _floats(a.factors)[-1]]
     forget = [p for p in probes if p.split == "forget"] or probes
     per_probe, rates = recovery(base, unl, forget, factors, a.routes.split(","), params=_params(a), fmt=a.format)
@@ -262,14 +261,12 @@ def cmd_emphasize(a: argparse.Namespace) -> int:
 @command("patch")
 def cmd_patch(a: argparse.Namespace) -> int:
     from unpact_mech.io import write_table
-    from unpact_mech.models import load_model
     from unpact_mech.patching import patch_heads, patch_positions
     from unpact_mech.probes import tokenize_probes
     from unpact_mech.report.figures import patch_heatmap, save_figure
 
-    probes = _load_probes_arg(a.probes)[: a.n]
-    base = load_model(a.base, verbose=True)
-    unl = load_model(a.unlearned, verbose=True)
+    probes, base, unl = _base_and_unlearned(a)
+    probes = probes[: a.n]
     layers = list(range(0, base.cfg.n_layers, a.layer_step))
     out = Path(a.out)
     frames, heads = [], []

@@ -44,6 +44,14 @@ def _tokenized(subject: Any, probes: Sequence[Probe | TokenizedProbe], fmt: str)
     return [p if isinstance(p, TokenizedProbe) else tokenize_probes(subject, [p], fmt)[0] for p in probes]  # type: ignore[arg-type]
 
 
+def _prepare(
+    base: Any, unlearned: Any, probes: Sequence[Probe | TokenizedProbe], params: KeyTokenParams | None, fmt: str
+) -> tuple[KeyTokenParams, list[TokenizedProbe]]:
+    """Shared prologue of comparisons: same tokenizer, default KeyToken params, probes tokenised by the base."""
+    check_same_tokenizer(base, unlearned)
+    return params or KeyTokenParams(), _tokenized(base, probes, fmt)
+
+
 def _jaccard(a: set[int], b: set[int]) -> float:
     return 1.0 if not a and not b else len(a & b) / len(a | b)
 
@@ -58,9 +66,7 @@ def compare(
     progress: bool = False,
 ) -> Comparison:
     """Compare leave-one-out contributions and KeyTokens of two models on the same probes."""
-    check_same_tokenizer(base, unlearned)
-    params = params or KeyTokenParams()
-    tps = _tokenized(base, probes, fmt)
+    params, tps = _prepare(base, unlearned, probes, params, fmt)
     rb = loo_contributions(base, tps, variant, progress=progress)  # type: ignore[arg-type]
     ru = loo_contributions(unlearned, tps, variant, progress=progress)  # type: ignore[arg-type]
     rows = []
@@ -138,9 +144,7 @@ def localise(
 
     from unpact_mech.attribution.dla import decompose, logit_lens
 
-    check_same_tokenizer(base, unlearned)
-    params = params or KeyTokenParams()
-    tps = _tokenized(base, probes, fmt)
+    params, tps = _prepare(base, unlearned, probes, params, fmt)
     loo = loo_contributions(base, tps)  # type: ignore[arg-type]
     head_acc: dict[str, list] = {}
     route_acc: dict[str, list] = {}
