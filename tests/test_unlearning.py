@@ -67,6 +67,39 @@ def test_losses_match_hand_computation(hf_pair, batch):
         assert float(L.klr(ref, ref, batch)) == pytest.approx(0.0, abs=1e-7)
 
 
+
+def test_rmu_loss_matches_hand_computation(hf_pair, batch, tiny_probes, tiny_llama):
+    """RMU at layer 1: forget MSE to c*u on each example's own tokens, retain MSE to the frozen reference."""
+    model, ref = hf_pair
+    retain = collate(to_examples(tiny_llama.tokenizer, tiny_probes[3:], "plain"), 0)
+    control = 3.0 * torch.ones(model.config.hidden_size) / model.config.hidden_size**0.5
+    layer = 1
+    with torch.no_grad():
+        f, r = L.rmu(model, ref, batch, retain, layer, control, alpha=10.0)
+        num, cnt = 0.0, 0
+        for row in range(batch["input_ids"].shape[0]):
+            n = int(batch["attention_mask"][row].sum())
+            h = model(input_ids=batch["input_ids"][row : row + 1, :n], output_hidden_states=True).hidden_states[layer + 1][0]
+            for pos in range(n):
+                if batch["content_mask"][row, pos]:
+                    num += float(((h[pos] - control) ** 2).mean())
+                    cnt += 1
+        assert cnt == int(batch["content_mask"].sum()) and cnt < int(batch["attention_mask"].sum())
+        assert abs(float(f) - num / cnt) < 1e-4
+        num, cnt = 0.0, 0
+        for row in range(retain["input_ids"].shape[0]):
+            n = int(retain["attention_mask"][row].sum())
+            ids = retain["input_ids"][row : row + 1, :n]
+            h = model(input_ids=ids, output_hidden_states=True).hidden_states[layer + 1][0]
+            h0 = ref(input_ids=ids, output_hidden_states=True).hidden_states[layer + 1][0]
+            num += float(((h - h0) ** 2).mean(-1).sum())
+            cnt += n
+        assert abs(float(r) - 10.0 * num / cnt) < 1e-4
+        # the content mask is the question and the answer: the plain template ("Question:", "Answer:") is out
+        tp_tokens = [tiny_llama.tokenizer.convert_ids_to_tokens(int(t)) for t, m in
+                     zip(batch["input_ids"][0], batch["content_mask"][0]) if m]
+        assert "capital" in tp_tokens and "paris" in tp_tokens
+
 def test_registry_names():
     assert {"ga", "npo", "ga_gdr", "ga_klr", "npo_gdr", "npo_klr", "task_vector", "rmu", "simnpo", "idk_dpo"} <= set(METHODS)
 

@@ -7,7 +7,12 @@ simnpo, idk_dpo, task_vector, rmu (each one class with a ``loss``; see ``METHODS
 Defaults (scaled from MUSE / open-unlearning to a 135M model on CPU): AdamW lr 1e-5, 10 steps, batch 4,
 gradient clipping 1.0, gamma (forget weight) 1, alpha (retain weight) 1, NPO beta 0.1, SimNPO beta 2.5 and
 delta 0, IdkDPO beta 0.1, Task Vector: fine-tune at lr 1e-4 then subtract with a = 1, RMU: layer 7
-(of 30; MLP down-projections of layers 5-7 train), steering coefficient 20, retain alpha 100, lr 5e-5.
+(of 30; MLP down-projections of layers 5-7 train), retain alpha 100, lr 1e-2, and a steering coefficient
+c = 4 x the mean norm of the forget tokens' activations at that layer (SmolLM2: 4 x 129 = 516). RMU's paper
+constant (c = 6.5 on Zephyr-7B) assumes small activations; with c = 20 against SmolLM2's norms of ~145 the
+forget term shrank activations instead of scrambling them and nothing was forgotten. RMU's forget term acts on
+each forget example's own tokens (question and answer), not on the chat template it shares with every retain
+example, where the two terms would cancel.
 """
 
 from __future__ import annotations
@@ -50,7 +55,8 @@ class UnlearnConfig:
     delta: float = 0.0  # SimNPO margin
     tv_scale: float = 1.0  # Task Vector: theta - a * (theta_ft - theta)
     rmu_layer: int = 7
-    rmu_coeff: float = 20.0
+    rmu_coeff: float | None = None  # |c*u|; None: rmu_coeff_scale x mean norm of the forget tokens at the layer
+    rmu_coeff_scale: float = 4.0
     rmu_alpha: float = 100.0
     rmu_param_layers: tuple[int, ...] | None = None  # default: rmu_layer-2 .. rmu_layer
     target_forget_acc: float | None = None  # calibration: stop once forget fact top-1 <= this
@@ -67,20 +73,24 @@ class Example:
     ids: list[int]
     labels: list[int]
     fact_positions: tuple[int, ...] = ()
+    # positions that belong to this example's content (QA: question + answer, not the shared chat template;
+    # raw text: all but the first token); RMU's forget term acts only here
+    content: tuple[int, ...] = ()
 
 
 def qa_example(tokenizer: Any, probe: Probe, fmt: str = "auto", answer: str | None = None) -> Example:
     p = probe if answer is None else replace(probe, answer=answer, fact=None)
     tp = tokenize_probe(tokenizer, p, fmt)  # type: ignore[arg-type]
     labels = [-100] * tp.prompt_len + list(tp.answer_ids)
-    return Example(list(tp.ids), labels, tp.fact_positions)
+    content = tuple(tp.attributable) + tuple(range(tp.prompt_len, len(tp.ids)))
+    return Example(list(tp.ids), labels, tp.fact_positions, content)
 
 
 def text_example(tokenizer: Any, text: str, max_len: int = 256) -> Example:
     ids = tokenizer(text, add_special_tokens=True)["input_ids"][:max_len]
     if len(ids) < 2:
         raise UnlearningError(f"raw text too short to train on: {text[:40]!r}")
-    return Example(ids, list(ids))
+    return Example(ids, list(ids), (), tuple(range(1, len(ids))))
 
 
 def to_examples(tokenizer: Any, data: Sequence[Probe | str], fmt: str = "auto") -> list[Example]:
@@ -94,11 +104,13 @@ def collate(examples: Sequence[Example], pad_id: int) -> L.Batch:
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), -100, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
+    content = torch.zeros((len(examples), width), dtype=torch.long)
     for r, e in enumerate(examples):
         ids[r, : len(e.ids)] = torch.tensor(e.ids)
         labels[r, : len(e.ids)] = torch.tensor(e.labels)
         mask[r, : len(e.ids)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        content[r, list(e.content)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "content_mask": content}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -213,7 +225,7 @@ class RMU(Method):
     """Representation misdirection: push forget activations at one layer to c*u; keep retain ones."""
 
     name = "rmu"
-    defaults = {"lr": 5e-5}
+    defaults = {"lr": 1e-2}
 
     def _layers(self, cfg: UnlearnConfig) -> list[int]:
         return list(cfg.rmu_param_layers) if cfg.rmu_param_layers is not None else list(range(max(0, cfg.rmu_layer - 2), cfg.rmu_layer + 1))
@@ -227,9 +239,17 @@ class RMU(Method):
         return [p for i in self._layers(cfg) for p in layers[i].mlp.down_proj.parameters()]
 
     def setup(self, state: State, forget: list[Example], retain: list[Example], tokenizer: Any) -> None:
-        g = torch.Generator().manual_seed(state.cfg.seed)
+        cfg = state.cfg
+        g = torch.Generator().manual_seed(cfg.seed)
         u = torch.rand(state.model.config.hidden_size, generator=g)
-        state.extra["control"] = state.cfg.rmu_coeff * u / u.norm()
+        coeff = cfg.rmu_coeff
+        if coeff is None:  # scale c to this model's activations (SmolLM2 layer 7: ~145 on question tokens)
+            with torch.no_grad():
+                norms = [L.hidden_at(state.ref, collate([e], state.extra["pad_id"]), cfg.rmu_layer)[0, list(e.content)]
+                         .norm(dim=-1) for e in forget if e.content]
+            coeff = cfg.rmu_coeff_scale * float(torch.cat(norms).mean()) if norms else 20.0
+        state.extra["resolved"] = {"rmu_coeff": round(coeff, 4)}
+        state.extra["control"] = coeff * u / u.norm()
 
     def loss(self, s: State, forget: L.Batch, retain: L.Batch, idx: list[int]) -> dict[str, torch.Tensor]:
         f, r = L.rmu(s.model, s.ref, forget, retain, s.cfg.rmu_layer, s.extra["control"], s.cfg.rmu_alpha)
@@ -353,7 +373,7 @@ def unlearn(
     bar.close()
     m.finish(state)
     model.eval()
-    prov.update({"steps": step, "stopped_at": stopped_at, "final_losses": history[-1] if history else {},
+    prov.update({"resolved": state.extra.get("resolved", {}), "steps": step, "stopped_at": stopped_at, "final_losses": history[-1] if history else {},
                  "forget_fact_acc_before": acc0, "forget_fact_acc_after": fact_accuracy(model, f_ex, pad_id),
                  "train_seconds": round(time.perf_counter() - t0, 2)})
     path = save_checkpoint(model, tok, out, prov)

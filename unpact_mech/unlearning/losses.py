@@ -15,18 +15,28 @@ from torch import Tensor
 Batch = dict[str, Tensor]
 
 
-def _shifted(model: Any, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+def labelled_logits(model: Any, batch: Batch) -> tuple[Float[Tensor, "n vocab"], Tensor, Tensor]:
+    """Logits at the positions that predict labelled tokens only, with those labels and their row index.
+
+    The LM head runs on the labelled positions alone (the answer, for QA), which saves its cost on the prompt;
+    Gemma-style final logit soft-capping is applied when the config asks for it.
+    """
+    h = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state[:, :-1]
     labels = batch["labels"][:, 1:]
     mask = labels != -100
-    return logits, labels.clamp(min=0), mask
+    logits = model.get_output_embeddings()(h[mask])
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)[mask]
+    return logits, labels[mask], rows
 
 
 def sequence_nll(model: Any, batch: Batch) -> Float[Tensor, " batch"]:
     """Sum of labelled-token NLL per sequence."""
-    logits, labels, mask = _shifted(model, batch)
-    nll = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
-    return (nll * mask).sum(-1)
+    logits, labels, rows = labelled_logits(model, batch)
+    nll = F.cross_entropy(logits, labels, reduction="none")
+    return torch.zeros(batch["input_ids"].shape[0], dtype=nll.dtype, device=nll.device).index_add(0, rows, nll)
 
 
 def n_labelled(batch: Batch) -> Tensor:
@@ -68,18 +78,34 @@ def gdr(model: Any, retain: Batch) -> Tensor:
 
 def klr(model: Any, ref: Any, retain: Batch) -> Tensor:
     """KL(pi_theta || pi_ref) over the labelled retain tokens (mean per token)."""
-    logits, _, mask = _shifted(model, retain)
+    logits, _, _ = labelled_logits(model, retain)
     with torch.no_grad():
-        ref_logits, _, _ = _shifted(ref, retain)
+        ref_logits, _, _ = labelled_logits(ref, retain)
     logp = F.log_softmax(logits, -1)
     kl = (logp.exp() * (logp - F.log_softmax(ref_logits, -1))).sum(-1)
-    return (kl * mask).sum() / mask.sum().clamp(min=1)
+    return kl.sum() / max(kl.numel(), 1)
 
 
-def hidden_at(model: Any, batch: Batch, layer: int) -> Tensor:
-    """Residual stream after decoder layer ``layer`` (HF ``hidden_states[layer + 1]``)."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
-    return out.hidden_states[layer + 1]
+class _StopForward(Exception):
+    pass
+
+
+def hidden_at(model: Any, batch: Batch, layer: int) -> Float[Tensor, "batch pos d_model"]:
+    """Residual stream after decoder layer ``layer``; the forward stops there (later layers never run)."""
+    box: dict[str, Tensor] = {}
+
+    def grab(module: Any, inputs: Any, output: Any) -> None:
+        box["h"] = output[0] if isinstance(output, tuple) else output
+        raise _StopForward
+
+    handle = model.model.layers[layer].register_forward_hook(grab)
+    try:
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return box["h"]
 
 
 def masked_mse(a: Tensor, b: Tensor, mask: Tensor) -> Tensor:
@@ -88,9 +114,10 @@ def masked_mse(a: Tensor, b: Tensor, mask: Tensor) -> Tensor:
 
 
 def rmu(model: Any, ref: Any, forget: Batch, retain: Batch, layer: int, control: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
-    """RMU: MSE(h(x_f), c*u) and alpha * MSE(h(x_r), h_ref(x_r)) at ``layer`` (c*u = ``control``)."""
+    """RMU: MSE(h(x_f), c*u) on the forget examples' own tokens (``content_mask``: question and answer, not the
+    chat template they share with retain examples), and alpha * MSE(h(x_r), h_ref(x_r)) on all retain tokens."""
     hf = hidden_at(model, forget, layer)
-    f = masked_mse(hf, control.expand_as(hf), forget["attention_mask"])
+    f = masked_mse(hf, control.expand_as(hf), forget["content_mask"])
     hr = hidden_at(model, retain, layer)
     with torch.no_grad():
         hr_ref = hidden_at(ref, retain, layer)
