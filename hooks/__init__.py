@@ -3,7 +3,8 @@
 Every factory returns a list of ``(hook_name, fn)`` pairs usable with ``bridge.run_with_hooks(fwd_hooks=...)``
 or with :func:`applied`, a context manager that guarantees removal (also after an exception). A hook's return
 value replaces the activation (TransformerLens ``HookPoint`` semantics). Positions index the sequence; a
-hook applies to every row of a batch.
+flat list applies to every row of a batch, while :func:`scale_embedding` and :func:`steer_attention` also take
+one list per batch row (so a batch of different prompts can each be emphasised at their own KeyTokens).
 
 About embedding scaling on pre-norm models (SmolLM2, Llama): the first layer reads ``RMSNorm(x)``, which is
 invariant to scaling x, so a scaled embedding does *not* change what layer 0's attention and MLP read at that
@@ -35,9 +36,38 @@ def _positions(positions: Sequence[int] | int) -> list[int]:
     return pos
 
 
-def scale_embedding(positions: Sequence[int], factor: float | Sequence[float]) -> Hooks:
-    """Multiply the token embeddings at ``positions`` by one factor or one factor per position."""
-    pos = _positions(positions)
+def _is_per_row(positions: Any) -> bool:
+    return not isinstance(positions, int) and len(positions) > 0 and not isinstance(positions[0], int)
+
+
+def row_mask(rows: Sequence[Sequence[int]], batch: int, n: int, device: Any = "cpu") -> Tensor:
+    """``[batch, n]`` boolean mask with ``rows[r]``'s positions set in row r (a batch must match the rows)."""
+    if len(rows) != batch:
+        raise ValueError(f"{len(rows)} position lists for a batch of {batch} rows")
+    m = torch.zeros(batch, n, dtype=torch.bool)
+    for r, ps in enumerate(rows):
+        if ps:
+            m[r, list(ps)] = True
+    return m.to(device)
+
+
+def scale_embedding(positions: Sequence[int] | Sequence[Sequence[int]], factor: float | Sequence[float]) -> Hooks:
+    """Multiply the token embeddings at ``positions`` by one factor or one factor per position.
+
+    ``positions`` may be one list per batch row (then ``factor`` is one number; rows with no positions are
+    left unchanged).
+    """
+    if _is_per_row(positions):
+        rows = [list(map(int, r)) for r in positions]  # type: ignore[union-attr]
+        if not isinstance(factor, (int, float)):
+            raise ValueError("per-row positions take a single factor")
+
+        def fn_rows(act: Float[Tensor, "batch pos d_model"], hook: Any = None) -> Tensor:
+            m = row_mask(rows, act.shape[0], act.shape[1], act.device)
+            return act * torch.where(m, float(factor), 1.0).to(act.dtype)[..., None]
+
+        return [("hook_embed", fn_rows)]
+    pos = _positions(positions)  # type: ignore[arg-type]
     factors = [float(factor)] * len(pos) if isinstance(factor, (int, float)) else [float(f) for f in factor]
     if len(factors) != len(pos):
         raise ValueError(f"{len(factors)} factors for {len(pos)} positions")
@@ -64,7 +94,7 @@ def add_direction(hook_name: str, direction: Float[Tensor, " d_model"], position
 
 
 def steer_attention(
-    key_positions: Sequence[int],
+    key_positions: Sequence[int] | Sequence[Sequence[int]],
     factor: float,
     n_layers: int,
     layers: Sequence[int] | None = None,
@@ -73,15 +103,26 @@ def steer_attention(
     """PASTA-style steering: add log(factor) to the attention scores of ``key_positions`` before the softmax.
 
     Multiplies the unnormalised attention weight of those keys by ``factor`` in the chosen layers/heads (all by
-    default); queries that cannot see a key (causal mask, score -inf) are unaffected.
+    default); queries that cannot see a key (causal mask, score -inf) are unaffected. ``key_positions`` may be
+    one list per batch row.
     """
     if factor <= 0:
         raise ValueError(f"attention steering factor must be > 0, got {factor}")
-    keys = _positions(key_positions)
+    per_row = _is_per_row(key_positions)
+    rows = [list(map(int, r)) for r in key_positions] if per_row else None  # type: ignore[union-attr]
+    keys = None if per_row else _positions(key_positions)  # type: ignore[arg-type]
     bump = math.log(factor)
     head_idx = None if heads is None else list(heads)
 
     def fn(scores: Float[Tensor, "batch head q k"], hook: Any = None) -> Tensor:
+        if rows is not None:
+            m = row_mask(rows, scores.shape[0], scores.shape[-1], scores.device)[:, None, None, :]
+            add = torch.where(m, bump, 0.0).to(scores.dtype)  # [batch, 1, 1, k]
+            if head_idx is None:
+                return scores + add
+            scores = scores.clone()
+            scores[:, head_idx] = scores[:, head_idx] + add
+            return scores
         scores = scores.clone()
         if head_idx is None:
             scores[:, :, :, keys] += bump

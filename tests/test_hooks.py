@@ -134,3 +134,63 @@ def test_rates_on_hand_made_cases():
     assert rouge_l_recall("Paris is the capital", "The capital of France is Paris") > 0.3
     assert generated_correct("The capital of France is Paris.", "Paris is the capital of France", 0.3)
     assert not generated_correct("I do not know.", "The capital of France is Paris")
+
+
+@pytest.mark.parametrize("route", ["embed", "attention"])
+def test_batched_sweep_equals_per_probe_emphasis(tiny_llama, tps, route):
+    """Per-row hooks in one padded batch == emphasising each probe alone (the naive loop)."""
+    positions = [list(tp.attributable[1:3]) for tp in tps]
+    positions[2] = []  # a probe without KeyTokens stays the plain model
+    df = sweep(tiny_llama, tps, positions, factors=(1.0, 3.0, 8.0), routes=[route])
+    for tp, pos in zip(tps, positions):
+        for f in (1.0, 3.0, 8.0):
+            got = df[(df.probe_id == tp.probe.id) & (df.factor == f)].iloc[0]
+            ref = emphasize(tiny_llama, tp, f, positions=pos, route=route) if pos else None
+            ref_lp = ref.lp if ref else score_probes(tiny_llama, [tp])[0].lp
+            assert abs(got.lp - ref_lp) < 1e-5, (tp.probe.id, f, got.lp, ref_lp)
+            if ref:
+                assert bool(got.fact_top1) == ref.fact_top1
+
+
+def test_per_row_positions_need_one_list_per_row(tiny_llama, tps):
+    ids = torch.tensor([tps[0].ids, tps[0].ids])
+    with pytest.raises(ValueError, match="3 position lists for a batch of 2 rows"):
+        with applied(tiny_llama, scale_embedding([[1], [2], [3]], 2.0)):
+            tiny_llama.bridge(ids)
+    with pytest.raises(ValueError, match="single factor"):
+        scale_embedding([[1], [2]], [2.0, 3.0])
+    # per-row steering with the same keys in every row == the flat form
+    a = tiny_llama.bridge.run_with_hooks(ids, fwd_hooks=steer_attention([[1, 2], [1, 2]], 4.0, tiny_llama.cfg.n_layers))
+    b = tiny_llama.bridge.run_with_hooks(ids, fwd_hooks=steer_attention([1, 2], 4.0, tiny_llama.cfg.n_layers))
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_recovery_rates_equal_naive_emphasis_loop(tiny_llama, tiny_probes, tmp_path):
+    """recovery(): its rates on eligible probes == emphasising each probe alone and counting by hand."""
+    from unpact_mech.findings import recovery
+    from unpact_mech.scoring import probe_table
+    from unpact_mech.unlearning import unlearn
+
+    # teach the tiny model the facts (Task Vector with a = -1 is plain fine-tuning), then unlearn them with GA
+    taught = load_model(str(unlearn(tiny_llama, "task_vector", tiny_probes, [], tmp_path / "taught", steps=40,
+                                    lr=3e-3, tv_scale=-1.0, fmt="plain", progress=False)))
+    forget = tiny_probes
+    unl = load_model(str(unlearn(taught, "ga", forget, [], tmp_path / "unl", steps=3, lr=3e-3, fmt="plain",
+                                 progress=False)))
+    factors = (1.0, 4.0, 16.0)
+    sw, rates = recovery(taught, unl, forget, factors, prompt_styles=("repeat",), fmt="plain")
+    _, rates_all = recovery(taught, unl, forget, factors, prompt_styles=("repeat",), fmt="plain", eligible_only=False)
+    pd_cols = ["route", "factor", "k", "n"]
+    assert rates[pd_cols].astype(str).equals(rates_all[pd_cols].astype(str))
+    tps = tokenize_probes(taught, forget, "plain")
+    b, u = probe_table(taught, tps), probe_table(unl, tps)
+    eligible = [tp for tp, x, y in zip(tps, b.fact_top1, u.fact_top1) if x and not y]
+    assert eligible, "the fixture must produce probes the taught model knows and the unlearned one does not"
+    from unpact_mech.emphasis import keytoken_positions
+
+    pos = keytoken_positions(taught, eligible)
+    for route in ("embed", "attention"):
+        hits = [any(emphasize(unl, tp, f, positions=p, route=route).fact_top1 for f in factors if f > 1) if p else False
+                for tp, p in zip(eligible, pos)]
+        best = rates[(rates.route == route) & (rates.factor.astype(str) == "best")].iloc[0]
+        assert (best.k, best.n) == (sum(hits), len(eligible))

@@ -57,3 +57,41 @@ def test_greedy_equals_hf_smollm2(smol, smol_probes):
         ours = greedy_ids(smol, tp.prompt_ids, 16)
         assert ours == _hf_greedy(smol, list(tp.prompt_ids), 16)
         assert len(ours) > 0
+
+
+def test_memo_reuses_unhooked_results(tiny_llama, tiny_probes, monkeypatch):
+    """A memoizing subject returns the same scores, leave-one-out results and decompositions without a forward."""
+    from unpact_mech import scoring
+    from unpact_mech.attribution import dla as dla_mod
+    from unpact_mech.attribution.loo import loo_contributions
+
+    tps = tokenize_probes(tiny_llama, tiny_probes, "plain")
+    fresh = score_probes(tiny_llama, tps)
+    fresh_loo = loo_contributions(tiny_llama, tps)
+    fresh_d = dla_mod.decompose(tiny_llama, tps[0])
+    tiny_llama.memoize()
+    try:
+        score_probes(tiny_llama, tps[:2])
+        first = score_probes(tiny_llama, tps)  # two from the memo, two computed
+        loo_contributions(tiny_llama, tps)
+        dla_mod.decompose(tiny_llama, tps[0])
+        dla_mod.logit_lens(tiny_llama, tps[0])
+
+        def boom(*a, **k):
+            raise AssertionError("forward ran although the result is memoized")
+
+        monkeypatch.setattr(scoring, "forward_logits", boom)
+        monkeypatch.setattr(dla_mod, "run_cache", boom)
+        monkeypatch.setattr(tiny_llama, "_plain", None)
+        monkeypatch.setattr(type(tiny_llama), "plain_model", boom)
+        again = score_probes(tiny_llama, tps)
+        loo = loo_contributions(tiny_llama, tps)
+        d = dla_mod.decompose(tiny_llama, tps[0])
+        dla_mod.logit_lens(tiny_llama, tps[0])
+    finally:
+        tiny_llama.memoize(False)
+    for a, b, c in zip(fresh, first, again):
+        assert torch.allclose(a.logprobs, b.logprobs, atol=1e-5) and torch.equal(b.logprobs, c.logprobs)
+    for a, b in zip(fresh_loo, loo):
+        assert torch.allclose(a.contributions, b.contributions, atol=1e-9) and a.tprobe is b.tprobe
+    assert torch.equal(fresh_d.heads, d.heads)

@@ -83,15 +83,27 @@ def sweep(
     factors: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
     routes: Sequence[str] = ROUTES,
 ) -> pd.DataFrame:
-    """Answer LP and fact top-1 per probe, route and factor (factor 1 is the unemphasised model)."""
+    """Answer LP and fact top-1 per probe, route and factor (factor 1 is the unemphasised model).
+
+    Each (route, factor) scores all probes in right-padded batches, every row emphasised at its own KeyTokens.
+    """
+    if len(positions) != len(tprobes):
+        raise ValueError(f"{len(positions)} KeyToken position lists for {len(tprobes)} probes")
+    plain = score_probes(subject, tprobes)
     rows = []
-    for tp, pos in zip(tprobes, positions):
-        for route in routes:
-            for f in factors:
-                hooks = emphasis_hooks(subject, pos, f, route) if pos and f != 1.0 else []
-                s = score_probes(subject, [tp], hooks)[0]
+    for route in routes:
+        for f in factors:
+            if f == 1.0 or not any(positions):
+                scores = plain
+            else:
+                def hooks(chunk: list[int], f: float = f, route: str = route) -> Hooks:
+                    return emphasis_hooks(subject, [list(positions[i]) for i in chunk], f, route)
+
+                scores = score_probes(subject, tprobes, hooks)
+            for i, (tp, pos) in enumerate(zip(tprobes, positions)):
+                s_ = scores[i] if pos else plain[i]  # a row without KeyTokens is the plain model
                 rows.append({"probe_id": tp.probe.id, "model": subject.name, "route": route, "factor": float(f),
-                             "lp": s.lp, "fact_top1": fact_top1(tp, s), "n_keytokens": len(pos)})
+                             "lp": s_.lp, "fact_top1": fact_top1(tp, s_), "n_keytokens": len(pos)})
     return pd.DataFrame(rows)
 
 
@@ -128,13 +140,14 @@ def prompt_emphasis(probe: Probe, keywords: Sequence[str], style: str = "repeat"
 def prompt_sweep(
     subject: Any, tprobes: Sequence[TokenizedProbe], positions: Sequence[Sequence[int]], styles: Sequence[str] = PROMPT_STYLES
 ) -> pd.DataFrame:
-    """Answer LP and fact top-1 of each prompt-edit style (the paper's FocusOnKey), per probe."""
-    rows = []
+    """Answer LP and fact top-1 of each prompt-edit style (the paper's FocusOnKey), per probe (one batch)."""
+    edited, meta = [], []
     for tp, pos in zip(tprobes, positions):
         for style in styles:
-            edited = tokenize_probe(subject.tokenizer, prompt_emphasis(tp.probe, keyword_strings(tp, pos), style),
-                                    tp.format, max_len=subject.n_ctx)  # type: ignore[arg-type]
-            s = score_probes(subject, [edited])[0]
-            rows.append({"probe_id": tp.probe.id, "model": subject.name, "route": f"prompt:{style}",
-                         "factor": float("nan"), "lp": s.lp, "fact_top1": fact_top1(edited, s)})
+            edited.append(tokenize_probe(subject.tokenizer, prompt_emphasis(tp.probe, keyword_strings(tp, pos), style),
+                                         tp.format, max_len=subject.n_ctx))  # type: ignore[arg-type]
+            meta.append((tp.probe.id, style))
+    rows = [{"probe_id": pid, "model": subject.name, "route": f"prompt:{style}", "factor": float("nan"),
+             "lp": s.lp, "fact_top1": fact_top1(e, s)}
+            for (pid, style), e, s in zip(meta, edited, score_probes(subject, edited))]
     return pd.DataFrame(rows)

@@ -24,32 +24,42 @@ def recovery(
     prompt_styles: Sequence[str] = ("repeat", "mark", "instruct"),
     params: KeyTokenParams | None = None,
     fmt: str = "auto",
+    eligible_only: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Finding 2: emphasis on the base model's KeyTokens, weights unchanged.
 
     Returns the per-probe sweep (route, factor, LP, fact top-1) and the recovery rate per route and factor
     (plus ``best`` = restored at any factor of that route) among probes the base answers and the unlearned
-    model does not.
+    model does not. The sweep runs on those eligible probes only (``eligible_only=False``: on all probes).
     """
     check_same_tokenizer(base, unlearned)
     tps = tokenize_probes(base, probes, fmt)
-    pos = keytoken_positions(base, tps, params)
     b = probe_table(base, tps).set_index("probe_id")
     u = probe_table(unlearned, tps).set_index("probe_id")
+    if eligible_only:
+        tps = [tp for tp in tps if b.fact_top1[tp.probe.id] and not u.fact_top1[tp.probe.id]]
+    pos = keytoken_positions(base, tps, params)
     sw = pd.concat([sweep(unlearned, tps, pos, factors, routes), prompt_sweep(unlearned, tps, pos, prompt_styles)],
                    ignore_index=True)
+    if sw.empty:
+        sw = pd.DataFrame(columns=["probe_id", "model", "route", "factor", "lp", "fact_top1"])
     sw["base_correct"] = sw.probe_id.map(b.fact_top1)
     sw["unlearned_correct"] = sw.probe_id.map(u.fact_top1)
-    rows = []
     ids = list(b.index)
-    for (route, factor), g in sw.groupby(["route", "factor"], dropna=False, sort=False):
-        got = g.set_index("probe_id").fact_top1
-        r = recovery_rate([b.fact_top1[i] for i in ids], [u.fact_top1[i] for i in ids], [bool(got.get(i, False)) for i in ids])
-        rows.append({"route": route, "factor": factor, **r.to_dict()})
-    for route, g in sw[sw.factor.isna() | (sw.factor > 1)].groupby("route"):
-        anyf = g.groupby("probe_id").fact_top1.any()
-        r = recovery_rate([b.fact_top1[i] for i in ids], [u.fact_top1[i] for i in ids], [bool(anyf.get(i, False)) for i in ids])
-        rows.append({"route": route, "factor": "best", **r.to_dict()})
+
+    def rate(sel: pd.DataFrame) -> dict[str, Any]:
+        got = sel.groupby("probe_id").fact_top1.any() if len(sel) else {}
+        return recovery_rate([b.fact_top1[i] for i in ids], [u.fact_top1[i] for i in ids],
+                             [bool(got.get(i, False)) for i in ids]).to_dict()
+
+    combos = [(r, float(f)) for r in routes for f in factors] + [(f"prompt:{st}", float("nan")) for st in prompt_styles]
+    rows = []
+    for route, factor in combos:
+        sel = sw[(sw.route == route) & ((sw.factor == factor) if factor == factor else sw.factor.isna())]
+        rows.append({"route": route, "factor": factor, **rate(sel)})
+    for route in [*routes, *(f"prompt:{st}" for st in prompt_styles)]:
+        sel = sw[(sw.route == route) & (sw.factor.isna() | (sw.factor > 1))]
+        rows.append({"route": route, "factor": "best", **rate(sel)})
     return sw, pd.DataFrame(rows)
 
 

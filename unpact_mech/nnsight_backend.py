@@ -120,12 +120,21 @@ def load_nnsight(spec: str, remote: bool = False, name: str | None = None) -> NN
     return NNsightSubject(name or model_name, lm, tok, source, remote)
 
 
-def scale_embedding(subject: NNsightSubject, positions: Sequence[int], factor: float) -> list[Intervention]:
-    """nnsight twin of ``unpact_mech.hooks.scale_embedding``."""
-    path, pos = subject.embed_path(), list(positions)
+def scale_embedding(
+    subject: NNsightSubject, positions: Sequence[int] | Sequence[Sequence[int]], factor: float
+) -> list[Intervention]:
+    """nnsight twin of ``unpact_mech.hooks.scale_embedding`` (flat positions, or one list per batch row)."""
+    path = subject.embed_path()
+    per_row = len(positions) > 0 and not isinstance(positions[0], int)
 
     def fn(model: Any) -> None:
-        _envoy(model, path).output[:, pos] *= factor
+        out = _envoy(model, path).output
+        if per_row:
+            for r, ps in enumerate(positions):
+                if ps:
+                    out[r, list(ps)] *= factor  # type: ignore[arg-type]
+        else:
+            out[:, list(positions)] *= factor  # type: ignore[arg-type]
 
     return [fn]
 

@@ -20,6 +20,8 @@ from tqdm.auto import tqdm
 from unpact_mech.probes import TokenizedProbe
 
 Hook = tuple[Any, Callable[..., Any]]
+# hooks for every chunk, or a function of a chunk's sequence indices (row r of the batch = chunk[r])
+HookSource = Sequence[Hook] | Callable[[list[int]], Sequence[Hook]]
 DEFAULT_BATCH_TOKENS = 4096
 
 
@@ -83,25 +85,30 @@ def right_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: Any = "cpu") -
 def score_sequences(
     subject: Any,
     seqs: Sequence[tuple[Sequence[int], int]],
-    hooks: Sequence[Hook] = (),
+    hooks: HookSource = (),
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     progress: bool | str = False,
 ) -> list[SeqScore]:
     """Score many (ids, answer_start) sequences: answer tokens are ids[answer_start:].
 
     Sequences are sorted by length and cut into right-padded chunks of at most ``batch_tokens`` tokens.
+    ``hooks`` may be a function of the chunk (the sequence indices of the batch rows) for per-row
+    interventions. Without hooks, a subject with a ``memo`` dict (see ``Subject.memoize``) reuses earlier scores.
     """
     for ids, start in seqs:
         if not 0 < start < len(ids):
             raise ValueError(f"answer start {start} outside a sequence of length {len(ids)}")
+    memo = None if hooks else getattr(subject, "memo", None)
+    keys = [("score", tuple(ids), start) for ids, start in seqs] if memo is not None else []
+    out: list[SeqScore | None] = [memo.get(k) for k in keys] if memo is not None else [None] * len(seqs)
+    todo = [i for i, s in enumerate(out) if s is None]
     pad = pad_token_id(subject.tokenizer)
-    out: list[SeqScore | None] = [None] * len(seqs)
-    chunks = chunk_by_tokens([len(s[0]) for s in seqs], batch_tokens)
+    chunks = [[todo[j] for j in c] for c in chunk_by_tokens([len(seqs[i][0]) for i in todo], batch_tokens)]
     desc = progress if isinstance(progress, str) else "scoring"
     bar = tqdm(chunks, desc=desc, disable=not progress or len(chunks) < 2, leave=False)
     for chunk in bar:
         batch = right_pad([seqs[i][0] for i in chunk], pad, subject.device)
-        logits = forward_logits(subject, batch, hooks)
+        logits = forward_logits(subject, batch, hooks(chunk) if callable(hooks) else hooks)
         rows, cols, targets, owner = [], [], [], []
         for r, i in enumerate(chunk):
             ids, start = seqs[i]
@@ -119,13 +126,15 @@ def score_sequences(
         for i in chunk:
             m = own == i
             out[i] = SeqScore(lp[m], top[m])
+            if memo is not None:
+                memo[keys[i]] = out[i]
     return [s for s in out if s is not None]
 
 
 def score_probes(
     subject: Any,
     tprobes: Sequence[TokenizedProbe],
-    hooks: Sequence[Hook] = (),
+    hooks: HookSource = (),
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     progress: bool | str = False,
 ) -> list[SeqScore]:

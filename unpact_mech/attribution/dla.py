@@ -84,6 +84,17 @@ def decompose(
     """DLA (and attention paths) of every answer token of one probe."""
     if target not in ("logit", "logit_diff"):
         raise ValueError(f"unknown DLA target {target!r}: use 'logit' or 'logit_diff'")
+    memo = None if hooks else getattr(subject, "memo", None)
+    key = ("decompose", tp.probe.id, tuple(tp.ids), tp.prompt_len, target, with_paths)
+    if memo is not None and key in memo:
+        return memo[key]
+    d = _decompose(subject, tp, target, with_paths, hooks)
+    if memo is not None:
+        memo[key] = d
+    return d
+
+
+def _decompose(subject: Any, tp: TokenizedProbe, target: Target, with_paths: bool, hooks: Sequence[Any]) -> Decomposition:
     b, cfg = subject.bridge, subject.cfg
     n_layers, n_heads = cfg.n_layers, cfg.n_heads
     n_kv = int(getattr(cfg, "n_key_value_heads", None) or n_heads)
@@ -220,6 +231,17 @@ def path_token_attribution(d: Decomposition) -> Float[Tensor, " src"]:
 @torch.no_grad()
 def logit_lens(subject: Any, tp: TokenizedProbe, hooks: Sequence[Any] = ()) -> pd.DataFrame:
     """Answer log-prob and rank read from the residual stream before each layer and after the last."""
+    memo = None if hooks else getattr(subject, "memo", None)
+    key = ("logit_lens", tp.probe.id, subject.name, tuple(tp.ids), tp.prompt_len)
+    if memo is not None and key in memo:
+        return memo[key].copy()
+    table = _logit_lens(subject, tp, hooks)
+    if memo is not None:
+        memo[key] = table.copy()
+    return table
+
+
+def _logit_lens(subject: Any, tp: TokenizedProbe, hooks: Sequence[Any]) -> pd.DataFrame:
     cfg, b = subject.cfg, subject.bridge
     names = {f"blocks.{layer}.hook_resid_pre" for layer in range(cfg.n_layers)} | {
         f"blocks.{cfg.n_layers - 1}.hook_resid_post"
@@ -229,20 +251,21 @@ def logit_lens(subject: Any, tp: TokenizedProbe, hooks: Sequence[Any] = ()) -> p
     tgt = torch.tensor(tp.answer_ids)
     eps = float(getattr(cfg, "eps", 1e-5))
     b_U = _maybe_bias(b.unembed, "b_U")
-    rows = []
     stages = [(layer, f"blocks.{layer}.hook_resid_pre") for layer in range(cfg.n_layers)]
     stages.append((cfg.n_layers, f"blocks.{cfg.n_layers - 1}.hook_resid_post"))
-    for layer, name in stages:
-        x = cache[name][0, qpos]
-        if _is_ln(cfg):
-            x = x - x.mean(-1, keepdim=True)
-        x = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-        logits = x @ b.W_U + (b_U if b_U is not None else 0)
-        logp = torch.log_softmax(logits.double(), -1)
-        lp = logp.gather(1, tgt[:, None])[:, 0]
-        rank = (logp > lp[:, None]).sum(-1)
+    x = torch.stack([cache[name][0, qpos] for _, name in stages])  # [stage, T, d_model]
+    if _is_ln(cfg):
+        x = x - x.mean(-1, keepdim=True)
+    x = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    # one unembedding for all stages; F.linear reads W_U^T contiguously (x @ W_U on the transposed view is ~30x slower)
+    logits = torch.nn.functional.linear(x, b.W_U.T, b_U)
+    logp = torch.log_softmax(logits.double(), -1)  # [stage, T, vocab]
+    lp = logp.gather(2, tgt[None, :, None].expand(len(stages), -1, 1))[..., 0]  # [stage, T]
+    rank = (logp > lp[..., None]).sum(-1)
+    rows = []
+    for i, (layer, _) in enumerate(stages):
         rows.append({"probe_id": tp.probe.id, "model": subject.name, "method": "logit_lens", "layer": layer,
                      "component": "resid_pre" if layer < cfg.n_layers else "resid_final",
-                     "score": float(lp.mean()), "mean_rank": float(rank.double().mean()),
-                     "top1": bool((rank == 0).all())})
+                     "score": float(lp[i].mean()), "mean_rank": float(rank[i].double().mean()),
+                     "top1": bool((rank[i] == 0).all())})
     return make_table(rows)

@@ -148,6 +148,20 @@ def loo_contributions(
     base_id = baseline_token_id(subject.tokenizer, baseline_token) if variant == "replace" else 0
     if variant not in ("delete", "replace"):
         raise ValueError(f"unknown leave-one-out variant {variant!r}: use 'delete' or 'replace'")
+    memo = None if hooks else getattr(subject, "memo", None)
+    if memo is not None:
+        keys = [("loo", variant, base_id, tuple(tp.ids), tp.prompt_len, tuple(tp.attributable)) for tp in tprobes]
+        todo = [tp for tp, k in zip(tprobes, keys) if k not in memo]
+        if todo:
+            for k, r in zip([k for k in keys if k not in memo],
+                            _loo(subject, todo, variant, base_id, batch_tokens, hooks, progress, prefix_cache)):
+                memo[k] = r
+        return [LooResult(tp, memo[k].lp, memo[k].contributions) for tp, k in zip(tprobes, keys)]
+    return _loo(subject, tprobes, variant, base_id, batch_tokens, hooks, progress, prefix_cache)
+
+
+def _loo(subject: Any, tprobes: Sequence[TokenizedProbe], variant: str, base_id: int, batch_tokens: int,
+         hooks: Sequence[Any], progress: bool, prefix_cache: bool) -> list[LooResult]:
     hf = _hf_causal_lm(subject) if not hooks and prefix_cache else None
     if hf is not None:
         from tqdm.auto import tqdm
