@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--methods", default=",".join(PAPER_METHODS))
     ap.add_argument("--out", default="unpact_out/demo")
-    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--target", type=float, default=0.25)
     a = ap.parse_args()
     base = load_model(a.model)
@@ -39,8 +39,8 @@ def main() -> None:
         ckpt = Path(a.out) / "checkpoints" / m
         t0 = time.perf_counter()
         if not (ckpt / "unpact.json").exists():
-            unlearn(base, m, forget, retain, ckpt, steps=a.steps, target_forget_acc=a.target, check_every=2,
-                    progress=False, **SETTINGS.get(m, {}))
+            unlearn(base, m, forget, retain, ckpt, progress=False, **{"steps": a.steps, "target_forget_acc": a.target,
+                                                                      "check_every": 2, **SETTINGS.get(m, {})})
         prov = read_provenance(ckpt)
         u = load_model(str(ckpt))
         uf, ur = probe_table(u, tf), probe_table(u, tr)

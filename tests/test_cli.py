@@ -32,7 +32,14 @@ def test_cli_errors_are_clean(capsys):
     assert "unknown model spec 'no-such-model'" in capsys.readouterr().err
 
 
-def test_demo_keytoken_table(tiny_llama_dir, capsys):
-    assert main(["demo", "--model", str(tiny_llama_dir), "--n", "3", "--keytokens-only"]) == 0
+def test_demo_keytoken_table(tiny_llama_dir, capsys, tmp_path):
+    args = ["demo", "--model", str(tiny_llama_dir), "--n", "3", "--keytokens-only", "--out", str(tmp_path)]
+    assert main(args) == 0
     out = capsys.readouterr().out
     assert "KeyTokens of" in out and "geography-00" in out
+    assert (tmp_path / "keytokens.csv").exists()
+    mtime = (tmp_path / "keytokens.csv").stat().st_mtime_ns
+    assert main(args) == 0 and (tmp_path / "keytokens.csv").stat().st_mtime_ns == mtime  # cached
+    assert "geography-00" in capsys.readouterr().out
+    assert main([*args[:-2], "--out", str(tmp_path), "--alpha", "0.3"]) == 0  # other params: recomputed
+    assert (tmp_path / "keytokens.csv").stat().st_mtime_ns != mtime

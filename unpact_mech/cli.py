@@ -54,24 +54,6 @@ def _base_and_unlearned(a: argparse.Namespace) -> tuple[list[Any], Any, Any]:
     return probes, load_model(a.base, verbose=True), load_model(a.unlearned, verbose=True)
 
 
-def keytoken_table(results: Sequence[Any], params: KeyTokenParams) -> pd.DataFrame:
-    """One row per probe: prompt, LP and its KeyTokens with their contributions."""
-    rows = []
-    for r in results:
-        keys = select_keytokens(r.contributions, params)
-        rows.append(
-            {
-                "probe_id": r.tprobe.probe.id,
-                "prompt": r.tprobe.probe.prompt,
-                "lp": round(r.lp, 3),
-                "keytokens": ", ".join(
-                    f"{r.tprobe.tokens[r.positions[i]].strip()!s}({float(r.contributions[i]):+.2f})" for i in keys
-                ),
-            }
-        )
-    return pd.DataFrame(rows)
-
-
 def _print_df(df: pd.DataFrame) -> None:
     with pd.option_context("display.max_colwidth", 80, "display.width", 200, "display.max_rows", 500):
         print(df.to_string(index=False))
@@ -129,21 +111,20 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 @command("demo")
 def cmd_demo(a: argparse.Namespace) -> int:
-    from unpact_mech.attribution.loo import loo_contributions
     from unpact_mech.data import load_benchmark
-    from unpact_mech.demo import run_demo
-    from unpact_mech.models import load_model
-    from unpact_mech.probes import tokenize_probes
+    from unpact_mech.demo import LazyBase, keytoken_stage, run_demo
 
-    subject = load_model(a.model, verbose=True)
-    probes = load_benchmark("facts", split=a.split)[: a.n]
-    tps = tokenize_probes(subject, probes)
-    results = loo_contributions(subject, tps, progress=True)
-    print(f"\nKeyTokens of {subject.name} (leave-one-out, alpha={a.alpha}, beta={a.beta}):")
-    _print_df(keytoken_table(results, _params(a)))
+    kprobes = load_benchmark("facts", split=a.split)[: a.n]
+
+    def show(table: pd.DataFrame) -> None:
+        print(f"\nKeyTokens of {a.model} (leave-one-out, alpha={a.alpha}, beta={a.beta}):")
+        _print_df(table)
+
     if a.keytokens_only:
+        show(keytoken_stage(LazyBase(a.model), Path(a.out), kprobes, _params(a)))
         return 0
-    table = run_demo(a.model, a.methods.split(","), a.out, steps=a.steps, target=a.target)
+    table = run_demo(a.model, a.methods.split(","), a.out, steps=a.steps, target=a.target, on_keytokens=show,
+                     keytoken_probes=kprobes, params=_params(a))
     print("\nSummary (one row per unlearning method):")
     _print_df(table.round(3))
     return 0
@@ -351,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=12, help="number of built-in probes in the KeyToken table")
     s.add_argument("--methods", default="ga_gdr,ga_klr,npo_gdr,npo_klr,task_vector,rmu")
     s.add_argument("--out", default="unpact_out/demo", help="report directory (reruns resume from it)")
-    s.add_argument("--steps", type=int, default=12, help="max unlearning steps per method")
+    s.add_argument("--steps", type=int, default=8, help="max unlearning steps per method")
     s.add_argument("--target", type=float, default=0.25, help="forget fact top-1 accuracy to unlearn down to")
     s.add_argument("--keytokens-only", action="store_true", help="only print the KeyToken table")
     _keytoken_args(s)

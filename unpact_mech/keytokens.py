@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
+import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -72,3 +74,14 @@ def focus_share(scores: Float[Tensor, " n"] | Sequence[float], keys: Sequence[in
     if total <= 0:
         return float("nan")
     return float(c[list(keys)].sum()) / total if keys else 0.0
+
+
+def keytoken_table(results: Sequence[Any], params: KeyTokenParams | None = None) -> pd.DataFrame:
+    """One row per probe (leave-one-out results): prompt, LP and its KeyTokens with their contributions."""
+    rows = []
+    for r in results:
+        keys = select_keytokens(r.contributions, params)
+        rows.append({"probe_id": r.tprobe.probe.id, "prompt": r.tprobe.probe.prompt, "lp": round(r.lp, 3),
+                     "keytokens": ", ".join(f"{r.tprobe.tokens[r.positions[i]].strip()!s}({float(r.contributions[i]):+.2f})"
+                                            for i in keys)})
+    return pd.DataFrame(rows)
