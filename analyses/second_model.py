@@ -1,0 +1,91 @@
+"""A second built-in model (default Gemma-3-270M, ``make gemma``): load time, peak memory, KeyTokens, and one
+unlearning method with the three findings' numbers, through the same library calls as the SmolLM2 demo.
+
+    python analyses/second_model.py --model gemma3-270m --method npo_gdr --out unpact_out/gemma
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+from unpact_mech.attribution.loo import loo_contributions
+from unpact_mech.data import filter_known, load_benchmark
+from unpact_mech.findings import destruction, function_word_penalisation, recovery
+from unpact_mech.io import atomic_write_json, write_table
+from unpact_mech.keytokens import keytoken_table
+from unpact_mech.models import load_model, read_provenance
+from unpact_mech.probes import tokenize_probes
+from unpact_mech.tracking import compare
+from unpact_mech.unlearning import unlearn
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def run(model: str = "gemma3-270m", method: str = "npo_gdr", out: str = "unpact_out/gemma", steps: int = 8,
+        target: float = 0.25, fmt: str = "plain", lr: float = 1e-4, max_forget: int = 12) -> dict[str, Any]:
+    """Load, attribute, unlearn with one method, and measure findings 1-3; writes ``OUT/second_model.json``."""
+    o = Path(out)
+    t0 = time.perf_counter()
+    base = load_model(model, verbose=True).memoize()
+    res: dict[str, Any] = {"model": base.name, "load_s": round(time.perf_counter() - t0, 1),
+                           "peak_rss_gb_after_load": round(peak_rss_gb(), 2), "format": fmt,
+                           "n_params_m": round(sum(p.numel() for p in base.bridge.parameters()) / 1e6, 1)}
+    pool = load_benchmark("facts")
+    known, per_domain = filter_known(base, pool, fmt)
+    write_table(per_domain, o / "known.csv")
+    data = {s: [p for p in known if p.split == s] for s in ("forget", "retain", "general")}
+    data["forget"] = data["forget"][:max_forget]
+    res["known"] = {s: f"{len(v)}/{sum(p.split == s for p in pool)}" for s, v in data.items()}
+    print("[second-model] known facts:", res["known"], flush=True)
+    t = time.perf_counter()
+    kt = keytoken_table(loo_contributions(base, tokenize_probes(base, pool[:12], fmt)))
+    res["keytokens_s"] = round(time.perf_counter() - t, 1)
+    write_table(kt, o / "keytokens.csv")
+    print(kt.to_string(index=False), flush=True)
+    ckpt = o / "checkpoints" / method
+    if not (ckpt / "unpact.json").exists():
+        unlearn(base, method, data["forget"], data["retain"], ckpt, steps=steps, lr=lr, target_forget_acc=target,
+                check_every=2, fmt=fmt)
+    prov = read_provenance(ckpt)
+    unl = load_model(str(ckpt)).memoize()
+    res.update({"method": method, "lr": lr, "steps": prov["steps"], "stopped_at": prov.get("stopped_at"),
+                "train_s": prov.get("train_seconds"),
+                "forget_acc": f"{prov['forget_fact_acc_before']:.2f}->{prov['forget_fact_acc_after']:.2f}"})
+    cmp_f = compare(base, unl, data["forget"], fmt=fmt)
+    res["finding1"] = {k: round(v, 3) for k, v in cmp_f.summary.items()}
+    _, rates = recovery(base, unl, data["forget"], fmt=fmt)
+    best = rates[rates.factor.astype(str) == "best"]
+    res["finding2_recovery"] = {r.route: f"{r.k}/{r.n}" for r in best.itertuples()}
+    _, drates = destruction(base, unl, data["retain"] + data["general"], fmt=fmt)
+    res["finding3_destructive"] = {k: str(v) for k, v in drates.items()}
+    fw = function_word_penalisation(compare(base, unl, data["retain"] + data["general"], fmt=fmt))
+    res["finding3_change_by_kind"] = {k: round(v, 3) for k, v in fw.groupby("kind")["change"].mean().items()}
+    res["peak_rss_gb"] = round(peak_rss_gb(), 2)
+    res["total_s"] = round(time.perf_counter() - t0, 1)
+    atomic_write_json(o / "second_model.json", res)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="gemma3-270m")
+    ap.add_argument("--method", default="npo_gdr")
+    ap.add_argument("--out", default="unpact_out/gemma")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--target", type=float, default=0.25)
+    ap.add_argument("--format", default="plain", help="probe format: plain (base models) or chat")
+    a = ap.parse_args()
+    print(json.dumps(run(a.model, a.method, a.out, a.steps, a.target, a.format, a.lr), indent=1))
+
+
+if __name__ == "__main__":
+    main()
