@@ -36,8 +36,7 @@ def run(model: str = "gemma3-270m", method: str = "npo_gdr", out: str = "unpact_
     t0 = time.perf_counter()
     base = load_model(model, verbose=True).memoize()
     res: dict[str, Any] = {"model": base.name, "load_s": round(time.perf_counter() - t0, 1),
-                           "peak_rss_gb_after_load": round(peak_rss_gb(), 2), "format": fmt,
-                           "n_params_m": round(sum(p.numel() for p in base.bridge.parameters()) / 1e6, 1)}
+                           "peak_rss_gb_after_load": round(peak_rss_gb(), 2), "format": fmt}
     pool = load_benchmark("facts")
     known, per_domain = filter_known(base, pool, fmt)
     write_table(per_domain, o / "known.csv")

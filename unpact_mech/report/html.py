@@ -14,8 +14,9 @@ from unpact_mech.io import atomic_write_text
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
-table{border-collapse:collapse;font-size:13px;margin:1em 0}
-td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
+.scroll{overflow-x:auto}
+table{border-collapse:collapse;font-size:12px;margin:1em 0}
+td,th{border:1px solid #ccc;padding:3px 6px;text-align:right;max-width:9em;overflow-wrap:break-word}
 th{background:#f3f3f3}
 td:first-child,th:first-child{text-align:left}
 .tok{display:inline-block;padding:2px 3px;margin:1px;border-radius:3px;font-family:monospace;font-size:13px}
@@ -68,7 +69,11 @@ def write_report(path: str | Path, title: str, sections: Sequence[tuple[str, Any
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
     for heading, body in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2>")
-        parts.append(body.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="")
-                     if isinstance(body, pd.DataFrame) else str(body))
+        if isinstance(body, pd.DataFrame):  # headers wrap at underscores; wide tables scroll, never clip
+            body = body.rename(columns=lambda c: str(c).replace("_", " "))
+            parts.append("<div class='scroll'>" + body.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="")
+                         + "</div>")
+        else:
+            parts.append(str(body))
     parts.append("</body></html>")
     return atomic_write_text(path, "\n".join(parts))
