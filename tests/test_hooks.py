@@ -101,6 +101,14 @@ def test_patching_layer0_resid_reproduces_base(tiny_llama, embed_perturbed, tps)
     assert len(df) == 2 * (len(tp.ids) - 1 - min(tp.attributable))
     hd = patch_heads(tiny_llama, embed_perturbed, tp, layers=[0])
     assert len(hd) == tiny_llama.cfg.n_heads and hd.restoration.notna().all()
+    # memoizing subjects (as in the demo) give the same patching results: attached hooks bypass the memo
+    tiny_llama.memoize(), embed_perturbed.memoize()
+    try:
+        assert abs(restoration(tiny_llama, embed_perturbed, tp, patch_from_cache(cache, "blocks.0.hook_resid_pre")) - 1) < 1e-4
+        dm = patch_positions(tiny_llama, embed_perturbed, tp, kinds=["resid_pre"], layers=[0, 2])
+    finally:
+        tiny_llama.memoize(False), embed_perturbed.memoize(False)
+    assert (dm.restoration - df.restoration).abs().max() < 1e-5 and df.restoration.abs().max() > 0.1
 
 
 def test_sweep_and_prompt_edits(tiny_llama, tps):

@@ -95,3 +95,32 @@ def test_memo_reuses_unhooked_results(tiny_llama, tiny_probes, monkeypatch):
     for a, b in zip(fresh_loo, loo):
         assert torch.allclose(a.contributions, b.contributions, atol=1e-9) and a.tprobe is b.tprobe
     assert torch.equal(fresh_d.heads, d.heads)
+
+
+def test_memo_is_bypassed_while_hooks_are_attached(tiny_llama, tiny_probes):
+    """Hooks attached with ``applied`` (as patching does) must not be answered from the memo."""
+    from unpact_mech.hooks import applied, scale_embedding
+
+    from unpact_mech.attribution import dla as dla_mod
+    from unpact_mech.attribution.loo import loo_contributions
+
+    tps = tokenize_probes(tiny_llama, tiny_probes, "plain")
+    pos = list(tps[0].attributable[:2])
+    with applied(tiny_llama, scale_embedding(pos, 8.0)):
+        hooked = score_probes(tiny_llama, tps[:1])[0].lp
+        hooked_loo = loo_contributions(tiny_llama, tps[:1], prefix_cache=False)[0].contributions
+        hooked_heads = dla_mod.decompose(tiny_llama, tps[0]).heads
+    tiny_llama.memoize()
+    try:
+        plain = score_probes(tiny_llama, tps[:1])[0].lp
+        plain_loo = loo_contributions(tiny_llama, tps[:1])[0].contributions
+        plain_heads = dla_mod.decompose(tiny_llama, tps[0]).heads
+        with applied(tiny_llama, scale_embedding(pos, 8.0)):
+            assert score_probes(tiny_llama, tps[:1])[0].lp == pytest.approx(hooked, abs=1e-6)
+            assert torch.allclose(loo_contributions(tiny_llama, tps[:1], prefix_cache=False)[0].contributions,
+                                  hooked_loo, atol=1e-6)
+            assert torch.allclose(dla_mod.decompose(tiny_llama, tps[0]).heads, hooked_heads, atol=1e-6)
+    finally:
+        tiny_llama.memoize(False)
+    assert abs(plain - hooked) > 1e-4 and not torch.allclose(plain_loo, hooked_loo, atol=1e-4)
+    assert not torch.allclose(plain_heads, hooked_heads, atol=1e-4)

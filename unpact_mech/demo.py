@@ -117,7 +117,8 @@ def method_stage(lazy: LazyBase, method: str, data: dict[str, list], out: Path, 
         from unpact_mech.patching import patch_positions
 
         tp = tokenize_probes(base, forget[:1])[0]
-        pt = patch_positions(base, unl, tp, ["resid_pre", "attn_out", "mlp_out"], list(range(0, base.cfg.n_layers, 3)))
+        # the residual stream every third layer (attn_out / mlp_out are one call away: unpact patch)
+        pt = patch_positions(base, unl, tp, ["resid_pre"], list(range(0, base.cfg.n_layers, 3)))
         write_table(pt, d / "patch_positions.csv")
     best = rates[rates.factor.astype(str) == "best"].set_index("route")
     fw_mean = fw.groupby("kind")["change"].mean().to_dict()

@@ -197,6 +197,14 @@ class Subject:
         self.memo = {} if on else None
         return self
 
+    def memo_for(self, hooks: Any = ()) -> dict[Any, Any] | None:
+        """The memo, unless intervention hooks are passed or attached to the bridge (their results differ)."""
+        if self.memo is None or hooks:
+            return None
+        from unpact_mech.hooks import active_hook_count
+
+        return None if active_hook_count(self.bridge) else self.memo
+
     @property
     def cfg(self) -> Any:
         return self.bridge.cfg

@@ -57,6 +57,12 @@ def forward_logits(
         return subject.bridge(ids)
 
 
+def memo_of(subject: Any, hooks: Any = ()) -> dict[Any, Any] | None:
+    """The subject's result memo when it may be used (no hooks given or attached), else None."""
+    fn = getattr(subject, "memo_for", None)
+    return fn(hooks) if fn is not None else None
+
+
 def chunk_by_tokens(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
     """Group indices (longest first) so each group's rows x max length stays within ``batch_tokens``."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
@@ -98,7 +104,7 @@ def score_sequences(
     for ids, start in seqs:
         if not 0 < start < len(ids):
             raise ValueError(f"answer start {start} outside a sequence of length {len(ids)}")
-    memo = None if hooks else getattr(subject, "memo", None)
+    memo = memo_of(subject, hooks)
     keys = [("score", tuple(ids), start) for ids, start in seqs] if memo is not None else []
     out: list[SeqScore | None] = [memo.get(k) for k in keys] if memo is not None else [None] * len(seqs)
     todo = [i for i, s in enumerate(out) if s is None]

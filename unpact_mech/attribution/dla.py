@@ -26,6 +26,7 @@ from torch import Tensor
 
 from unpact_mech.attribution import register
 from unpact_mech.probes import TokenizedProbe
+from unpact_mech.scoring import memo_of
 from unpact_mech.tables import make_table
 
 Target = Literal["logit", "logit_diff"]
@@ -84,7 +85,7 @@ def decompose(
     """DLA (and attention paths) of every answer token of one probe."""
     if target not in ("logit", "logit_diff"):
         raise ValueError(f"unknown DLA target {target!r}: use 'logit' or 'logit_diff'")
-    memo = None if hooks else getattr(subject, "memo", None)
+    memo = memo_of(subject, hooks)
     key = ("decompose", tp.probe.id, tuple(tp.ids), tp.prompt_len, target, with_paths)
     if memo is not None and key in memo:
         return memo[key]
@@ -231,7 +232,7 @@ def path_token_attribution(d: Decomposition) -> Float[Tensor, " src"]:
 @torch.no_grad()
 def logit_lens(subject: Any, tp: TokenizedProbe, hooks: Sequence[Any] = ()) -> pd.DataFrame:
     """Answer log-prob and rank read from the residual stream before each layer and after the last."""
-    memo = None if hooks else getattr(subject, "memo", None)
+    memo = memo_of(subject, hooks)
     key = ("logit_lens", tp.probe.id, subject.name, tuple(tp.ids), tp.prompt_len)
     if memo is not None and key in memo:
         return memo[key].copy()

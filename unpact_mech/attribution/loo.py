@@ -18,7 +18,7 @@ from torch import Tensor
 
 from unpact_mech.attribution import register
 from unpact_mech.probes import TokenizedProbe
-from unpact_mech.scoring import DEFAULT_BATCH_TOKENS, score_sequences
+from unpact_mech.scoring import DEFAULT_BATCH_TOKENS, memo_of, score_sequences
 from unpact_mech.tables import make_table
 
 Variant = Literal["delete", "replace"]
@@ -148,7 +148,7 @@ def loo_contributions(
     base_id = baseline_token_id(subject.tokenizer, baseline_token) if variant == "replace" else 0
     if variant not in ("delete", "replace"):
         raise ValueError(f"unknown leave-one-out variant {variant!r}: use 'delete' or 'replace'")
-    memo = None if hooks else getattr(subject, "memo", None)
+    memo = memo_of(subject, hooks)
     if memo is not None:
         keys = [("loo", variant, base_id, tuple(tp.ids), tp.prompt_len, tuple(tp.attributable)) for tp in tprobes]
         todo = [tp for tp, k in zip(tprobes, keys) if k not in memo]
