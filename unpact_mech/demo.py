@@ -24,7 +24,7 @@ PAPER_METHODS = ("ga_gdr", "ga_klr", "npo_gdr", "npo_klr", "task_vector", "rmu")
 # SmolLM2; every method stops at the same forget target (or at max steps).
 SETTINGS: dict[str, dict[str, Any]] = {
     "ga_gdr": {"lr": 1e-4}, "ga_klr": {"lr": 7e-5}, "npo_gdr": {"lr": 3e-4}, "npo_klr": {"lr": 2.5e-4},
-    "simnpo": {"lr": 1e-4}, "idk_dpo": {"lr": 1e-4}, "task_vector": {"lr": 1e-4, "tv_scale": 1.0, "steps": 6},
+    "simnpo": {"lr": 3e-4}, "idk_dpo": {"lr": 3e-4}, "task_vector": {"lr": 1e-4, "tv_scale": 1.0, "steps": 6},
     "rmu": {"lr": 3e-2}, "ga": {"lr": 1e-4}, "npo": {"lr": 1e-4},
 }
 FACTORS = (1.0, 2.0, 4.0, 8.0)

@@ -85,6 +85,7 @@ def decompose(
     """DLA (and attention paths) of every answer token of one probe."""
     if target not in ("logit", "logit_diff"):
         raise ValueError(f"unknown DLA target {target!r}: use 'logit' or 'logit_diff'")
+    _check_linear_blocks(subject)
     memo = memo_of(subject, hooks)
     key = ("decompose", tp.probe.id, tuple(tp.ids), tp.prompt_len, target, with_paths)
     if memo is not None and key in memo:
@@ -93,6 +94,17 @@ def decompose(
     if memo is not None:
         memo[key] = d
     return d
+
+
+def _check_linear_blocks(subject: Any) -> None:
+    """DLA needs each block to add its heads' and MLP's outputs to the residual as they are; models that normalise
+    them first (Gemma 2/3 "sandwich" norms) are refused rather than decomposed wrongly."""
+    if any(name.endswith("post_feedforward_layernorm") for name, _ in subject.bridge.named_modules()):
+        raise NotImplementedError(
+            f"direct logit attribution of '{subject.name}' is not supported: its blocks normalise the attention and "
+            "MLP outputs before adding them (post-sublayer norms, as in Gemma 2/3), so per-head terms would not sum "
+            "to the logit. Leave-one-out, KeyTokens, emphasis, patching and unlearning work on it."
+        )
 
 
 def _decompose(subject: Any, tp: TokenizedProbe, target: Target, with_paths: bool, hooks: Sequence[Any]) -> Decomposition:
