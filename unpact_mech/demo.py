@@ -48,6 +48,11 @@ class LazyBase:
     def loaded(self) -> bool:
         return self._subject is not None
 
+    @property
+    def key(self) -> str:
+        """What cached stages are stamped with: the spec, or the given Subject's name (never loads the model)."""
+        return self.spec or self._subject.name  # type: ignore[union-attr]
+
 
 def _known(subject: Any, probes: Sequence[Any]) -> list[Any]:
     from unpact_mech.data import filter_known
@@ -229,7 +234,7 @@ def data_stage(lazy: LazyBase, out: Path, pool: Sequence[Any], known_only: bool,
     """Forget/retain/general probes the base model knows (fact top-1), cached as ``OUT/data.json``."""
     from unpact_mech.models import data_hash
 
-    stamp = {"model": lazy.spec or lazy.get().name, "pool": data_hash([_probe_key(p) for p in pool]),
+    stamp = {"model": lazy.key, "pool": data_hash([_probe_key(p) for p in pool]),
              "known_only": known_only, "max_forget": max_forget}
     f = out / "data.json"
     cached = json.loads(f.read_text()) if f.exists() else None
@@ -256,7 +261,7 @@ def keytoken_stage(lazy: LazyBase, out: Path, probes: Sequence[Any], params: Any
     from unpact_mech.probes import tokenize_probes
 
     params = params or KeyTokenParams()
-    stamp = data_hash({"model": lazy.spec, "probes": [_probe_key(p) for p in probes], "params": asdict(params)})
+    stamp = data_hash({"model": lazy.key, "probes": [_probe_key(p) for p in probes], "params": asdict(params)})
     f, meta = out / "keytokens.csv", out / "keytokens.json"
     if f.exists() and meta.exists() and json.loads(meta.read_text()).get("stamp") == stamp:
         return read_table(f)
