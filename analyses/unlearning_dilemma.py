@@ -11,16 +11,12 @@ import argparse
 
 import pandas as pd
 
-from unpact_mech.demo import PAPER_METHODS, run_demo
+from unpact_mech.demo import add_run_arguments, run_demo
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--methods", default=",".join(PAPER_METHODS))
-    ap.add_argument("--out", default="unpact_out/dilemma")
-    ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--target", type=float, default=0.25, help="stop when forget fact top-1 accuracy <= target")
+    add_run_arguments(ap, "unpact_out/dilemma")
     ap.add_argument("--no-patch", action="store_true")
     a = ap.parse_args()
     t = run_demo(a.model, a.methods.split(","), a.out, a.steps, a.target, patch=not a.no_patch)

@@ -13,20 +13,15 @@ from pathlib import Path
 import pandas as pd
 
 from unpact_mech.data import filter_known, load_benchmark
-from unpact_mech.demo import PAPER_METHODS, SETTINGS
+from unpact_mech.demo import add_run_arguments, unlearn_stage
 from unpact_mech.models import load_model, read_provenance
 from unpact_mech.probes import tokenize_probes
 from unpact_mech.scoring import probe_table
-from unpact_mech.unlearning import unlearn
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--methods", default=",".join(PAPER_METHODS))
-    ap.add_argument("--out", default="unpact_out/demo")
-    ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--target", type=float, default=0.25)
+    add_run_arguments(ap, "unpact_out/demo")
     a = ap.parse_args()
     base = load_model(a.model)
     known, _ = filter_known(base, load_benchmark("facts"))
@@ -36,11 +31,8 @@ def main() -> None:
     bf, br = probe_table(base, tf), probe_table(base, tr)
     rows = []
     for m in a.methods.split(","):
-        ckpt = Path(a.out) / "checkpoints" / m
         t0 = time.perf_counter()
-        if not (ckpt / "unpact.json").exists():
-            unlearn(base, m, forget, retain, ckpt, progress=False, **{"steps": a.steps, "target_forget_acc": a.target,
-                                                                      "check_every": 2, **SETTINGS.get(m, {})})
+        ckpt = unlearn_stage(base, m, forget, retain, Path(a.out), a.steps, a.target, progress=False)
         prov = read_provenance(ckpt)
         u = load_model(str(ckpt))
         uf, ur = probe_table(u, tf), probe_table(u, tr)

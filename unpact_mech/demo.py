@@ -64,6 +64,30 @@ def _rate_str(k: int, n: int) -> str:
     return f"{k}/{n}" if n else "n/a"
 
 
+def unlearn_stage(base: Any, method: str, forget: list, retain: list, out: Path, steps: int, target: float,
+                  progress: bool = True) -> Path:
+    """``OUT/checkpoints/METHOD``, trained with the demo's settings unless it exists already."""
+    from unpact_mech.unlearning import unlearn
+
+    ckpt = out / "checkpoints" / method
+    if not (ckpt / "unpact.json").exists():
+        # no mid-run resume state for these short runs (saving it costs more than redoing them); the
+        # finished checkpoint is the resume point of the demo
+        unlearn(base, method, forget, retain, ckpt, progress=progress,
+                **{"steps": steps, "target_forget_acc": target, "check_every": 2, "checkpoint_every": 0,
+                   **SETTINGS.get(method, {})})
+    return ckpt
+
+
+def add_run_arguments(ap: Any, out: str) -> None:
+    """The options every demo-like script shares (model, methods, output directory, steps, forget target)."""
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--methods", default=",".join(PAPER_METHODS))
+    ap.add_argument("--out", default=out, help="output directory (reruns reuse its checkpoints)")
+    ap.add_argument("--steps", type=int, default=8, help="max unlearning steps per method")
+    ap.add_argument("--target", type=float, default=0.25, help="stop when forget fact top-1 accuracy <= target")
+
+
 def method_stage(lazy: LazyBase, method: str, data: dict[str, list], out: Path, steps: int, target: float,
                  patch: bool) -> dict[str, Any]:
     """Unlearn with one method (cached) and measure the three findings; results cached as JSON."""
@@ -73,19 +97,13 @@ def method_stage(lazy: LazyBase, method: str, data: dict[str, list], out: Path, 
     from unpact_mech.probes import tokenize_probes
     from unpact_mech.scoring import probe_table
     from unpact_mech.tracking import compare, localise
-    from unpact_mech.unlearning import unlearn
 
     res_file = out / method / "result.json"
     if res_file.exists():
         return json.loads(res_file.read_text())
     base = lazy.get()
     forget, retain, general = data["forget"], data["retain"], data["general"]
-    ckpt = out / "checkpoints" / method
-    if not (ckpt / "unpact.json").exists():
-        # no mid-run resume state for these short runs (saving it costs more than redoing them); the
-        # finished checkpoint is the resume point of the demo
-        unlearn(base, method, forget, retain, ckpt, **{"steps": steps, "target_forget_acc": target, "check_every": 2,
-                                                        "checkpoint_every": 0, **SETTINGS.get(method, {})})
+    ckpt = unlearn_stage(base, method, forget, retain, out, steps, target)
     t0 = time.perf_counter()
     prov = read_provenance(ckpt)
     unl = load_model(str(ckpt)).memoize()
@@ -230,8 +248,9 @@ def _probe_key(p: Any) -> list[Any]:
     return [p.id, p.prompt, p.answer, p.split, p.fact]
 
 
-def data_stage(lazy: LazyBase, out: Path, pool: Sequence[Any], known_only: bool, max_forget: int | None) -> dict[str, list]:
-    """Forget/retain/general probes the base model knows (fact top-1), cached as ``OUT/data.json``."""
+def data_stage(lazy: LazyBase, out: Path, pool: Sequence[Any], known_only: bool,
+               max_forget: int | None) -> tuple[dict[str, list], str]:
+    """Forget/retain/general probes the base model knows (fact top-1) and its name, cached as ``OUT/data.json``."""
     from unpact_mech.models import data_hash
 
     stamp = {"model": lazy.key, "pool": data_hash([_probe_key(p) for p in pool]),
@@ -246,9 +265,7 @@ def data_stage(lazy: LazyBase, out: Path, pool: Sequence[Any], known_only: bool,
         cached = {"stamp": stamp, "model_name": lazy.get().name, "ids": ids}
         atomic_write_json(f, cached)
     by_id = {p.id: p for p in pool}
-    data = {s: [by_id[i] for i in ids] for s, ids in cached["ids"].items()}
-    data["_model_name"] = cached["model_name"]  # type: ignore[assignment]
-    return data
+    return {s: [by_id[i] for i in ids] for s, ids in cached["ids"].items()}, cached["model_name"]
 
 
 def keytoken_stage(lazy: LazyBase, out: Path, probes: Sequence[Any], params: Any = None) -> pd.DataFrame:
@@ -291,8 +308,7 @@ def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS
     if on_keytokens is not None:
         kp = list(keytoken_probes) if keytoken_probes is not None else pool[:12]
         on_keytokens(keytoken_stage(lazy, out, kp, params))
-    data = data_stage(lazy, out, pool, known_only, max_forget)
-    model_name = data.pop("_model_name")
+    data, model_name = data_stage(lazy, out, pool, known_only, max_forget)
     print(f"[unpact] base knows {len(data['forget'])} forget, {len(data['retain'])} retain, "
           f"{len(data['general'])} general facts", flush=True)
     rows = []
@@ -303,7 +319,7 @@ def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS
         print(f"[unpact] {m} done in {time.perf_counter() - t:.0f} s", flush=True)
     table = summary_table(rows)
     write_table(table, out / "summary.csv")
-    report = build_report(out, rows, data, str(model_name))
+    report = build_report(out, rows, data, model_name)
     print(f"[unpact] demo finished in {time.perf_counter() - t0:.0f} s "
           f"({'model loaded' if lazy.loaded else 'all stages cached, model not loaded'}); report: {report}", flush=True)
     return table

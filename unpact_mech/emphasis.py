@@ -26,8 +26,8 @@ ROUTES: tuple[str, ...] = ("embed", "attention")
 PROMPT_STYLES: tuple[str, ...] = ("repeat", "mark", "instruct")
 
 
-def emphasis_hooks(subject: Any, positions: Sequence[int], factor: float, route: str) -> Hooks:
-    """The hooks of one emphasis route at the given prompt positions."""
+def emphasis_hooks(subject: Any, positions: Sequence[int] | Sequence[Sequence[int]], factor: float, route: str) -> Hooks:
+    """The hooks of one emphasis route at the given prompt positions (flat, or one list per batch row)."""
     if getattr(subject, "backend", "transformer_lens") == "nnsight":
         if route != "embed":
             raise ValueError(f"route {route!r} needs TransformerLens attention internals; the nnsight backend "

@@ -63,6 +63,16 @@ def memo_of(subject: Any, hooks: Any = ()) -> dict[Any, Any] | None:
     return fn(hooks) if fn is not None else None
 
 
+def memoized(subject: Any, hooks: Any, key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
+    """``compute()``, or its memoized value for ``key`` when the subject's memo may be used."""
+    memo = memo_of(subject, hooks)
+    if memo is None:
+        return compute()
+    if key not in memo:
+        memo[key] = compute()
+    return memo[key]
+
+
 def chunk_by_tokens(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
     """Group indices (longest first) so each group's rows x max length stays within ``batch_tokens``."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from unpact_mech.attribution import register
 from unpact_mech.probes import TokenizedProbe
-from unpact_mech.scoring import memo_of
+from unpact_mech.scoring import memoized
 from unpact_mech.tables import make_table
 
 Target = Literal["logit", "logit_diff"]
@@ -86,14 +86,8 @@ def decompose(
     if target not in ("logit", "logit_diff"):
         raise ValueError(f"unknown DLA target {target!r}: use 'logit' or 'logit_diff'")
     _check_linear_blocks(subject)
-    memo = memo_of(subject, hooks)
-    key = ("decompose", tp.probe.id, tuple(tp.ids), tp.prompt_len, target, with_paths)
-    if memo is not None and key in memo:
-        return memo[key]
-    d = _decompose(subject, tp, target, with_paths, hooks)
-    if memo is not None:
-        memo[key] = d
-    return d
+    return memoized(subject, hooks, ("decompose", tp.probe.id, tuple(tp.ids), tp.prompt_len, target, with_paths),
+                    lambda: _decompose(subject, tp, target, with_paths, hooks))
 
 
 def _check_linear_blocks(subject: Any) -> None:
@@ -244,14 +238,8 @@ def path_token_attribution(d: Decomposition) -> Float[Tensor, " src"]:
 @torch.no_grad()
 def logit_lens(subject: Any, tp: TokenizedProbe, hooks: Sequence[Any] = ()) -> pd.DataFrame:
     """Answer log-prob and rank read from the residual stream before each layer and after the last."""
-    memo = memo_of(subject, hooks)
     key = ("logit_lens", tp.probe.id, subject.name, tuple(tp.ids), tp.prompt_len)
-    if memo is not None and key in memo:
-        return memo[key].copy()
-    table = _logit_lens(subject, tp, hooks)
-    if memo is not None:
-        memo[key] = table.copy()
-    return table
+    return memoized(subject, hooks, key, lambda: _logit_lens(subject, tp, hooks)).copy()
 
 
 def _logit_lens(subject: Any, tp: TokenizedProbe, hooks: Sequence[Any]) -> pd.DataFrame:

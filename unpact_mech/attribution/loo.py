@@ -151,11 +151,10 @@ def loo_contributions(
     memo = memo_of(subject, hooks)
     if memo is not None:
         keys = [("loo", variant, base_id, tuple(tp.ids), tp.prompt_len, tuple(tp.attributable)) for tp in tprobes]
-        todo = [tp for tp, k in zip(tprobes, keys) if k not in memo]
+        todo = {k: tp for tp, k in zip(tprobes, keys) if k not in memo}
         if todo:
-            for k, r in zip([k for k in keys if k not in memo],
-                            _loo(subject, todo, variant, base_id, batch_tokens, hooks, progress, prefix_cache)):
-                memo[k] = r
+            memo.update(zip(todo, _loo(subject, list(todo.values()), variant, base_id, batch_tokens, hooks, progress,
+                                       prefix_cache)))
         return [LooResult(tp, memo[k].lp, memo[k].contributions) for tp, k in zip(tprobes, keys)]
     return _loo(subject, tprobes, variant, base_id, batch_tokens, hooks, progress, prefix_cache)
 

@@ -244,10 +244,10 @@ class RMU(Method):
         u = torch.rand(state.model.config.hidden_size, generator=g)
         coeff = cfg.rmu_coeff
         if coeff is None:  # scale c to this model's activations (SmolLM2 layer 7: ~145 on question tokens)
+            batch = collate(forget, state.extra["pad_id"])
             with torch.no_grad():
-                norms = [L.hidden_at(state.ref, collate([e], state.extra["pad_id"]), cfg.rmu_layer)[0, list(e.content)]
-                         .norm(dim=-1) for e in forget if e.content]
-            coeff = cfg.rmu_coeff_scale * float(torch.cat(norms).mean()) if norms else 20.0
+                h = L.hidden_at(state.ref, batch, cfg.rmu_layer)[batch["content_mask"].bool()]  # [n_content, d_model]
+            coeff = cfg.rmu_coeff_scale * float(h.norm(dim=-1).mean()) if len(h) else 20.0
         state.extra["resolved"] = {"rmu_coeff": round(coeff, 4)}
         state.extra["control"] = coeff * u / u.norm()
 
