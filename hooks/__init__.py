@@ -183,24 +183,18 @@ def ablate_heads(layer: int, heads: Sequence[int], mode: str = "zero", mean_z: T
     return [(f"blocks.{layer}.attn.hook_z", fn)]
 
 
-def active_hook_count(bridge: Any) -> int:
-    """Number of forward hooks currently attached to the bridge's hook points."""
-    unique = {id(hp): hp for hp in bridge.hook_dict.values()}  # aliases name the same HookPoint
-    return sum(len(hp.fwd_hooks) for hp in unique.values())
-
-
 @contextmanager
 def applied(subject_or_bridge: Any, hooks: Hooks) -> Iterator[Any]:
-    """Attach hooks for the duration of a ``with`` block; they are removed on exit, also after an error."""
-    bridge = getattr(subject_or_bridge, "bridge", subject_or_bridge)
-    before = active_hook_count(bridge)
-    try:
-        with bridge.hooks(fwd_hooks=list(hooks)):
-            yield bridge
-    finally:
-        if active_hook_count(bridge) != before:
-            bridge.reset_hooks(including_permanent=False)
+    """Attach hooks to a subject's backend (or a bare bridge) for a ``with`` block; removed on exit, also after
+    an error. Every computation on the subject inside the block runs under them (no fast path skips them)."""
+    from unpact_mech.backends.bridge import BridgeBackend
 
+    backend = getattr(subject_or_bridge, "backend", None) or BridgeBackend(subject_or_bridge)
+    with backend.attached(hooks) as handle:
+        yield handle
+
+
+from unpact_mech.backends.bridge import active_hook_count  # noqa: E402  (one home; re-exported)
 
 __all__ = [
     "ablate_heads",

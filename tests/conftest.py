@@ -39,8 +39,8 @@ def make_tokenizer(directory: Path):
 
 
 def make_tiny(directory: Path, arch: str, seed: int = 0) -> Path:
-    """Save a tiny random model (``llama`` with grouped-query attention, or ``gpt2``) to ``directory``."""
-    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+    """Save a tiny random model (``llama`` with grouped-query attention, ``gpt2`` or a soft-capped ``gemma2``)."""
+    from transformers import AutoModelForCausalLM, Gemma2Config, GPT2Config, LlamaConfig
 
     directory.mkdir(parents=True, exist_ok=True)
     tok = make_tokenizer(directory)
@@ -52,6 +52,11 @@ def make_tiny(directory: Path, arch: str, seed: int = 0) -> Path:
     elif arch == "gpt2":
         cfg = GPT2Config(vocab_size=v, n_embd=48, n_layer=3, n_head=4, n_positions=128,
                          bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    elif arch == "gemma2":  # final-logit soft-capping (cap 2: most logits are capped), sandwich norms
+        cfg = Gemma2Config(vocab_size=v, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=12, max_position_embeddings=128,
+                           final_logit_softcapping=2.0, attn_logit_softcapping=50.0, sliding_window=16,
+                           bos_token_id=1, eos_token_id=2, pad_token_id=0)
     else:
         raise ValueError(arch)
     torch.manual_seed(seed)
@@ -72,6 +77,11 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_gpt2_dir(tmp_path_factory) -> Path:
     return make_tiny(tmp_path_factory.mktemp("tiny_gpt2"), "gpt2")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma2_dir(tmp_path_factory) -> Path:
+    return make_tiny(tmp_path_factory.mktemp("tiny_gemma2"), "gemma2")
 
 
 @pytest.fixture(scope="session")

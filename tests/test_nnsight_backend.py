@@ -6,7 +6,7 @@ from unpact_mech.hooks import applied, patch_from_cache
 
 from unpact_mech.attribution.loo import loo_contributions
 from unpact_mech.emphasis import emphasize
-from unpact_mech.nnsight_backend import load_nnsight, patch_layer_output
+from unpact_mech.models import load_nnsight
 from unpact_mech.probes import tokenize_probes
 from unpact_mech.scoring import score_probes, score_sequences
 
@@ -32,8 +32,9 @@ def _agree(tl, nn, tps):
     assert qpos
     with applied(tl, patch_from_cache(cache, "blocks.1.hook_resid_post", positions=qpos)):
         pa = score_sequences(tl, [(tp.ids, tp.prompt_len)])[0].lp
-    src = nn.layer_output(ids, 1)
-    pb = score_sequences(nn, [(tp.ids, tp.prompt_len)], hooks=patch_layer_output(nn, 1, src, qpos))[0].lp
+    src = nn.backend.layer_output(ids, 1)  # the same patch hook, on nnsight's layer output
+    hooks = patch_from_cache({"blocks.1.hook_resid_post": src}, "blocks.1.hook_resid_post", positions=qpos)
+    pb = score_sequences(nn, [(tp.ids, tp.prompt_len)], hooks=hooks)[0].lp
     assert abs(pa - pb) < 1e-4 and abs(pa - a[0].lp) > 1e-5
 
 
@@ -54,14 +55,14 @@ def test_attention_route_refused_and_remote_flag_reaches_trace(tiny_llama_dir, t
     with pytest.raises(ValueError, match="nnsight backend supports route='embed'"):
         emphasize(nn, tp, 2.0, positions=[1], route="attention")
     seen = {}
-    real = nn.model.trace
+    real = nn.backend.lm.trace
 
     def spy(*args, **kw):
         seen.update(kw)
         kw["remote"] = False  # record the flag, run locally (no NDIF from tests)
         return real(*args, **kw)
 
-    monkeypatch.setattr(nn.model, "trace", spy)
-    nn.remote = True
+    monkeypatch.setattr(nn.backend.lm, "trace", spy)
+    nn.backend.remote = True
     score_probes(nn, [tp])
     assert seen["remote"] is True

@@ -82,8 +82,8 @@ def test_memo_reuses_unhooked_results(tiny_llama, tiny_probes, monkeypatch):
 
         monkeypatch.setattr(scoring, "forward_logits", boom)
         monkeypatch.setattr(dla_mod, "run_cache", boom)
-        monkeypatch.setattr(tiny_llama, "_plain", None)
-        monkeypatch.setattr(type(tiny_llama), "plain_model", boom)
+        monkeypatch.setattr(tiny_llama.backend, "kv", boom)
+        monkeypatch.setattr(tiny_llama.backend, "forward", boom)
         again = score_probes(tiny_llama, tps)
         loo = loo_contributions(tiny_llama, tps)
         d = dla_mod.decompose(tiny_llama, tps[0])

@@ -179,11 +179,74 @@ def test_interrupted_run_resumes(tiny_llama, tiny_probes, tmp_path):
     kw = dict(steps=4, lr=1e-3, progress=False, fmt="plain", checkpoint_every=2, seed=1)
     with pytest.raises(Stop):
         unlearn(tiny_llama, "ga_gdr", tiny_probes[:2], tiny_probes[2:], tmp_path / "r", on_step=boom, **kw)
-    assert (tmp_path / "r.resume.pt").exists()
+    assert (tmp_path / "r.resume.safetensors").exists() and (tmp_path / "r.resume.json").exists()
+    assert not list(tmp_path.glob("*.pt"))  # nothing pickled is written
     steps = []
     resumed = unlearn(tiny_llama, "ga_gdr", tiny_probes[:2], tiny_probes[2:], tmp_path / "r",
                       on_step=lambda s, r: steps.append(s), **kw)
-    assert steps == [3, 4] and not (tmp_path / "r.resume.pt").exists()
+    assert steps == [3, 4] and not (tmp_path / "r.resume.json").exists()
     straight = unlearn(tiny_llama, "ga_gdr", tiny_probes[:2], tiny_probes[2:], tmp_path / "s", **kw)
     wa, wb = _weights(resumed), _weights(straight)
-    assert all(torch.allclose(wa[k], wb[k], atol=1e-7) for k in wa)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)  # bit-identical
+
+
+class _Evil:
+    """A pickle that writes a marker file when it is unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickled_resume_file_is_refused_and_never_unpickled(tiny_llama, tiny_probes, tmp_path):
+    import pickle
+
+    marker = tmp_path / "pwned"
+    (tmp_path / "r.resume.pt").write_bytes(pickle.dumps({"run_key": _Evil(marker)}))
+    with pytest.raises(UnlearningError, match="legacy pickled resume file .*rm "):
+        unlearn(tiny_llama, "ga_gdr", tiny_probes[:2], tiny_probes[2:], tmp_path / "r", steps=1, progress=False,
+                fmt="plain")
+    assert not marker.exists()
+    assert not (tmp_path / "r").exists()
+
+
+def test_corrupt_resume_file_is_one_clear_error(tiny_llama, tiny_probes, tmp_path):
+    (tmp_path / "r.resume.json").write_text("{not json")
+    with pytest.raises(UnlearningError, match="unreadable.*start over"):
+        unlearn(tiny_llama, "ga_gdr", tiny_probes[:2], tiny_probes[2:], tmp_path / "r", steps=1, progress=False,
+                fmt="plain")
+
+
+def test_reference_model_only_for_methods_that_need_one(tiny_llama, tiny_probes, tmp_path, monkeypatch):
+    """GA+GD makes no reference copy; NPO's reference is the subject's own frozen weights (no copy either)."""
+    import copy
+
+    from unpact_mech import unlearning as U
+
+    copies = []
+    real = copy.deepcopy
+    def counting(x, *a):
+        if isinstance(x, torch.nn.Module):
+            copies.append(type(x).__name__)
+        return real(x, *a)
+
+    monkeypatch.setattr(U.copy, "deepcopy", counting)
+    seen = {}
+    real_npo = U.L.npo
+
+    def spy(model, ref, forget, beta):
+        seen["ref"] = ref
+        return real_npo(model, ref, forget, beta)
+
+    monkeypatch.setattr(U.L, "npo", spy)
+    for method in ("ga_gdr", "npo_gdr"):
+        unlearn(tiny_llama, method, tiny_probes[:2], tiny_probes[2:], tmp_path / method, steps=1, progress=False,
+                fmt="plain")
+    assert copies == []
+    view = seen["ref"]
+    shared = {p.data_ptr() for p in tiny_llama.bridge.parameters()}
+    assert all(p.data_ptr() in shared for p in view.parameters())
+    unlearn(tiny_llama, "task_vector", tiny_probes[:2], [], tmp_path / "tv", steps=1, progress=False, fmt="plain")
+    assert len(copies) == 1  # Task Vector needs the starting parameters themselves

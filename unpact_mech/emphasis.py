@@ -28,18 +28,22 @@ PROMPT_STYLES: tuple[str, ...] = ("repeat", "mark", "instruct")
 
 def emphasis_hooks(subject: Any, positions: Sequence[int] | Sequence[Sequence[int]], factor: float, route: str) -> Hooks:
     """The hooks of one emphasis route at the given prompt positions (flat, or one list per batch row)."""
-    if getattr(subject, "backend", "transformer_lens") == "nnsight":
-        if route != "embed":
-            raise ValueError(f"route {route!r} needs TransformerLens attention internals; the nnsight backend "
-                             "supports route='embed'")
-        from unpact_mech import nnsight_backend
-
-        return nnsight_backend.scale_embedding(subject, positions, factor)  # type: ignore[return-value]
     if route == "embed":
-        return scale_embedding(positions, factor)
-    if route == "attention":
-        return steer_attention(positions, factor, subject.cfg.n_layers)
-    raise ValueError(f"unknown emphasis route {route!r}: use one of {ROUTES} (or prompt_emphasis for prompt edits)")
+        hooks = scale_embedding(positions, factor)
+    elif route == "attention":
+        hooks = steer_attention(positions, factor, subject.n_layers)
+    else:
+        raise ValueError(f"unknown emphasis route {route!r}: use one of {ROUTES} (or prompt_emphasis for prompt edits)")
+    missing = [name for name, _ in hooks if not subject.backend.supports_hook(name)]
+    if missing:
+        ok = [r for r in ROUTES if all(subject.backend.supports_hook(n) for n, _ in _route_probe(subject, r))]
+        raise ValueError(f"route {route!r} needs hook point {missing[0]}, which the {subject.backend.name} backend "
+                         f"lacks; the {subject.backend.name} backend supports route={', '.join(map(repr, ok)) or 'none'}")
+    return hooks
+
+
+def _route_probe(subject: Any, route: str) -> Hooks:
+    return scale_embedding([0], 1.0) if route == "embed" else steer_attention([0], 1.0, subject.n_layers)
 
 
 def keytoken_positions(

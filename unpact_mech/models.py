@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from unpact_mech.backends import RUN_WITH_CACHE, Backend, context_length, n_layers, require, resolve_dtype
 from unpact_mech.io import atomic_write_json
 
 PROVENANCE_FILE = "unpact.json"
@@ -181,19 +182,22 @@ def _gemma3_dir() -> Path:
 # ----------------------------------------------------------------------------------------------------------
 @dataclass
 class Subject:
-    """A model under study: TransformerLens bridge (compatibility mode), tokenizer, name and provenance.
+    """A model under study: a :class:`~unpact_mech.backends.Backend`, tokenizer, name and provenance.
 
-    The bridge folds LayerNorm into the weights of the HF module it wraps, so use :meth:`load_hf_model`
-    for a fresh, unprocessed HF model when training.
+    With the TransformerLens backend the bridge folds LayerNorm into the weights of the HF module it wraps, so
+    use :meth:`load_hf_model` for a fresh, unprocessed HF model when training.
     """
 
     name: str
-    bridge: Any
+    backend: Backend
     tokenizer: Any
     source: str
     provenance: dict[str, Any] = field(default_factory=dict)
-    _plain: Any = field(default=None, init=False, repr=False)
     memo: dict[Any, Any] | None = field(default=None, init=False, repr=False)
+    # how ``source`` was loaded (trust/pickle opt-ins, placement), reused by load_hf_model
+    load_options: dict[str, Any] = field(default_factory=dict, repr=False)
+    # True when the weights are exactly ``source``'s (load_model); False for a wrapped in-memory model
+    from_source: bool = False
 
     def memoize(self, on: bool = True) -> Subject:
         """Reuse unhooked scores, leave-one-out results, decompositions and logit lenses of this subject.
@@ -204,37 +208,43 @@ class Subject:
         return self
 
     def memo_for(self, hooks: Any = ()) -> dict[Any, Any] | None:
-        """The memo, unless intervention hooks are passed or attached to the bridge (their results differ)."""
+        """The memo, unless intervention hooks are passed or attached to the backend (their results differ)."""
         if self.memo is None or hooks:
             return None
-        from unpact_mech.hooks import active_hook_count
+        return None if self.backend.attached_hooks() else self.memo
 
-        return None if active_hook_count(self.bridge) else self.memo
+    def has(self, capability: str) -> bool:
+        return capability in self.backend.capabilities
+
+    @property
+    def bridge(self) -> Any:
+        """The TransformerLens bridge (capability ``run_with_cache``)."""
+        return require(self.backend, RUN_WITH_CACHE, "this computation").bridge  # type: ignore[attr-defined]
 
     @property
     def cfg(self) -> Any:
+        """The TransformerLens config (n_layers, n_heads, ...; capability ``run_with_cache``)."""
         return self.bridge.cfg
 
     @property
+    def n_layers(self) -> int:
+        return n_layers(self.backend.config)
+
+    @property
     def n_ctx(self) -> int:
-        return int(getattr(self.cfg, "n_ctx", 0) or 2048)
+        return context_length(self.backend.config)
 
     @property
     def device(self) -> torch.device:
-        return next(self.bridge.parameters()).device
+        return self.backend.device
 
-    def load_hf_model(self) -> Any:
-        """A fresh HF causal LM with the original (unfolded) weights, e.g. to train on."""
-        return _load_hf(self.source)
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.backend.dtype
 
-    def plain_model(self) -> Any:
-        """A cached, frozen, unprocessed HF model for fast paths that need its KV cache (read-only use)."""
-        if self._plain is None:
-            model = self.load_hf_model()
-            for p in model.parameters():
-                p.requires_grad_(False)
-            self._plain = model
-        return self._plain
+    def load_hf_model(self, dtype: str | torch.dtype | None = None) -> Any:
+        """A fresh HF causal LM with the original (unfolded) weights from ``source``, e.g. to train on."""
+        return _load_hf(self.source, dtype=self.dtype if dtype is None else dtype, **self.load_options)
 
     def tokenizer_fingerprint(self) -> str:
         """A hash of the vocabulary: equal fingerprints mean token ids mean the same thing."""
@@ -258,18 +268,50 @@ def placement_kwargs(device: str | None = None, device_map: Any = None, n_device
     return {"device_map": device} if device is not None else {}
 
 
-def _load_hf(source: str, **placement: Any) -> Any:
-    from transformers import AutoModelForCausalLM
+def check_weight_files(source: str, allow_pickle: bool = False) -> None:
+    """Refuse a local model directory whose weights are pickled (``.bin``/``.pt``/``.pth``: loading them can run
+    code) unless ``allow_pickle``; safetensors is always accepted."""
+    path = Path(source)
+    if not path.is_dir() or allow_pickle:
+        return
+    if any(path.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for ext in ("*.bin", "*.pt", "*.pth", "*.ckpt") for p in path.glob(ext))
+    if pickled:
+        raise ModelSpecError(
+            f"'{source}' holds pickled weights ({', '.join(pickled[:3])}) and no safetensors; unpickling a file can "
+            "run code. Convert it to safetensors, or pass allow_pickle=True (CLI: --allow-pickle) if you trust it"
+        )
+
+
+def _load_hf(
+    source: str,
+    dtype: str | torch.dtype = "float32",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    **placement: Any,
+) -> Any:
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     _quiet_transformers()
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, attn_implementation="eager", **placement)
+    check_weight_files(source, allow_pickle)
+    config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        source,
+        config=config,
+        dtype=resolve_dtype(dtype),
+        attn_implementation="eager",
+        trust_remote_code=trust_remote_code,
+        use_safetensors=None if allow_pickle else True,
+        **placement,
+    )
     return model.eval()
 
 
-def _load_tokenizer(source: str) -> Any:
+def _load_tokenizer(source: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(source)
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
 
 
 def _resolve(spec: str) -> tuple[str, str]:
@@ -295,22 +337,36 @@ def _resolve(spec: str) -> tuple[str, str]:
 
 
 def subject_from_hf(hf_model: Any, tokenizer: Any, name: str, source: str, provenance: dict | None = None) -> Subject:
-    """Wrap an already-loaded HF causal LM (it is modified in place by weight folding)."""
-    from transformer_lens.model_bridge import TransformerBridge
+    """Wrap an already-loaded HF causal LM in the TransformerLens backend (it is modified in place by weight
+    folding). Every computation on the subject, the KV-cache fast path included, uses these in-memory weights."""
+    from unpact_mech.backends.bridge import BridgeBackend, boot_bridge
 
-    hf_model.eval()
-    for p in hf_model.parameters():
-        p.requires_grad_(False)
-    if getattr(hf_model.config, "_attn_implementation", "eager") != "eager":
-        hf_model.config._attn_implementation = "eager"
-    bridge = TransformerBridge.boot_transformers(
-        source, hf_model=hf_model, tokenizer=tokenizer, device=str(next(hf_model.parameters()).device)
-    )
-    bridge.enable_compatibility_mode(disable_warnings=True)
-    bridge.eval()
-    for p in bridge.parameters():  # analysis only: train on load_hf_model()
-        p.requires_grad_(False)
-    return Subject(name=name, bridge=bridge, tokenizer=tokenizer, source=source, provenance=provenance or {})
+    return Subject(name, BridgeBackend(boot_bridge(hf_model, tokenizer, source)), tokenizer, source, provenance or {})
+
+
+def _load_parts(spec: str, dtype: str | torch.dtype, trust_remote_code: bool, allow_pickle: bool,
+                placement: dict[str, Any]) -> tuple[str, str, Any, Any]:
+    """(name, source, HF model, tokenizer) of a spec, with one clear error if it cannot be loaded."""
+    resolve_dtype(dtype)  # a bad dtype fails before any loading
+    model_name, source = _resolve(spec)
+    if not trust_remote_code and Path(source).is_dir():
+        cfg = json.loads((Path(source) / "config.json").read_text() or "{}")
+        if cfg.get("auto_map"):
+            raise ModelSpecError(
+                f"'{source}' asks to run its own Python code (config.json has auto_map); that code would run with "
+                "your permissions. Pass trust_remote_code=True (CLI: --trust-remote-code) only if you trust it"
+            )
+    try:
+        hf = _load_hf(source, dtype, trust_remote_code, allow_pickle, **placement)
+        tok = _load_tokenizer(source, trust_remote_code)
+    except OSError as err:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        raise ModelSpecError(
+            f"could not load model '{spec}' from '{source}'"
+            + (" (HF_HUB_OFFLINE=1: hub ids cannot be fetched)" if offline else "")
+            + f": {err}"
+        ) from err
+    return model_name, source, hf, tok
 
 
 def load_model(
@@ -320,30 +376,59 @@ def load_model(
     device: str | None = None,
     device_map: Any = None,
     n_devices: int | None = None,
+    dtype: str | torch.dtype = "float32",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ) -> Subject:
-    """Load a model spec (built-in name, local HF dir or hub id) as a :class:`Subject`.
+    """Load a model spec (built-in name, local HF dir or hub id) as a :class:`Subject` (TransformerLens backend).
 
-    Placement: ``device`` ("cuda:0"), an HF ``device_map`` ("auto", "balanced", dict) or ``n_devices`` (balanced
-    over the first n GPUs) for models larger than one device. Compatibility mode's weight folding refuses
-    CPU/disk-offloaded maps (TransformerLens limitation), so keep big models on GPUs.
+    Weights are loaded once, in ``dtype`` ("float32", "bfloat16" or "float16"); scores are float64 after the
+    forward. Placement: ``device`` ("cuda:0"), an HF ``device_map`` ("auto", "balanced", dict) or ``n_devices``
+    (balanced over the first n GPUs) for models larger than one device. Compatibility mode's weight folding
+    refuses CPU/disk-offloaded maps (TransformerLens limitation), so keep big models on GPUs.
+    ``trust_remote_code`` runs Python code shipped with the model (off: such models are refused);
+    ``allow_pickle`` accepts pickled ``.bin`` weights (off: safetensors only). Both run code a model's author wrote.
     """
     t0 = time.perf_counter()
     placement = placement_kwargs(device, device_map, n_devices)
-    model_name, source = _resolve(spec)
-    try:
-        hf = _load_hf(source, **placement)
-        tok = _load_tokenizer(source)
-    except OSError as err:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        raise ModelSpecError(
-            f"could not load model '{spec}' from '{source}'"
-            + (" (HF_HUB_OFFLINE=1: hub ids cannot be fetched)" if offline else "")
-            + f": {err}"
-        ) from err
+    model_name, source, hf, tok = _load_parts(spec, dtype, trust_remote_code, allow_pickle, placement)
     prov = read_provenance(source)
     subject = subject_from_hf(hf, tok, name or prov.get("name") or model_name, source, prov)
+    subject.load_options = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle, **placement}
+    subject.from_source = True
     if verbose:
-        print(f"[unpact] loaded {subject.name} in {time.perf_counter() - t0:.1f} s", flush=True)
+        print(f"[unpact] loaded {subject.name} ({subject.dtype}) in {time.perf_counter() - t0:.1f} s", flush=True)
+    return subject
+
+
+def load_nnsight(
+    spec: str,
+    remote: bool = False,
+    name: str | None = None,
+    dtype: str | torch.dtype = "float32",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> Subject:
+    """Load a model spec for the nnsight backend (``remote=True``: a hub id run on NDIF, no local weights).
+
+    Such a subject goes wherever a Subject goes for answer LP, leave-one-out, embedding emphasis and
+    layer-output patching (``blocks.{l}.hook_resid_post`` hooks); TransformerLens internals (DLA, paths,
+    attention steering) need :func:`load_model`.
+    """
+    from nnsight import LanguageModel
+
+    from unpact_mech.backends.nnsight import NNsightBackend
+
+    if remote:
+        model_name, source = _resolve(spec)
+        tok = _load_tokenizer(source, trust_remote_code)
+        lm = LanguageModel(source, tokenizer=tok)
+    else:
+        model_name, source, hf, tok = _load_parts(spec, dtype, trust_remote_code, allow_pickle, {})
+        lm = LanguageModel(hf, tokenizer=tok)
+    subject = Subject(name or model_name, NNsightBackend(lm, remote), tok, source, read_provenance(source))
+    subject.load_options = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
+    subject.from_source = not remote
     return subject
 
 

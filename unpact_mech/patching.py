@@ -43,7 +43,8 @@ def _endpoints(base: Any, unlearned: Any, tp: TokenizedProbe, direction: str, na
     cache = None
     if names:
         with torch.no_grad():
-            _, cache = source.bridge.run_with_cache(torch.tensor([tp.ids]), names_filter=lambda n: n in names)
+            _, cache = source.bridge.run_with_cache(torch.tensor([tp.ids], device=source.device),
+                                                    names_filter=lambda n: n in names)
     lp_src = score_sequences(source, [(tp.ids, tp.prompt_len)])[0].lp
     lp_tgt = score_sequences(target, [(tp.ids, tp.prompt_len)])[0].lp
     return target, cache, lp_src, lp_tgt

@@ -17,6 +17,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from unpact_mech.backends.kernel import AnswerIndex, answer_logprobs
 from unpact_mech.probes import TokenizedProbe
 
 Hook = tuple[Any, Callable[..., Any]]
@@ -48,13 +49,8 @@ def pad_token_id(tokenizer: Any) -> int:
 def forward_logits(
     subject: Any, ids: Int[Tensor, "batch pos"], hooks: Sequence[Hook] = ()
 ) -> Float[Tensor, "batch pos vocab"]:
-    """One forward pass of the bridge, with optional (hook_name, fn) hooks (other backends: their own)."""
-    if hasattr(subject, "forward_logits"):  # e.g. the nnsight backend
-        return subject.forward_logits(ids, hooks)
-    with torch.no_grad():
-        if hooks:
-            return subject.bridge.run_with_hooks(ids, fwd_hooks=list(hooks))
-        return subject.bridge(ids)
+    """One forward pass through the subject's backend, with optional (hook_name, fn) hooks."""
+    return subject.backend.forward(ids, hooks)
 
 
 def memo_of(subject: Any, hooks: Any = ()) -> dict[Any, Any] | None:
@@ -89,8 +85,8 @@ def chunk_by_tokens(lengths: Sequence[int], batch_tokens: int) -> list[list[int]
     return chunks
 
 
-def right_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: Any = "cpu") -> Int[Tensor, "batch pos"]:
-    """Right-pad token id lists into one tensor."""
+def right_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: Any) -> Int[Tensor, "batch pos"]:
+    """Right-pad token id lists into one tensor on ``device``."""
     width = max(len(s) for s in seqs)
     out = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     for r, s in enumerate(seqs):
@@ -125,20 +121,9 @@ def score_sequences(
     for chunk in bar:
         batch = right_pad([seqs[i][0] for i in chunk], pad, subject.device)
         logits = forward_logits(subject, batch, hooks(chunk) if callable(hooks) else hooks)
-        rows, cols, targets, owner = [], [], [], []
-        for r, i in enumerate(chunk):
-            ids, start = seqs[i]
-            n = len(ids) - start
-            rows += [r] * n
-            cols += range(start - 1, len(ids) - 1)
-            targets += ids[start:]
-            owner += [i] * n
-        sel = logits[torch.tensor(rows), torch.tensor(cols)].double()
-        logp = torch.log_softmax(sel, dim=-1)
-        tgt = torch.tensor(targets, device=logp.device)
-        lp = logp.gather(1, tgt[:, None])[:, 0].cpu()
-        top = (logp.argmax(-1) == tgt).cpu()
-        own = torch.tensor(owner)
+        idx = AnswerIndex.build([seqs[i] for i in chunk], logits.device, owners=chunk)
+        lp, top = (t.cpu() for t in answer_logprobs(idx.gather(logits), idx.targets))
+        own = idx.owner.cpu()
         for i in chunk:
             m = own == i
             out[i] = SeqScore(lp[m], top[m])
@@ -191,7 +176,7 @@ def greedy_ids(
     hooks: Sequence[Hook] = (),
     stop_ids: Sequence[int] | None = None,
 ) -> list[int]:
-    """Greedy continuation through the bridge (full recompute each step, so hooks apply to every step)."""
+    """Greedy continuation through the backend (full recompute each step, so hooks apply to every step)."""
     if stop_ids is None:
         stop_ids = [i for i in (subject.tokenizer.eos_token_id,) if i is not None]
     ids = list(prompt_ids)

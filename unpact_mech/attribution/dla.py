@@ -25,6 +25,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from unpact_mech.attribution import register
+from unpact_mech.backends.kernel import AnswerIndex, OutputTransform, answer_logprobs, unembed
 from unpact_mech.probes import TokenizedProbe
 from unpact_mech.scoring import memoized
 from unpact_mech.tables import make_table
@@ -106,18 +107,19 @@ def _decompose(subject: Any, tp: TokenizedProbe, target: Target, with_paths: boo
     n_layers, n_heads = cfg.n_layers, cfg.n_heads
     n_kv = int(getattr(cfg, "n_key_value_heads", None) or n_heads)
     logits, cache = run_cache(subject, tp.ids, _cached_names(n_layers), hooks)
-    qpos = torch.arange(tp.prompt_len - 1, len(tp.ids) - 1)  # positions that predict the answer tokens
-    tgt = torch.tensor(tp.answer_ids)
+    dev = logits.device
+    qpos = torch.arange(tp.prompt_len - 1, len(tp.ids) - 1, device=dev)  # positions that predict the answer tokens
+    tgt = torch.tensor(tp.answer_ids, device=dev)
     W_U = b.W_U  # [d_model, vocab]
     b_U = _maybe_bias(b.unembed, "b_U")
     lg = logits[0, qpos]  # [T, vocab]
     alt: list[int] = []
     U = W_U[:, tgt]  # [d_model, T]
-    ub = b_U[tgt] if b_U is not None else torch.zeros(len(tgt))
+    ub = b_U[tgt] if b_U is not None else torch.zeros(len(tgt), device=dev, dtype=lg.dtype)
     total = lg.gather(1, tgt[:, None])[:, 0]
     if target == "logit_diff":
         masked = lg.clone()
-        masked[torch.arange(len(tgt)), tgt] = -torch.inf
+        masked[torch.arange(len(tgt), device=dev), tgt] = -torch.inf
         alt_t = masked.argmax(-1)
         alt = alt_t.tolist()
         U = U - W_U[:, alt_t]
@@ -135,11 +137,12 @@ def _decompose(subject: Any, tp: TokenizedProbe, target: Target, with_paths: boo
         embed = embed + direct(cache["hook_pos_embed"][0])
     W_O = b.W_O  # [layer, head, d_head, d_model]
     WOU = torch.einsum("lhdm,mt->lhdt", W_O, U)  # answer direction folded into W_O
-    heads = torch.empty(n_layers, n_heads, len(tgt))
-    attn_bias = torch.zeros(n_layers, len(tgt))
-    mlp = torch.empty(n_layers, len(tgt))
-    paths = torch.empty(n_layers, n_heads, len(tgt), len(tp.ids)) if with_paths else None
-    kv_of = torch.arange(n_heads) // (n_heads // n_kv)
+    like = {"device": dev, "dtype": lg.dtype}
+    heads = torch.empty(n_layers, n_heads, len(tgt), **like)
+    attn_bias = torch.zeros(n_layers, len(tgt), **like)
+    mlp = torch.empty(n_layers, len(tgt), **like)
+    paths = torch.empty(n_layers, n_heads, len(tgt), len(tp.ids), **like) if with_paths else None
+    kv_of = torch.arange(n_heads, device=dev) // (n_heads // n_kv)
     for layer in range(n_layers):
         z = cache[f"blocks.{layer}.attn.hook_z"][0, qpos]  # [T, head, d_head]
         heads[layer] = torch.einsum("thd,hdt->ht", z, WOU[layer]) / scale
@@ -190,7 +193,7 @@ def path_rows(d: Decomposition, model: str, per_answer_token: bool = False) -> p
             "layer": layer.flatten().numpy(),
             "head": head.flatten().numpy(),
             "component": "head_path",
-            "score": p.flatten().double().numpy(),
+            "score": p.flatten().double().cpu().numpy(),
         }
     )
     df["token"] = [tp.tokens[i] for i in df["position"]]
@@ -248,21 +251,23 @@ def _logit_lens(subject: Any, tp: TokenizedProbe, hooks: Sequence[Any]) -> pd.Da
         f"blocks.{cfg.n_layers - 1}.hook_resid_post"
     }
     _, cache = run_cache(subject, tp.ids, names, hooks)
-    qpos = torch.arange(tp.prompt_len - 1, len(tp.ids) - 1)
-    tgt = torch.tensor(tp.answer_ids)
+    idx = AnswerIndex.build([(tp.ids, tp.prompt_len)], subject.device)
     eps = float(getattr(cfg, "eps", 1e-5))
     b_U = _maybe_bias(b.unembed, "b_U")
     stages = [(layer, f"blocks.{layer}.hook_resid_pre") for layer in range(cfg.n_layers)]
     stages.append((cfg.n_layers, f"blocks.{cfg.n_layers - 1}.hook_resid_post"))
-    x = torch.stack([cache[name][0, qpos] for _, name in stages])  # [stage, T, d_model]
+    x = torch.stack([cache[name][0, idx.cols] for _, name in stages])  # [stage, T, d_model]
     if _is_ln(cfg):
         x = x - x.mean(-1, keepdim=True)
     x = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
     # one unembedding for all stages; F.linear reads W_U^T contiguously (x @ W_U on the transposed view is ~30x slower)
-    logits = torch.nn.functional.linear(x, b.W_U.T, b_U)
-    logp = torch.log_softmax(logits.double(), -1)  # [stage, T, vocab]
-    lp = logp.gather(2, tgt[None, :, None].expand(len(stages), -1, 1))[..., 0]  # [stage, T]
-    rank = (logp > lp[..., None]).sum(-1)
+    S, T = x.shape[:2]
+    transform = OutputTransform.from_config(subject.backend.config)
+    logits = unembed(lambda h: torch.nn.functional.linear(h, b.W_U.T, b_U), x.flatten(0, 1), transform)
+    lp_flat, _ = answer_logprobs(logits, idx.targets.repeat(S))
+    lp = lp_flat.view(S, T)
+    gold = logits.gather(1, idx.targets.repeat(S)[:, None])
+    rank = (logits > gold).sum(-1).view(S, T)  # tokens strictly above the gold one (log_softmax is monotone)
     rows = []
     for i, (layer, _) in enumerate(stages):
         rows.append({"probe_id": tp.probe.id, "model": subject.name, "method": "logit_lens", "layer": layer,

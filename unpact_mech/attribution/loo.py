@@ -17,8 +17,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from unpact_mech.attribution import register
+from unpact_mech.backends import KV_PREFIX
+from unpact_mech.backends.hf import HFBackend, expand_cache
+from unpact_mech.backends.kernel import AnswerIndex, answer_logprobs, per_sequence
 from unpact_mech.probes import TokenizedProbe
-from unpact_mech.scoring import DEFAULT_BATCH_TOKENS, memo_of, score_sequences
+from unpact_mech.scoring import DEFAULT_BATCH_TOKENS, memo_of, right_pad, score_sequences
 from unpact_mech.tables import make_table
 
 Variant = Literal["delete", "replace"]
@@ -67,66 +70,48 @@ def loo_variants(tp: TokenizedProbe, variant: Variant = "delete", baseline_id: i
     return out
 
 
-def _hf_causal_lm(subject: Any) -> Any | None:
-    """A plain HF causal LM of the subject with a KV cache (the bridge's wrapped attention has none)."""
-    get = getattr(subject, "plain_model", None)
-    hf = get() if get is not None else None
-    return hf if hf is not None and hasattr(hf, "model") and hasattr(hf, "lm_head") else None
+def fast_path(subject: Any, hooks: Sequence[Any], prefix_cache: bool) -> HFBackend | None:
+    """The KV-cache backend when it computes exactly what the subject computes, else None (exact path).
 
-
-def _cache_kw(hf: Any) -> str:
-    """Name of the KV-cache argument (``cache`` in transformers >= 5.2x, ``past_key_values`` before)."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(hf.model.forward).parameters else "past_key_values"
-
-
-def _answer_logprobs(hf: Any, hidden: Tensor, rows: Tensor, cols: Tensor, targets: Tensor) -> Tensor:
-    logits = hf.lm_head(hidden[rows, cols]).double()
-    return torch.log_softmax(logits, -1).gather(1, targets[:, None])[:, 0]
+    Taken only with no hooks given or attached and a backend declaring ``kv_prefix``; that backend shares the
+    subject's own weights (never a reload from disk) and applies the model's output transform.
+    """
+    if hooks or not prefix_cache or KV_PREFIX not in subject.backend.capabilities:
+        return None
+    if subject.backend.attached_hooks():
+        return None
+    return subject.backend.kv()
 
 
 def _loo_prefix_cached(
-    hf: Any, tp: TokenizedProbe, variant: Variant, baseline_id: int, batch_tokens: int
+    kvb: HFBackend, tp: TokenizedProbe, variant: Variant, baseline_id: int, batch_tokens: int
 ) -> tuple[float, Tensor]:
     """LOO for one probe, reusing the KV cache of the prefix shared by all variants.
 
     Every variant equals the original up to the first attributable position p0 (template, system prompt), so
-    that prefix is run once; each variant's remainder runs on a copy of its cache, and only the answer
-    positions go through the unembedding.
+    that prefix is run once; the original and each variant run their remainder on a copy of its cache, and
+    only the answer positions go through the unembedding.
     """
-    from transformers import DynamicCache
-
-    ids = torch.tensor([tp.ids])
-    L, P = len(tp.ids), tp.prompt_len
+    dev = kvb.device
     p0 = min(tp.attributable)
-    with torch.no_grad():
-        cache = DynamicCache(config=hf.config)
-        kw = _cache_kw(hf)
-        out = hf.model(input_ids=ids, use_cache=True, **{kw: cache})
-        q = torch.arange(P - 1, L - 1)
-        full = float(_answer_logprobs(hf, out.last_hidden_state, torch.zeros_like(q), q, torch.tensor(tp.answer_ids)).mean())
-        variants = loo_variants(tp, variant, baseline_id)
-        rem_len = len(variants[0][0]) - p0
-        start = variants[0][1]
-        step = max(1, batch_tokens // max(1, rem_len + p0))
-        lps = []
-        for c0 in range(0, len(variants), step):
-            chunk = variants[c0 : c0 + step]
-            n = len(chunk)
-            rem = torch.tensor([v[0][p0:] for v in chunk])
-            kv = DynamicCache(config=hf.config)
-            for layer, lay in enumerate(cache.layers):
-                kv.update(lay.keys[:, :, :p0].expand(n, -1, -1, -1).contiguous(),
-                          lay.values[:, :, :p0].expand(n, -1, -1, -1).contiguous(), layer)
-            pos = torch.arange(p0, p0 + rem_len)[None].expand(n, -1)
-            h = hf.model(input_ids=rem, position_ids=pos, use_cache=True, **{kw: kv}).last_hidden_state
-            qv = torch.arange(start - 1, start - 1 + tp.n_answer) - p0
-            rows = torch.arange(n).repeat_interleave(len(qv))
-            cols = qv.repeat(n)
-            tg = torch.tensor(tp.answer_ids).repeat(n)
-            lps.append(_answer_logprobs(hf, h, rows, cols, tg).view(n, -1).mean(1))
-    return full, full - torch.cat(lps)
+    cache = kvb.new_cache()
+    kvb.hidden(torch.tensor([tp.ids[:p0]], device=dev), cache)
+    seqs = [(list(tp.ids), tp.prompt_len), *loo_variants(tp, variant, baseline_id)]  # row 0: the full prompt
+    step = max(1, batch_tokens // max(1, max(len(ids) for ids, _ in seqs)))
+    lps = []
+    for c0 in range(0, len(seqs), step):
+        chunk = seqs[c0 : c0 + step]
+        n, width = len(chunk), max(len(ids) for ids, _ in chunk) - p0
+        rem = right_pad([ids[p0:] for ids, _ in chunk], 0, dev)  # right padding: never seen by the answer
+        pos = torch.arange(p0, p0 + width, device=dev)[None].expand(n, -1)
+        h = kvb.hidden(rem, expand_cache(cache, n), position_ids=pos)
+        # an answer starting at ``start`` sits p0 positions earlier in the remainder
+        idx = AnswerIndex.build([(ids[p0:], start - p0) for ids, start in chunk], dev)
+        lp, _ = answer_logprobs(kvb.logits(idx.gather(h)), idx.targets)
+        lps.append(per_sequence(lp, idx.owner, n) / tp.n_answer)
+    lp_all = torch.cat(lps).cpu()
+    full = float(lp_all[0])
+    return full, full - lp_all[1:]
 
 
 def loo_contributions(
@@ -142,8 +127,9 @@ def loo_contributions(
     """Leave-one-out contributions for many probes.
 
     Default: per probe, the prefix shared by all variants is computed once (KV cache) and the variants'
-    remainders run as one batch. With ``hooks`` (or ``prefix_cache=False``) every variant of every probe
-    runs in full through the bridge as right-padded chunks of at most ``batch_tokens`` tokens.
+    remainders run as one batch (:func:`fast_path`). With hooks given or attached (``hooks.applied``), a
+    backend without ``kv_prefix``, or ``prefix_cache=False``, every variant of every probe runs in full through
+    the backend as right-padded chunks of at most ``batch_tokens`` tokens.
     """
     base_id = baseline_token_id(subject.tokenizer, baseline_token) if variant == "replace" else 0
     if variant not in ("delete", "replace"):
@@ -161,13 +147,13 @@ def loo_contributions(
 
 def _loo(subject: Any, tprobes: Sequence[TokenizedProbe], variant: str, base_id: int, batch_tokens: int,
          hooks: Sequence[Any], progress: bool, prefix_cache: bool) -> list[LooResult]:
-    hf = _hf_causal_lm(subject) if not hooks and prefix_cache else None
-    if hf is not None:
+    kvb = fast_path(subject, hooks, prefix_cache)
+    if kvb is not None:
         from tqdm.auto import tqdm
 
         results = []
         for tp in tqdm(tprobes, desc="leave-one-out", disable=not progress or len(tprobes) < 2, leave=False):
-            full, contrib = _loo_prefix_cached(hf, tp, variant, base_id, batch_tokens)
+            full, contrib = _loo_prefix_cached(kvb, tp, variant, base_id, batch_tokens)
             results.append(LooResult(tp, full, contrib.double()))
         return results
     seqs: list[tuple[list[int], int]] = []

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -29,9 +28,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from unpact_mech.backends import KV_PREFIX
+from unpact_mech.backends.kernel import AnswerIndex, answer_logprobs, per_sequence
 from unpact_mech.models import data_hash, save_checkpoint
 from unpact_mech.probes import Probe, tokenize_probe
 from unpact_mech.unlearning import losses as L
+from unpact_mech.unlearning.resume import ResumeError, ResumeFiles, load_state, refuse_legacy, save_state
 
 REFUSALS = ("I don't know.", "I'm not sure about that.", "I cannot answer that.", "I have no idea.")
 
@@ -99,7 +101,7 @@ def to_examples(tokenizer: Any, data: Sequence[Probe | str], fmt: str = "auto") 
     return [qa_example(tokenizer, d, fmt) if isinstance(d, Probe) else text_example(tokenizer, d) for d in data]
 
 
-def collate(examples: Sequence[Example], pad_id: int) -> L.Batch:
+def collate(examples: Sequence[Example], pad_id: int, device: Any = None) -> L.Batch:
     width = max(len(e.ids) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), -100, dtype=torch.long)
@@ -110,7 +112,8 @@ def collate(examples: Sequence[Example], pad_id: int) -> L.Batch:
         labels[r, : len(e.ids)] = torch.tensor(e.labels)
         mask[r, : len(e.ids)] = 1
         content[r, list(e.content)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "content_mask": content}
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "content_mask": content}
+    return batch if device is None else {k: v.to(device) for k, v in batch.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -125,10 +128,15 @@ class State:
 
 
 class Method:
-    """An unlearning method: a loss over (forget, retain) batches and the parameters it trains."""
+    """An unlearning method: a loss over (forget, retain) batches and the parameters it trains.
+
+    ``reference``: what the method needs of the starting model. ``"none"``; ``"outputs"`` (its log-probs only:
+    any model computing the same function will do, so the subject's own frozen weights serve and nothing is
+    copied); ``"weights"`` (its parameters or hidden states: an unfolded copy is made).
+    """
 
     name = ""
-    needs_ref = True
+    reference = "weights"
     defaults: dict[str, Any] = {}
 
     def setup(self, state: State, forget: list[Example], retain: list[Example], tokenizer: Any) -> None:
@@ -162,7 +170,7 @@ def _retain_term(kind: str, s: State, retain: L.Batch) -> dict[str, torch.Tensor
 
 def _make_combo(name: str, forget_kind: str, retain_kind: str) -> type[Method]:
     class Combo(Method):
-        needs_ref = forget_kind == "npo" or retain_kind == "klr"
+        reference = "outputs" if forget_kind == "npo" or retain_kind == "klr" else "none"
 
         def loss(self, s: State, forget: L.Batch, retain: L.Batch, idx: list[int]) -> dict[str, torch.Tensor]:
             if forget_kind == "ga":
@@ -190,6 +198,7 @@ class IdkDPO(Method):
     """DPO with refusals preferred over the forget answers, plus a GDR retain term."""
 
     name = "idk_dpo"
+    reference = "outputs"
 
     def setup(self, state: State, forget: list[Example], retain: list[Example], tokenizer: Any) -> None:
         probes = state.extra["forget_probes"]
@@ -199,7 +208,7 @@ class IdkDPO(Method):
                               for i, p in enumerate(probes)]
 
     def loss(self, s: State, forget: L.Batch, retain: L.Batch, idx: list[int]) -> dict[str, torch.Tensor]:
-        pref = collate([s.extra["idk"][i] for i in idx], s.extra["pad_id"])
+        pref = collate([s.extra["idk"][i] for i in idx], s.extra["pad_id"], s.extra["device"])
         return {"forget": s.cfg.gamma * L.dpo(s.model, s.ref, pref, forget, s.cfg.beta), **_retain_term("gdr", s, retain)}
 
 
@@ -241,10 +250,10 @@ class RMU(Method):
     def setup(self, state: State, forget: list[Example], retain: list[Example], tokenizer: Any) -> None:
         cfg = state.cfg
         g = torch.Generator().manual_seed(cfg.seed)
-        u = torch.rand(state.model.config.hidden_size, generator=g)
+        u = torch.rand(state.model.config.hidden_size, generator=g).to(state.extra["device"])
         coeff = cfg.rmu_coeff
         if coeff is None:  # scale c to this model's activations (SmolLM2 layer 7: ~145 on question tokens)
-            batch = collate(forget, state.extra["pad_id"])
+            batch = collate(forget, state.extra["pad_id"], state.extra["device"])
             with torch.no_grad():
                 h = L.hidden_at(state.ref, batch, cfg.rmu_layer)[batch["content_mask"].bool()]  # [n_content, d_model]
             coeff = cfg.rmu_coeff_scale * float(h.norm(dim=-1).mean()) if len(h) else 20.0
@@ -257,22 +266,33 @@ class RMU(Method):
 
 
 # ----------------------------------------------------------------------------------------------------------
+def _reference(m: Method, model: Any, subject: Any) -> Any:
+    """The frozen starting model a method compares against, made only when the method needs one."""
+    if m.reference == "none":
+        return None
+    if m.reference == "outputs" and subject.has(KV_PREFIX):
+        return subject.backend.kv().model  # the subject's own frozen weights (same function, no copy)
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
 @torch.no_grad()
 def fact_accuracy(model: Any, examples: Sequence[Example], pad_id: int) -> float:
     """Share of QA examples whose fact tokens are all top-1 under teacher forcing (raw text: NaN)."""
     qa = [e for e in examples if e.fact_positions]
     if not qa:
         return math.nan
-    batch = collate(qa, pad_id)
-    pred = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.argmax(-1)
-    ok = [all(int(pred[r, p - 1]) == e.ids[p] for p in e.fact_positions) for r, e in enumerate(qa)]
-    return sum(ok) / len(ok)
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    dev = next(model.parameters()).device
+    batch = collate(qa, pad_id, dev)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    pairs = [(r, p) for r, e in enumerate(qa) for p in e.fact_positions]
+    idx = AnswerIndex(*(torch.tensor(x, device=dev) for x in (
+        [r for r, _ in pairs], [p - 1 for _, p in pairs], [qa[r].ids[p] for r, p in pairs], [r for r, _ in pairs])))
+    _, top1 = answer_logprobs(idx.gather(logits), idx.targets)
+    wrong = per_sequence((~top1).double(), idx.owner, len(qa))
+    return float((wrong == 0).double().mean())
 
 
 def unlearn(
@@ -299,7 +319,11 @@ def unlearn(
     r_ex = to_examples(tok, retain, cfg.fmt) if retain else []
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    resume_file = out.with_name(out.name + ".resume.pt")
+    resume = ResumeFiles.beside(out)
+    try:
+        refuse_legacy(resume)
+    except ResumeError as err:
+        raise UnlearningError(str(err)) from err
     prov = {
         "base_model": subject.provenance.get("base_model") or subject.name,
         "base_source": subject.source,
@@ -313,11 +337,15 @@ def unlearn(
     run_key = data_hash(prov)
 
     torch.manual_seed(cfg.seed)
+    if not subject.from_source:
+        raise UnlearningError(
+            f"unlearn trains a fresh copy of '{subject.source}', but subject '{subject.name}' was built from an "
+            "in-memory model that may differ from it; save it with save_checkpoint() and load_model() that directory"
+        )
     model = subject.load_hf_model().train()
-    ref = copy.deepcopy(model).eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
-    state = State(model, ref, cfg, {"pad_id": pad_id, "forget_probes": list(forget)})
+    ref = _reference(m, model, subject)
+    dev = next(model.parameters()).device
+    state = State(model, ref, cfg, {"pad_id": pad_id, "forget_probes": list(forget), "device": dev})
     m.setup(state, f_ex, r_ex, tok)
     params = m.trainable(model, cfg)
     train_ids = {id(p) for p in params}
@@ -327,27 +355,27 @@ def unlearn(
     gen = torch.Generator().manual_seed(cfg.seed)
     step, history, stopped_at, checked = 0, [], None, (-1, math.nan)
     acc0 = fact_accuracy(model, f_ex, pad_id)
-    if resume_file.exists():
-        saved = torch.load(resume_file, weights_only=False)
-        if saved["run_key"] == run_key:
-            model.load_state_dict(saved["model"])
-            opt.load_state_dict(saved["opt"])
-            gen.set_state(saved["gen"])
-            step, history = saved["step"], saved["history"]
+    if resume.exists():
+        try:
+            restored = load_state(resume, run_key, model, opt, gen)
+        except ResumeError as err:
+            raise UnlearningError(str(err)) from err
+        if restored is not None:
+            step, history = restored
             print(f"[unpact] resuming {method} from step {step}", flush=True)
     t0 = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=step, desc=f"unlearn {method}", disable=not progress)
     while step < cfg.steps:
         fi = torch.randint(len(f_ex), (min(cfg.batch_size, len(f_ex)),), generator=gen).tolist()
         ri = torch.randint(len(r_ex), (min(cfg.batch_size, len(r_ex)),), generator=gen).tolist() if r_ex else []
-        fb = collate([f_ex[i] for i in fi], pad_id)
-        rb = collate([r_ex[i] for i in ri], pad_id) if ri else fb
+        fb = collate([f_ex[i] for i in fi], pad_id, dev)
+        rb = collate([r_ex[i] for i in ri], pad_id, dev) if ri else fb
         terms = m.loss(state, fb, rb, fi)
         loss = sum(terms.values())
         if not torch.isfinite(loss):
             raise UnlearningError(
                 f"{method}: loss became {float(loss)} at step {step + 1}; the last good state is "
-                f"{resume_file if resume_file.exists() else 'the base model'} (lower lr or steps)"
+                f"{resume.meta if resume.exists() else 'the base model'} (lower lr or steps)"
             )
         opt.zero_grad()
         loss.backward()
@@ -369,8 +397,7 @@ def unlearn(
                 stopped_at = step
                 break
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-            _atomic_torch_save({"run_key": run_key, "model": model.state_dict(), "opt": opt.state_dict(),
-                                "gen": gen.get_state(), "step": step, "history": history}, resume_file)
+            save_state(resume, model, opt, gen, step, history, run_key)
     bar.close()
     m.finish(state)
     model.eval()
@@ -378,6 +405,5 @@ def unlearn(
                  "forget_fact_acc_before": acc0, "forget_fact_acc_after": checked[1] if checked[0] == step else fact_accuracy(model, f_ex, pad_id),
                  "train_seconds": round(time.perf_counter() - t0, 2)})
     path = save_checkpoint(model, tok, out, prov)
-    if resume_file.exists():
-        resume_file.unlink()
+    resume.remove()
     return path

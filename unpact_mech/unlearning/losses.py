@@ -12,31 +12,28 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
+from unpact_mech.backends.kernel import AnswerIndex, OutputTransform, answer_logprobs, per_sequence, unembed
+
 Batch = dict[str, Tensor]
 
 
 def labelled_logits(model: Any, batch: Batch) -> tuple[Float[Tensor, "n vocab"], Tensor, Tensor]:
-    """Logits at the positions that predict labelled tokens only, with those labels and their row index.
+    """Final logits at the positions that predict labelled tokens only, with those labels and their row index.
 
     The LM head runs on the labelled positions alone (the answer, for QA), which saves its cost on the prompt;
-    Gemma-style final logit soft-capping is applied when the config asks for it.
+    the model's own output transform (final-logit soft-capping, logit scaling) is applied (``unembed``).
     """
-    h = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state[:, :-1]
-    labels = batch["labels"][:, 1:]
-    mask = labels != -100
-    logits = model.get_output_embeddings()(h[mask])
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)[mask]
-    return logits, labels[mask], rows
+    h = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    idx = AnswerIndex.from_labels(batch["labels"])
+    logits = unembed(model.get_output_embeddings(), idx.gather(h), OutputTransform.from_config(model.config))
+    return logits, idx.targets, idx.owner
 
 
 def sequence_nll(model: Any, batch: Batch) -> Float[Tensor, " batch"]:
-    """Sum of labelled-token NLL per sequence."""
+    """Sum of labelled-token NLL per sequence (float64, from the answer-log-prob kernel)."""
     logits, labels, rows = labelled_logits(model, batch)
-    nll = F.cross_entropy(logits, labels, reduction="none")
-    return torch.zeros(batch["input_ids"].shape[0], dtype=nll.dtype, device=nll.device).index_add(0, rows, nll)
+    lp, _ = answer_logprobs(logits, labels)
+    return -per_sequence(lp, rows, batch["input_ids"].shape[0])
 
 
 def n_labelled(batch: Batch) -> Tensor:
