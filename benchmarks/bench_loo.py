@@ -81,7 +81,7 @@ def main() -> None:
 
     def plain_forward():
         for chunk in chunk_by_tokens([len(s[0]) for s in seqs], 4096):
-            forward_logits(subject, right_pad([seqs[i][0] for i in chunk], pad))
+            forward_logits(subject, right_pad([seqs[i][0] for i in chunk], pad, subject.device))
 
     t_forward, _ = timed(plain_forward, repeat=2)
 

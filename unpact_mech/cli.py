@@ -31,6 +31,25 @@ def _keytoken_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="auto", choices=["auto", "chat", "plain"], help="prompt format")
 
 
+def _model_args(p: argparse.ArgumentParser) -> None:
+    """How every command that loads a model loads it (declared once)."""
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="weight dtype (bfloat16/float16 halve memory; scores are float64 either way)")
+    p.add_argument("--device", default=None, help="e.g. cuda:0 (default: the CPU)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run Python code shipped with the model (RISK: it runs with your permissions)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="accept pickled .bin weights (RISK: unpickling can run code); safetensors needs no flag")
+
+
+def _load(a: argparse.Namespace, spec: str) -> Any:
+    """``load_model(spec)`` with the options of :func:`_model_args`."""
+    from unpact_mech.models import load_model
+
+    return load_model(spec, verbose=True, dtype=a.dtype, device=a.device, trust_remote_code=a.trust_remote_code,
+                      allow_pickle=a.allow_pickle)
+
+
 def _params(a: argparse.Namespace) -> KeyTokenParams:
     return KeyTokenParams(alpha=a.alpha, beta=a.beta, max_keytokens=a.max_keytokens)
 
@@ -48,10 +67,8 @@ def _load_probes_arg(spec: str, split: str | None = None) -> list[Any]:
 
 def _base_and_unlearned(a: argparse.Namespace) -> tuple[list[Any], Any, Any]:
     """Probes (--probes), base model (--base) and unlearned model (--unlearned) of a comparison command."""
-    from unpact_mech.models import load_model
-
     probes = _load_probes_arg(a.probes)
-    return probes, load_model(a.base, verbose=True), load_model(a.unlearned, verbose=True)
+    return probes, _load(a, a.base), _load(a, a.unlearned)
 
 
 def _print_df(df: pd.DataFrame) -> None:
@@ -62,10 +79,9 @@ def _print_df(df: pd.DataFrame) -> None:
 @command("attribute")
 def cmd_attribute(a: argparse.Namespace) -> int:
     from unpact_mech.attribution import attribute
-    from unpact_mech.models import load_model
     from unpact_mech.probes import Probe, tokenize_probes
 
-    subject = load_model(a.model, verbose=True)
+    subject = _load(a, a.model)
     if a.probes:
         probes = _load_probes_arg(a.probes)
     else:
@@ -123,8 +139,9 @@ def cmd_demo(a: argparse.Namespace) -> int:
     if a.keytokens_only:
         show(keytoken_stage(LazyBase(a.model), Path(a.out), kprobes, _params(a)))
         return 0
-    table = run_demo(a.model, a.methods.split(","), a.out, steps=a.steps, target=a.target, on_keytokens=show,
-                     keytoken_probes=kprobes, params=_params(a))
+    table = run_demo(_load(a, a.model) if a.dtype != "float32" or a.device else a.model, a.methods.split(","),
+                     a.out, steps=a.steps, target=a.target, on_keytokens=show, keytoken_probes=kprobes,
+                     params=_params(a))
     print("\nSummary (one row per unlearning method):")
     _print_df(table.round(3))
     return 0
@@ -133,11 +150,10 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def _mech_table(a: argparse.Namespace) -> Any:
     """Shared body of ``unpact dla`` / ``unpact paths``: load, shard, attribute, write; returns the table."""
     from unpact_mech.attribution import attribute
-    from unpact_mech.models import load_model
     from unpact_mech.probes import tokenize_probes
     from unpact_mech.sharding import parse_shard, run_key, take_shard, write_part
 
-    subject = load_model(a.model, verbose=True)
+    subject = _load(a, a.model)
     probes, shard = _probes_from_args(a), parse_shard(a.shard)
     key = run_key(a.cmd, {"model": a.model, "target": a.target, "format": a.format}, [p.id for p in probes])
     tps = tokenize_probes(subject, take_shard(probes, shard), a.format)
@@ -200,12 +216,12 @@ def _floats(text: str) -> list[float]:
 
 @command("unlearn")
 def cmd_unlearn(a: argparse.Namespace) -> int:
-    from unpact_mech.models import load_model, read_provenance
+    from unpact_mech.models import read_provenance
     from unpact_mech.unlearning import unlearn
 
     forget = _load_probes_arg(a.forget)
     retain = _load_probes_arg(a.retain) if a.retain else []
-    subject = load_model(a.model, verbose=True)
+    subject = _load(a, a.model)
     over = {k: v for k, v in (("steps", a.steps), ("lr", a.lr), ("seed", a.seed), ("batch_size", a.batch_size),
                               ("target_forget_acc", a.target_forget_acc)) if v is not None}
     out = unlearn(subject, a.method, forget, retain, a.out, fmt=a.format, **over)
@@ -318,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="write the table (.csv or .parquet)")
     s.add_argument("--shard", help="i/n: only every n-th probe from the i-th (merge parts with `unpact merge`)")
     _keytoken_args(s)
+    _model_args(s)
 
     s = sub.add_parser("compare", help="base vs unlearned: KeyTokens, focus, contribution change per probe")
     s.add_argument("--base", required=True)
@@ -325,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--probes", required=True, help="JSON-lines probe file or benchmark name, e.g. facts:forget")
     s.add_argument("--out", default="compare.csv", help="per-probe table (.csv or .parquet)")
     _keytoken_args(s)
+    _model_args(s)
 
     s = sub.add_parser("demo", help="the main job on the embedded default model")
     s.add_argument("--model", default="smollm2-135m")
@@ -336,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target", type=float, default=0.25, help="forget fact top-1 accuracy to unlearn down to")
     s.add_argument("--keytokens-only", action="store_true", help="only print the KeyToken table")
     _keytoken_args(s)
+    _model_args(s)
 
     for name, help_ in (("dla", "direct logit attribution per head, MLP and embedding"),
                         ("paths", "attention paths: each head's contribution split by source token")):
@@ -349,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--top", type=int, default=20, help="rows to print")
         s.add_argument("--shard", help="i/n: only every n-th probe from the i-th (merge parts with `unpact merge`)")
         _keytoken_args(s)
+        _model_args(s)
 
     s = sub.add_parser("localise", help="where base -> unlearned changed: heads, layers x source tokens")
     s.add_argument("--base", required=True)
@@ -357,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="localise", help="output directory for tables and figures")
     s.add_argument("--top", type=int, default=5)
     _keytoken_args(s)
+    _model_args(s)
 
     from unpact_mech.unlearning import METHODS
 
@@ -372,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int)
     s.add_argument("--target-forget-acc", type=float, help="stop once forget fact top-1 accuracy <= this")
     s.add_argument("--format", default="auto", choices=["auto", "chat", "plain"])
+    _model_args(s)
 
     s = sub.add_parser("emphasize", help="finding 2: recovery by emphasising KeyTokens (embed, attention, prompt)")
     s.add_argument("--base", required=True)
@@ -382,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--routes", default="embed,attention")
     s.add_argument("--out", default="emphasis")
     _keytoken_args(s)
+    _model_args(s)
 
     s = sub.add_parser("patch", help="activation patching base <-> unlearned per layer/position and per head")
     s.add_argument("--base", required=True)
@@ -393,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--direction", default="base->unlearned", help="base->unlearned, unlearned->base or both (comma)")
     s.add_argument("--out", default="patching")
     s.add_argument("--format", default="auto", choices=["auto", "chat", "plain"])
+    _model_args(s)
 
     s = sub.add_parser("merge", help="merge the partial tables of a sharded run (order-independent)")
     s.add_argument("out", help="merged table (.csv or .parquet)")

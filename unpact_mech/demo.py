@@ -106,7 +106,7 @@ def method_stage(lazy: LazyBase, method: str, data: dict[str, list], out: Path, 
     ckpt = unlearn_stage(base, method, forget, retain, out, steps, target)
     t0 = time.perf_counter()
     prov = read_provenance(ckpt)
-    unl = load_model(str(ckpt)).memoize()
+    unl = load_model(str(ckpt), dtype=base.dtype, device=str(base.device)).memoize()
     f_tab = probe_table(unl, tokenize_probes(unl, forget))
     cmp_f = compare(base, unl, forget)
     sweep_df, rates = recovery(base, unl, forget, FACTORS)

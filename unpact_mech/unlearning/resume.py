@@ -9,9 +9,7 @@ pickled ``<out>.resume.pt`` (which could run code when loaded) is refused with a
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from unpact_mech.io import atomic_write_json
+from unpact_mech.io import atomic_write, atomic_write_json, sha256_file
 
 FORMAT = "unpact-resume-v1"
 
@@ -47,14 +45,6 @@ class ResumeFiles:
             p.unlink(missing_ok=True)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _dedupe(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors with one entry per shared storage (tied weights), and the aliases that point to a kept name."""
     kept: dict[tuple[int, tuple[int, ...], int], str] = {}
@@ -79,9 +69,7 @@ def save_state(files: ResumeFiles, model: Any, opt: torch.optim.Optimizer, gen: 
         for key, val in st.items():
             tensors[f"opt.{idx}.{key}"] = val if torch.is_tensor(val) else torch.tensor(val)
     unique, aliases = _dedupe(tensors)
-    tmp = files.tensors.with_name(files.tensors.name + ".tmp")
-    save_file(unique, str(tmp))
-    os.replace(tmp, files.tensors)
+    atomic_write(files.tensors, lambda tmp: save_file(unique, tmp))
     atomic_write_json(files.meta, {
         "format": FORMAT,
         "run_key": run_key,
@@ -90,7 +78,7 @@ def save_state(files: ResumeFiles, model: Any, opt: torch.optim.Optimizer, gen: 
         "generator_state": gen.get_state().tolist(),
         "param_groups": osd["param_groups"],
         "aliases": aliases,
-        "tensors_sha256": _sha256(files.tensors),
+        "tensors_sha256": sha256_file(files.tensors),
     })
 
 
@@ -115,7 +103,7 @@ def load_state(files: ResumeFiles, run_key: str, model: Any, opt: torch.optim.Op
         raise ResumeError(f"resume file {files.meta} is not an {FORMAT} file; delete it to start over")
     if meta["run_key"] != run_key:
         return None
-    if not files.tensors.exists() or _sha256(files.tensors) != meta["tensors_sha256"]:
+    if not files.tensors.exists() or sha256_file(files.tensors) != meta["tensors_sha256"]:
         raise ResumeError(f"resume tensors {files.tensors} are missing or do not match {files.meta.name}; "
                           "delete both to start over")
     flat = load_file(str(files.tensors))
