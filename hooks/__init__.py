@@ -25,6 +25,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from unpact_mech.errors import UnknownNameError, UnpactError, check_finite_factor
+
 HookFn = Callable[..., Tensor]
 Hooks = list[tuple[str, HookFn]]
 
@@ -32,7 +34,7 @@ Hooks = list[tuple[str, HookFn]]
 def _positions(positions: Sequence[int] | int) -> list[int]:
     pos = [positions] if isinstance(positions, int) else [int(p) for p in positions]
     if not pos:
-        raise ValueError("no positions given")
+        raise UnpactError("no positions given")
     return pos
 
 
@@ -43,7 +45,7 @@ def _is_per_row(positions: Any) -> bool:
 def row_mask(rows: Sequence[Sequence[int]], batch: int, n: int, device: Any = "cpu") -> Tensor:
     """``[batch, n]`` boolean mask with ``rows[r]``'s positions set in row r (a batch must match the rows)."""
     if len(rows) != batch:
-        raise ValueError(f"{len(rows)} position lists for a batch of {batch} rows")
+        raise UnpactError(f"{len(rows)} position lists for a batch of {batch} rows")
     m = torch.zeros(batch, n, dtype=torch.bool)
     for r, ps in enumerate(rows):
         if ps:
@@ -60,7 +62,8 @@ def scale_embedding(positions: Sequence[int] | Sequence[Sequence[int]], factor: 
     if _is_per_row(positions):
         rows = [list(map(int, r)) for r in positions]  # type: ignore[union-attr]
         if not isinstance(factor, (int, float)):
-            raise ValueError("per-row positions take a single factor")
+            raise UnpactError("per-row positions take a single factor")
+        factor = check_finite_factor(factor, "embedding scale factor")
 
         def fn_rows(act: Float[Tensor, "batch pos d_model"], hook: Any = None) -> Tensor:
             m = row_mask(rows, act.shape[0], act.shape[1], act.device)
@@ -68,9 +71,10 @@ def scale_embedding(positions: Sequence[int] | Sequence[Sequence[int]], factor: 
 
         return [("hook_embed", fn_rows)]
     pos = _positions(positions)  # type: ignore[arg-type]
-    factors = [float(factor)] * len(pos) if isinstance(factor, (int, float)) else [float(f) for f in factor]
+    factors = [check_finite_factor(f, "embedding scale factor")
+               for f in ([factor] * len(pos) if isinstance(factor, (int, float)) else factor)]
     if len(factors) != len(pos):
-        raise ValueError(f"{len(factors)} factors for {len(pos)} positions")
+        raise UnpactError(f"{len(factors)} factors for {len(pos)} positions")
 
     def fn(act: Float[Tensor, "batch pos d_model"], hook: Any = None) -> Tensor:
         f = torch.tensor(factors, dtype=act.dtype, device=act.device)
@@ -106,8 +110,7 @@ def steer_attention(
     default); queries that cannot see a key (causal mask, score -inf) are unaffected. ``key_positions`` may be
     one list per batch row.
     """
-    if factor <= 0:
-        raise ValueError(f"attention steering factor must be > 0, got {factor}")
+    factor = check_finite_factor(factor, "attention steering factor")
     per_row = _is_per_row(key_positions)
     rows = [list(map(int, r)) for r in key_positions] if per_row else None  # type: ignore[union-attr]
     keys = None if per_row else _positions(key_positions)  # type: ignore[arg-type]
@@ -142,14 +145,14 @@ def patch_from_cache(
     names = [hook_names] if isinstance(hook_names, str) else list(hook_names)
     for n in names:
         if n not in cache:
-            raise KeyError(f"hook '{n}' is not in the source cache; cache it (names_filter) before patching")
+            raise UnknownNameError(f"hook '{n}' is not in the source cache; cache it (names_filter) before patching")
 
     def make(name: str) -> HookFn:
         src = cache[name]
 
         def fn(act: Tensor, hook: Any = None) -> Tensor:
             if src.shape[1:] != act.shape[1:]:
-                raise ValueError(f"cannot patch {name}: source shape {tuple(src.shape)} vs target {tuple(act.shape)}")
+                raise UnpactError(f"cannot patch {name}: source shape {tuple(src.shape)} vs target {tuple(act.shape)}")
             act = act.clone()
             s = src.to(act.dtype).expand_as(act) if src.shape[0] == 1 else src
             pos = slice(None) if positions is None else list(positions)
@@ -171,9 +174,9 @@ def ablate_heads(layer: int, heads: Sequence[int], mode: str = "zero", mean_z: T
     """Zero- or mean-ablate heads' outputs (``hook_z``) in one layer; ``mean_z`` is [head, d_head]."""
     hsel = list(heads)
     if mode not in ("zero", "mean"):
-        raise ValueError(f"unknown ablation mode {mode!r}: use 'zero' or 'mean'")
+        raise UnpactError(f"unknown ablation mode {mode!r}: use 'zero' or 'mean'")
     if mode == "mean" and mean_z is None:
-        raise ValueError("mean ablation needs mean_z (mean hook_z over a reference set, shape [head, d_head])")
+        raise UnpactError("mean ablation needs mean_z (mean hook_z over a reference set, shape [head, d_head])")
 
     def fn(z: Float[Tensor, "batch pos head d_head"], hook: Any = None) -> Tensor:
         z = z.clone()

@@ -51,11 +51,13 @@ def test_path_hand_computation_gqa_head(tiny_llama, tiny_probes):
     pat = cache[f"blocks.{layer}.attn.hook_pattern"][0, head]  # [q, src]
     scale = cache["ln_final.hook_scale"][0, :, 0]
     W_O = s.bridge.W_O[layer, head]  # [d_head, d_model]
+    g = s.load_hf_model().model.norm.weight.detach()  # the final RMSNorm's gain, from the plain HF model
+    W_U = s.load_hf_model().lm_head.weight.detach().T  # [d_model, vocab]
     for t, y in enumerate(tp.answer_ids):
         q = tp.prompt_len - 1 + t
-        u = s.bridge.W_U[:, y]
+        u = g * (W_U[:, y] - W_U.mean(1))  # direction of the vocabulary-centred logit
         for src in range(len(tp.ids)):
-            hand = float(pat[q, src] * ((v[src] @ W_O) @ u) / scale[q])  # unfolded order
+            hand = float(pat[q, src] * ((v[src] @ W_O) @ u) / scale[q])
             assert abs(hand - float(d.paths[layer, head, t, src])) < 1e-5
         assert float(d.paths[layer, head, t, q + 1 :].abs().sum()) == 0.0  # causal
 

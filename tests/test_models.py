@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from unpact_mech import models
+from unpact_mech.errors import OutputError
 from unpact_mech.models import ModelSpecError, load_model, read_provenance, save_checkpoint
 
 
@@ -36,8 +37,11 @@ def test_checkpoint_roundtrip_identical_logits(tiny_llama, tmp_path):
     ids = torch.tensor([[1, 5, 6, 7, 8, 9]])
     with torch.no_grad():
         assert torch.equal(tiny_llama.bridge(ids), again.bridge(ids))
-    # overwriting an existing checkpoint is atomic and leaves no temp dirs behind
-    save_checkpoint(hf, tiny_llama.tokenizer, out, {"method": "again"})
+    # an existing checkpoint is replaced only when asked; then atomically, leaving no temp dirs behind
+    with pytest.raises(OutputError, match="exists; pass --overwrite"):
+        save_checkpoint(hf, tiny_llama.tokenizer, out, {"method": "again"})
+    assert read_provenance(out)["method"] == "none"
+    save_checkpoint(hf, tiny_llama.tokenizer, out, {"method": "again"}, overwrite=True)
     assert read_provenance(out)["method"] == "again"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 

@@ -36,8 +36,9 @@ def test_merge_refuses_mismatched_or_missing(tiny_llama_dir, probe_file, tmp_pat
         merge_parts([tmp_path / "a0.csv", tmp_path / "a1.csv"], tmp_path / "m.csv")
     with pytest.raises(ShardError, match=r"need shards 0..1 exactly once, got \[0\]"):
         merge_parts([tmp_path / "a0.csv"], tmp_path / "m.csv")
-    main(base + ["--out", str(tmp_path / "full.csv")])  # same run, unsharded (shard 0 of 1)
-    with pytest.raises(ShardError, match="exactly once"):
+    main(base + ["--out", str(tmp_path / "full.csv")])  # same run, unsharded: no sidecar, not a part
+    assert not (tmp_path / "full.csv.shard.json").exists()
+    with pytest.raises(ShardError, match="not written with --shard"):
         merge_parts([tmp_path / "a0.csv", tmp_path / "full.csv"], tmp_path / "m.csv")
 
 

@@ -159,10 +159,15 @@ def test_same_seed_same_result_and_calibration(tiny_llama, tiny_probes, tmp_path
     assert prov["forget_fact_acc_after"] == 0.0
 
 
-def test_nan_loss_stops_with_clear_error(tiny_llama, tiny_probes, tmp_path):
+def test_nan_loss_stops_with_clear_error(tiny_llama, tiny_probes, tmp_path, monkeypatch):
+    with pytest.raises(UnlearningError, match="gamma, alpha, beta, delta and tv_scale must be finite"):
+        unlearn(tiny_llama, "ga_gdr", tiny_probes[:2], tiny_probes[2:], tmp_path / "n", steps=2,
+                progress=False, fmt="plain", gamma=float("nan"))  # refused before any model is copied
+    real = L.ga
+    monkeypatch.setattr(L, "ga", lambda model, batch: real(model, batch) * float("nan"))
     with pytest.raises(UnlearningError, match="loss became nan at step 1"):
         unlearn(tiny_llama, "ga_gdr", tiny_probes[:2], tiny_probes[2:], tmp_path / "n", steps=2,
-                progress=False, fmt="plain", gamma=float("nan"))
+                progress=False, fmt="plain")
     assert not (tmp_path / "n").exists()
     with pytest.raises(KeyError, match="unknown unlearning method"):
         unlearn(tiny_llama, "forgetful", tiny_probes, tiny_probes, tmp_path / "x")

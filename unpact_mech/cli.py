@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from unpact_mech.errors import UnpactError
 from unpact_mech.keytokens import ALPHA, BETA, KeyTokenParams, select_keytokens
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -40,6 +42,17 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="run Python code shipped with the model (RISK: it runs with your permissions)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="accept pickled .bin weights (RISK: unpickling can run code); safetensors needs no flag")
+
+
+def _output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (refused otherwise)")
+
+
+def _check_out(a: argparse.Namespace, kind: str = "file", inputs: Sequence[str] = ()) -> Path:
+    """Check ``--out`` before any work (suffix for tables, writable, not an input, no silent overwrite)."""
+    from unpact_mech.io import TABLE_SUFFIXES, check_output
+
+    return check_output(a.out, kind, a.overwrite, TABLE_SUFFIXES if kind == "file" else (), inputs)
 
 
 def _load(a: argparse.Namespace, spec: str) -> Any:
@@ -79,18 +92,13 @@ def _print_df(df: pd.DataFrame) -> None:
 @command("attribute")
 def cmd_attribute(a: argparse.Namespace) -> int:
     from unpact_mech.attribution import attribute
-    from unpact_mech.probes import Probe, tokenize_probes
-
-    subject = _load(a, a.model)
-    if a.probes:
-        probes = _load_probes_arg(a.probes)
-    else:
-        if not a.prompt or not a.answer:
-            raise SystemExit("unpact attribute: give --prompt and --answer, or --probes FILE")
-        probes = [Probe(id="cli", prompt=a.prompt, answer=a.answer)]
+    from unpact_mech.probes import tokenize_probes
     from unpact_mech.sharding import parse_shard, run_key, take_shard, write_part
 
-    shard = parse_shard(a.shard)
+    probes, shard = _probes_from_args(a), parse_shard(a.shard)
+    if a.out:
+        _check_out(a)
+    subject = _load(a, a.model)
     key = run_key("attribute", {"model": a.model, "method": a.method, "format": a.format}, [p.id for p in probes])
     tps = tokenize_probes(subject, take_shard(probes, shard), a.format)
     table = attribute(subject, tps, method=a.method, progress=True)
@@ -113,9 +121,9 @@ def cmd_compare(a: argparse.Namespace) -> int:
     from unpact_mech.io import atomic_write_json, write_table
     from unpact_mech.tracking import compare
 
+    out = _check_out(a)
     probes, base, unl = _base_and_unlearned(a)
     result = compare(base, unl, probes, _params(a), fmt=a.format, progress=True)
-    out = Path(a.out)
     write_table(result.per_probe, out)
     atomic_write_json(out.with_suffix(".summary.json"), result.summary)
     _print_df(result.per_probe[["probe_id", "keytokens_base", "keytokens_unlearned", "focus_base",
@@ -153,8 +161,9 @@ def _mech_table(a: argparse.Namespace) -> Any:
     from unpact_mech.probes import tokenize_probes
     from unpact_mech.sharding import parse_shard, run_key, take_shard, write_part
 
-    subject = _load(a, a.model)
     probes, shard = _probes_from_args(a), parse_shard(a.shard)
+    _check_out(a)
+    subject = _load(a, a.model)
     key = run_key(a.cmd, {"model": a.model, "target": a.target, "format": a.format}, [p.id for p in probes])
     tps = tokenize_probes(subject, take_shard(probes, shard), a.format)
     table = attribute(subject, tps, method=a.cmd, target=a.target, progress=True)
@@ -189,9 +198,9 @@ def cmd_localise(a: argparse.Namespace) -> int:
     from unpact_mech.report.figures import head_heatmap, logit_lens_curves, save_figure, source_heatmap
     from unpact_mech.tracking import localise
 
+    out = _check_out(a, "dir")
     probes, base, unl = _base_and_unlearned(a)
     loc = localise(base, unl, probes, _params(a), fmt=a.format, top_k=a.top, progress=True)
-    out = Path(a.out)
     write_table(loc.heads, out / "heads.csv")
     write_table(loc.layer_source, out / "layer_source.csv")
     write_table(loc.keytoken_route, out / "keytoken_route.csv")
@@ -211,20 +220,22 @@ def _floats(text: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError as err:
-        raise ValueError(f"expected comma-separated numbers, got {text!r}") from err
+        raise UnpactError(f"expected comma-separated numbers, got {text!r}") from err
 
 
 @command("unlearn")
 def cmd_unlearn(a: argparse.Namespace) -> int:
     from unpact_mech.models import read_provenance
-    from unpact_mech.unlearning import unlearn
+    from unpact_mech.unlearning import resolve_config, unlearn
 
     forget = _load_probes_arg(a.forget)
     retain = _load_probes_arg(a.retain) if a.retain else []
-    subject = _load(a, a.model)
     over = {k: v for k, v in (("steps", a.steps), ("lr", a.lr), ("seed", a.seed), ("batch_size", a.batch_size),
                               ("target_forget_acc", a.target_forget_acc)) if v is not None}
-    out = unlearn(subject, a.method, forget, retain, a.out, fmt=a.format, **over)
+    resolve_config(a.method, bool(retain), fmt=a.format, **over)  # settings and retain need, before the load
+    _check_out(a, "dir")
+    subject = _load(a, a.model)
+    out = unlearn(subject, a.method, forget, retain, a.out, fmt=a.format, overwrite=a.overwrite, **over)
     prov = read_provenance(out)
     print(json.dumps({k: prov[k] for k in ("method", "steps", "stopped_at", "forget_fact_acc_before",
                                            "forget_fact_acc_after", "train_seconds", "final_losses")}, indent=1))
@@ -234,14 +245,21 @@ def cmd_unlearn(a: argparse.Namespace) -> int:
 
 @command("emphasize")
 def cmd_emphasize(a: argparse.Namespace) -> int:
+    from unpact_mech.emphasis import ROUTES
+    from unpact_mech.errors import check_finite_factor
     from unpact_mech.findings import destruction, recovery
     from unpact_mech.io import write_table
 
-    probes, base, unl = _base_and_unlearned(a)
     factors = _floats(a.factors) if a.sweep else [1.0, _floats(a.factors)[-1]]
+    for f in factors:
+        check_finite_factor(f)
+    routes = a.routes.split(",")
+    if not set(routes) <= set(ROUTES):
+        raise UnpactError(f"unknown route(s) {sorted(set(routes) - set(ROUTES))}: use {','.join(ROUTES)}")
+    out = _check_out(a, "dir")
+    probes, base, unl = _base_and_unlearned(a)
     forget = [p for p in probes if p.split == "forget"] or probes
-    per_probe, rates = recovery(base, unl, forget, factors, a.routes.split(","), params=_params(a), fmt=a.format)
-    out = Path(a.out)
+    per_probe, rates = recovery(base, unl, forget, factors, routes, params=_params(a), fmt=a.format)
     write_table(per_probe, out / "emphasis_sweep.csv")
     write_table(rates, out / "recovery_rates.csv")
     print("recovery rate (forget probes the base answers and the unlearned model does not):")
@@ -258,14 +276,18 @@ def cmd_emphasize(a: argparse.Namespace) -> int:
 @command("patch")
 def cmd_patch(a: argparse.Namespace) -> int:
     from unpact_mech.io import write_table
-    from unpact_mech.patching import patch_heads, patch_positions
+    from unpact_mech.patching import DIRECTIONS, KINDS, patch_heads, patch_positions
     from unpact_mech.probes import tokenize_probes
     from unpact_mech.report.figures import patch_heatmap, save_figure
 
+    bad = [k for k in a.kinds.split(",") if k not in KINDS] + [d for d in a.direction.split(",") if d not in DIRECTIONS]
+    if bad or a.n < 1 or a.layer_step < 1:
+        raise UnpactError(f"bad --kinds/--direction {bad} (kinds: {sorted(KINDS)}; directions: {list(DIRECTIONS)}) "
+                          "or --n/--layer-step < 1" if bad else "--n and --layer-step must be >= 1")
+    out = _check_out(a, "dir")
     probes, base, unl = _base_and_unlearned(a)
     probes = probes[: a.n]
     layers = list(range(0, base.cfg.n_layers, a.layer_step))
-    out = Path(a.out)
     frames, heads = [], []
     for d in a.direction.split(","):
         for tp in tokenize_probes(base, probes, a.format):
@@ -287,6 +309,7 @@ def cmd_patch(a: argparse.Namespace) -> int:
 def cmd_merge(a: argparse.Namespace) -> int:
     from unpact_mech.sharding import merge_parts
 
+    _check_out(a, inputs=a.parts)
     merged = merge_parts(a.parts, a.out)
     print(f"merged {len(a.parts)} parts, {len(merged)} rows -> {a.out}")
     return 0
@@ -301,9 +324,10 @@ def cmd_data(a: argparse.Namespace) -> int:
             print(f"{name:12s} {(fn.__doc__ or '').strip().splitlines()[0]}")
         return 0
     if not a.name:
-        raise ValueError("unpact data show: give a benchmark NAME (see `unpact data list`)")
+        raise UnpactError("unpact data show: give a benchmark NAME (see `unpact data list`)")
     items = load_benchmark(a.name, subset=a.subset, split=a.split, source=a.source)
-    print(f"{a.name} subset={a.subset} split={a.split}: {len(items)} items")
+    where = " ".join(f"{k}={v}" for k, v in (("subset", a.subset), ("split", a.split), ("source", a.source)) if v)
+    print(f"{a.name}{' ' + where if where else ''}: {len(items)} items")
     for it in items[: a.n]:
         print("  " + (json.dumps(it.to_dict())[:300] if hasattr(it, "to_dict") else repr(it[:300])))
     return 0
@@ -315,7 +339,7 @@ def _probes_from_args(a: argparse.Namespace) -> list[Any]:
     if a.probes:
         return _load_probes_arg(a.probes)
     if not a.prompt or not a.answer:
-        raise SystemExit(f"unpact {a.cmd}: give --prompt and --answer, or --probes FILE")
+        raise UnpactError("give --prompt and --answer, or --probes FILE")
     return [Probe(id="cli", prompt=a.prompt, answer=a.answer)]
 
 
@@ -323,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     from unpact_mech.attribution import ATTRIBUTION_METHODS
 
     p = argparse.ArgumentParser(prog="unpact", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("attribute", help="contribution of each prompt token to the answer; KeyTokens marked")
@@ -332,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--probes", help="JSON-lines probe file or benchmark name (instead of --prompt/--answer)")
     s.add_argument("--method", default="loo", choices=sorted(ATTRIBUTION_METHODS))
     s.add_argument("--out", help="write the table (.csv or .parquet)")
+    _output_args(s)
     s.add_argument("--shard", help="i/n: only every n-th probe from the i-th (merge parts with `unpact merge`)")
     _keytoken_args(s)
     _model_args(s)
@@ -341,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--unlearned", required=True)
     s.add_argument("--probes", required=True, help="JSON-lines probe file or benchmark name, e.g. facts:forget")
     s.add_argument("--out", default="compare.csv", help="per-probe table (.csv or .parquet)")
+    _output_args(s)
     _keytoken_args(s)
     _model_args(s)
 
@@ -365,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--probes", help="JSON-lines probe file or benchmark name")
         s.add_argument("--target", default="logit", choices=["logit", "logit_diff"])
         s.add_argument("--out", default=f"{name}.csv", help="table (.csv or .parquet)")
+        _output_args(s)
         s.add_argument("--top", type=int, default=20, help="rows to print")
         s.add_argument("--shard", help="i/n: only every n-th probe from the i-th (merge parts with `unpact merge`)")
         _keytoken_args(s)
@@ -375,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--unlearned", required=True)
     s.add_argument("--probes", required=True)
     s.add_argument("--out", default="localise", help="output directory for tables and figures")
+    _output_args(s)
     s.add_argument("--top", type=int, default=5)
     _keytoken_args(s)
     _model_args(s)
@@ -387,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--forget", required=True, help="JSON-lines probes or benchmark name, e.g. facts:forget")
     s.add_argument("--retain", help="JSON-lines probes or benchmark name, e.g. facts:retain")
     s.add_argument("--out", required=True, help="checkpoint directory")
+    _output_args(s)
     s.add_argument("--steps", type=int)
     s.add_argument("--lr", type=float)
     s.add_argument("--seed", type=int)
@@ -403,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sweep", action="store_true", help="score every factor, not only the largest")
     s.add_argument("--routes", default="embed,attention")
     s.add_argument("--out", default="emphasis")
+    _output_args(s)
     _keytoken_args(s)
     _model_args(s)
 
@@ -415,11 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--layer-step", type=int, default=1, help="patch every k-th layer")
     s.add_argument("--direction", default="base->unlearned", help="base->unlearned, unlearned->base or both (comma)")
     s.add_argument("--out", default="patching")
+    _output_args(s)
     s.add_argument("--format", default="auto", choices=["auto", "chat", "plain"])
     _model_args(s)
 
     s = sub.add_parser("merge", help="merge the partial tables of a sharded run (order-independent)")
     s.add_argument("out", help="merged table (.csv or .parquet)")
+    _output_args(s)
     s.add_argument("parts", nargs="+", help="partial tables written with --shard i/n")
 
     s = sub.add_parser("data", help="list benchmarks or show a few rows of one")
@@ -433,11 +466,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command. Errors the user can fix (``UnpactError``, unreadable files) print one line and return 2
+    (``--debug``: with the traceback); anything else is an internal error and keeps its traceback."""
     args = build_parser().parse_args(argv)
     try:
+        if "alpha" in vars(args):
+            _params(args)  # KeyToken parameters are checked before any model loads
         return COMMANDS[args.cmd](args)
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
-        print(f"unpact {args.cmd}: error: {err}", file=sys.stderr)
+    except (UnpactError, OSError) as err:
+        if args.debug:
+            traceback.print_exc()
+        msg = f"{err.strerror}: {err.filename}" if isinstance(err, OSError) and err.filename else str(err)
+        print(f"unpact {args.cmd}: error: {msg}", file=sys.stderr)
         return 2
 
 

@@ -73,7 +73,7 @@ def unlearn_stage(base: Any, method: str, forget: list, retain: list, out: Path,
     if not (ckpt / "unpact.json").exists():
         # no mid-run resume state for these short runs (saving it costs more than redoing them); the
         # finished checkpoint is the resume point of the demo
-        unlearn(base, method, forget, retain, ckpt, progress=progress,
+        unlearn(base, method, forget, retain, ckpt, progress=progress, overwrite=True,
                 **{"steps": steps, "target_forget_acc": target, "check_every": 2, "checkpoint_every": 0,
                    **SETTINGS.get(method, {})})
     return ckpt
@@ -240,7 +240,8 @@ SUMMARY_COLUMNS = ["method", "steps", "forget_acc", "forget_lp_before", "forget_
 
 
 def summary_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    df = pd.DataFrame(rows)
+    # results read back from JSON hold null where a fresh run holds NaN (JSON has no NaN)
+    df = pd.DataFrame(rows).replace({None: float("nan")}).infer_objects()
     return df[[c for c in SUMMARY_COLUMNS if c in df.columns]]
 
 

@@ -9,12 +9,14 @@ Three routes on the same probes:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import pandas as pd
 
+from unpact_mech.errors import UnpactError, check_finite_factor
 from unpact_mech.hooks import Hooks, scale_embedding, steer_attention
 from unpact_mech.keytokens import KeyTokenParams, select_keytokens
 from unpact_mech.probes import Probe, TokenizedProbe, tokenize_probe
@@ -33,17 +35,25 @@ def emphasis_hooks(subject: Any, positions: Sequence[int] | Sequence[Sequence[in
     elif route == "attention":
         hooks = steer_attention(positions, factor, subject.n_layers)
     else:
-        raise ValueError(f"unknown emphasis route {route!r}: use one of {ROUTES} (or prompt_emphasis for prompt edits)")
+        raise UnpactError(f"unknown emphasis route {route!r}: use one of {ROUTES} (or prompt_emphasis for prompt edits)")
     missing = [name for name, _ in hooks if not subject.backend.supports_hook(name)]
     if missing:
         ok = [r for r in ROUTES if all(subject.backend.supports_hook(n) for n, _ in _route_probe(subject, r))]
-        raise ValueError(f"route {route!r} needs hook point {missing[0]}, which the {subject.backend.name} backend "
+        raise UnpactError(f"route {route!r} needs hook point {missing[0]}, which the {subject.backend.name} backend "
                          f"lacks; the {subject.backend.name} backend supports route={', '.join(map(repr, ok)) or 'none'}")
     return hooks
 
 
 def _route_probe(subject: Any, route: str) -> Hooks:
     return scale_embedding([0], 1.0) if route == "embed" else steer_attention([0], 1.0, subject.n_layers)
+
+
+def check_positions(tp: TokenizedProbe, positions: Sequence[int]) -> None:
+    """Emphasis acts on prompt tokens: every position must lie in [0, prompt length)."""
+    bad = [p for p in positions if not isinstance(p, numbers.Integral) or not 0 <= p < tp.prompt_len]
+    if bad:
+        raise UnpactError(f"probe '{tp.probe.id}': position(s) {bad[:5]} outside its prompt (0..{tp.prompt_len - 1}); "
+                          f"attributable positions are {list(tp.attributable)}")
 
 
 def keytoken_positions(
@@ -73,8 +83,10 @@ def emphasize(
 ) -> EmphasisResult:
     """Score a probe with its KeyTokens emphasised (positions default to ``reference``'s KeyTokens, else own)."""
     tp = probe if isinstance(probe, TokenizedProbe) else tokenize_probe(subject.tokenizer, probe, max_len=subject.n_ctx)
+    check_finite_factor(factor)
     if positions is None:
         positions = keytoken_positions(reference or subject, [tp], params)[0]
+    check_positions(tp, positions)
     hooks = emphasis_hooks(subject, positions, factor, route) if positions else []
     s = score_probes(subject, [tp], hooks)[0]
     return EmphasisResult(s.lp, fact_top1(tp, s), bool(s.top1.all()))
@@ -92,7 +104,11 @@ def sweep(
     Each (route, factor) scores all probes in right-padded batches, every row emphasised at its own KeyTokens.
     """
     if len(positions) != len(tprobes):
-        raise ValueError(f"{len(positions)} KeyToken position lists for {len(tprobes)} probes")
+        raise UnpactError(f"{len(positions)} KeyToken position lists for {len(tprobes)} probes")
+    for f in factors:
+        check_finite_factor(f)
+    for tp, pos in zip(tprobes, positions):
+        check_positions(tp, pos)
     plain = score_probes(subject, tprobes)
     rows = []
     for route in routes:
@@ -136,7 +152,7 @@ def prompt_emphasis(probe: Probe, keywords: Sequence[str], style: str = "repeat"
     elif style == "instruct":
         prompt = f"Focus on the key words {', '.join(repr(k) for k in kws)}. {q}"
     else:
-        raise ValueError(f"unknown prompt emphasis style {style!r}: use one of {PROMPT_STYLES}")
+        raise UnpactError(f"unknown prompt emphasis style {style!r}: use one of {PROMPT_STYLES}")
     return Probe(probe.id, prompt, probe.answer, probe.split, probe.fact, probe.domain, tuple(kws),
                  {**probe.meta, "emphasis": style})
 

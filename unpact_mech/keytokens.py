@@ -22,6 +22,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from unpact_mech.errors import UnpactError
+
 ALPHA = 0.1
 BETA = 5
 
@@ -37,11 +39,11 @@ class KeyTokenParams:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha < 1.0:
-            raise ValueError(f"alpha must be in [0, 1), got {self.alpha}")
+            raise UnpactError(f"alpha must be in [0, 1), got {self.alpha}")
         if self.beta < 1:
-            raise ValueError(f"beta must be >= 1, got {self.beta}")
+            raise UnpactError(f"beta must be >= 1, got {self.beta}")
         if self.max_keytokens is not None and self.max_keytokens < 1:
-            raise ValueError(f"max_keytokens must be >= 1 or None, got {self.max_keytokens}")
+            raise UnpactError(f"max_keytokens must be >= 1 or None, got {self.max_keytokens}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -6,6 +6,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from unpact_mech.errors import UnpactError
+
 
 @dataclass(frozen=True)
 class Rate:
@@ -94,7 +96,7 @@ def multiple_choice_accuracy(subject: object, probes: Sequence[object], fmt: str
     for p in probes:
         meta = getattr(p, "meta", {})
         if "choices" not in meta or "answer_index" not in meta:
-            raise ValueError(f"probe '{getattr(p, 'id', '?')}' has no meta['choices'] / meta['answer_index']")
+            raise UnpactError(f"probe '{getattr(p, 'id', '?')}' has no meta['choices'] / meta['answer_index']")
         variants = [replace(p, answer=c, fact=None) for c in meta["choices"]]
         scores = score_probes(subject, tokenize_probes(subject, variants, fmt))  # type: ignore[arg-type]
         totals = [float(s.logprobs.sum()) for s in scores]

@@ -27,12 +27,13 @@ from typing import Any
 import torch
 
 from unpact_mech.backends import RUN_WITH_CACHE, Backend, context_length, n_layers, require, resolve_dtype
-from unpact_mech.io import atomic_write_json, sha256_file
+from unpact_mech.errors import UnpactError
+from unpact_mech.io import atomic_write_json, check_output, sha256_file, umask
 
 PROVENANCE_FILE = "unpact.json"
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(UnpactError):
     """A model spec that cannot be resolved."""
 
 
@@ -247,13 +248,13 @@ class Subject:
 def placement_kwargs(device: str | None = None, device_map: Any = None, n_devices: int | None = None) -> dict[str, Any]:
     """``from_pretrained`` placement options: one device, an HF device map, or balanced over n GPUs."""
     if sum(x is not None for x in (device, device_map, n_devices)) > 1:
-        raise ValueError("give only one of device, device_map and n_devices")
+        raise UnpactError("give only one of device, device_map and n_devices")
     if n_devices is not None:
         if n_devices < 1:
-            raise ValueError(f"n_devices must be >= 1, got {n_devices}")
+            raise UnpactError(f"n_devices must be >= 1, got {n_devices}")
         available = torch.cuda.device_count()
         if available < n_devices:
-            raise ValueError(f"n_devices={n_devices} but only {available} CUDA device(s) are visible")
+            raise UnpactError(f"n_devices={n_devices} but only {available} CUDA device(s) are visible")
         return {"device_map": "balanced", "max_memory": {i: torch.cuda.mem_get_info(i)[0] for i in range(n_devices)}}
     if device_map is not None:
         return {"device_map": device_map}
@@ -342,21 +343,34 @@ def _load_parts(spec: str, dtype: str | torch.dtype, trust_remote_code: bool, al
     resolve_dtype(dtype)  # a bad dtype fails before any loading
     model_name, source = _resolve(spec)
     if not trust_remote_code and Path(source).is_dir():
-        cfg = json.loads((Path(source) / "config.json").read_text() or "{}")
+        try:
+            cfg = json.loads((Path(source) / "config.json").read_text() or "{}")
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ModelSpecError(f"'{source}/config.json' is not valid JSON ({err}); the model directory is damaged") from err
         if cfg.get("auto_map"):
             raise ModelSpecError(
                 f"'{source}' asks to run its own Python code (config.json has auto_map); that code would run with "
                 "your permissions. Pass trust_remote_code=True (CLI: --trust-remote-code) only if you trust it"
             )
+    local = Path(source).is_dir()
     try:
         hf = _load_hf(source, dtype, trust_remote_code, allow_pickle, **placement)
         tok = _load_tokenizer(source, trust_remote_code)
-    except OSError as err:
+    except ModelSpecError:
+        raise
+    except Exception as err:  # safetensors, json and torch report a damaged file with different types
+        if not local and not isinstance(err, OSError):
+            raise
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        fix = ""
+        if local:
+            in_cache = cache_dir().resolve() in Path(source).resolve().parents
+            fix = (f"; its files may be truncated or corrupt: delete the cache directory '{source}' (it is rebuilt "
+                   "on the next load)" if in_cache else f"; its files may be truncated or corrupt: re-create '{source}'")
         raise ModelSpecError(
             f"could not load model '{spec}' from '{source}'"
-            + (" (HF_HUB_OFFLINE=1: hub ids cannot be fetched)" if offline else "")
-            + f": {err}"
+            + (" (HF_HUB_OFFLINE=1: hub ids cannot be fetched)" if offline and not local else "")
+            + f": {type(err).__name__}: {str(err)[:300]}{fix}"
         ) from err
     return model_name, source, hf, tok
 
@@ -430,7 +444,13 @@ def read_provenance(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / PROVENANCE_FILE
     if not path.is_file():
         return {}
-    return json.loads(path.read_text())
+    try:
+        prov = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ModelSpecError(f"'{path}' is not valid JSON ({err}); the checkpoint is damaged") from err
+    if not isinstance(prov, dict):
+        raise ModelSpecError(f"'{path}' must hold a JSON object; the checkpoint is damaged")
+    return prov
 
 
 def data_hash(records: Any) -> str:
@@ -438,25 +458,30 @@ def data_hash(records: Any) -> str:
     return hashlib.sha256(json.dumps(records, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def save_checkpoint(hf_model: Any, tokenizer: Any, out_dir: str | Path, provenance: dict[str, Any]) -> Path:
-    """Write an HF-format checkpoint with ``unpact.json`` atomically (temp dir, then rename)."""
-    out = Path(out_dir)
+def save_checkpoint(hf_model: Any, tokenizer: Any, out_dir: str | Path, provenance: dict[str, Any],
+                    overwrite: bool = False) -> Path:
+    """Write an HF-format checkpoint (safetensors) with ``unpact.json`` atomically (temp dir, then rename).
+
+    An existing checkpoint is replaced only with ``overwrite``; an existing *file* at ``out_dir`` is never touched.
+    A kill at any moment leaves the old complete checkpoint (at ``out_dir`` or, between the two renames,
+    ``out_dir.old``) or the new one, never a half-written directory at ``out_dir``.
+    """
+    out = check_output(out_dir, kind="dir", overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
+    os.chmod(tmp, 0o777 & ~umask())
     try:
         hf_model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         prov = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), **provenance}
         atomic_write_json(tmp / PROVENANCE_FILE, prov)
+        old = out.with_name(out.name + ".old")
         if out.exists():
-            old = out.with_name(out.name + ".old")
             if old.exists():
                 shutil.rmtree(old)
             os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)  # also one left by a run killed between the two renames
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

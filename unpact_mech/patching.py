@@ -14,11 +14,13 @@ from typing import Any
 import pandas as pd
 import torch
 
+from unpact_mech.errors import UnpactError
 from unpact_mech.hooks import applied
 from unpact_mech.probes import TokenizedProbe
 from unpact_mech.scoring import score_sequences
 from unpact_mech.tracking import check_same_tokenizer
 
+DIRECTIONS = ("base->unlearned", "unlearned->base")
 KINDS = {"resid_pre": "blocks.{l}.hook_resid_pre", "attn_out": "blocks.{l}.hook_attn_out", "mlp_out": "blocks.{l}.hook_mlp_out"}
 
 
@@ -37,8 +39,8 @@ def _rowwise_patch(src: torch.Tensor, positions: Sequence[int]) -> Any:
 def _endpoints(base: Any, unlearned: Any, tp: TokenizedProbe, direction: str, names: set[str]) -> tuple[Any, Any, float, float]:
     """(target model, source cache of ``names``, LP of source, LP of target) for one patching direction."""
     check_same_tokenizer(base, unlearned)
-    if direction not in ("base->unlearned", "unlearned->base"):
-        raise ValueError(f"unknown direction {direction!r}: 'base->unlearned' or 'unlearned->base'")
+    if direction not in DIRECTIONS:
+        raise UnpactError(f"unknown direction {direction!r}: 'base->unlearned' or 'unlearned->base'")
     source, target = (base, unlearned) if direction == "base->unlearned" else (unlearned, base)
     cache = None
     if names:
@@ -68,7 +70,7 @@ def patch_positions(
     """Restoration per (kind, layer, position). Positions default to the question's first token onwards."""
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
-        raise ValueError(f"unknown patch kind(s) {unknown}: use {sorted(KINDS)}")
+        raise UnpactError(f"unknown patch kind(s) {unknown}: use {sorted(KINDS)}")
     layers = list(range(base.cfg.n_layers)) if layers is None else list(layers)
     positions = list(range(min(tp.attributable), len(tp.ids) - 1)) if positions is None else list(positions)
     names = {KINDS[k].format(l=layer) for k in kinds for layer in layers}

@@ -14,11 +14,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from unpact_mech.errors import UnpactError
+
 Format = Literal["chat", "plain", "auto"]
 PLAIN_TEMPLATE = "Question: {prompt}\nAnswer:"
 
 
-class ProbeError(ValueError):
+class ProbeError(UnpactError):
     """A probe that cannot be used (empty text, too long, fact not inside the answer...)."""
 
 
@@ -36,6 +38,16 @@ class Probe:
     meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     def __post_init__(self) -> None:
+        for name in ("prompt", "answer", "split"):
+            if not isinstance(getattr(self, name), str):
+                raise ProbeError(f"probe '{self.id}': field '{name}' must be a string, got "
+                                 f"{type(getattr(self, name)).__name__} {getattr(self, name)!r}")
+        for name in ("fact", "domain"):
+            val = getattr(self, name)
+            if val is not None and not isinstance(val, str):
+                raise ProbeError(f"probe '{self.id}': field '{name}' must be a string or null, got {val!r}")
+        if not all(isinstance(k, str) for k in self.keywords):
+            raise ProbeError(f"probe '{self.id}': 'keywords' must be a list of strings")
         if not str(self.id):
             raise ProbeError("probe has an empty id")
         if not self.prompt or not self.prompt.strip():
@@ -48,9 +60,15 @@ class Probe:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Probe:
         known = {"id", "prompt", "answer", "split", "fact", "domain", "keywords"}
+        if not isinstance(d, dict):
+            raise ProbeError(f"a probe record must be a JSON object, got {type(d).__name__}")
         missing = [k for k in ("id", "prompt", "answer") if k not in d]
         if missing:
             raise ProbeError(f"probe record {d!r} lacks field(s) {missing}; expected id, prompt, answer")
+        if not isinstance(d["id"], (str, int)) or isinstance(d["id"], bool):
+            raise ProbeError(f"probe id must be a string or an integer, got {d['id']!r}")
+        if not isinstance(d.get("keywords") or [], list) or not isinstance(d.get("meta") or {}, dict):
+            raise ProbeError(f"probe '{d['id']}': 'keywords' must be a list and 'meta' an object")
         meta = {k: v for k, v in d.items() if k not in known and k != "meta"} | dict(d.get("meta") or {})
         return cls(
             id=str(d["id"]),
@@ -73,9 +91,14 @@ def load_probes(path: str | Path) -> list[Probe]:
     """Read probes from a JSON-lines file (fields: id, prompt, answer; optional split, fact, domain)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"probe file '{path}' does not exist")
+        raise ProbeError(f"probe file '{path}' does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ProbeError(f"probe file '{path}' is not UTF-8 text ({err.reason} at byte {err.start}); "
+                         "save it as UTF-8") from err
     probes = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -84,7 +107,19 @@ def load_probes(path: str | Path) -> list[Probe]:
             raise ProbeError(f"{path}:{n}: {err}") from err
     if not probes:
         raise ProbeError(f"probe file '{path}' holds no probes")
+    check_unique_ids(probes, str(path))
     return probes
+
+
+def check_unique_ids(probes: Sequence[Probe], where: str = "the probe set") -> None:
+    """Refuse duplicate probe ids (rows of different probes would be mixed under one id)."""
+    seen: dict[str, int] = {}
+    for p in probes:
+        seen[p.id] = seen.get(p.id, 0) + 1
+    dups = sorted(k for k, n in seen.items() if n > 1)
+    if dups:
+        raise ProbeError(f"{where}: duplicate probe id(s) {dups[:5]}{' ...' if len(dups) > 5 else ''}; ids must be "
+                         "unique")
 
 
 def save_probes(probes: Iterable[Probe], path: str | Path) -> Path:

@@ -18,6 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from unpact_mech.backends.kernel import AnswerIndex, answer_logprobs
+from unpact_mech.errors import NonFiniteError, UnpactError
 from unpact_mech.probes import TokenizedProbe
 
 Hook = tuple[Any, Callable[..., Any]]
@@ -109,7 +110,7 @@ def score_sequences(
     """
     for ids, start in seqs:
         if not 0 < start < len(ids):
-            raise ValueError(f"answer start {start} outside a sequence of length {len(ids)}")
+            raise UnpactError(f"answer start {start} outside a sequence of length {len(ids)}")
     memo = memo_of(subject, hooks)
     keys = [("score", tuple(ids), start) for ids, start in seqs] if memo is not None else []
     out: list[SeqScore | None] = [memo.get(k) for k in keys] if memo is not None else [None] * len(seqs)
@@ -139,8 +140,21 @@ def score_probes(
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     progress: bool | str = False,
 ) -> list[SeqScore]:
-    """Teacher-forced answer scores for tokenised probes."""
-    return score_sequences(subject, [(tp.ids, tp.prompt_len) for tp in tprobes], hooks, batch_tokens, progress)
+    """Teacher-forced answer scores for tokenised probes (refuses non-finite scores, naming model and probe)."""
+    scores = score_sequences(subject, [(tp.ids, tp.prompt_len) for tp in tprobes], hooks, batch_tokens, progress)
+    for tp, sc in zip(tprobes, scores):
+        check_finite(subject, tp, sc.logprobs, "answer log-prob")
+    return scores
+
+
+def check_finite(subject: Any, tp: TokenizedProbe, values: Tensor, what: str) -> None:
+    """One clear error when a model's numbers for a probe are NaN or infinite."""
+    if not bool(torch.isfinite(values).all()):
+        raise NonFiniteError(
+            f"model '{subject.name}' gives a non-finite {what} for probe '{tp.probe.id}': its weights or the "
+            "intervention applied are broken (NaN/inf); re-create the checkpoint with a lower learning rate or "
+            "use finite emphasis factors"
+        )
 
 
 def answer_lp(subject: Any, tprobes: Sequence[TokenizedProbe], **kw: Any) -> Float[Tensor, " n_probes"]:

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
+from unpact_mech.errors import UnpactError
 from unpact_mech.io import atomic_write_json, read_table, write_table
 from unpact_mech.models import data_hash
 
@@ -21,7 +22,7 @@ T = TypeVar("T")
 SORT_KEYS = ["probe_id", "model", "method", "component", "layer", "head", "position"]
 
 
-class ShardError(ValueError):
+class ShardError(UnpactError):
     """Parts that cannot be merged into one table."""
 
 
@@ -56,25 +57,41 @@ def run_key(command: str, options: dict[str, Any], probe_ids: Sequence[str]) -> 
     return data_hash({"command": command, "options": options, "probes": list(probe_ids)})
 
 
+def sidecar(path: str | Path) -> Path:
+    return Path(path).with_name(Path(path).name + ".shard.json")
+
+
 def write_part(df: pd.DataFrame, path: str | Path, key: str, shard: tuple[int, int] | None) -> Path:
-    """Write a (partial) table and its sidecar."""
+    """Write a table; a sharded part also gets its sidecar (an unsharded table gets none, and loses a stale one)."""
     path = Path(path)
     write_table(canonical(df), path)
-    i, n = shard or (0, 1)
-    atomic_write_json(path.with_name(path.name + ".shard.json"), {"run": key, "shard": i, "n_shards": n})
+    if shard is None:
+        sidecar(path).unlink(missing_ok=True)
+    else:
+        atomic_write_json(sidecar(path), {"run": key, "shard": shard[0], "n_shards": shard[1]})
     return path
 
 
 def merge_parts(parts: Sequence[str | Path], out: str | Path) -> pd.DataFrame:
-    """Merge partial tables of one run into ``out``."""
+    """Merge partial tables of one run into ``out`` (written atomically; ``out`` gets no sidecar)."""
     if not parts:
         raise ShardError("nothing to merge")
+    if any(Path(p).resolve() == Path(out).resolve() for p in parts):
+        raise ShardError(f"the merged output {out} is also one of the parts; write it to another path")
+    if len({Path(p).resolve() for p in parts}) != len(parts):
+        raise ShardError("a part is given twice")
     metas = []
     for p in parts:
-        side = Path(p).with_name(Path(p).name + ".shard.json")
+        side = sidecar(p)
+        if not Path(p).exists():
+            raise ShardError(f"part {p} does not exist")
         if not side.exists():
             raise ShardError(f"{p} has no {side.name}: not written with --shard")
-        metas.append(json.loads(side.read_text()))
+        try:
+            meta = json.loads(side.read_text())
+            metas.append({"run": str(meta["run"]), "shard": int(meta["shard"]), "n_shards": int(meta["n_shards"])})
+        except (ValueError, KeyError, TypeError) as err:
+            raise ShardError(f"{side} is damaged ({err}); re-create the part") from err
     runs = {m["run"] for m in metas}
     if len(runs) > 1:
         raise ShardError(f"parts come from different runs ({len(runs)} run keys): same command, model, options "
@@ -85,4 +102,5 @@ def merge_parts(parts: Sequence[str | Path], out: str | Path) -> pd.DataFrame:
         raise ShardError(f"need shards 0..{n - 1} exactly once, got {got}")
     merged = canonical(pd.concat([read_table(p) for p in parts], ignore_index=True))
     write_table(merged, out)
+    sidecar(out).unlink(missing_ok=True)
     return merged

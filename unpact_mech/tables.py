@@ -7,6 +7,8 @@ from typing import Any
 
 import pandas as pd
 
+from unpact_mech.errors import UnpactError
+
 COLUMNS = ["probe_id", "model", "method", "position", "token", "layer", "head", "component", "score"]
 _DTYPES = {
     "probe_id": "string",
@@ -35,5 +37,5 @@ def check_table(df: pd.DataFrame) -> pd.DataFrame:
     """Raise if a table lacks the shared columns."""
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
-        raise ValueError(f"not an attribution table: missing columns {missing}")
+        raise UnpactError(f"not an attribution table: missing columns {missing}")
     return df

@@ -12,11 +12,12 @@ import torch
 from scipy.stats import spearmanr
 
 from unpact_mech.attribution.loo import LooResult, loo_contributions
+from unpact_mech.errors import UnpactError
 from unpact_mech.keytokens import KeyTokenParams, focus_share, select_keytokens
 from unpact_mech.probes import Probe, TokenizedProbe, tokenize_probes
 
 
-class TokenizerMismatch(ValueError):
+class TokenizerMismatch(UnpactError):
     """Two subjects whose token ids do not mean the same thing."""
 
 

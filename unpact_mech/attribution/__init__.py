@@ -11,7 +11,8 @@ from typing import Any
 
 import pandas as pd
 
-from unpact_mech.probes import Probe, TokenizedProbe, tokenize_probes
+from unpact_mech.errors import UnknownNameError
+from unpact_mech.probes import Probe, TokenizedProbe, check_unique_ids, tokenize_probes
 
 AttributionFn = Callable[..., pd.DataFrame]
 ATTRIBUTION_METHODS: dict[str, AttributionFn] = {}
@@ -34,7 +35,8 @@ def attribute(
 ) -> pd.DataFrame:
     """Run a registered attribution method on probes (raw or tokenised)."""
     if method not in ATTRIBUTION_METHODS:
-        raise KeyError(f"unknown attribution method '{method}'; available: {sorted(ATTRIBUTION_METHODS)}")
+        raise UnknownNameError(f"unknown attribution method '{method}'; available: {sorted(ATTRIBUTION_METHODS)}")
+    check_unique_ids([p.probe if isinstance(p, TokenizedProbe) else p for p in probes])  # rows are keyed by id
     tps = [p if isinstance(p, TokenizedProbe) else None for p in probes]
     raw = [p for p in probes if isinstance(p, Probe)]
     tok = iter(tokenize_probes(subject, raw, fmt))  # type: ignore[arg-type]

@@ -1,16 +1,20 @@
 """Direct logit attribution (DLA) and attention paths from one cached forward pass.
 
-In compatibility mode (LayerNorm folded into the weights) the final residual at query position q is a sum of
-components: embeddings, every head's output z[q, h] @ W_O[h], attention output biases, every MLP output.
-With the final norm's scale frozen from the cache, the answer logit is linear in them:
+The final residual at query position q is a sum of components: embeddings, every head's output
+z[q, h] @ W_O[h], attention output biases, every MLP output. With the final norm's scale frozen from the
+cache, the final norm is affine (x -> (x_centred / scale[q]) * g + b_ln) and the vocabulary-centred answer logit
+is linear in the components:
 
-    logit(y) = sum_c (c_centred / scale[q]) . W_U[:, y] + b_U[y]
+    logit(y) - mean_v logit(v) = sum_c (c_centred / scale[q]) . (g * u_y) + b_ln . u_y + (b_U[y] - mean b_U),
+    u_y = W_U[:, y] - mean_v W_U[:, v]
 
-(centring only for LayerNorm models; RMSNorm has none). For the logit difference to the strongest other
-token, the direction is W_U[:, y] - W_U[:, y_alt]. The per-head terms are further split by source position
-(attention paths): pattern[h, q, s] * v[s, kv(h)] . (W_O[h] u) / scale[q], with u folded into W_O first, so
-no [pos, head, src, d_model] tensor is built. Grouped-query attention: query head h reads kv head
-h // (n_heads / n_kv_heads), as in HF's ``repeat_kv``.
+(centring of c only for LayerNorm models; RMSNorm has none; a model's logit scaling multiplies everything).
+The model's weights are used as loaded (no TransformerLens weight processing, so no second copy); g and b_ln
+are read from the final norm and checked against the cached ``ln_final.hook_out`` on every call. For the
+logit difference to the strongest other token, the direction is u_y - u_alt. The per-head terms are further
+split by source position (attention paths): pattern[h, q, s] * v[s, kv(h)] . (W_O[h] u) / scale[q], with u
+folded into W_O first, so no [pos, head, src, d_model] tensor is built. Grouped-query attention: query head h
+reads kv head h // (n_heads / n_kv_heads), as in HF's ``repeat_kv``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from unpact_mech.attribution import register
-from unpact_mech.backends.kernel import AnswerIndex, OutputTransform, answer_logprobs, unembed
+from unpact_mech.backends.kernel import AnswerIndex, OutputTransform, answer_logprobs
+from unpact_mech.errors import UnpactError
 from unpact_mech.probes import TokenizedProbe
 from unpact_mech.scoring import memoized
 from unpact_mech.tables import make_table
@@ -62,7 +67,8 @@ def _maybe_bias(module: Any, name: str) -> Tensor | None:
 
 
 def _cached_names(n_layers: int, extra: Sequence[str] = ()) -> set[str]:
-    names = {"hook_embed", "hook_pos_embed", "ln_final.hook_scale", *extra}
+    names = {"hook_embed", "hook_pos_embed", "ln_final.hook_scale", "ln_final.hook_normalized", "ln_final.hook_out",
+             *extra}
     for layer in range(n_layers):
         names |= {f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out", f"blocks.{layer}.attn.hook_pattern",
                   f"blocks.{layer}.attn.hook_v", f"blocks.{layer}.hook_resid_pre"}
@@ -85,7 +91,7 @@ def decompose(
 ) -> Decomposition:
     """DLA (and attention paths) of every answer token of one probe."""
     if target not in ("logit", "logit_diff"):
-        raise ValueError(f"unknown DLA target {target!r}: use 'logit' or 'logit_diff'")
+        raise UnpactError(f"unknown DLA target {target!r}: use 'logit' or 'logit_diff'")
     _check_linear_blocks(subject)
     return memoized(subject, hooks, ("decompose", tp.probe.id, tuple(tp.ids), tp.prompt_len, target, with_paths),
                     lambda: _decompose(subject, tp, target, with_paths, hooks))
@@ -95,11 +101,28 @@ def _check_linear_blocks(subject: Any) -> None:
     """DLA needs each block to add its heads' and MLP's outputs to the residual as they are; models that normalise
     them first (Gemma 2/3 "sandwich" norms) are refused rather than decomposed wrongly."""
     if any(name.endswith("post_feedforward_layernorm") for name, _ in subject.bridge.named_modules()):
-        raise NotImplementedError(
+        raise UnpactError(
             f"direct logit attribution of '{subject.name}' is not supported: its blocks normalise the attention and "
             "MLP outputs before adding them (post-sublayer norms, as in Gemma 2/3), so per-head terms would not sum "
             "to the logit. Leave-one-out, KeyTokens, emphasis, patching and unlearning work on it."
         )
+
+
+def final_norm_affine(subject: Any, cache: Any, qpos: Tensor) -> tuple[Tensor, Tensor | None]:
+    """(g, b_ln) of the final norm read as out = normalized * g + b_ln, checked on the cached run."""
+    mod = subject.bridge.ln_final._original_component
+    w = getattr(mod, "weight", None)
+    g = torch.ones(subject.cfg.d_model, device=qpos.device) if w is None else w.detach()
+    if type(mod).__name__.startswith("Gemma"):  # Gemma's RMSNorm multiplies by (1 + weight)
+        g = 1.0 + g
+    b_ln = _maybe_bias(mod, "bias")
+    normed, out = cache["ln_final.hook_normalized"][0, qpos], cache["ln_final.hook_out"][0, qpos]
+    recon = normed * g + (b_ln if b_ln is not None else 0.0)
+    tol = 1e-3 if out.dtype == torch.float32 else 5e-2
+    if not torch.allclose(recon.float(), out.float(), atol=tol * float(out.abs().max().clamp(min=1.0))):
+        raise UnpactError(f"direct logit attribution of '{subject.name}' is not supported: its final norm "
+                          f"({type(mod).__name__}) is not the affine map normalized * weight + bias")
+    return g.to(out.dtype), None if b_ln is None else b_ln.detach().to(out.dtype)
 
 
 def _decompose(subject: Any, tp: TokenizedProbe, target: Target, with_paths: bool, hooks: Sequence[Any]) -> Decomposition:
@@ -112,18 +135,33 @@ def _decompose(subject: Any, tp: TokenizedProbe, target: Target, with_paths: boo
     tgt = torch.tensor(tp.answer_ids, device=dev)
     W_U = b.W_U  # [d_model, vocab]
     b_U = _maybe_bias(b.unembed, "b_U")
+    g, b_ln = final_norm_affine(subject, cache, qpos)
+    transform = OutputTransform.from_config(subject.backend.config)
+    if transform.softcap is not None:
+        raise UnpactError(f"direct logit attribution of '{subject.name}' is not supported: its final logits are "
+                          "soft-capped (tanh), which is not linear in the components")
     lg = logits[0, qpos]  # [T, vocab]
+    lg = lg - lg.mean(-1, keepdim=True)
     alt: list[int] = []
-    U = W_U[:, tgt]  # [d_model, T]
-    ub = b_U[tgt] if b_U is not None else torch.zeros(len(tgt), device=dev, dtype=lg.dtype)
+    u_mean = W_U.mean(1)  # [d_model]
+
+    def direction(ids: Tensor) -> tuple[Tensor, Tensor]:
+        """(g * u, b_ln . u + centred b_U) for each token id, times the logit scale."""
+        u = W_U[:, ids] - u_mean[:, None]  # [d_model, T]
+        bias = b_ln @ u if b_ln is not None else torch.zeros(len(ids), device=dev, dtype=lg.dtype)
+        if b_U is not None:
+            bias = bias + b_U[ids] - b_U.mean()
+        return transform.scale * g[:, None] * u, transform.scale * bias
+
+    U, ub = direction(tgt)
     total = lg.gather(1, tgt[:, None])[:, 0]
     if target == "logit_diff":
         masked = lg.clone()
         masked[torch.arange(len(tgt), device=dev), tgt] = -torch.inf
         alt_t = masked.argmax(-1)
         alt = alt_t.tolist()
-        U = U - W_U[:, alt_t]
-        ub = ub - (b_U[alt_t] if b_U is not None else 0)
+        U_alt, ub_alt = direction(alt_t)
+        U, ub = U - U_alt, ub - ub_alt
         total = total - lg.gather(1, alt_t[:, None])[:, 0]
     if _is_ln(cfg):  # (x - mean x) . u == x . (u - mean u)
         U = U - U.mean(0, keepdim=True)
@@ -252,18 +290,13 @@ def _logit_lens(subject: Any, tp: TokenizedProbe, hooks: Sequence[Any]) -> pd.Da
     }
     _, cache = run_cache(subject, tp.ids, names, hooks)
     idx = AnswerIndex.build([(tp.ids, tp.prompt_len)], subject.device)
-    eps = float(getattr(cfg, "eps", 1e-5))
-    b_U = _maybe_bias(b.unembed, "b_U")
     stages = [(layer, f"blocks.{layer}.hook_resid_pre") for layer in range(cfg.n_layers)]
     stages.append((cfg.n_layers, f"blocks.{cfg.n_layers - 1}.hook_resid_post"))
     x = torch.stack([cache[name][0, idx.cols] for _, name in stages])  # [stage, T, d_model]
-    if _is_ln(cfg):
-        x = x - x.mean(-1, keepdim=True)
-    x = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-    # one unembedding for all stages; F.linear reads W_U^T contiguously (x @ W_U on the transposed view is ~30x slower)
     S, T = x.shape[:2]
-    transform = OutputTransform.from_config(subject.backend.config)
-    logits = unembed(lambda h: torch.nn.functional.linear(h, b.W_U.T, b_U), x.flatten(0, 1), transform)
+    # the model's own final norm, LM head and output transform read every stage (the last stage is the model)
+    final_norm = b.ln_final._original_component
+    logits = subject.backend.kv().logits(final_norm(x.flatten(0, 1)))
     lp_flat, _ = answer_logprobs(logits, idx.targets.repeat(S))
     lp = lp_flat.view(S, T)
     gold = logits.gather(1, idx.targets.repeat(S)[:, None])

@@ -7,6 +7,7 @@ the cost is about one batched forward of the variants. ``variant="delete"`` remo
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -20,8 +21,9 @@ from unpact_mech.attribution import register
 from unpact_mech.backends import KV_PREFIX
 from unpact_mech.backends.hf import HFBackend, expand_cache
 from unpact_mech.backends.kernel import AnswerIndex, answer_logprobs, per_sequence
+from unpact_mech.errors import UnpactError
 from unpact_mech.probes import TokenizedProbe
-from unpact_mech.scoring import DEFAULT_BATCH_TOKENS, memo_of, right_pad, score_sequences
+from unpact_mech.scoring import DEFAULT_BATCH_TOKENS, check_finite, memo_of, right_pad, score_sequences
 from unpact_mech.tables import make_table
 
 Variant = Literal["delete", "replace"]
@@ -47,13 +49,13 @@ def baseline_token_id(tokenizer: Any, baseline: int | str | None = None) -> int:
     if isinstance(baseline, str):
         ids = tokenizer(baseline, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
-            raise ValueError(f"baseline token {baseline!r} is {len(ids)} tokens; give a single-token string")
+            raise UnpactError(f"baseline token {baseline!r} is {len(ids)} tokens; give a single-token string")
         return ids[0]
     for attr in ("unk_token_id", "pad_token_id", "eos_token_id"):
         val = getattr(tokenizer, attr, None)
         if val is not None:
             return int(val)
-    raise ValueError("tokenizer has no unk/pad/eos token; pass baseline_token explicitly")
+    raise UnpactError("tokenizer has no unk/pad/eos token; pass baseline_token explicitly")
 
 
 def loo_variants(tp: TokenizedProbe, variant: Variant = "delete", baseline_id: int = 0) -> list[tuple[list[int], int]]:
@@ -66,7 +68,7 @@ def loo_variants(tp: TokenizedProbe, variant: Variant = "delete", baseline_id: i
         elif variant == "replace":
             out.append((ids[:i] + [baseline_id] + ids[i + 1 :], tp.prompt_len))
         else:
-            raise ValueError(f"unknown leave-one-out variant {variant!r}: use 'delete' or 'replace'")
+            raise UnpactError(f"unknown leave-one-out variant {variant!r}: use 'delete' or 'replace'")
     return out
 
 
@@ -99,7 +101,7 @@ def _loo_prefix_cached(
     seqs = [(list(tp.ids), tp.prompt_len), *loo_variants(tp, variant, baseline_id)]  # row 0: the full prompt
     step = max(1, batch_tokens // max(1, max(len(ids) for ids, _ in seqs)))
     lps = []
-    for c0 in range(0, len(seqs), step):
+    for c0 in long_job_bar(range(0, len(seqs), step), tp, len(seqs), step):
         chunk = seqs[c0 : c0 + step]
         n, width = len(chunk), max(len(ids) for ids, _ in chunk) - p0
         rem = right_pad([ids[p0:] for ids, _ in chunk], 0, dev)  # right padding: never seen by the answer
@@ -112,6 +114,20 @@ def _loo_prefix_cached(
     lp_all = torch.cat(lps).cpu()
     full = float(lp_all[0])
     return full, full - lp_all[1:]
+
+
+LONG_JOB_TOKENS = 200_000  # about ten seconds of forward passes on 2 CPU cores for a 135M model
+
+
+def long_job_bar(chunks: range, tp: TokenizedProbe, passes: int, per_chunk: int) -> Any:
+    """The chunks of one probe, with a progress bar and the pass count announced when the probe is long."""
+    if passes * len(tp.ids) < LONG_JOB_TOKENS:
+        return chunks
+    from tqdm.auto import tqdm
+
+    print(f"[unpact] leave-one-out of probe '{tp.probe.id}': {passes} forward passes of {len(tp.ids)} tokens "
+          f"in {len(chunks)} batches", file=sys.stderr, flush=True)
+    return tqdm(chunks, desc=f"leave-one-out {tp.probe.id}", unit="batch", leave=False)
 
 
 def loo_contributions(
@@ -133,7 +149,7 @@ def loo_contributions(
     """
     base_id = baseline_token_id(subject.tokenizer, baseline_token) if variant == "replace" else 0
     if variant not in ("delete", "replace"):
-        raise ValueError(f"unknown leave-one-out variant {variant!r}: use 'delete' or 'replace'")
+        raise UnpactError(f"unknown leave-one-out variant {variant!r}: use 'delete' or 'replace'")
     memo = memo_of(subject, hooks)
     if memo is not None:
         keys = [("loo", variant, base_id, tuple(tp.ids), tp.prompt_len, tuple(tp.attributable)) for tp in tprobes]
@@ -141,8 +157,13 @@ def loo_contributions(
         if todo:
             memo.update(zip(todo, _loo(subject, list(todo.values()), variant, base_id, batch_tokens, hooks, progress,
                                        prefix_cache)))
-        return [LooResult(tp, memo[k].lp, memo[k].contributions) for tp, k in zip(tprobes, keys)]
-    return _loo(subject, tprobes, variant, base_id, batch_tokens, hooks, progress, prefix_cache)
+        results = [LooResult(tp, memo[k].lp, memo[k].contributions) for tp, k in zip(tprobes, keys)]
+    else:
+        results = _loo(subject, tprobes, variant, base_id, batch_tokens, hooks, progress, prefix_cache)
+    for r in results:
+        check_finite(subject, r.tprobe, torch.cat([torch.tensor([r.lp]), r.contributions.double()]),
+                     "leave-one-out log-prob")
+    return results
 
 
 def _loo(subject: Any, tprobes: Sequence[TokenizedProbe], variant: str, base_id: int, batch_tokens: int,
@@ -163,7 +184,11 @@ def _loo(subject: Any, tprobes: Sequence[TokenizedProbe], variant: str, base_id:
         seqs.append((list(tp.ids), tp.prompt_len))
         seqs += loo_variants(tp, variant, base_id)
         spans.append((start, len(seqs)))
-    scores = score_sequences(subject, seqs, hooks, batch_tokens, progress="leave-one-out" if progress else False)
+    total = sum(len(ids) for ids, _ in seqs)
+    if total >= LONG_JOB_TOKENS:
+        print(f"[unpact] leave-one-out: {len(seqs)} forward passes, {total} tokens", file=sys.stderr, flush=True)
+    scores = score_sequences(subject, seqs, hooks, batch_tokens,
+                             progress="leave-one-out" if progress or total >= LONG_JOB_TOKENS else False)
     results = []
     for tp, (a, b) in zip(tprobes, spans):
         full = scores[a].lp

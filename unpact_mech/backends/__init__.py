@@ -24,6 +24,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from unpact_mech.errors import UnpactError
+
 HOOKS = "hooks"
 RUN_WITH_CACHE = "run_with_cache"
 KV_PREFIX = "kv_prefix"
@@ -34,7 +36,7 @@ Hook = tuple[str, Callable[..., Any]]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class BackendCapabilityError(ValueError):
+class BackendCapabilityError(UnpactError):
     """A computation needs a capability that the subject's backend does not declare."""
 
 
@@ -81,10 +83,10 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """``"float32" | "bfloat16" | "float16"`` (or a torch dtype) as a torch dtype."""
     if isinstance(dtype, torch.dtype):
         if dtype not in DTYPES.values():
-            raise ValueError(f"dtype {dtype} is not supported; use one of {sorted(DTYPES)}")
+            raise UnpactError(f"dtype {dtype} is not supported; use one of {sorted(DTYPES)}")
         return dtype
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
+        raise UnpactError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
     return DTYPES[dtype]
 
 
@@ -103,7 +105,7 @@ def n_layers(config: Any) -> int:
         val = getattr(config, attr, None)
         if val:
             return int(val)
-    raise ValueError("the model config names no layer count (num_hidden_layers)")
+    raise UnpactError("the model config names no layer count (num_hidden_layers)")
 
 
 def first_param(module: Any) -> Tensor:

@@ -1,7 +1,7 @@
-"""The TransformerLens backend: a ``TransformerBridge`` in compatibility mode (LayerNorm folded into weights).
+"""The TransformerLens backend: a ``TransformerBridge`` in compatibility mode (legacy hook names), weights as loaded.
 
 Capabilities: ``hooks`` (every TransformerLens hook point), ``run_with_cache`` (the bridge itself for DLA,
-paths and patching) and ``kv_prefix`` (a plain HF view over the bridge's own folded tensors, no second copy).
+paths and patching) and ``kv_prefix`` (a plain HF view over the bridge's own tensors, no second copy).
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ def boot_bridge(hf_model: Any, tokenizer: Any, source: str) -> Any:
     bridge = TransformerBridge.boot_transformers(
         source, hf_model=hf_model, tokenizer=tokenizer, device=str(first_param(hf_model).device)
     )
-    bridge.enable_compatibility_mode(disable_warnings=True)
+    # legacy hook names without TransformerLens's weight processing: processing would hold a second, folded copy
+    # of the weights (and peak at ~3.5x them while folding); DLA applies the final norm itself instead
+    bridge.enable_compatibility_mode(disable_warnings=True, no_processing=True)
     bridge.eval()
     for p in bridge.parameters():  # analysis only: train on Subject.load_hf_model()
         p.requires_grad_(False)

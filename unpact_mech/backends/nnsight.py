@@ -21,6 +21,7 @@ from torch import Tensor
 
 from unpact_mech.backends import HOOKS, KV_PREFIX, REMOTE, Hook, first_param, hook_iter, n_layers
 from unpact_mech.backends.hf import HFBackend
+from unpact_mech.errors import UnpactError
 
 _RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
 
@@ -97,7 +98,7 @@ class NNsightBackend:
         for name, fn in hook_iter(hooks):
             path = self.module_path(name)
             if path is None:
-                raise ValueError(f"hook '{name}' is not available on the nnsight backend: it offers hook_embed "
+                raise UnpactError(f"hook '{name}' is not available on the nnsight backend: it offers hook_embed "
                                  "and blocks.{l}.hook_resid_post")
             out.append((path, (name, fn)))
         # interventions must touch modules in execution order: embedding first, then layers by index
@@ -122,7 +123,7 @@ class NNsightBackend:
         """The residual stream after decoder layer ``layer`` (the source of a layer-output patch)."""
         path = self.module_path(f"blocks.{layer}.hook_resid_post")
         if path is None:
-            raise ValueError(f"layer {layer} out of range for {n_layers(self.config)} layers")
+            raise UnpactError(f"layer {layer} out of range for {n_layers(self.config)} layers")
         with self.lm.trace(ids, remote=self.remote):
             out = _envoy(self.lm, path).output.save()
         return out[0] if isinstance(out, tuple) else out
@@ -142,7 +143,7 @@ class NNsightBackend:
 
     def kv(self) -> HFBackend:
         if self.remote:
-            raise ValueError("a remote nnsight model has no local weights for the KV-cache fast path")
+            raise UnpactError("a remote nnsight model has no local weights for the KV-cache fast path")
         if self._kv is None:
             self._kv = HFBackend(self.hf)
         return self._kv

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
+from unpact_mech.errors import UnknownNameError, UnpactError
 from unpact_mech.probes import Probe, load_probes
 
 Loader = Callable[..., list[Probe]]
@@ -25,7 +26,7 @@ def register_benchmark(name: str) -> Callable[[Loader], Loader]:
 def load_benchmark(name: str, subset: str | None = None, split: str | None = None, source: Any = None) -> list[Probe]:
     """Load probes of a registered benchmark."""
     if name not in BENCHMARKS:
-        raise KeyError(f"unknown benchmark '{name}'; available: {sorted(BENCHMARKS)}")
+        raise UnknownNameError(f"unknown benchmark '{name}'; available: {sorted(BENCHMARKS)}")
     return BENCHMARKS[name](subset=subset, split=split, source=source)
 
 
@@ -40,10 +41,10 @@ def builtin_facts(subset: str | None = None, split: str | None = None, source: A
     probes = load_probes(source or builtin_path("facts.jsonl"))
     splits = {p.split for p in probes}
     if split is not None and split not in splits:
-        raise ValueError(f"facts: no split '{split}'; splits are {sorted(splits)}")
+        raise UnpactError(f"facts: no split '{split}'; splits are {sorted(splits)}")
     domains = {p.domain for p in probes}
     if subset is not None and subset not in domains:
-        raise ValueError(f"facts: no domain '{subset}'; domains are {sorted(d for d in domains if d)}")
+        raise UnpactError(f"facts: no domain '{subset}'; domains are {sorted(d for d in domains if d)}")
     return [p for p in probes if (split is None or p.split == split) and (subset is None or p.domain == subset)]
 
 

@@ -6,6 +6,7 @@ import random
 from typing import Any
 
 from unpact_mech.data import register_benchmark
+from unpact_mech.errors import UnpactError
 from unpact_mech.probes import Probe
 
 _SYL = ["ka", "lo", "mi", "ren", "tas", "vo", "zel", "dri", "nu", "pha", "sor", "bel", "qui", "mar", "tev", "osh"]
@@ -26,7 +27,7 @@ def _name(rng: random.Random) -> str:
 def generate(n_people: int = 20, seed: int = 0, forget_share: float = 0.25) -> list[Probe]:
     """Three facts (birthplace, profession, book) per invented person; whole people go to forget or retain."""
     if n_people < 1:
-        raise ValueError("n_people must be >= 1")
+        raise UnpactError("n_people must be >= 1")
     rng = random.Random(seed)
     names: list[str] = []
     while len(names) < n_people:

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from unpact_mech.data import register_benchmark
+from unpact_mech.errors import UnpactError
 from unpact_mech.probes import Probe
 
 
-class SchemaError(ValueError):
+class SchemaError(UnpactError):
     """A dataset split that lacks the fields a loader needs."""
 
 
@@ -21,17 +22,29 @@ def _rows(hub_id: str, config: str | None, split: str, source: Any, fields: tupl
     if source is not None:
         path = Path(source)
         if not path.exists():
-            raise FileNotFoundError(f"{hub_id}: local source '{path}' does not exist")
+            raise UnpactError(f"{hub_id}: local source '{path}' does not exist")
         suffix = path.suffix.lower()
         kind = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(suffix)
         if kind is None:
-            raise ValueError(f"{hub_id}: unsupported local file type '{suffix}' (use .json, .jsonl or .parquet)")
-        ds = load_dataset(kind, data_files={split: str(path)}, split=split)
+            raise UnpactError(f"{hub_id}: unsupported local file type '{suffix}' (use .json, .jsonl or .parquet)")
+        if path.is_dir() or path.stat().st_size == 0:
+            raise UnpactError(f"{hub_id}: local source '{path}' is empty or not a file")
+        try:
+            ds = load_dataset(kind, data_files={split: str(path)}, split=split)
+        except Exception as err:  # datasets wraps parse errors in several types
+            raise UnpactError(f"{hub_id}: cannot read local source '{path}' as {kind}: {err}") from err
+        if len(ds) == 0:
+            raise UnpactError(f"{hub_id}: local source '{path}' holds no rows")
     else:
         try:
             ds = load_dataset(hub_id, config, split=split)
         except ValueError as err:
             raise SchemaError(f"{hub_id} ({config}): no split '{split}': {err}") from err
+        except (ConnectionError, OSError) as err:
+            raise UnpactError(
+                f"cannot reach the hub dataset {hub_id} ({config}, {split}) from here (offline?): download it "
+                "where there is internet and pass the local file with --source (json, jsonl or parquet)"
+            ) from err
     missing = [f for f in fields if f not in ds.column_names]
     if missing:
         raise SchemaError(
@@ -51,7 +64,7 @@ MUSE_SUBSETS = {
 def _muse(hub_id: str, name: str, subset: str | None, split: str | None, source: Any) -> list[Any]:
     subset = subset or "knowmem"
     if subset not in MUSE_SUBSETS:
-        raise ValueError(f"{name}: unknown subset '{subset}'; subsets are {sorted(MUSE_SUBSETS)}")
+        raise UnpactError(f"{name}: unknown subset '{subset}'; subsets are {sorted(MUSE_SUBSETS)}")
     splits, fields = MUSE_SUBSETS[subset]
     split = split or sorted(splits)[0]
     if split not in splits:
@@ -85,7 +98,7 @@ def wmdp(subset: str | None = None, split: str | None = None, source: Any = None
     """WMDP (``cais/wmdp``) multiple choice as probes: answer = the correct choice; ``meta`` has all choices."""
     subset = subset or "wmdp-bio"
     if subset not in WMDP_CONFIGS:
-        raise ValueError(f"wmdp: unknown subset '{subset}'; subsets are {list(WMDP_CONFIGS)}")
+        raise UnpactError(f"wmdp: unknown subset '{subset}'; subsets are {list(WMDP_CONFIGS)}")
     split = split or "test"
     rows = _rows("cais/wmdp", subset, split, source, ("question", "choices", "answer"))
     out = []
@@ -114,7 +127,7 @@ def tofu(subset: str | None = None, split: str | None = None, source: Any = None
     """TOFU (``locuslab/TOFU``): forget/retain splits and the perturbed variants (alternatives in ``meta``)."""
     subset = subset or "forget01"
     if subset not in TOFU_CONFIGS:
-        raise ValueError(f"tofu: unknown subset '{subset}'; subsets are {sorted(TOFU_CONFIGS)}")
+        raise UnpactError(f"tofu: unknown subset '{subset}'; subsets are {sorted(TOFU_CONFIGS)}")
     fields = TOFU_CONFIGS[subset]
     rows = _rows("locuslab/TOFU", subset, split or "train", source, fields)
     role = "forget" if subset.startswith("forget") else ("general" if "real" in subset or "world" in subset else "retain")

@@ -15,6 +15,8 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from unpact_mech.errors import UnpactError
+
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Save a figure atomically (format from the suffix: .png or .svg)."""
@@ -42,7 +44,7 @@ def source_heatmap(layer_source: pd.DataFrame, probe_id: str, value: str = "chan
     """Layer x source-token heatmap for one probe, token strings on the x axis (KeyTokens starred)."""
     df = layer_source[layer_source["probe_id"] == probe_id]
     if df.empty:
-        raise ValueError(f"no rows for probe '{probe_id}'")
+        raise UnpactError(f"no rows for probe '{probe_id}'")
     grid = df.pivot_table(index="layer", columns="position", values=value, aggfunc="mean")
     labels = df.drop_duplicates("position").set_index("position")
     names = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,9 @@ def token_row(tokens: Sequence[str], scores: Sequence[float], keys: set[int], sc
 
 def comparison_block(title: str, tokens: Sequence[str], base: Sequence[float], unlearned: Sequence[float],
                      keys: set[int]) -> str:
-    """One probe: its prompt tokens coloured by contribution, base above unlearned."""
+    """One probe: its prompt tokens coloured by contribution, base above unlearned (None: no score)."""
+    base = [math.nan if v is None else v for v in base]  # JSON stores a missing score as null
+    unlearned = [math.nan if v is None else v for v in unlearned]
     vals = [abs(v) for v in list(base) + list(unlearned) if v == v]
     scale = max(vals) if vals else 1.0
     return (f"<h4>{html.escape(title)}</h4><div class='pair'><div class='lbl'>base</div><div>"

@@ -30,6 +30,8 @@ from tqdm.auto import tqdm
 
 from unpact_mech.backends import KV_PREFIX
 from unpact_mech.backends.kernel import AnswerIndex, answer_logprobs, per_sequence
+from unpact_mech.errors import UnknownNameError, UnpactError
+from unpact_mech.io import check_output
 from unpact_mech.models import data_hash, save_checkpoint
 from unpact_mech.probes import Probe, tokenize_probe
 from unpact_mech.unlearning import losses as L
@@ -38,7 +40,7 @@ from unpact_mech.unlearning.resume import ResumeError, ResumeFiles, load_state, 
 REFUSALS = ("I don't know.", "I'm not sure about that.", "I cannot answer that.", "I have no idea.")
 
 
-class UnlearningError(RuntimeError):
+class UnlearningError(UnpactError):
     """Training stopped (non-finite loss, bad data)."""
 
 
@@ -137,6 +139,7 @@ class Method:
 
     name = ""
     reference = "weights"
+    needs_retain = True
     defaults: dict[str, Any] = {}
 
     def setup(self, state: State, forget: list[Example], retain: list[Example], tokenizer: Any) -> None:
@@ -171,6 +174,7 @@ def _retain_term(kind: str, s: State, retain: L.Batch) -> dict[str, torch.Tensor
 def _make_combo(name: str, forget_kind: str, retain_kind: str) -> type[Method]:
     class Combo(Method):
         reference = "outputs" if forget_kind == "npo" or retain_kind == "klr" else "none"
+        needs_retain = bool(retain_kind)
 
         def loss(self, s: State, forget: L.Batch, retain: L.Batch, idx: list[int]) -> dict[str, torch.Tensor]:
             if forget_kind == "ga":
@@ -217,6 +221,7 @@ class TaskVector(Method):
     """Fine-tune on the forget data, then theta - a * (theta_ft - theta)."""
 
     name = "task_vector"
+    needs_retain = False
     defaults = {"lr": 1e-4}
 
     def loss(self, s: State, forget: L.Batch, retain: L.Batch, idx: list[int]) -> dict[str, torch.Tensor]:
@@ -295,6 +300,39 @@ def fact_accuracy(model: Any, examples: Sequence[Example], pad_id: int) -> float
     return float((wrong == 0).double().mean())
 
 
+def resolve_config(method: str, has_retain: bool, config: UnlearnConfig | None = None,
+                   **overrides: Any) -> tuple[Method, UnlearnConfig]:
+    """The method and its settings (defaults < explicit ``config`` fields < ``overrides``), validated; cheap, so
+    callers check them before loading any model."""
+    if method not in METHODS:
+        raise UnknownNameError(f"unknown unlearning method '{method}'; available: {sorted(METHODS)}")
+    m = METHODS[method]()
+    default = UnlearnConfig()
+    unknown = [k for k in overrides if not hasattr(default, k)]
+    if unknown:
+        raise UnlearningError(f"unknown unlearning setting(s) {unknown}; see UnlearnConfig")
+    explicit = {} if config is None else {k: v for k, v in asdict(config).items() if v != getattr(default, k)}
+    cfg = replace(default, **{**m.defaults, **explicit, **overrides})
+    checks = [
+        (math.isfinite(cfg.lr) and cfg.lr > 0, f"lr must be finite and > 0, got {cfg.lr}"),
+        (isinstance(cfg.steps, int) and cfg.steps >= 1, f"steps must be an integer >= 1, got {cfg.steps}"),
+        (cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}"),
+        (math.isfinite(cfg.grad_clip) and cfg.grad_clip > 0, f"grad_clip must be finite and > 0, got {cfg.grad_clip}"),
+        (cfg.check_every >= 1, f"check_every must be >= 1, got {cfg.check_every}"),
+        (cfg.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}"),
+        (cfg.target_forget_acc is None or 0 <= cfg.target_forget_acc <= 1,
+         f"target_forget_acc must be in [0, 1], got {cfg.target_forget_acc}"),
+        (all(math.isfinite(v) for v in (cfg.gamma, cfg.alpha, cfg.beta, cfg.delta, cfg.tv_scale)),
+         "gamma, alpha, beta, delta and tv_scale must be finite"),
+        (cfg.beta > 0, f"beta must be > 0, got {cfg.beta}"),
+        (has_retain or not m.needs_retain, f"method '{method}' needs retain data (--retain)"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise UnlearningError(f"{method}: {msg}")
+    return m, cfg
+
+
 def unlearn(
     subject: Any,
     method: str,
@@ -306,13 +344,15 @@ def unlearn(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     **overrides: Any,
 ) -> Path:
-    """Unlearn ``forget`` (keeping ``retain``) from a fresh copy of the subject's model; returns the checkpoint."""
-    if method not in METHODS:
-        raise KeyError(f"unknown unlearning method '{method}'; available: {sorted(METHODS)}")
-    m = METHODS[method]()
-    cfg = replace(config or UnlearnConfig(), **{**m.defaults, **overrides})
-    if not retain and method not in ("ga", "npo", "task_vector"):
-        raise UnlearningError(f"method '{method}' needs retain data")
+    """Unlearn ``forget`` (keeping ``retain``) from a fresh copy of the subject's model; returns the checkpoint.
+
+    Settings: the method's defaults, then every field of ``config`` that differs from ``UnlearnConfig()``, then
+    ``overrides`` (explicit settings always beat defaults). An existing ``out_dir`` is replaced only with
+    ``overwrite=True``. Training stops with an error if a weight becomes NaN or infinite.
+    """
+    overwrite = bool(overrides.pop("overwrite", False))
+    m, cfg = resolve_config(method, bool(retain), config, **overrides)
+    check_output(out_dir, kind="dir", overwrite=overwrite)
     tok = subject.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     f_ex = to_examples(tok, forget, cfg.fmt)
@@ -382,6 +422,11 @@ def unlearn(
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         step += 1
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            raise UnlearningError(
+                f"{method}: weights became NaN or infinite at step {step} (lr {cfg.lr}); nothing was written. "
+                "Lower the learning rate"
+            )
         rec = {"step": step, "loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
         history.append(rec)
         bar.update(1)
@@ -404,6 +449,6 @@ def unlearn(
     prov.update({"resolved": state.extra.get("resolved", {}), "steps": step, "stopped_at": stopped_at, "final_losses": history[-1] if history else {},
                  "forget_fact_acc_before": acc0, "forget_fact_acc_after": checked[1] if checked[0] == step else fact_accuracy(model, f_ex, pad_id),
                  "train_seconds": round(time.perf_counter() - t0, 2)})
-    path = save_checkpoint(model, tok, out, prov)
+    path = save_checkpoint(model, tok, out, prov, overwrite=overwrite)
     resume.remove()
     return path

@@ -17,12 +17,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from unpact_mech.errors import UnpactError
 from unpact_mech.io import atomic_write, atomic_write_json, sha256_file
 
 FORMAT = "unpact-resume-v1"
 
 
-class ResumeError(RuntimeError):
+class ResumeError(UnpactError):
     """A resume file that cannot be used."""
 
 
