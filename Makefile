@@ -19,6 +19,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q $(TEST_ARGS)
 
 # Optional second offline model: Gemma-3-270M, shipped as a GGUF split over four PyPI chunk packages.

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 from jaxtyping import Float
@@ -60,7 +60,7 @@ def scale_embedding(positions: Sequence[int] | Sequence[Sequence[int]], factor: 
     left unchanged).
     """
     if _is_per_row(positions):
-        rows = [list(map(int, r)) for r in positions]  # type: ignore[union-attr]
+        rows = [list(map(int, cast(Sequence[int], r))) for r in positions]
         if not isinstance(factor, (int, float)):
             raise UnpactError("per-row positions take a single factor")
         factor = check_finite_factor(factor, "embedding scale factor")
@@ -70,7 +70,7 @@ def scale_embedding(positions: Sequence[int] | Sequence[Sequence[int]], factor: 
             return act * torch.where(m, float(factor), 1.0).to(act.dtype)[..., None]
 
         return [("hook_embed", fn_rows)]
-    pos = _positions(positions)  # type: ignore[arg-type]
+    pos = _positions(cast(Sequence[int], positions))
     factors = [check_finite_factor(f, "embedding scale factor")
                for f in ([factor] * len(pos) if isinstance(factor, (int, float)) else factor)]
     if len(factors) != len(pos):
@@ -112,8 +112,8 @@ def steer_attention(
     """
     factor = check_finite_factor(factor, "attention steering factor")
     per_row = _is_per_row(key_positions)
-    rows = [list(map(int, r)) for r in key_positions] if per_row else None  # type: ignore[union-attr]
-    keys = None if per_row else _positions(key_positions)  # type: ignore[arg-type]
+    rows = [list(map(int, cast(Sequence[int], r))) for r in key_positions] if per_row else None
+    keys = None if per_row else _positions(cast(Sequence[int], key_positions))
     bump = math.log(factor)
     head_idx = None if heads is None else list(heads)
 
@@ -180,7 +180,11 @@ def ablate_heads(layer: int, heads: Sequence[int], mode: str = "zero", mean_z: T
 
     def fn(z: Float[Tensor, "batch pos head d_head"], hook: Any = None) -> Tensor:
         z = z.clone()
-        z[:, :, hsel] = 0.0 if mode == "zero" else mean_z[hsel].to(z.dtype)  # type: ignore[index]
+        if mode == "zero":
+            z[:, :, hsel] = 0.0
+        else:
+            assert mean_z is not None  # checked when the hook was made
+            z[:, :, hsel] = mean_z[hsel].to(z.dtype)
         return z
 
     return [(f"blocks.{layer}.attn.hook_z", fn)]

@@ -7,6 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from beartype import BeartypeConf, beartype
+from jaxtyping import install_import_hook
+
+# every jaxtyping shape (and every other annotation) in unpact_mech is checked at run time in the tests, by
+# beartype through jaxtyping's import hook, installed before the package is first imported. PEP 484's numeric
+# tower is on: an int is accepted where a float is annotated.
+typechecker = beartype(conf=BeartypeConf(is_pep484_tower=True))
+_typecheck = install_import_hook(["unpact_mech"], "conftest.typechecker")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

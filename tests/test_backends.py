@@ -8,13 +8,13 @@ import json
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
-from unpact_mech.hooks import applied, scale_embedding, steer_attention
 
 from unpact_mech.attribution.dla import decompose, logit_lens
 from unpact_mech.attribution.loo import fast_path, loo_contributions
 from unpact_mech.backends import KV_PREFIX, RUN_WITH_CACHE, Backend, BackendCapabilityError, require
 from unpact_mech.backends.hf import HFBackend
 from unpact_mech.backends.kernel import AnswerIndex, OutputTransform, answer_logprobs
+from unpact_mech.hooks import applied, scale_embedding, steer_attention
 from unpact_mech.models import ModelSpecError, load_model, load_nnsight, subject_from_hf
 from unpact_mech.probes import tokenize_probes
 from unpact_mech.scoring import score_probes
@@ -243,3 +243,13 @@ def test_model_code_and_pickles_need_explicit_opt_in(tiny_llama_dir, tmp_path):
     with pytest.raises(ModelSpecError, match="pickled weights.*allow_pickle=True"):
         load_model(str(pickled))
     assert load_model(str(pickled), allow_pickle=True).n_layers == 3
+
+
+def test_jaxtyping_shapes_are_checked_at_run_time():
+    """conftest installs jaxtyping's import hook: a call whose shapes disagree with the annotation fails."""
+    from jaxtyping import TypeCheckError
+
+    with pytest.raises(TypeCheckError, match="n"):
+        answer_logprobs(torch.zeros(3, 5), torch.zeros(4, dtype=torch.long))  # 3 rows, 4 targets
+    with pytest.raises(TypeCheckError):
+        answer_logprobs(torch.zeros(3, 5, dtype=torch.long), torch.zeros(3, dtype=torch.long))  # ints, not floats

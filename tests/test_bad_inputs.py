@@ -323,10 +323,9 @@ def test_debug_shows_the_traceback_of_user_errors(capsys):
 
 # --- the library, called from Python --------------------------------------------------------------------
 def test_library_errors_are_unpact_errors(tiny_llama, tiny_probes, tmp_path):
-    from unpact_mech.hooks import scale_embedding, steer_attention
-
     from unpact_mech.attribution import attribute
     from unpact_mech.emphasis import emphasize, sweep
+    from unpact_mech.hooks import scale_embedding, steer_attention
     from unpact_mech.models import save_checkpoint
     from unpact_mech.probes import Probe, tokenize_probes
 
@@ -346,7 +345,7 @@ def test_library_errors_are_unpact_errors(tiny_llama, tiny_probes, tmp_path):
         lambda: steer_attention([1], 0.0, 3),
         lambda: models.load_model(str(tmp_path / "nothing-here")),
         lambda: attribute(tiny_llama, [tiny_probes[0], tiny_probes[0]], fmt="plain"),
-        lambda: Probe("x", 42, "a"),  # type: ignore[arg-type]
+        lambda: Probe.from_dict({"id": "x", "prompt": 42, "answer": "a"}),
         lambda: save_checkpoint(tiny_llama.load_hf_model(), tiny_llama.tokenizer, tmp_path / "f", {}),
     ]
     (tmp_path / "f").write_text("mine")

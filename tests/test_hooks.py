@@ -1,5 +1,7 @@
 import pytest
 import torch
+
+from unpact_mech.emphasis import emphasize, keyword_strings, prompt_emphasis, sweep
 from unpact_mech.hooks import (
     ablate_heads,
     active_hook_count,
@@ -8,8 +10,6 @@ from unpact_mech.hooks import (
     scale_embedding,
     steer_attention,
 )
-
-from unpact_mech.emphasis import emphasize, keyword_strings, prompt_emphasis, sweep
 from unpact_mech.metrics import destructive_rate, generated_correct, recovery_rate, rouge_l_recall, wilson
 from unpact_mech.models import load_model, save_checkpoint
 from unpact_mech.patching import patch_heads, patch_positions, restoration

@@ -99,10 +99,9 @@ def test_memo_reuses_unhooked_results(tiny_llama, tiny_probes, monkeypatch):
 
 def test_memo_is_bypassed_while_hooks_are_attached(tiny_llama, tiny_probes):
     """Hooks attached with ``applied`` (as patching does) must not be answered from the memo."""
-    from unpact_mech.hooks import applied, scale_embedding
-
     from unpact_mech.attribution import dla as dla_mod
     from unpact_mech.attribution.loo import loo_contributions
+    from unpact_mech.hooks import applied, scale_embedding
 
     tps = tokenize_probes(tiny_llama, tiny_probes, "plain")
     pos = list(tps[0].attributable[:2])

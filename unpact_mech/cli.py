@@ -318,6 +318,7 @@ def cmd_merge(a: argparse.Namespace) -> int:
 @command("data")
 def cmd_data(a: argparse.Namespace) -> int:
     from unpact_mech.data import BENCHMARKS, load_benchmark
+    from unpact_mech.probes import Probe
 
     if a.action == "list":
         for name, fn in sorted(BENCHMARKS.items()):
@@ -329,7 +330,7 @@ def cmd_data(a: argparse.Namespace) -> int:
     where = " ".join(f"{k}={v}" for k, v in (("subset", a.subset), ("split", a.split), ("source", a.source)) if v)
     print(f"{a.name}{' ' + where if where else ''}: {len(items)} items")
     for it in items[: a.n]:
-        print("  " + (json.dumps(it.to_dict())[:300] if hasattr(it, "to_dict") else repr(it[:300])))
+        print("  " + (json.dumps(it.to_dict())[:300] if isinstance(it, Probe) else repr(str(it)[:300])))
     return 0
 
 

@@ -41,7 +41,8 @@ class LazyBase:
         if self._subject is None:
             from unpact_mech.models import load_model
 
-            self._subject = load_model(self.spec, verbose=True).memoize()  # type: ignore[arg-type]
+            assert self.spec is not None  # no Subject was given, so a spec was
+            self._subject = load_model(self.spec, verbose=True).memoize()
         return self._subject
 
     @property
@@ -51,7 +52,10 @@ class LazyBase:
     @property
     def key(self) -> str:
         """What cached stages are stamped with: the spec, or the given Subject's name (never loads the model)."""
-        return self.spec or self._subject.name  # type: ignore[union-attr]
+        if self.spec is not None:
+            return self.spec
+        assert self._subject is not None
+        return str(self._subject.name)
 
 
 def _known(subject: Any, probes: Sequence[Any]) -> list[Any]:

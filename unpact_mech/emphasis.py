@@ -165,7 +165,7 @@ def prompt_sweep(
     for tp, pos in zip(tprobes, positions):
         for style in styles:
             edited.append(tokenize_probe(subject.tokenizer, prompt_emphasis(tp.probe, keyword_strings(tp, pos), style),
-                                         tp.format, max_len=subject.n_ctx))  # type: ignore[arg-type]
+                                         tp.format, max_len=subject.n_ctx))
             meta.append((tp.probe.id, style))
     rows = [{"probe_id": pid, "model": subject.name, "route": f"prompt:{style}", "factor": float("nan"),
              "lp": s.lp, "fact_top1": fact_top1(e, s)}

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float
@@ -50,7 +51,7 @@ class KeyTokenParams:
 
 
 def select_keytokens(
-    scores: Float[Tensor, " n"] | Sequence[float], params: KeyTokenParams | None = None
+    scores: Float[Tensor, " n"] | Float[np.ndarray, " n"] | Sequence[float], params: KeyTokenParams | None = None
 ) -> list[int]:
     """Indices (into ``scores``) of the KeyTokens, largest contribution first."""
     p = params or KeyTokenParams()

@@ -5,8 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import cast
+
+import numpy as np
 
 from unpact_mech.errors import UnpactError
+
+Flags = Sequence[bool | np.bool_]  # per-probe correctness (Python or numpy booleans)
 
 
 @dataclass(frozen=True)
@@ -45,26 +50,26 @@ def wilson(k: int, n: int, z: float = 1.96) -> Rate:
     return Rate(k, n, p, max(0.0, centre - half), min(1.0, centre + half))
 
 
-def _check_lengths(*cols: Sequence[bool]) -> None:
+def _check_lengths(*cols: Flags) -> None:
     if len({len(c) for c in cols}) > 1:
         raise ValueError(f"correctness lists differ in length: {[len(c) for c in cols]}")
 
 
-def recovery_rate(base: Sequence[bool], unlearned: Sequence[bool], emphasized: Sequence[bool]) -> Rate:
+def recovery_rate(base: Flags, unlearned: Flags, emphasized: Flags) -> Rate:
     """Among forget probes the base answers and the unlearned model does not, the share restored by emphasis."""
     _check_lengths(base, unlearned, emphasized)
     eligible = [e for b, u, e in zip(base, unlearned, emphasized) if b and not u]
     return wilson(sum(bool(e) for e in eligible), len(eligible))
 
 
-def destructive_rate(base: Sequence[bool], unlearned: Sequence[bool]) -> Rate:
+def destructive_rate(base: Flags, unlearned: Flags) -> Rate:
     """Among retain/general probes the base answers correctly, the share the unlearned model fails."""
     _check_lengths(base, unlearned)
     eligible = [u for b, u in zip(base, unlearned) if b]
     return wilson(sum(not u for u in eligible), len(eligible))
 
 
-def accuracy(correct: Sequence[bool]) -> Rate:
+def accuracy(correct: Flags) -> Rate:
     """Share correct."""
     return wilson(sum(bool(c) for c in correct), len(correct))
 
@@ -89,7 +94,7 @@ def multiple_choice_accuracy(subject: object, probes: Sequence[object], fmt: str
     """
     from dataclasses import replace
 
-    from unpact_mech.probes import tokenize_probes
+    from unpact_mech.probes import Probe, tokenize_probes
     from unpact_mech.scoring import score_probes
 
     correct = []
@@ -97,8 +102,8 @@ def multiple_choice_accuracy(subject: object, probes: Sequence[object], fmt: str
         meta = getattr(p, "meta", {})
         if "choices" not in meta or "answer_index" not in meta:
             raise UnpactError(f"probe '{getattr(p, 'id', '?')}' has no meta['choices'] / meta['answer_index']")
-        variants = [replace(p, answer=c, fact=None) for c in meta["choices"]]
-        scores = score_probes(subject, tokenize_probes(subject, variants, fmt))  # type: ignore[arg-type]
+        variants = [replace(cast(Probe, p), answer=c, fact=None) for c in meta["choices"]]
+        scores = score_probes(subject, tokenize_probes(subject, variants, fmt))
         totals = [float(s.logprobs.sum()) for s in scores]
         correct.append(max(range(len(totals)), key=totals.__getitem__) == meta["answer_index"])
     return accuracy(correct)

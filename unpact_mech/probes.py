@@ -12,11 +12,11 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from unpact_mech.errors import UnpactError
 
-Format = Literal["chat", "plain", "auto"]
+Format = str  # "chat" | "plain" | "auto", checked at run time by _resolve_format
 PLAIN_TEMPLATE = "Question: {prompt}\nAnswer:"
 
 
@@ -58,7 +58,7 @@ class Probe:
             raise ProbeError(f"probe '{self.id}': fact span {self.fact!r} is not inside answer {self.answer!r}")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Probe:
+    def from_dict(cls, d: Any) -> Probe:  # any parsed JSON value: checked here
         known = {"id", "prompt", "answer", "split", "fact", "domain", "keywords"}
         if not isinstance(d, dict):
             raise ProbeError(f"a probe record must be a JSON object, got {type(d).__name__}")
@@ -69,6 +69,12 @@ class Probe:
             raise ProbeError(f"probe id must be a string or an integer, got {d['id']!r}")
         if not isinstance(d.get("keywords") or [], list) or not isinstance(d.get("meta") or {}, dict):
             raise ProbeError(f"probe '{d['id']}': 'keywords' must be a list and 'meta' an object")
+        for name in ("prompt", "answer", "split", "fact", "domain"):
+            val = d.get(name)
+            if not isinstance(val, str) and (name in ("prompt", "answer", "split") and name in d or val is not None):
+                raise ProbeError(f"probe '{d['id']}': field '{name}' must be a string, got {type(val).__name__} {val!r}")
+        if not all(isinstance(k, str) for k in d.get("keywords") or []):
+            raise ProbeError(f"probe '{d['id']}': 'keywords' must be a list of strings")
         meta = {k: v for k, v in d.items() if k not in known and k != "meta"} | dict(d.get("meta") or {})
         return cls(
             id=str(d["id"]),

@@ -80,7 +80,7 @@ def merge_parts(parts: Sequence[str | Path], out: str | Path) -> pd.DataFrame:
         raise ShardError(f"the merged output {out} is also one of the parts; write it to another path")
     if len({Path(p).resolve() for p in parts}) != len(parts):
         raise ShardError("a part is given twice")
-    metas = []
+    metas: list[dict[str, Any]] = []
     for p in parts:
         side = sidecar(p)
         if not Path(p).exists():

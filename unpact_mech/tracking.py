@@ -11,7 +11,8 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
-from unpact_mech.attribution.loo import LooResult, loo_contributions
+from unpact_mech.attribution.dla import Target
+from unpact_mech.attribution.loo import LooResult, Variant, loo_contributions
 from unpact_mech.errors import UnpactError
 from unpact_mech.keytokens import KeyTokenParams, focus_share, select_keytokens
 from unpact_mech.probes import Probe, TokenizedProbe, tokenize_probes
@@ -42,7 +43,7 @@ class Comparison:
 
 def _tokenized(subject: Any, probes: Sequence[Probe | TokenizedProbe], fmt: str) -> list[TokenizedProbe]:
     """Probes tokenised for ``subject``, in their given order (tokenised ones kept as they are)."""
-    return [p if isinstance(p, TokenizedProbe) else tokenize_probes(subject, [p], fmt)[0] for p in probes]  # type: ignore[arg-type]
+    return [p if isinstance(p, TokenizedProbe) else tokenize_probes(subject, [p], fmt)[0] for p in probes]
 
 
 def _prepare(
@@ -63,13 +64,13 @@ def compare(
     probes: Sequence[Probe | TokenizedProbe],
     params: KeyTokenParams | None = None,
     fmt: str = "auto",
-    variant: str = "delete",
+    variant: Variant = "delete",
     progress: bool = False,
 ) -> Comparison:
     """Compare leave-one-out contributions and KeyTokens of two models on the same probes."""
     params, tps = _prepare(base, unlearned, probes, params, fmt)
-    rb = loo_contributions(base, tps, variant, progress=progress)  # type: ignore[arg-type]
-    ru = loo_contributions(unlearned, tps, variant, progress=progress)  # type: ignore[arg-type]
+    rb = loo_contributions(base, tps, variant, progress=progress)
+    ru = loo_contributions(unlearned, tps, variant, progress=progress)
     rows = []
     for b, u in zip(rb, ru):
         tp = b.tprobe
@@ -136,7 +137,7 @@ def localise(
     probes: Sequence[Probe | TokenizedProbe],
     params: KeyTokenParams | None = None,
     fmt: str = "auto",
-    target: str = "logit",
+    target: Target = "logit",
     top_k: int = 5,
     progress: bool = False,
 ) -> Localisation:
@@ -146,26 +147,27 @@ def localise(
     from unpact_mech.attribution.dla import decompose, logit_lens
 
     params, tps = _prepare(base, unlearned, probes, params, fmt)
-    loo = loo_contributions(base, tps)  # type: ignore[arg-type]
+    loo = loo_contributions(base, tps)
     head_acc: dict[str, list] = {}
     route_acc: dict[str, list] = {}
     ls_rows, lens = [], []
     for tp, r in tqdm(list(zip(tps, loo)), desc="localise", disable=not progress):
         keypos = [r.positions[i] for i in select_keytokens(r.contributions, params)]
-        db = decompose(base, tp, target)  # type: ignore[arg-type]
-        du = decompose(unlearned, tp, target)  # type: ignore[arg-type]
-        split = tp.probe.split  # type: ignore[union-attr]
-        pb, pu = db.paths.mean(2), du.paths.mean(2)  # type: ignore[union-attr]  [L, H, S]
+        db = decompose(base, tp, target)
+        du = decompose(unlearned, tp, target)
+        split = tp.probe.split
+        assert db.paths is not None and du.paths is not None  # decompose(with_paths=True)
+        pb, pu = db.paths.mean(2), du.paths.mean(2)  # [L, H, S]
         head_acc.setdefault(split, []).append((db.heads.mean(-1), du.heads.mean(-1)))
         route_acc.setdefault(split, []).append((pb[:, :, keypos].sum(-1), pu[:, :, keypos].sum(-1)))
         sb, su = pb.sum(1), pu.sum(1)  # [L, S]
         for layer in range(sb.shape[0]):
-            for pos in tp.attributable:  # type: ignore[union-attr]
-                ls_rows.append({"probe_id": tp.probe.id, "split": split, "layer": layer, "position": pos,  # type: ignore[union-attr]
-                                "token": tp.tokens[pos], "is_keytoken": pos in keypos,  # type: ignore[union-attr]
+            for pos in tp.attributable:
+                ls_rows.append({"probe_id": tp.probe.id, "split": split, "layer": layer, "position": pos,
+                                "token": tp.tokens[pos], "is_keytoken": pos in keypos,
                                 "base": float(sb[layer, pos]), "unlearned": float(su[layer, pos])})
         for subject in (base, unlearned):
-            lens.append(logit_lens(subject, tp).assign(split=split))  # type: ignore[arg-type]
+            lens.append(logit_lens(subject, tp).assign(split=split))
     heads, route = [], []
     for split, pairs in head_acc.items():
         b = torch.stack([p[0] for p in pairs]).mean(0).numpy()

@@ -39,7 +39,7 @@ def attribute(
     check_unique_ids([p.probe if isinstance(p, TokenizedProbe) else p for p in probes])  # rows are keyed by id
     tps = [p if isinstance(p, TokenizedProbe) else None for p in probes]
     raw = [p for p in probes if isinstance(p, Probe)]
-    tok = iter(tokenize_probes(subject, raw, fmt))  # type: ignore[arg-type]
+    tok = iter(tokenize_probes(subject, raw, fmt))
     tps = [tp if tp is not None else next(tok) for tp in tps]
     return ATTRIBUTION_METHODS[method](subject, tps, **options)
 

@@ -175,11 +175,11 @@ def _decompose(subject: Any, tp: TokenizedProbe, target: Target, with_paths: boo
         embed = embed + direct(cache["hook_pos_embed"][0])
     W_O = b.W_O  # [layer, head, d_head, d_model]
     WOU = torch.einsum("lhdm,mt->lhdt", W_O, U)  # answer direction folded into W_O
-    like = {"device": dev, "dtype": lg.dtype}
-    heads = torch.empty(n_layers, n_heads, len(tgt), **like)
-    attn_bias = torch.zeros(n_layers, len(tgt), **like)
-    mlp = torch.empty(n_layers, len(tgt), **like)
-    paths = torch.empty(n_layers, n_heads, len(tgt), len(tp.ids), **like) if with_paths else None
+    T, dt = len(tgt), lg.dtype
+    heads = torch.empty(n_layers, n_heads, T, device=dev, dtype=dt)
+    attn_bias = torch.zeros(n_layers, T, device=dev, dtype=dt)
+    mlp = torch.empty(n_layers, T, device=dev, dtype=dt)
+    paths = torch.empty(n_layers, n_heads, T, len(tp.ids), device=dev, dtype=dt) if with_paths else None
     kv_of = torch.arange(n_heads, device=dev) // (n_heads // n_kv)
     for layer in range(n_layers):
         z = cache[f"blocks.{layer}.attn.hook_z"][0, qpos]  # [T, head, d_head]

@@ -166,7 +166,7 @@ def loo_contributions(
     return results
 
 
-def _loo(subject: Any, tprobes: Sequence[TokenizedProbe], variant: str, base_id: int, batch_tokens: int,
+def _loo(subject: Any, tprobes: Sequence[TokenizedProbe], variant: Variant, base_id: int, batch_tokens: int,
          hooks: Sequence[Any], progress: bool, prefix_cache: bool) -> list[LooResult]:
     kvb = fast_path(subject, hooks, prefix_cache)
     if kvb is not None:

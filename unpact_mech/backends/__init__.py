@@ -45,7 +45,9 @@ class Backend(Protocol):
     """How a model runs. ``forward`` returns the model's final logits (its output transform applied)."""
 
     name: str
-    capabilities: frozenset[str]
+
+    @property
+    def capabilities(self) -> frozenset[str]: ...
 
     @property
     def config(self) -> Any: ...  # the HF config

@@ -61,7 +61,7 @@ class NNsightBackend:
         self._kv: HFBackend | None = None
 
     @property
-    def capabilities(self) -> frozenset[str]:  # type: ignore[override]
+    def capabilities(self) -> frozenset[str]:
         return frozenset({HOOKS, REMOTE} if self.remote else {HOOKS, KV_PREFIX})
 
     @property

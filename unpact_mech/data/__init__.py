@@ -9,12 +9,12 @@ from typing import Any
 from unpact_mech.errors import UnknownNameError, UnpactError
 from unpact_mech.probes import Probe, load_probes
 
-Loader = Callable[..., list[Probe]]
+Loader = Callable[..., list[Any]]  # probes, or raw texts for MUSE raw/verbmem subsets
 BENCHMARKS: dict[str, Loader] = {}
 
 
 def register_benchmark(name: str) -> Callable[[Loader], Loader]:
-    """Register a loader ``fn(subset=None, split=None, source=None) -> list[Probe]``."""
+    """Register a loader ``fn(subset=None, split=None, source=None) -> list[Probe | str]``."""
 
     def deco(fn: Loader) -> Loader:
         BENCHMARKS[name] = fn
@@ -23,7 +23,7 @@ def register_benchmark(name: str) -> Callable[[Loader], Loader]:
     return deco
 
 
-def load_benchmark(name: str, subset: str | None = None, split: str | None = None, source: Any = None) -> list[Probe]:
+def load_benchmark(name: str, subset: str | None = None, split: str | None = None, source: Any = None) -> list[Any]:
     """Load probes of a registered benchmark."""
     if name not in BENCHMARKS:
         raise UnknownNameError(f"unknown benchmark '{name}'; available: {sorted(BENCHMARKS)}")

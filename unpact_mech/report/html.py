@@ -49,7 +49,7 @@ def token_row(tokens: Sequence[str], scores: Sequence[float], keys: set[int], sc
     return "".join(spans)
 
 
-def comparison_block(title: str, tokens: Sequence[str], base: Sequence[float], unlearned: Sequence[float],
+def comparison_block(title: str, tokens: Sequence[str], base: Sequence[float | None], unlearned: Sequence[float | None],
                      keys: set[int]) -> str:
     """One probe: its prompt tokens coloured by contribution, base above unlearned (None: no score)."""
     base = [math.nan if v is None else v for v in base]  # JSON stores a missing score as null

@@ -84,7 +84,7 @@ class Example:
 
 def qa_example(tokenizer: Any, probe: Probe, fmt: str = "auto", answer: str | None = None) -> Example:
     p = probe if answer is None else replace(probe, answer=answer, fact=None)
-    tp = tokenize_probe(tokenizer, p, fmt)  # type: ignore[arg-type]
+    tp = tokenize_probe(tokenizer, p, fmt)
     labels = [-100] * tp.prompt_len + list(tp.answer_ids)
     content = tuple(tp.attributable) + tuple(range(tp.prompt_len, len(tp.ids)))
     return Example(list(tp.ids), labels, tp.fact_positions, content)
@@ -393,7 +393,8 @@ def unlearn(
         p.requires_grad_(id(p) in train_ids)
     opt = torch.optim.AdamW(params, lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
-    step, history, stopped_at, checked = 0, [], None, (-1, math.nan)
+    history: list[dict[str, Any]] = []  # step (int) and losses (float)
+    step, stopped_at, checked = 0, None, (-1, math.nan)
     acc0 = fact_accuracy(model, f_ex, pad_id)
     if resume.exists():
         try:
@@ -411,7 +412,7 @@ def unlearn(
         fb = collate([f_ex[i] for i in fi], pad_id, dev)
         rb = collate([r_ex[i] for i in ri], pad_id, dev) if ri else fb
         terms = m.loss(state, fb, rb, fi)
-        loss = sum(terms.values())
+        loss = torch.stack(list(terms.values())).sum()
         if not torch.isfinite(loss):
             raise UnlearningError(
                 f"{method}: loss became {float(loss)} at step {step + 1}; the last good state is "

@@ -48,11 +48,11 @@ class ResumeFiles:
 
 def _dedupe(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors with one entry per shared storage (tied weights), and the aliases that point to a kept name."""
-    kept: dict[tuple[int, tuple[int, ...], int], str] = {}
+    kept: dict[tuple[int, tuple[int, ...], int], str] = {}  # (storage, shape, offset) -> first name
     out: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
     for name, t in tensors.items():
-        key = (t.untyped_storage().data_ptr(), tuple(t.shape), t.storage_offset())
+        key = (t.untyped_storage().data_ptr(), tuple(t.shape), int(t.storage_offset()))
         if key in kept:
             aliases[name] = kept[key]
         else:
@@ -62,7 +62,7 @@ def _dedupe(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], 
 
 
 def save_state(files: ResumeFiles, model: Any, opt: torch.optim.Optimizer, gen: torch.Generator, step: int,
-               history: list[dict[str, float]], run_key: str) -> None:
+               history: list[dict[str, Any]], run_key: str) -> None:
     """Write the training state atomically (tensor file, then the JSON that vouches for it)."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     osd = opt.state_dict()
@@ -92,7 +92,7 @@ def refuse_legacy(files: ResumeFiles) -> None:
 
 
 def load_state(files: ResumeFiles, run_key: str, model: Any, opt: torch.optim.Optimizer,
-               gen: torch.Generator) -> tuple[int, list[dict[str, float]]] | None:
+               gen: torch.Generator) -> tuple[int, list[dict[str, Any]]] | None:
     """Restore the state into model, optimizer and generator; None when it belongs to another run."""
     try:
         meta = json.loads(files.meta.read_text())
