@@ -52,13 +52,13 @@ def token_row(tokens: Sequence[str], scores: Sequence[float], keys: set[int], sc
 def comparison_block(title: str, tokens: Sequence[str], base: Sequence[float | None], unlearned: Sequence[float | None],
                      keys: set[int]) -> str:
     """One probe: its prompt tokens coloured by contribution, base above unlearned (None: no score)."""
-    base = [math.nan if v is None else v for v in base]  # JSON stores a missing score as null
-    unlearned = [math.nan if v is None else v for v in unlearned]
-    vals = [abs(v) for v in list(base) + list(unlearned) if v == v]
+    b_vals = [math.nan if v is None else v for v in base]  # JSON stores a missing score as null
+    u_vals = [math.nan if v is None else v for v in unlearned]
+    vals = [abs(v) for v in b_vals + u_vals if v == v]
     scale = max(vals) if vals else 1.0
     return (f"<h4>{html.escape(title)}</h4><div class='pair'><div class='lbl'>base</div><div>"
-            f"{token_row(tokens, base, keys, scale)}</div><div class='lbl'>unlearned</div><div>"
-            f"{token_row(tokens, unlearned, keys, scale)}</div></div>")
+            f"{token_row(tokens, b_vals, keys, scale)}</div><div class='lbl'>unlearned</div><div>"
+            f"{token_row(tokens, u_vals, keys, scale)}</div></div>")
 
 
 def image(path: str | Path, caption: str = "") -> str:
