@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from unpact_mech.data import filter_known, load_benchmark
-from unpact_mech.demo import add_run_arguments, unlearn_stage
+from unpact_mech.demo import LazyBase, add_run_arguments, unlearn_stage
 from unpact_mech.models import load_model, read_provenance
 from unpact_mech.probes import tokenize_probes
 from unpact_mech.scoring import probe_table
@@ -32,7 +32,7 @@ def main() -> None:
     rows = []
     for m in a.methods.split(","):
         t0 = time.perf_counter()
-        ckpt = unlearn_stage(base, m, forget, retain, Path(a.out), a.steps, a.target, progress=False)
+        ckpt = unlearn_stage(LazyBase(base), m, forget, retain, Path(a.out), a.steps, a.target, progress=False)
         prov = read_provenance(ckpt)
         u = load_model(str(ckpt))
         uf, ur = probe_table(u, tf), probe_table(u, tr)

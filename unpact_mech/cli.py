@@ -149,7 +149,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
         return 0
     table = run_demo(_load(a, a.model) if a.dtype != "float32" or a.device else a.model, a.methods.split(","),
                      a.out, steps=a.steps, target=a.target, on_keytokens=show, keytoken_probes=kprobes,
-                     params=_params(a))
+                     params=_params(a), on_change=a.on_change)
     print("\nSummary (one row per unlearning method):")
     _print_df(table.round(3))
     return 0
@@ -378,8 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=12, help="number of built-in probes in the KeyToken table")
     s.add_argument("--methods", default="ga_gdr,ga_klr,npo_gdr,npo_klr,task_vector,rmu")
     s.add_argument("--out", default="unpact_out/demo", help="report directory (reruns resume from it)")
-    s.add_argument("--steps", type=int, default=8, help="max unlearning steps per method")
+    s.add_argument("--steps", type=int, default=None,
+                   help="max unlearning steps per method (default: 8, Task Vector 6; a value applies to all)")
     s.add_argument("--target", type=float, default=0.25, help="forget fact top-1 accuracy to unlearn down to")
+    s.add_argument("--on-change", default="recompute", choices=["recompute", "stop"],
+                   help="a cached stage made with other inputs: recompute it, or stop and say what changed")
     s.add_argument("--keytokens-only", action="store_true", help="only print the KeyToken table")
     _keytoken_args(s)
     _model_args(s)

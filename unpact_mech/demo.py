@@ -31,11 +31,20 @@ FACTORS = (1.0, 2.0, 4.0, 8.0)
 
 
 class LazyBase:
-    """The base model, loaded (and memoized) only when a stage needs it."""
+    """The base model, loaded (and memoized) only when a stage needs it, and its Analysis (built once)."""
 
     def __init__(self, model: Any) -> None:
         self.spec = model if isinstance(model, str) else None
         self._subject = None if isinstance(model, str) else model.memoize() if model.memo is None else model
+        self._analysis: Any = None
+
+    def analysis(self, probes: Sequence[Any], params: Any) -> Any:
+        """The base side on ``probes`` under ``params``: scores, leave-one-out and KeyTokens, computed once."""
+        from unpact_mech.analysis import Analysis
+
+        if self._analysis is None or self._analysis.params != params:
+            self._analysis = Analysis(self.get(), list(probes), params)
+        return self._analysis
 
     def get(self) -> Any:
         if self._subject is None:
@@ -68,19 +77,34 @@ def _rate_str(k: int, n: int) -> str:
     return f"{k}/{n}" if n else "n/a"
 
 
-def unlearn_stage(base: Any, method: str, forget: list, retain: list, out: Path, steps: int, target: float,
-                  progress: bool = True) -> Path:
-    """``OUT/checkpoints/METHOD``, trained with the demo's settings unless it exists already."""
+def method_settings(method: str, steps: int | None, target: float) -> dict[str, Any]:
+    """The demo's unlearning settings for a method: its tuned defaults, then the user's explicit ``steps``."""
+    s = {"steps": 8, "target_forget_acc": target, "check_every": 2, "checkpoint_every": 0, **SETTINGS.get(method, {})}
+    if steps is not None:  # explicit settings beat the demo's per-method defaults (Task Vector's 6 steps too)
+        s["steps"] = steps
+    return s
+
+
+def unlearn_stage(lazy: LazyBase, method: str, forget: list, retain: list, out: Path, steps: int | None,
+                  target: float, progress: bool = True, on_change: str = "recompute") -> Path:
+    """``OUT/checkpoints/METHOD``, trained with the demo's settings; reused while its stamp (model, data,
+    settings, seed) is unchanged."""
+    from unpact_mech.models import data_hash
+    from unpact_mech.pipeline import make_stamp, stage
     from unpact_mech.unlearning import unlearn
 
     ckpt = out / "checkpoints" / method
-    if not (ckpt / "unpact.json").exists():
+    settings = method_settings(method, steps, target)
+    stamp = make_stamp(model=lazy.key, method=method, settings=settings,
+                       forget=data_hash([_probe_key(p) for p in forget]), retain=data_hash([_probe_key(p) for p in retain]))
+
+    def train() -> Path:
         # no mid-run resume state for these short runs (saving it costs more than redoing them); the
         # finished checkpoint is the resume point of the demo
-        unlearn(base, method, forget, retain, ckpt, progress=progress, overwrite=True,
-                **{"steps": steps, "target_forget_acc": target, "check_every": 2, "checkpoint_every": 0,
-                   **SETTINGS.get(method, {})})
-    return ckpt
+        return unlearn(lazy.get(), method, forget, retain, ckpt, progress=progress, overwrite=True, **settings)
+
+    return stage(f"unlearn {method}", out / "checkpoints" / f"{method}.stamp.json", stamp,
+                 lambda: (ckpt / "unpact.json").exists(), lambda: ckpt, train, on_change)
 
 
 def add_run_arguments(ap: Any, out: str) -> None:
@@ -88,36 +112,64 @@ def add_run_arguments(ap: Any, out: str) -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--methods", default=",".join(PAPER_METHODS))
     ap.add_argument("--out", default=out, help="output directory (reruns reuse its checkpoints)")
-    ap.add_argument("--steps", type=int, default=8, help="max unlearning steps per method")
+    ap.add_argument("--steps", type=int, default=None, help="max unlearning steps per method (default: 8, Task "
+                    "Vector 6; an explicit value applies to every method)")
     ap.add_argument("--target", type=float, default=0.25, help="stop when forget fact top-1 accuracy <= target")
 
 
-def method_stage(lazy: LazyBase, method: str, data: dict[str, list], out: Path, steps: int, target: float,
-                 patch: bool) -> dict[str, Any]:
-    """Unlearn with one method (cached) and measure the three findings; results cached as JSON."""
+def method_stage(lazy: LazyBase, method: str, data: dict[str, list], out: Path, steps: int | None, target: float,
+                 patch: bool, params: Any = None, on_change: str = "recompute") -> dict[str, Any]:
+    """Unlearn with one method (cached) and measure the three findings under the KeyToken ``params``; results
+    cached as JSON and reused while their stamp (checkpoint stamp, data, params, patch) is unchanged."""
+    from dataclasses import asdict
+
+    from unpact_mech.keytokens import KeyTokenParams
+    from unpact_mech.models import data_hash
+    from unpact_mech.pipeline import make_stamp, stage
+
+    params = params or KeyTokenParams()
+    res_file = out / method / "result.json"
+    stamp = make_stamp(checkpoint=_checkpoint_stamp(lazy, method, data, steps, target), params=asdict(params),
+                       data={k: data_hash([_probe_key(p) for p in v]) for k, v in data.items()}, patch=patch)
+    return stage(f"findings {method}", out / method / "result.stamp.json", stamp, res_file.exists,
+                 lambda: json.loads(res_file.read_text()),
+                 lambda: _measure(lazy, method, data, out, steps, target, patch, params, on_change), on_change)
+
+
+def _checkpoint_stamp(lazy: LazyBase, method: str, data: dict[str, list], steps: int | None,
+                      target: float) -> dict[str, Any]:
+    from unpact_mech.models import data_hash
+    from unpact_mech.pipeline import make_stamp
+
+    return make_stamp(model=lazy.key, method=method, settings=method_settings(method, steps, target),
+                      forget=data_hash([_probe_key(p) for p in data["forget"]]),
+                      retain=data_hash([_probe_key(p) for p in data["retain"]]))
+
+
+def _measure(lazy: LazyBase, method: str, data: dict[str, list], out: Path, steps: int | None, target: float,
+             patch: bool, params: Any, on_change: str) -> dict[str, Any]:
+    """The body of :func:`method_stage`: unlearn (cached), then the three findings on the shared Analysis."""
     from unpact_mech.findings import destruction, function_word_penalisation, recovery
     from unpact_mech.metrics import accuracy
     from unpact_mech.models import load_model, read_provenance
-    from unpact_mech.probes import tokenize_probes
     from unpact_mech.scoring import probe_table
     from unpact_mech.tracking import compare, localise
 
     res_file = out / method / "result.json"
-    if res_file.exists():
-        return json.loads(res_file.read_text())
     base = lazy.get()
     forget, retain, general = data["forget"], data["retain"], data["general"]
-    ckpt = unlearn_stage(base, method, forget, retain, out, steps, target)
+    an = lazy.analysis(forget + retain + general, params)  # the base side, once for every method
+    ckpt = unlearn_stage(lazy, method, forget, retain, out, steps, target, on_change=on_change)
     t0 = time.perf_counter()
     prov = read_provenance(ckpt)
     unl = load_model(str(ckpt), dtype=base.dtype, device=str(base.device)).memoize()
-    f_tab = probe_table(unl, tokenize_probes(unl, forget))
-    cmp_f = compare(base, unl, forget)
-    sweep_df, rates = recovery(base, unl, forget, FACTORS)
-    _, drates = destruction(base, unl, retain + general)
-    cmp_r = compare(base, unl, retain)  # token-level finding 3 on the retain split (the demo's time budget)
+    f_tab = probe_table(unl, an.probes.select(forget))
+    cmp_f = compare(an, unl, forget)
+    sweep_df, rates = recovery(an, unl, forget, FACTORS)
+    _, drates = destruction(an, unl, retain + general)
+    cmp_r = compare(an, unl, retain)  # token-level finding 3 on the retain split (the demo's time budget)
     fw = function_word_penalisation(cmp_r)
-    loc = localise(base, unl, forget[:4] + retain[:2])
+    loc = localise(an, unl, forget[:4] + retain[:2])
     d = out / method
     write_table(cmp_f.per_probe, d / "keyword_focus.csv")
     write_table(sweep_df, d / "emphasis_sweep.csv")
@@ -131,7 +183,7 @@ def method_stage(lazy: LazyBase, method: str, data: dict[str, list], out: Path, 
         from unpact_mech.keytokens import select_keytokens
 
         tp = rb.tprobe
-        keys = {rb.positions[i] for i in select_keytokens(rb.contributions)}
+        keys = {rb.positions[i] for i in select_keytokens(rb.contributions, params)}
         b = [float("nan")] * tp.prompt_len
         u = [float("nan")] * tp.prompt_len
         for pos, cb, cu in zip(rb.positions, rb.contributions.tolist(), ru.contributions.tolist()):
@@ -143,7 +195,7 @@ def method_stage(lazy: LazyBase, method: str, data: dict[str, list], out: Path, 
     if patch:
         from unpact_mech.patching import patch_positions
 
-        tp = tokenize_probes(base, forget[:1])[0]
+        tp = an.probes.get(forget[0])
         # the residual stream every third layer (attn_out / mlp_out are one call away: unpact patch)
         pt = patch_positions(base, unl, tp, ["resid_pre"], list(range(0, base.cfg.n_layers, 3)))
         write_table(pt, d / "patch_positions.csv")
@@ -295,10 +347,11 @@ def keytoken_stage(lazy: LazyBase, out: Path, probes: Sequence[Any], params: Any
 
 
 def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS, out: str | Path = "unpact_out/demo",
-             steps: int = 8, target: float = 0.25, patch: bool = True, max_forget: int | None = None,
+             steps: int | None = None, target: float = 0.25, patch: bool = True, max_forget: int | None = None,
              probes: Sequence[Any] | None = None, known_only: bool = True,
              on_keytokens: Callable[[pd.DataFrame], None] | None = None,
-             keytoken_probes: Sequence[Any] | None = None, params: Any = None) -> pd.DataFrame:
+             keytoken_probes: Sequence[Any] | None = None, params: Any = None,
+             on_change: str = "recompute") -> pd.DataFrame:
     """Run (or resume) the demo; returns the summary table and writes ``OUT/report.html``.
 
     ``model`` is a model spec or a loaded Subject. ``on_keytokens`` receives the base model's KeyToken table
@@ -320,7 +373,7 @@ def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS
     for i, m in enumerate(methods):
         t = time.perf_counter()
         print(f"[unpact] method {i + 1}/{len(methods)}: {m}", flush=True)
-        rows.append(method_stage(lazy, m, data, out, steps, target, patch and i == 0))
+        rows.append(method_stage(lazy, m, data, out, steps, target, patch and i == 0, params, on_change))
         print(f"[unpact] {m} done in {time.perf_counter() - t:.0f} s", flush=True)
     table = summary_table(rows)
     write_table(table, out / "summary.csv")

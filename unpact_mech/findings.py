@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any
 
 import pandas as pd
 
-from unpact_mech.emphasis import ROUTES, keytoken_positions, prompt_sweep, sweep
+from unpact_mech.analysis import as_analysis
+from unpact_mech.emphasis import ROUTES, prompt_sweep, sweep
 from unpact_mech.keytokens import KeyTokenParams
 from unpact_mech.metrics import destructive_rate, recovery_rate
-from unpact_mech.probes import Probe, tokenize_probes
+from unpact_mech.probes import Probe
 from unpact_mech.scoring import probe_table
 from unpact_mech.tracking import check_same_tokenizer
 
@@ -18,7 +20,7 @@ from unpact_mech.tracking import check_same_tokenizer
 def recovery(
     base: Any,
     unlearned: Any,
-    probes: Sequence[Probe],
+    probes: Sequence[Probe] | None,
     factors: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
     routes: Sequence[str] = ROUTES,
     prompt_styles: Sequence[str] = ("repeat", "mark", "instruct"),
@@ -31,14 +33,15 @@ def recovery(
     Returns the per-probe sweep (route, factor, LP, fact top-1) and the recovery rate per route and factor
     (plus ``best`` = restored at any factor of that route) among probes the base answers and the unlearned
     model does not. The sweep runs on those eligible probes only (``eligible_only=False``: on all probes).
+    ``base``: an :class:`~unpact_mech.analysis.Analysis` (its KeyTokens and scores are reused) or a Subject.
     """
-    check_same_tokenizer(base, unlearned)
-    tps = tokenize_probes(base, probes, fmt)
-    b = probe_table(base, tps).set_index("probe_id")
+    an, tps = as_analysis(base, probes, params, fmt)
+    check_same_tokenizer(an.base, unlearned)
+    b = an.scores(tps)
     u = probe_table(unlearned, tps).set_index("probe_id")
     if eligible_only:
         tps = [tp for tp in tps if b.fact_top1[tp.probe.id] and not u.fact_top1[tp.probe.id]]
-    pos = keytoken_positions(base, tps, params)
+    pos = an.keytoken_positions(tps)
     sw = pd.concat([sweep(unlearned, tps, pos, factors, routes), prompt_sweep(unlearned, tps, pos, prompt_styles)],
                    ignore_index=True)
     if sw.empty:
@@ -60,13 +63,18 @@ def recovery(
     for route in [*routes, *(f"prompt:{st}" for st in prompt_styles)]:
         sel = sw[(sw.route == route) & (sw.factor.isna() | (sw.factor > 1))]
         rows.append({"route": route, "factor": "best", **rate(sel)})
-    return sw, pd.DataFrame(rows)
+    return an.annotate(sw), an.annotate(pd.DataFrame(rows))
 
 
-def destruction(base: Any, unlearned: Any, probes: Sequence[Probe], fmt: str = "auto") -> tuple[pd.DataFrame, dict]:
-    """Finding 3 (rate): per split, the share of probes the base answers that the unlearned model fails."""
-    tps = tokenize_probes(base, probes, fmt)
-    b, u = probe_table(base, tps), probe_table(unlearned, tps)
+def destruction(base: Any, unlearned: Any, probes: Sequence[Probe] | None = None,
+                fmt: str = "auto") -> tuple[pd.DataFrame, dict]:
+    """Finding 3 (rate): per split, the share of probes the base answers that the unlearned model fails.
+
+    ``base``: an :class:`~unpact_mech.analysis.Analysis` (its base scores are reused) or a Subject.
+    """
+    an, tps = as_analysis(base, probes, None, fmt)
+    check_same_tokenizer(an.base, unlearned)
+    b, u = an.scores(tps).reset_index(), probe_table(unlearned, tps)
     df = b[["probe_id", "split", "lp", "fact_top1"]].merge(
         u[["probe_id", "lp", "fact_top1"]], on="probe_id", suffixes=("_base", "_unlearned"))
     rates = {split: destructive_rate(list(g.fact_top1_base), list(g.fact_top1_unlearned))
@@ -83,10 +91,12 @@ FUNCTION_WORDS = frozenset(
 def function_word_penalisation(comparison: Any, params: KeyTokenParams | None = None) -> pd.DataFrame:
     """Finding 3 (mechanism): contribution change of function words vs base KeyTokens vs other tokens.
 
-    ``comparison`` is a :class:`~unpact_mech.tracking.Comparison` on retain/general probes.
+    ``comparison`` is a :class:`~unpact_mech.tracking.Comparison` on retain/general probes; its KeyToken
+    parameters are used unless ``params`` is given.
     """
     from unpact_mech.keytokens import select_keytokens
 
+    params = params or comparison.params
     rows = []
     for rb, ru in zip(comparison.base, comparison.unlearned):
         keys = set(select_keytokens(rb.contributions, params))
@@ -97,4 +107,7 @@ def function_word_penalisation(comparison: Any, params: KeyTokenParams | None = 
                          "base": float(rb.contributions[i]), "unlearned": float(ru.contributions[i])})
     df = pd.DataFrame(rows)
     df["change"] = df["unlearned"] - df["base"]
+    for k, v in asdict(params).items():
+        df[k] = v
+    df.attrs["keytoken_params"] = asdict(params)
     return df

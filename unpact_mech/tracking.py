@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
+from unpact_mech.analysis import Analysis, as_analysis
 from unpact_mech.attribution.dla import Target
-from unpact_mech.attribution.loo import LooResult, Variant, loo_contributions
+from unpact_mech.attribution.loo import LooResult, loo_contributions
 from unpact_mech.errors import UnpactError
 from unpact_mech.keytokens import KeyTokenParams, focus_share, select_keytokens
-from unpact_mech.probes import Probe, TokenizedProbe, tokenize_probes
+from unpact_mech.probes import Probe, TokenizedProbe
 
 
 class TokenizerMismatch(UnpactError):
@@ -33,25 +34,23 @@ def check_same_tokenizer(a: Any, b: Any) -> None:
 
 @dataclass
 class Comparison:
-    """Per-probe comparison table, the summary, and the raw leave-one-out results of both models."""
+    """Per-probe comparison table, the summary, the raw leave-one-out results of both models, and the
+    KeyToken parameters that selected the KeyTokens."""
 
     per_probe: pd.DataFrame
     summary: dict[str, float]
     base: list[LooResult]
     unlearned: list[LooResult]
-
-
-def _tokenized(subject: Any, probes: Sequence[Probe | TokenizedProbe], fmt: str) -> list[TokenizedProbe]:
-    """Probes tokenised for ``subject``, in their given order (tokenised ones kept as they are)."""
-    return [p if isinstance(p, TokenizedProbe) else tokenize_probes(subject, [p], fmt)[0] for p in probes]
+    params: KeyTokenParams = field(default_factory=KeyTokenParams)
 
 
 def _prepare(
-    base: Any, unlearned: Any, probes: Sequence[Probe | TokenizedProbe], params: KeyTokenParams | None, fmt: str
-) -> tuple[KeyTokenParams, list[TokenizedProbe]]:
-    """Shared prologue of comparisons: same tokenizer, default KeyToken params, probes tokenised by the base."""
-    check_same_tokenizer(base, unlearned)
-    return params or KeyTokenParams(), _tokenized(base, probes, fmt)
+    base: Any, unlearned: Any, probes: Sequence[Probe | TokenizedProbe] | None, params: KeyTokenParams | None, fmt: str
+) -> tuple[Analysis, list[TokenizedProbe]]:
+    """Shared prologue of comparisons: the base side (an Analysis, given or built) and the same tokenizer."""
+    an, tps = as_analysis(base, probes, params, fmt)
+    check_same_tokenizer(an.base, unlearned)
+    return an, tps
 
 
 def _jaccard(a: set[int], b: set[int]) -> float:
@@ -61,20 +60,23 @@ def _jaccard(a: set[int], b: set[int]) -> float:
 def compare(
     base: Any,
     unlearned: Any,
-    probes: Sequence[Probe | TokenizedProbe],
+    probes: Sequence[Probe | TokenizedProbe] | None = None,
     params: KeyTokenParams | None = None,
     fmt: str = "auto",
-    variant: Variant = "delete",
     progress: bool = False,
 ) -> Comparison:
-    """Compare leave-one-out contributions and KeyTokens of two models on the same probes."""
-    params, tps = _prepare(base, unlearned, probes, params, fmt)
-    rb = loo_contributions(base, tps, variant, progress=progress)
-    ru = loo_contributions(unlearned, tps, variant, progress=progress)
+    """Compare leave-one-out contributions and KeyTokens of two models on the same probes.
+
+    ``base`` is an :class:`~unpact_mech.analysis.Analysis` (its probes, parameters and leave-one-out variant
+    are used; ``probes`` may pick a subset) or a base Subject (an Analysis is built on ``probes``).
+    """
+    an, tps = _prepare(base, unlearned, probes, params, fmt)
+    params = an.params
+    rb = an.loo(tps, progress=progress)
+    ru = loo_contributions(unlearned, tps, an.variant, progress=progress)
     rows = []
-    for b, u in zip(rb, ru):
+    for b, u, kb in zip(rb, ru, an.keytokens(tps)):
         tp = b.tprobe
-        kb = select_keytokens(b.contributions, params)
         ku = select_keytokens(u.contributions, params)
         diff = (u.contributions - b.contributions)[kb]
         same = bool((b.contributions == u.contributions).all())
@@ -97,6 +99,7 @@ def compare(
     df = pd.DataFrame(rows)
     df["focus_change"] = df["focus_unlearned"] - df["focus_base"]
     df["lp_change"] = df["lp_unlearned"] - df["lp_base"]
+    an.annotate(df)
     summary = {
         "n_probes": float(len(df)),
         "mean_keytoken_jaccard": float(df["keytoken_jaccard"].mean()),
@@ -106,7 +109,7 @@ def compare(
         "mean_keytoken_contrib_change": float(df["keytoken_contrib_change"].mean()),
         "mean_lp_change": float(df["lp_change"].mean()),
     }
-    return Comparison(df, summary, rb, ru)
+    return Comparison(df, summary, rb, ru, params)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -134,7 +137,7 @@ def _head_frame(values: Any, split: str, name: str) -> pd.DataFrame:
 def localise(
     base: Any,
     unlearned: Any,
-    probes: Sequence[Probe | TokenizedProbe],
+    probes: Sequence[Probe | TokenizedProbe] | None = None,
     params: KeyTokenParams | None = None,
     fmt: str = "auto",
     target: Target = "logit",
@@ -146,13 +149,12 @@ def localise(
 
     from unpact_mech.attribution.dla import decompose, logit_lens
 
-    params, tps = _prepare(base, unlearned, probes, params, fmt)
-    loo = loo_contributions(base, tps)
+    an, tps = _prepare(base, unlearned, probes, params, fmt)
+    base = an.base
     head_acc: dict[str, list] = {}
     route_acc: dict[str, list] = {}
     ls_rows, lens = [], []
-    for tp, r in tqdm(list(zip(tps, loo)), desc="localise", disable=not progress):
-        keypos = [r.positions[i] for i in select_keytokens(r.contributions, params)]
+    for tp, keypos in tqdm(list(zip(tps, an.keytoken_positions(tps))), desc="localise", disable=not progress):
         db = decompose(base, tp, target)
         du = decompose(unlearned, tp, target)
         split = tp.probe.split
@@ -182,8 +184,10 @@ def localise(
     route_df["lost"] = route_df["base"] - route_df["unlearned"]
     route_df = route_df.sort_values(["split", "lost"], ascending=[True, False]).reset_index(drop=True)
     route_df["rank"] = route_df.groupby("split").cumcount() + 1
+    an.annotate(route_df)
     ls_df = pd.DataFrame(ls_rows)
     ls_df["change"] = ls_df["unlearned"] - ls_df["base"]
+    an.annotate(ls_df)
     return Localisation(heads_df, ls_df, route_df, pd.concat(lens, ignore_index=True),
                         describe_route(route_df, top_k))
 

@@ -1,0 +1,140 @@
+"""The base side of every comparison, computed once, with the parameters that produced it.
+
+``ProbeSet``: probes tokenised once for one tokenizer and format. ``Analysis(base, probeset, params)``: the base
+model's teacher-forced scores (LP, fact top-1), leave-one-out contributions C(x_i, y) = LP(x, y) - LP(x without
+x_i, y) and KeyTokens (eq. 3-4 under ``params``), each computed at most once per probe and reused by every
+finding (compare, recovery, destruction, localisation, function-word penalisation). Every table a finding
+derives from it carries the KeyToken parameters as columns (``alpha``, ``beta``, ``max_keytokens``) and in
+``DataFrame.attrs``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import pandas as pd
+
+from unpact_mech.attribution.loo import LooResult, Variant, loo_contributions
+from unpact_mech.errors import UnpactError
+from unpact_mech.keytokens import KeyTokenParams, select_keytokens
+from unpact_mech.probes import Format, Probe, TokenizedProbe, check_unique_ids, tokenize_probes
+
+
+class ProbeSet:
+    """Probes and their tokenisation for one tokenizer and format (built once, passed everywhere)."""
+
+    def __init__(self, tprobes: Iterable[TokenizedProbe], fingerprint: str, fmt: str) -> None:
+        self.tprobes = list(tprobes)
+        check_unique_ids([tp.probe for tp in self.tprobes], "the probe set")
+        self.fingerprint, self.fmt = fingerprint, fmt
+        self._by_id = {tp.probe.id: tp for tp in self.tprobes}
+
+    @classmethod
+    def build(cls, subject: Any, probes: Sequence[Probe | TokenizedProbe], fmt: Format = "auto") -> ProbeSet:
+        raw = [p for p in probes if isinstance(p, Probe)]
+        tok = iter(tokenize_probes(subject, raw, fmt))
+        tps = [p if isinstance(p, TokenizedProbe) else next(tok) for p in probes]
+        return cls(tps, subject.tokenizer_fingerprint(), fmt)
+
+    def __len__(self) -> int:
+        return len(self.tprobes)
+
+    def __iter__(self) -> Any:
+        return iter(self.tprobes)
+
+    @property
+    def ids(self) -> list[str]:
+        return [tp.probe.id for tp in self.tprobes]
+
+    def get(self, probe: Probe | TokenizedProbe | str) -> TokenizedProbe:
+        pid = probe if isinstance(probe, str) else (probe.probe.id if isinstance(probe, TokenizedProbe) else probe.id)
+        if pid not in self._by_id:
+            raise UnpactError(f"probe '{pid}' is not in this probe set")
+        tp = self._by_id[pid]
+        if isinstance(probe, Probe) and probe != tp.probe:
+            raise UnpactError(f"probe '{pid}' differs from the probe of that id in this probe set")
+        return tp
+
+    def select(self, probes: Sequence[Probe | TokenizedProbe | str] | None = None) -> list[TokenizedProbe]:
+        """The tokenised probes for ``probes`` (all when None), in the order given."""
+        return list(self.tprobes) if probes is None else [self.get(p) for p in probes]
+
+
+class Analysis:
+    """The base model's scores, leave-one-out contributions and KeyTokens on a probe set, each computed once."""
+
+    def __init__(self, base: Any, probes: ProbeSet | Sequence[Probe | TokenizedProbe],
+                 params: KeyTokenParams | None = None, fmt: Format = "auto", variant: Variant = "delete") -> None:
+        self.base = base
+        self.probes = probes if isinstance(probes, ProbeSet) else ProbeSet.build(base, probes, fmt)
+        if self.probes.fingerprint != base.tokenizer_fingerprint():
+            raise UnpactError("the probe set was tokenised with another tokenizer than the base model's")
+        self.params = params or KeyTokenParams()
+        self.variant = variant
+        self._loo: dict[str, LooResult] = {}
+        self._scores: pd.DataFrame | None = None
+
+    @property
+    def param_dict(self) -> dict[str, Any]:
+        return {**asdict(self.params), "variant": self.variant}
+
+    def add(self, probes: Sequence[Probe | TokenizedProbe]) -> list[TokenizedProbe]:
+        """The tokenised probes, tokenising (once) any probe the set does not hold yet."""
+        new = [p for p in probes if (p.probe.id if isinstance(p, TokenizedProbe) else p.id) not in self.probes.ids]
+        if new:
+            extra = ProbeSet.build(self.base, new, self.probes.fmt)
+            self.probes = ProbeSet([*self.probes.tprobes, *extra.tprobes], self.probes.fingerprint, self.probes.fmt)
+        return self.probes.select(list(probes))
+
+    def loo(self, tprobes: Sequence[TokenizedProbe] | None = None, progress: bool = False) -> list[LooResult]:
+        """Leave-one-out of the base model (computed once per probe, in one batched call for the missing ones)."""
+        tps = self.probes.select(tprobes)
+        todo = [tp for tp in tps if tp.probe.id not in self._loo]
+        if todo:
+            for r in loo_contributions(self.base, todo, self.variant, progress=progress):
+                self._loo[r.tprobe.probe.id] = r
+        return [self._loo[tp.probe.id] for tp in tps]
+
+    def keytokens(self, tprobes: Sequence[TokenizedProbe] | None = None) -> list[list[int]]:
+        """Per probe, the KeyTokens' indices into its leave-one-out contributions (largest first)."""
+        return [select_keytokens(r.contributions, self.params) for r in self.loo(tprobes)]
+
+    def keytoken_positions(self, tprobes: Sequence[TokenizedProbe] | None = None) -> list[list[int]]:
+        """Per probe, the KeyTokens' positions in its token ids."""
+        return [[r.positions[i] for i in keys] for r, keys in zip(self.loo(tprobes), self.keytokens(tprobes))]
+
+    def scores(self, tprobes: Sequence[TokenizedProbe] | None = None) -> pd.DataFrame:
+        """The base model's LP, fact top-1 and answer top-1 per probe (indexed by probe id)."""
+        from unpact_mech.scoring import probe_table
+
+        tps = self.probes.select(tprobes)
+        have = set() if self._scores is None else set(self._scores.index)
+        todo = [tp for tp in tps if tp.probe.id not in have]
+        if todo:
+            new = probe_table(self.base, todo).set_index("probe_id")
+            self._scores = new if self._scores is None else pd.concat([self._scores, new])
+        assert self._scores is not None
+        return self._scores.loc[[tp.probe.id for tp in tps]]
+
+    def annotate(self, df: pd.DataFrame) -> pd.DataFrame:
+        """``df`` with the KeyToken parameters as columns and in ``attrs`` (they travel with the table)."""
+        for k, v in asdict(self.params).items():
+            df[k] = v
+        df.attrs["keytoken_params"] = self.param_dict
+        return df
+
+
+def as_analysis(base: Any, probes: Sequence[Probe | TokenizedProbe] | None, params: KeyTokenParams | None,
+                fmt: Format = "auto") -> tuple[Analysis, list[TokenizedProbe]]:
+    """An Analysis (given, or built on ``base``) and the tokenised ``probes`` (its whole set when None)."""
+    if isinstance(base, Analysis):
+        if params is not None and params != base.params:
+            raise UnpactError(f"KeyToken parameters {params} differ from the analysis's {base.params}; build another "
+                              "Analysis for other parameters")
+        return base, (base.add(probes) if probes is not None else base.probes.select())
+    if probes is None:
+        raise UnpactError("give probes (or an Analysis that holds them)")
+    an = Analysis(base, probes, params, fmt)
+    return an, an.probes.select()
