@@ -61,7 +61,7 @@ def run(model: str = "gemma3-270m", method: str = "npo_gdr", out: str = "unpact_
     cmp_f = compare(base, unl, data["forget"], fmt=fmt)
     res["finding1"] = {k: round(v, 3) for k, v in cmp_f.summary.items()}
     _, rates = recovery(base, unl, data["forget"], fmt=fmt)
-    best = rates[rates.factor.astype(str) == "best"]
+    best = rates[rates.scope == "best"]
     res["finding2_recovery"] = {r.route: f"{r.k}/{r.n}" for r in best.itertuples()}
     _, drates = destruction(base, unl, data["retain"] + data["general"], fmt=fmt)
     res["finding3_destructive"] = {k: str(v) for k, v in drates.items()}

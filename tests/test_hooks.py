@@ -188,7 +188,7 @@ def test_recovery_rates_equal_naive_emphasis_loop(tiny_llama, tiny_probes, tmp_p
     factors = (1.0, 4.0, 16.0)
     sw, rates = recovery(taught, unl, forget, factors, prompt_styles=("repeat",), fmt="plain")
     _, rates_all = recovery(taught, unl, forget, factors, prompt_styles=("repeat",), fmt="plain", eligible_only=False)
-    pd_cols = ["route", "factor", "k", "n"]
+    pd_cols = ["route", "scope", "factor", "k", "n"]
     assert rates[pd_cols].astype(str).equals(rates_all[pd_cols].astype(str))
     tps = tokenize_probes(taught, forget, "plain")
     b, u = probe_table(taught, tps), probe_table(unl, tps)
@@ -200,5 +200,5 @@ def test_recovery_rates_equal_naive_emphasis_loop(tiny_llama, tiny_probes, tmp_p
     for route in ("embed", "attention"):
         hits = [any(emphasize(unl, tp, f, positions=p, route=route).fact_top1 for f in factors if f > 1) if p else False
                 for tp, p in zip(eligible, pos)]
-        best = rates[(rates.route == route) & (rates.factor.astype(str) == "best")].iloc[0]
+        best = rates[(rates.route == route) & (rates.scope == "best")].iloc[0]
         assert (best.k, best.n) == (sum(hits), len(eligible))

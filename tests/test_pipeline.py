@@ -149,3 +149,27 @@ def test_analysis_computes_the_base_side_once(tiny_llama, tiny_probes, monkeypat
     with pytest.raises(ValueError, match="differ from the analysis"):
         compare(an, tiny_llama, params=KeyTokenParams(alpha=0.5))
     assert asdict(an.params)["alpha"] == 0.2
+
+
+def test_rates_survive_a_write_read_round_trip_as_numbers(tmp_path):
+    from unpact_mech.demo import format_rates, rate_columns, summary_table
+    from unpact_mech.io import atomic_write_json, read_table, write_table
+    from unpact_mech.metrics import destructive_rate, wilson
+
+    row = {"method": "m", "steps": 2, **rate_columns("recovery_embed", wilson(3, 7)),
+           **rate_columns("destructive_retain", destructive_rate([True, True], [True, False])),
+           **rate_columns("recovery_attention", wilson(0, 0))}
+    atomic_write_json(tmp_path / "r.json", row)
+    for t in (summary_table([json.loads((tmp_path / "r.json").read_text())]),
+              read_table(write_table(summary_table([row]), tmp_path / "s.csv")),
+              read_table(write_table(summary_table([row]), tmp_path / "s.parquet"))):
+        assert t.recovery_embed_k.iloc[0] == 3 and t.recovery_embed_n.iloc[0] == 7
+        assert t.recovery_embed.iloc[0] == pytest.approx(3 / 7)
+        assert t.recovery_embed_low.iloc[0] == pytest.approx(wilson(3, 7).low)
+        assert t.destructive_retain.iloc[0] == pytest.approx(0.5) and t.destructive_retain_n.iloc[0] == 2
+        for c in ("recovery_embed", "recovery_embed_k", "recovery_embed_low", "destructive_retain", "recovery_attention"):
+            assert pd.api.types.is_numeric_dtype(t[c]), c
+        assert pd.isna(t.recovery_attention.iloc[0])  # no eligible probe: NaN, not a string
+    shown = format_rates(summary_table([row]))
+    assert shown.recovery_embed.iloc[0] == f"0.43 (3/7, {wilson(3, 7).low:.2f}-{wilson(3, 7).high:.2f})"
+    assert shown.recovery_attention.iloc[0] == "n/a" and "recovery_embed_k" not in shown

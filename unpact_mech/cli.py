@@ -151,7 +151,9 @@ def cmd_demo(a: argparse.Namespace) -> int:
                      a.out, steps=a.steps, target=a.target, on_keytokens=show, keytoken_probes=kprobes,
                      params=_params(a), on_change=a.on_change)
     print("\nSummary (one row per unlearning method):")
-    _print_df(table.round(3))
+    from unpact_mech.demo import format_rates
+
+    _print_df(format_rates(table.round(3)))
     return 0
 
 
@@ -372,17 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
     _keytoken_args(s)
     _model_args(s)
 
+    from unpact_mech.demo import add_run_arguments
+
     s = sub.add_parser("demo", help="the main job on the embedded default model")
-    s.add_argument("--model", default="smollm2-135m")
+    add_run_arguments(s, "unpact_out/demo")
     s.add_argument("--split", default=None)
     s.add_argument("--n", type=int, default=12, help="number of built-in probes in the KeyToken table")
-    s.add_argument("--methods", default="ga_gdr,ga_klr,npo_gdr,npo_klr,task_vector,rmu")
-    s.add_argument("--out", default="unpact_out/demo", help="report directory (reruns resume from it)")
-    s.add_argument("--steps", type=int, default=None,
-                   help="max unlearning steps per method (default: 8, Task Vector 6; a value applies to all)")
-    s.add_argument("--target", type=float, default=0.25, help="forget fact top-1 accuracy to unlearn down to")
-    s.add_argument("--on-change", default="recompute", choices=["recompute", "stop"],
-                   help="a cached stage made with other inputs: recompute it, or stop and say what changed")
     s.add_argument("--keytokens-only", action="store_true", help="only print the KeyToken table")
     _keytoken_args(s)
     _model_args(s)

@@ -73,8 +73,26 @@ def _known(subject: Any, probes: Sequence[Any]) -> list[Any]:
     return filter_known(subject, list(probes))[0]
 
 
-def _rate_str(k: int, n: int) -> str:
-    return f"{k}/{n}" if n else "n/a"
+def rate_columns(name: str, rate: Any) -> dict[str, Any]:
+    """A rate as numeric columns: ``name`` (the rate), ``name_k``, ``name_n``, ``name_low``, ``name_high``."""
+    d = rate if isinstance(rate, dict) else rate.to_dict()
+    return {name: float(d["rate"]), **{f"{name}_{k}": (int(d[k]) if k in ("k", "n") else float(d[k]))
+                                       for k in ("k", "n", "low", "high")}}
+
+
+def format_rates(table: pd.DataFrame) -> pd.DataFrame:
+    """For display only: each rate column as 'rate (k/n, low-high)', its count and interval columns dropped."""
+    out = table.copy()
+    for name in [c for c in table.columns if f"{c}_n" in table.columns]:
+        def fmt(r: Any, name: str = name) -> str:
+            n = r[f"{name}_n"]
+            if not n or n != n:
+                return "n/a"
+            return f"{r[name]:.2f} ({int(r[f'{name}_k'])}/{int(n)}, {r[f'{name}_low']:.2f}-{r[f'{name}_high']:.2f})"
+
+        out[name] = table.apply(fmt, axis=1)
+        out = out.drop(columns=[f"{name}_{k}" for k in ("k", "n", "low", "high")])
+    return out
 
 
 def method_settings(method: str, steps: int | None, target: float) -> dict[str, Any]:
@@ -115,6 +133,8 @@ def add_run_arguments(ap: Any, out: str) -> None:
     ap.add_argument("--steps", type=int, default=None, help="max unlearning steps per method (default: 8, Task "
                     "Vector 6; an explicit value applies to every method)")
     ap.add_argument("--target", type=float, default=0.25, help="stop when forget fact top-1 accuracy <= target")
+    ap.add_argument("--on-change", default="recompute", choices=["recompute", "stop"],
+                    help="a cached stage made with other inputs: recompute it, or stop and say what changed")
 
 
 def method_stage(lazy: LazyBase, method: str, data: dict[str, list], out: Path, steps: int | None, target: float,
@@ -199,7 +219,7 @@ def _measure(lazy: LazyBase, method: str, data: dict[str, list], out: Path, step
         # the residual stream every third layer (attn_out / mlp_out are one call away: unpact patch)
         pt = patch_positions(base, unl, tp, ["resid_pre"], list(range(0, base.cfg.n_layers, 3)))
         write_table(pt, d / "patch_positions.csv")
-    best = rates[rates.factor.astype(str) == "best"].set_index("route")
+    best = rates[rates.scope == "best"].set_index("route")
     fw_mean = fw.groupby("kind")["change"].mean().to_dict()
     row = {
         "method": method,
@@ -213,9 +233,9 @@ def _measure(lazy: LazyBase, method: str, data: dict[str, list], out: Path, step
         "focus_before": cmp_f.summary["mean_focus_base"],
         "focus_after": cmp_f.summary["mean_focus_unlearned"],
         "keytoken_jaccard": cmp_f.summary["mean_keytoken_jaccard"],
-        **{f"recovery_{r}": _rate_str(int(best.loc[r].k), int(best.loc[r].n)) for r in best.index},
-        "destructive_retain": str(drates.get("retain", "n/a")),
-        "destructive_general": str(drates.get("general", "n/a")),
+        **{k: v for r in best.index for k, v in rate_columns(f"recovery_{r}", best.loc[r]).items()},
+        **{k: v for s in ("retain", "general") if s in drates
+           for k, v in rate_columns(f"destructive_{s}", drates[s]).items()},
         "fw_change": fw_mean.get("function word", float("nan")),
         "keytoken_change": fw_mean.get("KeyToken", float("nan")),
         "route_summary": loc.summary,
@@ -238,7 +258,7 @@ def build_report(out: Path, rows: list[dict[str, Any]], data: dict[str, list], m
     )
     from unpact_mech.report.html import comparison_block, image, write_report
 
-    summary = summary_table(rows)
+    summary = format_rates(summary_table(rows).round(3))
     sections: list[tuple[str, Any]] = [
         ("Summary", f"<p>Base model <b>{model}</b>; {len(data['forget'])} forget, {len(data['retain'])} retain and "
                     f"{len(data['general'])} general facts the base model answers (fact span top-1). Every method "
@@ -252,7 +272,7 @@ def build_report(out: Path, rows: list[dict[str, Any]], data: dict[str, list], m
     for r in rows:
         m = r["method"]
         rates = read_table(out / m / "recovery_rates.csv")
-        rates = rates[rates.factor.astype(str) != "best"].copy()
+        rates = rates[rates.scope != "best"].copy()
         num = rates[~rates.route.str.startswith("prompt")].copy()
         num["factor"] = num.factor.astype(float)
         rec_frames.append(num.assign(method=m))
@@ -298,7 +318,8 @@ SUMMARY_COLUMNS = ["method", "steps", "forget_acc", "forget_lp_before", "forget_
 def summary_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     # results read back from JSON hold null where a fresh run holds NaN (JSON has no NaN)
     df = pd.DataFrame(rows).replace({None: float("nan")}).infer_objects()
-    return df[[c for c in SUMMARY_COLUMNS if c in df.columns]]
+    cols = [x for c in SUMMARY_COLUMNS for x in (c, *(f"{c}_{k}" for k in ("k", "n", "low", "high")))]
+    return df[[c for c in cols if c in df.columns]]
 
 
 def _probe_key(p: Any) -> list[Any]:

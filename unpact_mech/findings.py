@@ -31,7 +31,8 @@ def recovery(
     """Finding 2: emphasis on the base model's KeyTokens, weights unchanged.
 
     Returns the per-probe sweep (route, factor, LP, fact top-1) and the recovery rate per route and factor
-    (plus ``best`` = restored at any factor of that route) among probes the base answers and the unlearned
+    (``scope="factor"``) plus ``scope="best"`` = restored at any factor > 1 of that route (factor NaN);
+    rates are numbers: k, n, rate, low, high among probes the base answers and the unlearned
     model does not. The sweep runs on those eligible probes only (``eligible_only=False``: on all probes).
     ``base``: an :class:`~unpact_mech.analysis.Analysis` (its KeyTokens and scores are reused) or a Subject.
     """
@@ -59,10 +60,10 @@ def recovery(
     rows = []
     for route, factor in combos:
         sel = sw[(sw.route == route) & ((sw.factor == factor) if factor == factor else sw.factor.isna())]
-        rows.append({"route": route, "factor": factor, **rate(sel)})
-    for route in [*routes, *(f"prompt:{st}" for st in prompt_styles)]:
+        rows.append({"route": route, "scope": "factor", "factor": factor, **rate(sel)})
+    for route in [*routes, *(f"prompt:{st}" for st in prompt_styles)]:  # restored at any factor > 1
         sel = sw[(sw.route == route) & (sw.factor.isna() | (sw.factor > 1))]
-        rows.append({"route": route, "factor": "best", **rate(sel)})
+        rows.append({"route": route, "scope": "best", "factor": float("nan"), **rate(sel)})
     return an.annotate(sw), an.annotate(pd.DataFrame(rows))
 
 
