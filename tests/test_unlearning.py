@@ -237,7 +237,7 @@ def test_reference_model_only_for_methods_that_need_one(tiny_llama, tiny_probes,
             copies.append(type(x).__name__)
         return real(x, *a)
 
-    monkeypatch.setattr(U.copy, "deepcopy", counting)
+    monkeypatch.setattr(U.trainer.copy, "deepcopy", counting)
     seen = {}
     real_npo = U.L.npo
 

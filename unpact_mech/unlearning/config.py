@@ -1,0 +1,36 @@
+"""Settings shared by every unlearning method, and the error type of unlearning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from unpact_mech.errors import UnpactError
+
+
+class UnlearningError(UnpactError):
+    """Training refused or stopped (bad settings, non-finite loss or weights, bad data)."""
+
+
+@dataclass
+class UnlearnConfig:
+    """Hyperparameters of every method; unused ones are ignored (and still recorded)."""
+
+    lr: float = 1e-5
+    steps: int = 10
+    batch_size: int = 4
+    grad_clip: float = 1.0
+    seed: int = 0
+    gamma: float = 1.0  # forget-term weight
+    alpha: float = 1.0  # retain-term weight
+    beta: float = 0.1  # NPO / DPO temperature
+    delta: float = 0.0  # SimNPO margin
+    tv_scale: float = 1.0  # Task Vector: theta - a * (theta_ft - theta)
+    rmu_layer: int = 7
+    rmu_coeff: float | None = None  # |c*u|; None: rmu_coeff_scale x mean norm of the forget tokens at the layer
+    rmu_coeff_scale: float = 4.0
+    rmu_alpha: float = 100.0
+    rmu_param_layers: tuple[int, ...] | None = None  # default: rmu_layer-2 .. rmu_layer
+    target_forget_acc: float | None = None  # calibration: stop once forget fact top-1 <= this
+    check_every: int = 1
+    checkpoint_every: int = 5
+    fmt: str = "auto"

@@ -1,0 +1,61 @@
+"""Unlearning data: probes (QA: loss on the answer tokens) or raw text (loss on all tokens) -> padded batches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from unpact_mech.probes import Probe, tokenize_probe
+from unpact_mech.unlearning.config import UnlearningError
+from unpact_mech.unlearning.losses import Batch
+
+REFUSALS = ("I don't know.", "I'm not sure about that.", "I cannot answer that.", "I have no idea.")
+
+
+@dataclass
+class Example:
+    ids: list[int]
+    labels: list[int]
+    fact_positions: tuple[int, ...] = ()
+    # positions that belong to this example's content (QA: question + answer, not the shared chat template;
+    # raw text: all but the first token); RMU's forget term acts only here
+    content: tuple[int, ...] = ()
+
+
+def qa_example(tokenizer: Any, probe: Probe, fmt: str = "auto", answer: str | None = None) -> Example:
+    p = probe if answer is None else replace(probe, answer=answer, fact=None)
+    tp = tokenize_probe(tokenizer, p, fmt)
+    labels = [-100] * tp.prompt_len + list(tp.answer_ids)
+    content = tuple(tp.attributable) + tuple(range(tp.prompt_len, len(tp.ids)))
+    return Example(list(tp.ids), labels, tp.fact_positions, content)
+
+
+def text_example(tokenizer: Any, text: str, max_len: int = 256) -> Example:
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"][:max_len]
+    if len(ids) < 2:
+        raise UnlearningError(f"raw text too short to train on: {text[:40]!r}")
+    return Example(ids, list(ids), (), tuple(range(1, len(ids))))
+
+
+def to_examples(tokenizer: Any, data: Sequence[Probe | str], fmt: str = "auto") -> list[Example]:
+    if not data:
+        raise UnlearningError("empty data set")
+    return [qa_example(tokenizer, d, fmt) if isinstance(d, Probe) else text_example(tokenizer, d) for d in data]
+
+
+def collate(examples: Sequence[Example], pad_id: int, device: Any = None) -> Batch:
+    width = max(len(e.ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    content = torch.zeros((len(examples), width), dtype=torch.long)
+    for r, e in enumerate(examples):
+        ids[r, : len(e.ids)] = torch.tensor(e.ids)
+        labels[r, : len(e.ids)] = torch.tensor(e.labels)
+        mask[r, : len(e.ids)] = 1
+        content[r, list(e.content)] = 1
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "content_mask": content}
+    return batch if device is None else {k: v.to(device) for k, v in batch.items()}

@@ -1,0 +1,225 @@
+"""The one Trainer: seeded AdamW with clipping, NaN guards, calibration to a forget target, resumable, atomic
+checkpoints with an ``unpact.json`` stamp.
+
+``unlearn(subject, "npo_gdr", forget, retain, out_dir)`` trains a fresh copy of the subject's HF model and
+writes an HF checkpoint with ``unpact.json`` provenance. Methods: ga, ga_gdr, ga_klr, npo, npo_gdr, npo_klr,
+simnpo, idk_dpo, task_vector, rmu (each one class with a ``loss``; see ``METHODS``).
+
+Defaults (scaled from MUSE / open-unlearning to a 135M model on CPU): AdamW lr 1e-5, 10 steps, batch 4,
+gradient clipping 1.0, gamma (forget weight) 1, alpha (retain weight) 1, NPO beta 0.1, SimNPO beta 2.5 and
+delta 0, IdkDPO beta 0.1, Task Vector: fine-tune at lr 1e-4 then subtract with a = 1, RMU: layer 7
+(of 30; MLP down-projections of layers 5-7 train), retain alpha 100, lr 1e-2, and a steering coefficient
+c = 4 x the mean norm of the forget tokens' activations at that layer (SmolLM2: 4 x 129 = 516). RMU's paper
+constant (c = 6.5 on Zephyr-7B) assumes small activations; with c = 20 against SmolLM2's norms of ~145 the
+forget term shrank activations instead of scrambling them and nothing was forgotten. RMU's forget term acts on
+each forget example's own tokens (question and answer), not on the chat template it shares with every retain
+example, where the two terms would cancel.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from unpact_mech.backends import KV_PREFIX
+from unpact_mech.backends.kernel import AnswerIndex, answer_logprobs, per_sequence
+from unpact_mech.errors import UnknownNameError
+from unpact_mech.io import check_output
+from unpact_mech.models import data_hash, save_checkpoint
+from unpact_mech.probes import Probe
+from unpact_mech.unlearning.config import UnlearnConfig, UnlearningError
+from unpact_mech.unlearning.data import Example, collate, to_examples
+from unpact_mech.unlearning.methods import METHODS, Method, State
+from unpact_mech.unlearning.resume import ResumeError, ResumeFiles, load_state, refuse_legacy, save_state
+
+
+def _reference(m: Method, model: Any, subject: Any) -> Any:
+    """The frozen starting model a method compares against, made only when the method needs one."""
+    if m.reference == "none":
+        return None
+    if m.reference == "outputs" and subject.has(KV_PREFIX):
+        return subject.backend.kv().model  # the subject's own frozen weights (same function, no copy)
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+@torch.no_grad()
+def fact_accuracy(model: Any, examples: Sequence[Example], pad_id: int) -> float:
+    """Share of QA examples whose fact tokens are all top-1 under teacher forcing (raw text: NaN)."""
+    qa = [e for e in examples if e.fact_positions]
+    if not qa:
+        return math.nan
+    dev = next(model.parameters()).device
+    batch = collate(qa, pad_id, dev)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    pairs = [(r, p) for r, e in enumerate(qa) for p in e.fact_positions]
+    idx = AnswerIndex(*(torch.tensor(x, device=dev) for x in (
+        [r for r, _ in pairs], [p - 1 for _, p in pairs], [qa[r].ids[p] for r, p in pairs], [r for r, _ in pairs])))
+    _, top1 = answer_logprobs(idx.gather(logits), idx.targets)
+    wrong = per_sequence((~top1).double(), idx.owner, len(qa))
+    return float((wrong == 0).double().mean())
+
+
+def resolve_config(method: str, has_retain: bool, config: UnlearnConfig | None = None,
+                   **overrides: Any) -> tuple[Method, UnlearnConfig]:
+    """The method and its settings (defaults < explicit ``config`` fields < ``overrides``), validated; cheap, so
+    callers check them before loading any model."""
+    if method not in METHODS:
+        raise UnknownNameError(f"unknown unlearning method '{method}'; available: {sorted(METHODS)}")
+    m = METHODS[method]()
+    default = UnlearnConfig()
+    unknown = [k for k in overrides if not hasattr(default, k)]
+    if unknown:
+        raise UnlearningError(f"unknown unlearning setting(s) {unknown}; see UnlearnConfig")
+    explicit = {} if config is None else {k: v for k, v in asdict(config).items() if v != getattr(default, k)}
+    cfg = replace(default, **{**m.defaults, **explicit, **overrides})
+    checks = [
+        (math.isfinite(cfg.lr) and cfg.lr > 0, f"lr must be finite and > 0, got {cfg.lr}"),
+        (isinstance(cfg.steps, int) and cfg.steps >= 1, f"steps must be an integer >= 1, got {cfg.steps}"),
+        (cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}"),
+        (math.isfinite(cfg.grad_clip) and cfg.grad_clip > 0, f"grad_clip must be finite and > 0, got {cfg.grad_clip}"),
+        (cfg.check_every >= 1, f"check_every must be >= 1, got {cfg.check_every}"),
+        (cfg.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}"),
+        (cfg.target_forget_acc is None or 0 <= cfg.target_forget_acc <= 1,
+         f"target_forget_acc must be in [0, 1], got {cfg.target_forget_acc}"),
+        (all(math.isfinite(v) for v in (cfg.gamma, cfg.alpha, cfg.beta, cfg.delta, cfg.tv_scale)),
+         "gamma, alpha, beta, delta and tv_scale must be finite"),
+        (cfg.beta > 0, f"beta must be > 0, got {cfg.beta}"),
+        (has_retain or not m.needs_retain, f"method '{method}' needs retain data (--retain)"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise UnlearningError(f"{method}: {msg}")
+    return m, cfg
+
+
+def unlearn(
+    subject: Any,
+    method: str,
+    forget: Sequence[Probe | str],
+    retain: Sequence[Probe | str],
+    out_dir: str | Path,
+    config: UnlearnConfig | None = None,
+    progress: bool = True,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    **overrides: Any,
+) -> Path:
+    """Unlearn ``forget`` (keeping ``retain``) from a fresh copy of the subject's model; returns the checkpoint.
+
+    Settings: the method's defaults, then every field of ``config`` that differs from ``UnlearnConfig()``, then
+    ``overrides`` (explicit settings always beat defaults). An existing ``out_dir`` is replaced only with
+    ``overwrite=True``. Training stops with an error if a weight becomes NaN or infinite.
+    """
+    overwrite = bool(overrides.pop("overwrite", False))
+    m, cfg = resolve_config(method, bool(retain), config, **overrides)
+    check_output(out_dir, kind="dir", overwrite=overwrite)
+    tok = subject.tokenizer
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    f_ex = to_examples(tok, forget, cfg.fmt)
+    r_ex = to_examples(tok, retain, cfg.fmt) if retain else []
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    resume = ResumeFiles.beside(out)
+    try:
+        refuse_legacy(resume)
+    except ResumeError as err:
+        raise UnlearningError(str(err)) from err
+    prov = {
+        "base_model": subject.provenance.get("base_model") or subject.name,
+        "base_source": subject.source,
+        "method": method,
+        "hyperparameters": asdict(cfg),
+        "forget_hash": data_hash([e.ids for e in f_ex]),
+        "retain_hash": data_hash([e.ids for e in r_ex]),
+        "n_forget": len(f_ex),
+        "n_retain": len(r_ex),
+    }
+    run_key = data_hash(prov)
+
+    torch.manual_seed(cfg.seed)
+    if not subject.from_source:
+        raise UnlearningError(
+            f"unlearn trains a fresh copy of '{subject.source}', but subject '{subject.name}' was built from an "
+            "in-memory model that may differ from it; save it with save_checkpoint() and load_model() that directory"
+        )
+    model = subject.load_hf_model().train()
+    ref = _reference(m, model, subject)
+    dev = next(model.parameters()).device
+    state = State(model, ref, cfg, {"pad_id": pad_id, "forget_probes": list(forget), "device": dev})
+    m.setup(state, f_ex, r_ex, tok)
+    params = m.trainable(model, cfg)
+    train_ids = {id(p) for p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in train_ids)
+    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history: list[dict[str, Any]] = []  # step (int) and losses (float)
+    step, stopped_at, checked = 0, None, (-1, math.nan)
+    acc0 = fact_accuracy(model, f_ex, pad_id)
+    if resume.exists():
+        try:
+            restored = load_state(resume, run_key, model, opt, gen)
+        except ResumeError as err:
+            raise UnlearningError(str(err)) from err
+        if restored is not None:
+            step, history = restored
+            print(f"[unpact] resuming {method} from step {step}", flush=True)
+    t0 = time.perf_counter()
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"unlearn {method}", disable=not progress)
+    while step < cfg.steps:
+        fi = torch.randint(len(f_ex), (min(cfg.batch_size, len(f_ex)),), generator=gen).tolist()
+        ri = torch.randint(len(r_ex), (min(cfg.batch_size, len(r_ex)),), generator=gen).tolist() if r_ex else []
+        fb = collate([f_ex[i] for i in fi], pad_id, dev)
+        rb = collate([r_ex[i] for i in ri], pad_id, dev) if ri else fb
+        terms = m.loss(state, fb, rb, fi)
+        loss = torch.stack(list(terms.values())).sum()
+        if not torch.isfinite(loss):
+            raise UnlearningError(
+                f"{method}: loss became {float(loss)} at step {step + 1}; the last good state is "
+                f"{resume.meta if resume.exists() else 'the base model'} (lower lr or steps)"
+            )
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        step += 1
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            raise UnlearningError(
+                f"{method}: weights became NaN or infinite at step {step} (lr {cfg.lr}); nothing was written. "
+                "Lower the learning rate"
+            )
+        rec = {"step": step, "loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
+        history.append(rec)
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.3f}" for k, v in rec.items() if k != "step"})
+        if on_step is not None:
+            on_step(step, rec)
+        if cfg.target_forget_acc is not None and step % cfg.check_every == 0 and m.calibrates:
+            model.eval()
+            acc = fact_accuracy(model, f_ex, pad_id)
+            model.train()
+            checked = (step, acc)  # reused as the final accuracy if training ends here
+            if acc <= cfg.target_forget_acc:
+                stopped_at = step
+                break
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+            save_state(resume, model, opt, gen, step, history, run_key)
+    bar.close()
+    m.finish(state)
+    model.eval()
+    prov.update({"resolved": state.extra.get("resolved", {}), "steps": step, "stopped_at": stopped_at, "final_losses": history[-1] if history else {},
+                 "forget_fact_acc_before": acc0, "forget_fact_acc_after": checked[1] if checked[0] == step else fact_accuracy(model, f_ex, pad_id),
+                 "train_seconds": round(time.perf_counter() - t0, 2)})
+    path = save_checkpoint(model, tok, out, prov, overwrite=overwrite)
+    resume.remove()
+    return path
