@@ -130,3 +130,14 @@ def smol_probes():
     from unpact_mech.data import load_benchmark
 
     return load_benchmark("facts")
+
+
+def demo_probes():
+    """Six tiny-vocabulary probes over the three splits, for the demo pipeline tests."""
+    from unpact_mech.probes import Probe
+
+    qs = [("what is the capital of france ?", "paris"), ("what is the capital of japan ?", "tokyo"),
+          ("who wrote hamlet ?", "shakespeare"), ("what is the red planet ?", "mars"),
+          ("what is the symbol of gold ?", "au"), ("what is the largest planet ?", "mars")]
+    splits = ["forget", "forget", "retain", "retain", "general", "general"]
+    return [Probe(f"p{i}", q, a, s) for i, ((q, a), s) in enumerate(zip(qs, splits))]

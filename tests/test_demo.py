@@ -2,23 +2,16 @@
 
 import json
 
+from conftest import demo_probes
+
 from unpact_mech.demo import run_demo
-from unpact_mech.probes import Probe
-
-
-def _probes():
-    qs = [("what is the capital of france ?", "paris"), ("what is the capital of japan ?", "tokyo"),
-          ("who wrote hamlet ?", "shakespeare"), ("what is the red planet ?", "mars"),
-          ("what is the symbol of gold ?", "au"), ("what is the largest planet ?", "mars")]
-    splits = ["forget", "forget", "retain", "retain", "general", "general"]
-    return [Probe(f"p{i}", q, a, s) for i, ((q, a), s) in enumerate(zip(qs, splits))]
 
 
 def test_demo_runs_writes_report_and_resumes(tiny_llama_dir, tmp_path, monkeypatch):
     out = tmp_path / "demo"
     monkeypatch.setattr("unpact_mech.demo.SETTINGS", {"ga_gdr": {"lr": 1e-3, "fmt": "plain"},
                                                       "rmu": {"lr": 1e-3, "rmu_layer": 1, "fmt": "plain"}})
-    t = run_demo(str(tiny_llama_dir), ["ga_gdr", "rmu"], out, steps=2, target=0.0, probes=_probes(), known_only=False)
+    t = run_demo(str(tiny_llama_dir), ["ga_gdr", "rmu"], out, steps=2, target=0.0, probes=demo_probes(), known_only=False)
     assert list(t.method) == ["ga_gdr", "rmu"]
     assert {"forget_acc", "retain_acc", "focus_before", "focus_after", "recovery_embed", "recovery_attention",
             "destructive_retain"} <= set(t.columns)
@@ -28,7 +21,7 @@ def test_demo_runs_writes_report_and_resumes(tiny_llama_dir, tmp_path, monkeypat
     first = json.loads((out / "rmu" / "result.json").read_text())
     # resume: a rerun reuses checkpoints and per-method results (file untouched)
     mtime = (out / "rmu" / "result.json").stat().st_mtime_ns
-    t2 = run_demo(str(tiny_llama_dir), ["ga_gdr", "rmu"], out, steps=2, target=0.0, probes=_probes(), known_only=False)
+    t2 = run_demo(str(tiny_llama_dir), ["ga_gdr", "rmu"], out, steps=2, target=0.0, probes=demo_probes(), known_only=False)
     assert (out / "rmu" / "result.json").stat().st_mtime_ns == mtime
     assert t2.equals(t) and first["method"] == "rmu"
     assert not list(out.rglob("*.tmp"))

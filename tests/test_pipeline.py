@@ -7,28 +7,22 @@ from dataclasses import asdict, fields
 
 import pandas as pd
 import pytest
+from conftest import demo_probes
 
 from unpact_mech import models
 from unpact_mech.analysis import Analysis
 from unpact_mech.demo import run_demo
 from unpact_mech.keytokens import KeyTokenParams
 from unpact_mech.pipeline import StaleStageError
-from unpact_mech.probes import Probe
 from unpact_mech.unlearning import METHODS, UnlearnConfig, resolve_config
 
 SETTINGS = {"ga_gdr": {"lr": 1e-3, "fmt": "plain"}}
 
 
-def _probes():
-    qs = [("what is the capital of france ?", "paris"), ("what is the capital of japan ?", "tokyo"),
-          ("who wrote hamlet ?", "shakespeare"), ("what is the red planet ?", "mars"),
-          ("what is the symbol of gold ?", "au"), ("what is the largest planet ?", "mars")]
-    splits = ["forget", "forget", "retain", "retain", "general", "general"]
-    return [Probe(f"p{i}", q, a, s) for i, ((q, a), s) in enumerate(zip(qs, splits))]
 
 
 def _run(model, out, **kw):
-    args = dict(methods=["ga_gdr"], steps=2, target=0.0, probes=_probes(), known_only=False, patch=False)
+    args = dict(methods=["ga_gdr"], steps=2, target=0.0, probes=demo_probes(), known_only=False, patch=False)
     return run_demo(str(model), out=out, **{**args, **kw})
 
 
@@ -53,9 +47,9 @@ def test_alpha_reaches_focus_recovery_and_function_words(tiny_llama_dir, tmp_pat
         # recovery on the same analysis, every probe emphasised (on a tiny random model few are eligible)
         from unpact_mech.findings import recovery
 
-        an = Analysis(models.load_model(str(tiny_llama_dir)), _probes(), KeyTokenParams(alpha=alpha, beta=1),
+        an = Analysis(models.load_model(str(tiny_llama_dir)), demo_probes(), KeyTokenParams(alpha=alpha, beta=1),
                       fmt="plain")
-        sweep, _ = recovery(an, an.base, _probes()[:2], (1.0, 2.0), routes=("embed",), prompt_styles=(),
+        sweep, _ = recovery(an, an.base, demo_probes()[:2], (1.0, 2.0), routes=("embed",), prompt_styles=(),
                             eligible_only=False)
         tables[alpha] = (focus, sweep, fw)
     (f0, s0, w0), (f9, s9, w9) = tables[0.0], tables[0.9]
@@ -98,7 +92,7 @@ def test_stamps_invalidate_exactly_what_changed(tiny_llama_dir, tiny_gpt2_dir, t
     with pytest.raises(StaleStageError, match=r"steps.*3 -> 4|settings"):
         _run(tiny_llama_dir, out, params=KeyTokenParams(alpha=0.3), steps=4, target=0.5, on_change="stop")
     assert changed(model=tiny_gpt2_dir, params=KeyTokenParams(alpha=0.3), steps=3, target=0.5) == set(_mtimes(out))
-    fewer = _probes()[:-1]
+    fewer = demo_probes()[:-1]
     before = _mtimes(out)
     run_demo(str(tiny_gpt2_dir), out=out, methods=["ga_gdr"], steps=3, target=0.5, probes=fewer, known_only=False,
              patch=False, params=KeyTokenParams(alpha=0.3))
