@@ -41,11 +41,10 @@ def test_tokenizer_mismatch_refused(tiny_llama, smol_like_other_vocab):
 
 @pytest.fixture(scope="module")
 def smol_like_other_vocab(tiny_llama):
-    class Other:
-        name = "other"
+    from unpact_mech.models import Subject
 
-        @staticmethod
-        def tokenizer_fingerprint():
+    class Other(Subject):  # a real subject whose vocabulary fingerprint differs
+        def tokenizer_fingerprint(self) -> str:
             return "different"
 
-    return Other()
+    return Other("other", tiny_llama.backend, tiny_llama.tokenizer, tiny_llama.source)

@@ -19,6 +19,7 @@ import pandas as pd
 from unpact_mech.attribution.loo import LooResult, Variant, loo_contributions
 from unpact_mech.errors import UnpactError
 from unpact_mech.keytokens import KeyTokenParams, select_keytokens
+from unpact_mech.models import Subject
 from unpact_mech.probes import Format, Probe, TokenizedProbe, check_unique_ids, tokenize_probes
 
 
@@ -65,7 +66,7 @@ class ProbeSet:
 class Analysis:
     """The base model's scores, leave-one-out contributions and KeyTokens on a probe set, each computed once."""
 
-    def __init__(self, base: Any, probes: ProbeSet | Sequence[Probe | TokenizedProbe],
+    def __init__(self, base: Subject, probes: ProbeSet | Sequence[Probe | TokenizedProbe],
                  params: KeyTokenParams | None = None, fmt: Format = "auto", variant: Variant = "delete") -> None:
         self.base = base
         self.probes = probes if isinstance(probes, ProbeSet) else ProbeSet.build(base, probes, fmt)
@@ -126,7 +127,7 @@ class Analysis:
         return df
 
 
-def as_analysis(base: Any, probes: Sequence[Probe | TokenizedProbe] | None, params: KeyTokenParams | None,
+def as_analysis(base: Analysis | Subject, probes: Sequence[Probe | TokenizedProbe] | None, params: KeyTokenParams | None,
                 fmt: Format = "auto") -> tuple[Analysis, list[TokenizedProbe]]:
     """An Analysis (given, or built on ``base``) and the tokenised ``probes`` (its whole set when None)."""
     if isinstance(base, Analysis):

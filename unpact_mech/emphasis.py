@@ -19,6 +19,7 @@ import pandas as pd
 from unpact_mech.errors import UnpactError, check_finite_factor
 from unpact_mech.hooks import Hooks, scale_embedding, steer_attention
 from unpact_mech.keytokens import KeyTokenParams, select_keytokens
+from unpact_mech.models import Subject
 from unpact_mech.probes import Probe, TokenizedProbe, tokenize_probe
 from unpact_mech.scoring import fact_top1, score_probes
 
@@ -28,7 +29,7 @@ ROUTES: tuple[str, ...] = ("embed", "attention")
 PROMPT_STYLES: tuple[str, ...] = ("repeat", "mark", "instruct")
 
 
-def emphasis_hooks(subject: Any, positions: Sequence[int] | Sequence[Sequence[int]], factor: float, route: str) -> Hooks:
+def emphasis_hooks(subject: Subject, positions: Sequence[int] | Sequence[Sequence[int]], factor: float, route: str) -> Hooks:
     """The hooks of one emphasis route at the given prompt positions (flat, or one list per batch row)."""
     if route == "embed":
         hooks = scale_embedding(positions, factor)
@@ -44,7 +45,7 @@ def emphasis_hooks(subject: Any, positions: Sequence[int] | Sequence[Sequence[in
     return hooks
 
 
-def _route_probe(subject: Any, route: str) -> Hooks:
+def _route_probe(subject: Subject, route: str) -> Hooks:
     return scale_embedding([0], 1.0) if route == "embed" else steer_attention([0], 1.0, subject.n_layers)
 
 
@@ -73,12 +74,12 @@ class EmphasisResult:
 
 
 def emphasize(
-    subject: Any,
+    subject: Subject,
     probe: Probe | TokenizedProbe,
     factor: float,
     positions: Sequence[int] | None = None,
     route: str = "embed",
-    reference: Any = None,
+    reference: Subject | None = None,
     params: KeyTokenParams | None = None,
 ) -> EmphasisResult:
     """Score a probe with its KeyTokens emphasised (positions default to ``reference``'s KeyTokens, else own)."""
@@ -93,7 +94,7 @@ def emphasize(
 
 
 def sweep(
-    subject: Any,
+    subject: Subject,
     tprobes: Sequence[TokenizedProbe],
     positions: Sequence[Sequence[int]],
     factors: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
@@ -158,7 +159,7 @@ def prompt_emphasis(probe: Probe, keywords: Sequence[str], style: str = "repeat"
 
 
 def prompt_sweep(
-    subject: Any, tprobes: Sequence[TokenizedProbe], positions: Sequence[Sequence[int]], styles: Sequence[str] = PROMPT_STYLES
+    subject: Subject, tprobes: Sequence[TokenizedProbe], positions: Sequence[Sequence[int]], styles: Sequence[str] = PROMPT_STYLES
 ) -> pd.DataFrame:
     """Answer LP and fact top-1 of each prompt-edit style (the paper's FocusOnKey), per probe (one batch)."""
     edited, meta = [], []

@@ -8,18 +8,19 @@ from typing import Any
 
 import pandas as pd
 
-from unpact_mech.analysis import as_analysis
+from unpact_mech.analysis import Analysis, as_analysis
 from unpact_mech.emphasis import ROUTES, prompt_sweep, sweep
 from unpact_mech.keytokens import KeyTokenParams
 from unpact_mech.metrics import destructive_rate, recovery_rate
+from unpact_mech.models import Subject
 from unpact_mech.probes import Probe
 from unpact_mech.scoring import probe_table
 from unpact_mech.tracking import check_same_tokenizer
 
 
 def recovery(
-    base: Any,
-    unlearned: Any,
+    base: Analysis | Subject,
+    unlearned: Subject,
     probes: Sequence[Probe] | None,
     factors: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
     routes: Sequence[str] = ROUTES,
@@ -67,7 +68,7 @@ def recovery(
     return an.annotate(sw), an.annotate(pd.DataFrame(rows))
 
 
-def destruction(base: Any, unlearned: Any, probes: Sequence[Probe] | None = None,
+def destruction(base: Analysis | Subject, unlearned: Subject, probes: Sequence[Probe] | None = None,
                 fmt: str = "auto") -> tuple[pd.DataFrame, dict]:
     """Finding 3 (rate): per split, the share of probes the base answers that the unlearned model fails.
 

@@ -10,6 +10,7 @@ from typing import cast
 import numpy as np
 
 from unpact_mech.errors import UnpactError
+from unpact_mech.models import Subject
 
 Flags = Sequence[bool | np.bool_]  # per-probe correctness (Python or numpy booleans)
 
@@ -87,7 +88,7 @@ def generated_correct(prediction: str, reference: str, threshold: float = 0.5) -
     return rouge_l_recall(prediction, reference) > threshold
 
 
-def multiple_choice_accuracy(subject: object, probes: Sequence[object], fmt: str = "auto") -> Rate:
+def multiple_choice_accuracy(subject: Subject, probes: Sequence[object], fmt: str = "auto") -> Rate:
     """Accuracy of picking the right choice by answer log-likelihood (sum over the choice's tokens).
 
     Each probe needs ``meta['choices']`` and ``meta['answer_index']`` (as WMDP probes have).

@@ -16,6 +16,7 @@ import torch
 
 from unpact_mech.errors import UnpactError
 from unpact_mech.hooks import applied
+from unpact_mech.models import Subject
 from unpact_mech.probes import TokenizedProbe
 from unpact_mech.scoring import score_sequences
 from unpact_mech.tracking import check_same_tokenizer
@@ -36,7 +37,7 @@ def _rowwise_patch(src: torch.Tensor, positions: Sequence[int]) -> Any:
     return fn
 
 
-def _endpoints(base: Any, unlearned: Any, tp: TokenizedProbe, direction: str, names: set[str]) -> tuple[Any, Any, float, float]:
+def _endpoints(base: Subject, unlearned: Subject, tp: TokenizedProbe, direction: str, names: set[str]) -> tuple[Any, Any, float, float]:
     """(target model, source cache of ``names``, LP of source, LP of target) for one patching direction."""
     check_same_tokenizer(base, unlearned)
     if direction not in DIRECTIONS:
@@ -52,15 +53,15 @@ def _endpoints(base: Any, unlearned: Any, tp: TokenizedProbe, direction: str, na
     return target, cache, lp_src, lp_tgt
 
 
-def _lp_batch(subject: Any, tp: TokenizedProbe, n: int, hooks: list) -> torch.Tensor:
+def _lp_batch(subject: Subject, tp: TokenizedProbe, n: int, hooks: list) -> torch.Tensor:
     with applied(subject, hooks):
         scores = score_sequences(subject, [(tp.ids, tp.prompt_len)] * n, batch_tokens=n * len(tp.ids))
     return torch.tensor([s.lp for s in scores])
 
 
 def patch_positions(
-    base: Any,
-    unlearned: Any,
+    base: Subject,
+    unlearned: Subject,
     tp: TokenizedProbe,
     kinds: Sequence[str] = ("resid_pre", "attn_out", "mlp_out"),
     layers: Sequence[int] | None = None,
@@ -89,7 +90,7 @@ def patch_positions(
 
 
 def patch_heads(
-    base: Any, unlearned: Any, tp: TokenizedProbe, layers: Sequence[int] | None = None, direction: str = "base->unlearned"
+    base: Subject, unlearned: Subject, tp: TokenizedProbe, layers: Sequence[int] | None = None, direction: str = "base->unlearned"
 ) -> pd.DataFrame:
     """Restoration per (layer, head): the head's ``hook_z`` at every position patched from the source run."""
     layers = list(range(base.cfg.n_layers)) if layers is None else list(layers)
@@ -114,7 +115,7 @@ def patch_heads(
     return pd.DataFrame(rows)
 
 
-def restoration(base: Any, unlearned: Any, tp: TokenizedProbe, hooks: list, direction: str = "base->unlearned") -> float:
+def restoration(base: Subject, unlearned: Subject, tp: TokenizedProbe, hooks: list, direction: str = "base->unlearned") -> float:
     """Restoration of one arbitrary set of patch hooks applied to the target model."""
     target, _, lp_src, lp_tgt = _endpoints(base, unlearned, tp, direction, set())
     lp = float(_lp_batch(target, tp, 1, hooks)[0])

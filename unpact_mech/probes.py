@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from unpact_mech.errors import UnpactError
+from unpact_mech.models import Subject
 
 Format = str  # "chat" | "plain" | "auto", checked at run time by _resolve_format
 PLAIN_TEMPLATE = "Question: {prompt}\nAnswer:"
@@ -249,6 +250,6 @@ def tokenize_probe(
     )
 
 
-def tokenize_probes(subject: Any, probes: Sequence[Probe], fmt: Format = "auto", **kw: Any) -> list[TokenizedProbe]:
+def tokenize_probes(subject: Subject, probes: Sequence[Probe], fmt: Format = "auto", **kw: Any) -> list[TokenizedProbe]:
     """Tokenise probes for a Subject (checks each against its context length)."""
     return [tokenize_probe(subject.tokenizer, p, fmt, max_len=subject.n_ctx, **kw) for p in probes]

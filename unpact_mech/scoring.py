@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from unpact_mech.backends.kernel import AnswerIndex, answer_logprobs
 from unpact_mech.errors import NonFiniteError, UnpactError
+from unpact_mech.models import Subject
 from unpact_mech.probes import TokenizedProbe
 
 Hook = tuple[Any, Callable[..., Any]]
@@ -48,19 +49,19 @@ def pad_token_id(tokenizer: Any) -> int:
 
 
 def forward_logits(
-    subject: Any, ids: Int[Tensor, "batch pos"], hooks: Sequence[Hook] = ()
+    subject: Subject, ids: Int[Tensor, "batch pos"], hooks: Sequence[Hook] = ()
 ) -> Float[Tensor, "batch pos vocab"]:
     """One forward pass through the subject's backend, with optional (hook_name, fn) hooks."""
     return subject.backend.forward(ids, hooks)
 
 
-def memo_of(subject: Any, hooks: Any = ()) -> dict[Any, Any] | None:
+def memo_of(subject: Subject, hooks: Any = ()) -> dict[Any, Any] | None:
     """The subject's result memo when it may be used (no hooks given or attached), else None."""
     fn = getattr(subject, "memo_for", None)
     return fn(hooks) if fn is not None else None
 
 
-def memoized(subject: Any, hooks: Any, key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
+def memoized(subject: Subject, hooks: Any, key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
     """``compute()``, or its memoized value for ``key`` when the subject's memo may be used."""
     memo = memo_of(subject, hooks)
     if memo is None:
@@ -96,7 +97,7 @@ def right_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: Any) -> Int[Te
 
 
 def score_sequences(
-    subject: Any,
+    subject: Subject,
     seqs: Sequence[tuple[Sequence[int], int]],
     hooks: HookSource = (),
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
@@ -134,7 +135,7 @@ def score_sequences(
 
 
 def score_probes(
-    subject: Any,
+    subject: Subject,
     tprobes: Sequence[TokenizedProbe],
     hooks: HookSource = (),
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
@@ -147,7 +148,7 @@ def score_probes(
     return scores
 
 
-def check_finite(subject: Any, tp: TokenizedProbe, values: Tensor, what: str) -> None:
+def check_finite(subject: Subject, tp: TokenizedProbe, values: Tensor, what: str) -> None:
     """One clear error when a model's numbers for a probe are NaN or infinite."""
     if not bool(torch.isfinite(values).all()):
         raise NonFiniteError(
@@ -157,7 +158,7 @@ def check_finite(subject: Any, tp: TokenizedProbe, values: Tensor, what: str) ->
         )
 
 
-def answer_lp(subject: Any, tprobes: Sequence[TokenizedProbe], **kw: Any) -> Float[Tensor, " n_probes"]:
+def answer_lp(subject: Subject, tprobes: Sequence[TokenizedProbe], **kw: Any) -> Float[Tensor, " n_probes"]:
     """LP(x, y): mean teacher-forced log-prob of the answer tokens, one value per probe."""
     return torch.tensor([s.lp for s in score_probes(subject, tprobes, **kw)])
 
@@ -168,7 +169,7 @@ def fact_top1(tp: TokenizedProbe, score: SeqScore) -> bool:
     return bool(score.top1[idx].all())
 
 
-def probe_table(subject: Any, tprobes: Sequence[TokenizedProbe], hooks: Sequence[Hook] = (), **kw: Any) -> pd.DataFrame:
+def probe_table(subject: Subject, tprobes: Sequence[TokenizedProbe], hooks: Sequence[Hook] = (), **kw: Any) -> pd.DataFrame:
     """One row per probe: LP, fact top-1 and whole-answer top-1."""
     scores = score_probes(subject, tprobes, hooks, **kw)
     return pd.DataFrame(
@@ -184,7 +185,7 @@ def probe_table(subject: Any, tprobes: Sequence[TokenizedProbe], hooks: Sequence
 
 
 def greedy_ids(
-    subject: Any,
+    subject: Subject,
     prompt_ids: Sequence[int],
     max_new_tokens: int = 32,
     hooks: Sequence[Hook] = (),
@@ -205,6 +206,6 @@ def greedy_ids(
     return new
 
 
-def greedy_answer(subject: Any, tp: TokenizedProbe, max_new_tokens: int = 32, hooks: Sequence[Hook] = ()) -> str:
+def greedy_answer(subject: Subject, tp: TokenizedProbe, max_new_tokens: int = 32, hooks: Sequence[Hook] = ()) -> str:
     """The model's greedy answer to a tokenised probe, as text."""
     return subject.tokenizer.decode(greedy_ids(subject, tp.prompt_ids, max_new_tokens, hooks))

@@ -16,6 +16,7 @@ from unpact_mech.attribution.dla import Target
 from unpact_mech.attribution.loo import LooResult, loo_contributions
 from unpact_mech.errors import UnpactError
 from unpact_mech.keytokens import KeyTokenParams, focus_share, select_keytokens
+from unpact_mech.models import Subject
 from unpact_mech.probes import Probe, TokenizedProbe
 
 
@@ -23,7 +24,7 @@ class TokenizerMismatch(UnpactError):
     """Two subjects whose token ids do not mean the same thing."""
 
 
-def check_same_tokenizer(a: Any, b: Any) -> None:
+def check_same_tokenizer(a: Subject, b: Subject) -> None:
     """Refuse to compare subjects with different vocabularies."""
     if a.tokenizer_fingerprint() != b.tokenizer_fingerprint():
         raise TokenizerMismatch(
@@ -45,7 +46,7 @@ class Comparison:
 
 
 def _prepare(
-    base: Any, unlearned: Any, probes: Sequence[Probe | TokenizedProbe] | None, params: KeyTokenParams | None, fmt: str
+    base: Analysis | Subject, unlearned: Subject, probes: Sequence[Probe | TokenizedProbe] | None, params: KeyTokenParams | None, fmt: str
 ) -> tuple[Analysis, list[TokenizedProbe]]:
     """Shared prologue of comparisons: the base side (an Analysis, given or built) and the same tokenizer."""
     an, tps = as_analysis(base, probes, params, fmt)
@@ -58,8 +59,8 @@ def _jaccard(a: set[int], b: set[int]) -> float:
 
 
 def compare(
-    base: Any,
-    unlearned: Any,
+    base: Analysis | Subject,
+    unlearned: Subject,
     probes: Sequence[Probe | TokenizedProbe] | None = None,
     params: KeyTokenParams | None = None,
     fmt: str = "auto",
@@ -135,8 +136,8 @@ def _head_frame(values: Any, split: str, name: str) -> pd.DataFrame:
 
 
 def localise(
-    base: Any,
-    unlearned: Any,
+    base: Analysis | Subject,
+    unlearned: Subject,
     probes: Sequence[Probe | TokenizedProbe] | None = None,
     params: KeyTokenParams | None = None,
     fmt: str = "auto",

@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from unpact_mech.errors import UnknownNameError
+from unpact_mech.models import Subject
 from unpact_mech.probes import Probe, TokenizedProbe, check_unique_ids, tokenize_probes
 
 AttributionFn = Callable[..., pd.DataFrame]
@@ -31,7 +32,7 @@ def register(name: str) -> Callable[[AttributionFn], AttributionFn]:
 
 
 def attribute(
-    subject: Any, probes: Sequence[Probe | TokenizedProbe], method: str = "loo", fmt: str = "auto", **options: Any
+    subject: Subject, probes: Sequence[Probe | TokenizedProbe], method: str = "loo", fmt: str = "auto", **options: Any
 ) -> pd.DataFrame:
     """Run a registered attribution method on probes (raw or tokenised)."""
     if method not in ATTRIBUTION_METHODS:

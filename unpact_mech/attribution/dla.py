@@ -31,6 +31,7 @@ from torch import Tensor
 from unpact_mech.attribution import register
 from unpact_mech.backends.kernel import AnswerIndex, OutputTransform, answer_logprobs
 from unpact_mech.errors import UnpactError
+from unpact_mech.models import Subject
 from unpact_mech.probes import TokenizedProbe
 from unpact_mech.scoring import memoized
 from unpact_mech.tables import make_table
@@ -75,7 +76,7 @@ def _cached_names(n_layers: int, extra: Sequence[str] = ()) -> set[str]:
     return names
 
 
-def run_cache(subject: Any, ids: Sequence[int], names: set[str], hooks: Sequence[Any] = ()) -> tuple[Tensor, Any]:
+def run_cache(subject: Subject, ids: Sequence[int], names: set[str], hooks: Sequence[Any] = ()) -> tuple[Tensor, Any]:
     """One forward with only ``names`` cached (plus optional intervention hooks)."""
     inp = torch.tensor([list(ids)], device=subject.device)
     with torch.no_grad():
@@ -87,7 +88,7 @@ def run_cache(subject: Any, ids: Sequence[int], names: set[str], hooks: Sequence
 
 @torch.no_grad()
 def decompose(
-    subject: Any, tp: TokenizedProbe, target: Target = "logit", with_paths: bool = True, hooks: Sequence[Any] = ()
+    subject: Subject, tp: TokenizedProbe, target: Target = "logit", with_paths: bool = True, hooks: Sequence[Any] = ()
 ) -> Decomposition:
     """DLA (and attention paths) of every answer token of one probe."""
     if target not in ("logit", "logit_diff"):
@@ -97,7 +98,7 @@ def decompose(
                     lambda: _decompose(subject, tp, target, with_paths, hooks))
 
 
-def _check_linear_blocks(subject: Any) -> None:
+def _check_linear_blocks(subject: Subject) -> None:
     """DLA needs each block to add its heads' and MLP's outputs to the residual as they are; models that normalise
     them first (Gemma 2/3 "sandwich" norms) are refused rather than decomposed wrongly."""
     if any(name.endswith("post_feedforward_layernorm") for name, _ in subject.bridge.named_modules()):
@@ -108,7 +109,7 @@ def _check_linear_blocks(subject: Any) -> None:
         )
 
 
-def final_norm_affine(subject: Any, cache: Any, qpos: Tensor) -> tuple[Tensor, Tensor | None]:
+def final_norm_affine(subject: Subject, cache: Any, qpos: Tensor) -> tuple[Tensor, Tensor | None]:
     """(g, b_ln) of the final norm read as out = normalized * g + b_ln, checked on the cached run."""
     mod = subject.bridge.ln_final._original_component
     w = getattr(mod, "weight", None)
@@ -125,7 +126,7 @@ def final_norm_affine(subject: Any, cache: Any, qpos: Tensor) -> tuple[Tensor, T
     return g.to(out.dtype), None if b_ln is None else b_ln.detach().to(out.dtype)
 
 
-def _decompose(subject: Any, tp: TokenizedProbe, target: Target, with_paths: bool, hooks: Sequence[Any]) -> Decomposition:
+def _decompose(subject: Subject, tp: TokenizedProbe, target: Target, with_paths: bool, hooks: Sequence[Any]) -> Decomposition:
     b, cfg = subject.bridge, subject.cfg
     n_layers, n_heads = cfg.n_layers, cfg.n_heads
     n_kv = int(getattr(cfg, "n_key_value_heads", None) or n_heads)
@@ -240,7 +241,7 @@ def path_rows(d: Decomposition, model: str, per_answer_token: bool = False) -> p
     return make_table(df)
 
 
-def decompose_all(subject: Any, tprobes: Sequence[TokenizedProbe], target: Target = "logit",
+def decompose_all(subject: Subject, tprobes: Sequence[TokenizedProbe], target: Target = "logit",
                   with_paths: bool = True, progress: bool = False) -> list[Decomposition]:
     from tqdm.auto import tqdm
 
@@ -248,14 +249,14 @@ def decompose_all(subject: Any, tprobes: Sequence[TokenizedProbe], target: Targe
 
 
 @register("dla")
-def dla(subject: Any, tprobes: Sequence[TokenizedProbe], target: Target = "logit", progress: bool = False) -> pd.DataFrame:
+def dla(subject: Subject, tprobes: Sequence[TokenizedProbe], target: Target = "logit", progress: bool = False) -> pd.DataFrame:
     """DLA of the answer logit (or ``target='logit_diff'``) per answer token and component."""
     rows = [r for d in decompose_all(subject, tprobes, target, False, progress) for r in dla_rows(d, subject.name)]
     return make_table(rows)
 
 
 @register("paths")
-def paths(subject: Any, tprobes: Sequence[TokenizedProbe], target: Target = "logit", per_answer_token: bool = False,
+def paths(subject: Subject, tprobes: Sequence[TokenizedProbe], target: Target = "logit", per_answer_token: bool = False,
           progress: bool = False) -> pd.DataFrame:
     """Head x source-token paths to the answer, averaged over answer tokens."""
     ds = decompose_all(subject, tprobes, target, True, progress)
@@ -277,13 +278,13 @@ def path_token_attribution(d: Decomposition) -> Float[Tensor, " src"]:
 
 
 @torch.no_grad()
-def logit_lens(subject: Any, tp: TokenizedProbe, hooks: Sequence[Any] = ()) -> pd.DataFrame:
+def logit_lens(subject: Subject, tp: TokenizedProbe, hooks: Sequence[Any] = ()) -> pd.DataFrame:
     """Answer log-prob and rank read from the residual stream before each layer and after the last."""
     key = ("logit_lens", tp.probe.id, subject.name, tuple(tp.ids), tp.prompt_len)
     return memoized(subject, hooks, key, lambda: _logit_lens(subject, tp, hooks)).copy()
 
 
-def _logit_lens(subject: Any, tp: TokenizedProbe, hooks: Sequence[Any]) -> pd.DataFrame:
+def _logit_lens(subject: Subject, tp: TokenizedProbe, hooks: Sequence[Any]) -> pd.DataFrame:
     cfg, b = subject.cfg, subject.bridge
     names = {f"blocks.{layer}.hook_resid_pre" for layer in range(cfg.n_layers)} | {
         f"blocks.{cfg.n_layers - 1}.hook_resid_post"

@@ -22,6 +22,7 @@ from unpact_mech.backends import KV_PREFIX
 from unpact_mech.backends.hf import HFBackend, expand_cache
 from unpact_mech.backends.kernel import AnswerIndex, answer_logprobs, per_sequence
 from unpact_mech.errors import UnpactError
+from unpact_mech.models import Subject
 from unpact_mech.probes import TokenizedProbe
 from unpact_mech.scoring import DEFAULT_BATCH_TOKENS, check_finite, memo_of, right_pad, score_sequences
 from unpact_mech.tables import make_table
@@ -72,7 +73,7 @@ def loo_variants(tp: TokenizedProbe, variant: Variant = "delete", baseline_id: i
     return out
 
 
-def fast_path(subject: Any, hooks: Sequence[Any], prefix_cache: bool) -> HFBackend | None:
+def fast_path(subject: Subject, hooks: Sequence[Any], prefix_cache: bool) -> HFBackend | None:
     """The KV-cache backend when it computes exactly what the subject computes, else None (exact path).
 
     Taken only with no hooks given or attached and a backend declaring ``kv_prefix``; that backend shares the
@@ -131,7 +132,7 @@ def long_job_bar(chunks: range, tp: TokenizedProbe, passes: int, per_chunk: int)
 
 
 def loo_contributions(
-    subject: Any,
+    subject: Subject,
     tprobes: Sequence[TokenizedProbe],
     variant: Variant = "delete",
     baseline_token: int | str | None = None,
@@ -166,7 +167,7 @@ def loo_contributions(
     return results
 
 
-def _loo(subject: Any, tprobes: Sequence[TokenizedProbe], variant: Variant, base_id: int, batch_tokens: int,
+def _loo(subject: Subject, tprobes: Sequence[TokenizedProbe], variant: Variant, base_id: int, batch_tokens: int,
          hooks: Sequence[Any], progress: bool, prefix_cache: bool) -> list[LooResult]:
     kvb = fast_path(subject, hooks, prefix_cache)
     if kvb is not None:
@@ -215,12 +216,12 @@ def loo_table(results: Sequence[LooResult], model: str, method: str) -> pd.DataF
 
 
 @register("loo")
-def loo(subject: Any, tprobes: Sequence[TokenizedProbe], **kw: Any) -> pd.DataFrame:
+def loo(subject: Subject, tprobes: Sequence[TokenizedProbe], **kw: Any) -> pd.DataFrame:
     """Paper eq.1-2 by deletion."""
     return loo_table(loo_contributions(subject, tprobes, "delete", **kw), subject.name, "loo")
 
 
 @register("loo_replace")
-def loo_replace(subject: Any, tprobes: Sequence[TokenizedProbe], **kw: Any) -> pd.DataFrame:
+def loo_replace(subject: Subject, tprobes: Sequence[TokenizedProbe], **kw: Any) -> pd.DataFrame:
     """Leave-one-out by replacing each token with a baseline token."""
     return loo_table(loo_contributions(subject, tprobes, "replace", **kw), subject.name, "loo_replace")

@@ -7,6 +7,7 @@ from importlib import resources
 from typing import Any
 
 from unpact_mech.errors import UnknownNameError, UnpactError
+from unpact_mech.models import Subject
 from unpact_mech.probes import Probe, load_probes
 
 Loader = Callable[..., list[Any]]  # probes, or raw texts for MUSE raw/verbmem subsets
@@ -48,7 +49,7 @@ def builtin_facts(subset: str | None = None, split: str | None = None, source: A
     return [p for p in probes if (split is None or p.split == split) and (subset is None or p.domain == subset)]
 
 
-def filter_known(subject: Any, probes: list[Probe], fmt: str = "auto") -> tuple[list[Probe], Any]:
+def filter_known(subject: Subject, probes: list[Probe], fmt: str = "auto") -> tuple[list[Probe], Any]:
     """Keep the probes whose fact span the model gets top-1 (teacher forcing); report counts per split/domain."""
     from unpact_mech.probes import tokenize_probes
     from unpact_mech.scoring import probe_table

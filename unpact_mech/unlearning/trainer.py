@@ -33,7 +33,7 @@ from unpact_mech.backends import KV_PREFIX
 from unpact_mech.backends.kernel import AnswerIndex, answer_logprobs, per_sequence
 from unpact_mech.errors import UnknownNameError
 from unpact_mech.io import check_output
-from unpact_mech.models import data_hash, save_checkpoint
+from unpact_mech.models import Subject, data_hash, save_checkpoint
 from unpact_mech.probes import Probe
 from unpact_mech.unlearning.config import UnlearnConfig, UnlearningError
 from unpact_mech.unlearning.data import Example, collate, to_examples
@@ -41,7 +41,7 @@ from unpact_mech.unlearning.methods import METHODS, Method, State
 from unpact_mech.unlearning.resume import ResumeError, ResumeFiles, load_state, refuse_legacy, save_state
 
 
-def _reference(m: Method, model: Any, subject: Any) -> Any:
+def _reference(m: Method, model: Any, subject: Subject) -> Any:
     """The frozen starting model a method compares against, made only when the method needs one."""
     if m.reference == "none":
         return None
@@ -104,7 +104,7 @@ def resolve_config(method: str, has_retain: bool, config: UnlearnConfig | None =
 
 
 def unlearn(
-    subject: Any,
+    subject: Subject,
     method: str,
     forget: Sequence[Probe | str],
     retain: Sequence[Probe | str],
