@@ -327,44 +327,51 @@ def _probe_key(p: Any) -> list[Any]:
 
 
 def data_stage(lazy: LazyBase, out: Path, pool: Sequence[Any], known_only: bool,
-               max_forget: int | None) -> tuple[dict[str, list], str]:
+               max_forget: int | None, on_change: str = "recompute") -> tuple[dict[str, list], str]:
     """Forget/retain/general probes the base model knows (fact top-1) and its name, cached as ``OUT/data.json``."""
     from unpact_mech.models import data_hash
+    from unpact_mech.pipeline import make_stamp, stage
 
-    stamp = {"model": lazy.key, "pool": data_hash([_probe_key(p) for p in pool]),
-             "known_only": known_only, "max_forget": max_forget}
     f = out / "data.json"
-    cached = json.loads(f.read_text()) if f.exists() else None
-    if cached is None or cached["stamp"] != stamp:
+    stamp = make_stamp(model=lazy.key, pool=data_hash([_probe_key(p) for p in pool]), known_only=known_only,
+                       max_forget=max_forget)
+
+    def compute() -> dict[str, Any]:
         known = _known(lazy.get(), pool) if known_only else list(pool)
         ids = {s: [p.id for p in known if p.split == s] for s in ("forget", "retain", "general")}
         if max_forget:
             ids["forget"] = ids["forget"][:max_forget]
-        cached = {"stamp": stamp, "model_name": lazy.get().name, "ids": ids}
+        cached = {"model_name": lazy.get().name, "ids": ids}
         atomic_write_json(f, cached)
+        return cached
+
+    cached = stage("data", out / "data.stamp.json", stamp, f.exists, lambda: json.loads(f.read_text()), compute,
+                   on_change)
     by_id = {p.id: p for p in pool}
     return {s: [by_id[i] for i in ids] for s, ids in cached["ids"].items()}, cached["model_name"]
 
 
-def keytoken_stage(lazy: LazyBase, out: Path, probes: Sequence[Any], params: Any = None) -> pd.DataFrame:
+def keytoken_stage(lazy: LazyBase, out: Path, probes: Sequence[Any], params: Any = None,
+                   on_change: str = "recompute") -> pd.DataFrame:
     """The base model's KeyToken table for ``probes`` (cached as ``OUT/keytokens.csv`` per probe set and params)."""
     from dataclasses import asdict
 
-    from unpact_mech.attribution.loo import loo_contributions
+    from unpact_mech.analysis import Analysis
     from unpact_mech.keytokens import KeyTokenParams, keytoken_table
     from unpact_mech.models import data_hash
-    from unpact_mech.probes import tokenize_probes
+    from unpact_mech.pipeline import make_stamp, stage
 
     params = params or KeyTokenParams()
-    stamp = data_hash({"model": lazy.key, "probes": [_probe_key(p) for p in probes], "params": asdict(params)})
-    f, meta = out / "keytokens.csv", out / "keytokens.json"
-    if f.exists() and meta.exists() and json.loads(meta.read_text()).get("stamp") == stamp:
-        return read_table(f)
-    base = lazy.get()
-    table = keytoken_table(loo_contributions(base, tokenize_probes(base, list(probes)), progress=True), params)
-    write_table(table, f)
-    atomic_write_json(meta, {"stamp": stamp})
-    return table
+    f = out / "keytokens.csv"
+    stamp = make_stamp(model=lazy.key, probes=data_hash([_probe_key(p) for p in probes]), params=asdict(params))
+
+    def compute() -> pd.DataFrame:
+        an = Analysis(lazy.get(), list(probes), params)
+        table = keytoken_table(an.loo(progress=True), params)
+        write_table(table, f)
+        return table
+
+    return stage("keytokens", out / "keytokens.stamp.json", stamp, f.exists, lambda: read_table(f), compute, on_change)
 
 
 def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS, out: str | Path = "unpact_out/demo",
@@ -386,8 +393,8 @@ def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS
     pool = list(probes) if probes is not None else load_benchmark("facts")
     if on_keytokens is not None:
         kp = list(keytoken_probes) if keytoken_probes is not None else pool[:12]
-        on_keytokens(keytoken_stage(lazy, out, kp, params))
-    data, model_name = data_stage(lazy, out, pool, known_only, max_forget)
+        on_keytokens(keytoken_stage(lazy, out, kp, params, on_change))
+    data, model_name = data_stage(lazy, out, pool, known_only, max_forget, on_change)
     print(f"[unpact] base knows {len(data['forget'])} forget, {len(data['retain'])} retain, "
           f"{len(data['general'])} general facts", flush=True)
     rows = []
