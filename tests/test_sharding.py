@@ -24,7 +24,8 @@ def test_sharded_merge_equals_unsharded(cmd, tiny_llama_dir, probe_file, tmp_pat
     assert main(["merge", str(tmp_path / "merged.csv"), *parts]) == 0
     full = canonical(pd.read_csv(tmp_path / "full.csv"))
     merged = pd.read_csv(tmp_path / "merged.csv")
-    pd.testing.assert_frame_equal(full, merged)
+    # probes are batched together, so a shard's batches differ from the full run's: equal up to float32 noise
+    pd.testing.assert_frame_equal(full, merged, check_exact=False, rtol=0, atol=1e-5)
     assert len(pd.read_csv(tmp_path / "part0.csv")) < len(full)
 
 

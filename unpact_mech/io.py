@@ -23,7 +23,8 @@ def umask() -> int:
     return mask
 
 
-def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it over ``path`` (umask applied)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,17 +90,12 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it over ``path``."""
-    return _atomic(path, write)
-
-
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write text atomically."""
     def write(tmp: str) -> None:
         Path(tmp).write_text(text, encoding="utf-8")
 
-    return _atomic(path, write)
+    return atomic_write(path, write)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
@@ -111,9 +107,9 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     """Write a table as CSV or parquet (by suffix) atomically."""
     path = Path(path)
     if path.suffix == ".parquet":
-        return _atomic(path, lambda tmp: df.to_parquet(tmp, index=False))
+        return atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
     if path.suffix in (".csv", ""):
-        return _atomic(path, lambda tmp: df.to_csv(tmp, index=False))
+        return atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
     raise UnpactError(f"unsupported table format '{path.suffix}' for {path}: use .csv or .parquet")
 
 

@@ -87,34 +87,53 @@ def fast_path(subject: Subject, hooks: Sequence[Any], prefix_cache: bool) -> HFB
 
 
 def _loo_prefix_cached(
-    kvb: HFBackend, tp: TokenizedProbe, variant: Variant, baseline_id: int, batch_tokens: int
-) -> tuple[float, Tensor]:
-    """LOO for one probe, reusing the KV cache of the prefix shared by all variants.
+    kvb: HFBackend, tprobes: Sequence[TokenizedProbe], variant: Variant, baseline_id: int, batch_tokens: int,
+    progress: bool = False,
+) -> list[tuple[float, Tensor]]:
+    """LOO for probes that share one prefix, reusing its KV cache for every variant of every probe.
 
-    Every variant equals the original up to the first attributable position p0 (template, system prompt), so
-    that prefix is run once; the original and each variant run their remainder on a copy of its cache, and
-    only the answer positions go through the unembedding.
+    Every variant equals its original up to the first attributable position p0 (template, system prompt), and
+    probes in one chat template share that prefix too. The prefix runs once; the originals and all their
+    variants run their remainders as right-padded batches on copies of its cache, and only the answer
+    positions go through the unembedding.
     """
     dev = kvb.device
-    p0 = min(tp.attributable)
+    p0 = min(tprobes[0].attributable)
+    prefix = list(tprobes[0].ids[:p0])
     cache = kvb.new_cache()
-    kvb.hidden(torch.tensor([tp.ids[:p0]], device=dev), cache)
-    seqs = [(list(tp.ids), tp.prompt_len), *loo_variants(tp, variant, baseline_id)]  # row 0: the full prompt
-    step = max(1, batch_tokens // max(1, max(len(ids) for ids, _ in seqs)))
+    kvb.hidden(torch.tensor([prefix], device=dev), cache)
+    seqs: list[tuple[list[int], int]] = []  # row 0 of each probe: the full prompt; then its deletions
+    owner: list[int] = []
+    for k, tp in enumerate(tprobes):
+        rows = [(list(tp.ids), tp.prompt_len), *loo_variants(tp, variant, baseline_id)]
+        seqs += rows
+        owner += [k] * len(rows)
+    width = max(len(ids) for ids, _ in seqs)
+    step = max(1, batch_tokens // max(1, width))
+    chunks = range(0, len(seqs), step)
+    bar = long_job_bar(chunks, tprobes[0], len(seqs), step) if len(tprobes) == 1 else chunks
+    if progress and len(tprobes) > 1:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(chunks, desc="leave-one-out", unit="batch", leave=False)
     lps = []
-    for c0 in long_job_bar(range(0, len(seqs), step), tp, len(seqs), step):
+    for c0 in bar:
         chunk = seqs[c0 : c0 + step]
-        n, width = len(chunk), max(len(ids) for ids, _ in chunk) - p0
+        n, w = len(chunk), max(len(ids) for ids, _ in chunk) - p0
         rem = right_pad([ids[p0:] for ids, _ in chunk], 0, dev)  # right padding: never seen by the answer
-        pos = torch.arange(p0, p0 + width, device=dev)[None].expand(n, -1)
+        pos = torch.arange(p0, p0 + w, device=dev)[None].expand(n, -1)
         h = kvb.hidden(rem, expand_cache(cache, n), position_ids=pos)
         # an answer starting at ``start`` sits p0 positions earlier in the remainder
         idx = AnswerIndex.build([(ids[p0:], start - p0) for ids, start in chunk], dev)
         lp, _ = answer_logprobs(kvb.logits(idx.gather(h)), idx.targets)
-        lps.append(per_sequence(lp, idx.owner, n) / tp.n_answer)
-    lp_all = torch.cat(lps).cpu()
-    full = float(lp_all[0])
-    return full, full - lp_all[1:]
+        lps.append(per_sequence(lp, idx.owner, n))
+    seq_lp = torch.cat(lps).cpu()  # summed answer log-prob per sequence
+    out, i = [], 0
+    for tp in tprobes:
+        vals = seq_lp[i : i + len(tp.attributable) + 1] / tp.n_answer
+        i += len(tp.attributable) + 1
+        out.append((float(vals[0]), float(vals[0]) - vals[1:]))
+    return out
 
 
 LONG_JOB_TOKENS = 200_000  # about ten seconds of forward passes on 2 CPU cores for a 135M model
@@ -171,13 +190,17 @@ def _loo(subject: Subject, tprobes: Sequence[TokenizedProbe], variant: Variant, 
          hooks: Sequence[Any], progress: bool, prefix_cache: bool) -> list[LooResult]:
     kvb = fast_path(subject, hooks, prefix_cache)
     if kvb is not None:
-        from tqdm.auto import tqdm
 
-        results = []
-        for tp in tqdm(tprobes, desc="leave-one-out", disable=not progress or len(tprobes) < 2, leave=False):
-            full, contrib = _loo_prefix_cached(kvb, tp, variant, base_id, batch_tokens)
-            results.append(LooResult(tp, full, contrib.double()))
-        return results
+        groups: dict[tuple[int, ...], list[int]] = {}  # probes sharing the prefix before their first attributable token
+        for k, tp in enumerate(tprobes):
+            groups.setdefault(tuple(tp.ids[: min(tp.attributable)]), []).append(k)
+        found: dict[int, LooResult] = {}
+        for members in groups.values():
+            tps = [tprobes[k] for k in members]
+            for k, tp, (full, contrib) in zip(members, tps, _loo_prefix_cached(kvb, tps, variant, base_id,
+                                                                              batch_tokens, progress)):
+                found[k] = LooResult(tp, full, contrib.double())
+        return [found[k] for k in range(len(tprobes))]
     seqs: list[tuple[list[int], int]] = []
     spans = []
     for tp in tprobes:

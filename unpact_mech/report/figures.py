@@ -20,11 +20,11 @@ from unpact_mech.errors import UnpactError
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Save a figure atomically (format from the suffix: .png or .svg)."""
-    from unpact_mech.io import _atomic
+    from unpact_mech.io import atomic_write
 
     path = Path(path)
     fmt = path.suffix.lstrip(".") or "png"
-    return _atomic(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=120, bbox_inches="tight"))
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=120, bbox_inches="tight"))
 
 
 def head_heatmap(heads: pd.DataFrame, value: str = "change", split: str | None = None, title: str = "") -> Figure:
