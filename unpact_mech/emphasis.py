@@ -18,7 +18,7 @@ import pandas as pd
 
 from unpact_mech.errors import UnpactError, check_finite_factor
 from unpact_mech.hooks import Hooks, scale_embedding, steer_attention
-from unpact_mech.keytokens import KeyTokenParams, select_keytokens
+from unpact_mech.keytokens import KeyTokenParams
 from unpact_mech.models import Subject
 from unpact_mech.probes import Probe, TokenizedProbe, tokenize_probe
 from unpact_mech.scoring import fact_top1, score_probes
@@ -60,10 +60,11 @@ def check_positions(tp: TokenizedProbe, positions: Sequence[int]) -> None:
 def keytoken_positions(
     reference: Any, tprobes: Sequence[TokenizedProbe], params: KeyTokenParams | None = None
 ) -> list[list[int]]:
-    """KeyToken positions of each probe under a reference model (usually the base model)."""
-    from unpact_mech.attribution.loo import loo_contributions
+    """KeyToken positions of each probe under a reference model (usually the base model); for many findings on
+    the same probes, build one :class:`~unpact_mech.analysis.Analysis` and use its ``keytoken_positions``."""
+    from unpact_mech.analysis import Analysis
 
-    return [[r.positions[i] for i in select_keytokens(r.contributions, params)] for r in loo_contributions(reference, tprobes)]
+    return Analysis(reference, list(tprobes), params).keytoken_positions()
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,14 @@ from typing import Any
 
 import pandas as pd
 
-from unpact_mech.analysis import Analysis, as_analysis
+from unpact_mech.analysis import Analysis
 from unpact_mech.emphasis import ROUTES, prompt_sweep, sweep
 from unpact_mech.keytokens import KeyTokenParams
 from unpact_mech.metrics import destructive_rate, recovery_rate
 from unpact_mech.models import Subject
 from unpact_mech.probes import Probe
 from unpact_mech.scoring import probe_table
-from unpact_mech.tracking import check_same_tokenizer
+from unpact_mech.tracking import prepare_comparison
 
 
 def recovery(
@@ -37,8 +37,7 @@ def recovery(
     model does not. The sweep runs on those eligible probes only (``eligible_only=False``: on all probes).
     ``base``: an :class:`~unpact_mech.analysis.Analysis` (its KeyTokens and scores are reused) or a Subject.
     """
-    an, tps = as_analysis(base, probes, params, fmt)
-    check_same_tokenizer(an.base, unlearned)
+    an, tps = prepare_comparison(base, unlearned, probes, params, fmt)
     b = an.scores(tps)
     u = probe_table(unlearned, tps).set_index("probe_id")
     if eligible_only:
@@ -74,8 +73,7 @@ def destruction(base: Analysis | Subject, unlearned: Subject, probes: Sequence[P
 
     ``base``: an :class:`~unpact_mech.analysis.Analysis` (its base scores are reused) or a Subject.
     """
-    an, tps = as_analysis(base, probes, None, fmt)
-    check_same_tokenizer(an.base, unlearned)
+    an, tps = prepare_comparison(base, unlearned, probes, None, fmt)
     b, u = an.scores(tps).reset_index(), probe_table(unlearned, tps)
     df = b[["probe_id", "split", "lp", "fact_top1"]].merge(
         u[["probe_id", "lp", "fact_top1"]], on="probe_id", suffixes=("_base", "_unlearned"))

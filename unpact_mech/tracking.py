@@ -45,7 +45,7 @@ class Comparison:
     params: KeyTokenParams = field(default_factory=KeyTokenParams)
 
 
-def _prepare(
+def prepare_comparison(
     base: Analysis | Subject, unlearned: Subject, probes: Sequence[Probe | TokenizedProbe] | None, params: KeyTokenParams | None, fmt: str
 ) -> tuple[Analysis, list[TokenizedProbe]]:
     """Shared prologue of comparisons: the base side (an Analysis, given or built) and the same tokenizer."""
@@ -71,7 +71,7 @@ def compare(
     ``base`` is an :class:`~unpact_mech.analysis.Analysis` (its probes, parameters and leave-one-out variant
     are used; ``probes`` may pick a subset) or a base Subject (an Analysis is built on ``probes``).
     """
-    an, tps = _prepare(base, unlearned, probes, params, fmt)
+    an, tps = prepare_comparison(base, unlearned, probes, params, fmt)
     params = an.params
     rb = an.loo(tps, progress=progress)
     ru = loo_contributions(unlearned, tps, an.variant, progress=progress)
@@ -150,7 +150,7 @@ def localise(
 
     from unpact_mech.attribution.dla import decompose, logit_lens
 
-    an, tps = _prepare(base, unlearned, probes, params, fmt)
+    an, tps = prepare_comparison(base, unlearned, probes, params, fmt)
     base = an.base
     head_acc: dict[str, list] = {}
     route_acc: dict[str, list] = {}
