@@ -77,10 +77,6 @@ class Analysis:
         self._loo: dict[str, LooResult] = {}
         self._scores: pd.DataFrame | None = None
 
-    @property
-    def param_dict(self) -> dict[str, Any]:
-        return {**asdict(self.params), "variant": self.variant}
-
     def add(self, probes: Sequence[Probe | TokenizedProbe]) -> list[TokenizedProbe]:
         """The tokenised probes, tokenising (once) any probe the set does not hold yet."""
         new = [p for p in probes if (p.probe.id if isinstance(p, TokenizedProbe) else p.id) not in self.probes.ids]
@@ -121,10 +117,15 @@ class Analysis:
 
     def annotate(self, df: pd.DataFrame) -> pd.DataFrame:
         """``df`` with the KeyToken parameters as columns and in ``attrs`` (they travel with the table)."""
-        for k, v in asdict(self.params).items():
-            df[k] = v
-        df.attrs["keytoken_params"] = self.param_dict
-        return df
+        return annotate(df, self.params, variant=self.variant)
+
+
+def annotate(df: pd.DataFrame, params: KeyTokenParams, **extra: Any) -> pd.DataFrame:
+    """``df`` with the KeyToken parameters as columns, and with them (plus ``extra``) in ``attrs``."""
+    for k, v in asdict(params).items():
+        df[k] = v
+    df.attrs["keytoken_params"] = {**asdict(params), **extra}
+    return df
 
 
 def as_analysis(base: Analysis | Subject, probes: Sequence[Probe | TokenizedProbe] | None, params: KeyTokenParams | None,

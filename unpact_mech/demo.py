@@ -107,14 +107,12 @@ def unlearn_stage(lazy: LazyBase, method: str, forget: list, retain: list, out: 
                   target: float, progress: bool = True, on_change: str = "recompute") -> Path:
     """``OUT/checkpoints/METHOD``, trained with the demo's settings; reused while its stamp (model, data,
     settings, seed) is unchanged."""
-    from unpact_mech.models import data_hash
-    from unpact_mech.pipeline import make_stamp, stage
+    from unpact_mech.pipeline import stage
     from unpact_mech.unlearning import unlearn
 
     ckpt = out / "checkpoints" / method
     settings = method_settings(method, steps, target)
-    stamp = make_stamp(model=lazy.key, method=method, settings=settings,
-                       forget=data_hash([_probe_key(p) for p in forget]), retain=data_hash([_probe_key(p) for p in retain]))
+    stamp = _checkpoint_stamp(lazy, method, forget, retain, steps, target)
 
     def train() -> Path:
         # no mid-run resume state for these short runs (saving it costs more than redoing them); the
@@ -149,21 +147,22 @@ def method_stage(lazy: LazyBase, method: str, data: dict[str, list], out: Path, 
 
     params = params or KeyTokenParams()
     res_file = out / method / "result.json"
-    stamp = make_stamp(checkpoint=_checkpoint_stamp(lazy, method, data, steps, target), params=asdict(params),
+    stamp = make_stamp(checkpoint=_checkpoint_stamp(lazy, method, data["forget"], data["retain"], steps, target), params=asdict(params),
                        data={k: data_hash([_probe_key(p) for p in v]) for k, v in data.items()}, patch=patch)
     return stage(f"findings {method}", out / method / "result.stamp.json", stamp, res_file.exists,
                  lambda: json.loads(res_file.read_text()),
                  lambda: _measure(lazy, method, data, out, steps, target, patch, params, on_change), on_change)
 
 
-def _checkpoint_stamp(lazy: LazyBase, method: str, data: dict[str, list], steps: int | None,
+def _checkpoint_stamp(lazy: LazyBase, method: str, forget: list, retain: list, steps: int | None,
                       target: float) -> dict[str, Any]:
+    """What determines a method's checkpoint: model, method, its settings and the forget/retain data."""
     from unpact_mech.models import data_hash
     from unpact_mech.pipeline import make_stamp
 
     return make_stamp(model=lazy.key, method=method, settings=method_settings(method, steps, target),
-                      forget=data_hash([_probe_key(p) for p in data["forget"]]),
-                      retain=data_hash([_probe_key(p) for p in data["retain"]]))
+                      forget=data_hash([_probe_key(p) for p in forget]),
+                      retain=data_hash([_probe_key(p) for p in retain]))
 
 
 def _measure(lazy: LazyBase, method: str, data: dict[str, list], out: Path, steps: int | None, target: float,

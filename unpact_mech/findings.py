@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
 from typing import Any
 
 import pandas as pd
 
-from unpact_mech.analysis import Analysis
+from unpact_mech.analysis import Analysis, annotate
 from unpact_mech.emphasis import ROUTES, prompt_sweep, sweep
 from unpact_mech.keytokens import KeyTokenParams
 from unpact_mech.metrics import destructive_rate, recovery_rate
@@ -107,7 +106,4 @@ def function_word_penalisation(comparison: Any, params: KeyTokenParams | None = 
                          "base": float(rb.contributions[i]), "unlearned": float(ru.contributions[i])})
     df = pd.DataFrame(rows)
     df["change"] = df["unlearned"] - df["base"]
-    for k, v in asdict(params).items():
-        df[k] = v
-    df.attrs["keytoken_params"] = asdict(params)
-    return df
+    return annotate(df, params)

@@ -102,16 +102,13 @@ def _loo_prefix_cached(
     prefix = list(tprobes[0].ids[:p0])
     cache = kvb.new_cache()
     kvb.hidden(torch.tensor([prefix], device=dev), cache)
-    seqs: list[tuple[list[int], int]] = []  # row 0 of each probe: the full prompt; then its deletions
-    owner: list[int] = []
-    for k, tp in enumerate(tprobes):
-        rows = [(list(tp.ids), tp.prompt_len), *loo_variants(tp, variant, baseline_id)]
-        seqs += rows
-        owner += [k] * len(rows)
+    seqs: list[tuple[list[int], int]] = []  # per probe: the full prompt, then its deletions
+    for tp in tprobes:
+        seqs += [(list(tp.ids), tp.prompt_len), *loo_variants(tp, variant, baseline_id)]
     width = max(len(ids) for ids, _ in seqs)
     step = max(1, batch_tokens // max(1, width))
     chunks = range(0, len(seqs), step)
-    bar = long_job_bar(chunks, tprobes[0], len(seqs), step) if len(tprobes) == 1 else chunks
+    bar = long_job_bar(chunks, tprobes[0], len(seqs)) if len(tprobes) == 1 else chunks
     if progress and len(tprobes) > 1:
         from tqdm.auto import tqdm
 
@@ -139,7 +136,7 @@ def _loo_prefix_cached(
 LONG_JOB_TOKENS = 200_000  # about ten seconds of forward passes on 2 CPU cores for a 135M model
 
 
-def long_job_bar(chunks: range, tp: TokenizedProbe, passes: int, per_chunk: int) -> Any:
+def long_job_bar(chunks: range, tp: TokenizedProbe, passes: int) -> Any:
     """The chunks of one probe, with a progress bar and the pass count announced when the probe is long."""
     if passes * len(tp.ids) < LONG_JOB_TOKENS:
         return chunks
