@@ -60,11 +60,12 @@ def run(model: str = "gemma3-270m", method: str = "npo_gdr", out: str = "unpact_
                 "forget_acc": f"{prov['forget_fact_acc_before']:.2f}->{prov['forget_fact_acc_after']:.2f}"})
     cmp_f = compare(base, unl, data["forget"], fmt=fmt)
     res["finding1"] = {k: round(v, 3) for k, v in cmp_f.summary.items()}
-    _, rates = recovery(base, unl, data["forget"], fmt=fmt)
+    rates = recovery(base, unl, data["forget"], fmt=fmt).rates
     best = rates[rates.scope == "best"]
-    res["finding2_recovery"] = {r.route: f"{r.k}/{r.n}" for r in best.itertuples()}
-    _, drates = destruction(base, unl, data["retain"] + data["general"], fmt=fmt)
-    res["finding3_destructive"] = {k: str(v) for k, v in drates.items()}
+    res["finding2_recovery"] = {f"{r.criterion}/{r.condition}/{r.route}": f"{r.k:g}/{r.n}" for r in best.itertuples()}
+    for crit in ("teacher_forced", "generation"):
+        _, drates = destruction(base, unl, data["retain"] + data["general"], fmt=fmt, criterion=crit)
+        res[f"finding3_destructive_{crit}"] = {k: str(v) for k, v in drates.items()}
     fw = function_word_penalisation(compare(base, unl, data["retain"] + data["general"], fmt=fmt))
     res["finding3_change_by_kind"] = {k: round(v, 3) for k, v in fw.groupby("kind")["change"].mean().items()}
     res["peak_rss_gb"] = round(peak_rss_gb(), 2)

@@ -13,10 +13,15 @@ def test_demo_runs_writes_report_and_resumes(tiny_llama_dir, tmp_path, monkeypat
                                                       "rmu": {"lr": 1e-3, "rmu_layer": 1, "fmt": "plain"}})
     t = run_demo(str(tiny_llama_dir), ["ga_gdr", "rmu"], out, steps=2, target=0.0, probes=demo_probes(), known_only=False)
     assert list(t.method) == ["ga_gdr", "rmu"]
-    assert {"forget_acc", "retain_acc", "focus_before", "focus_after", "recovery_embed", "recovery_attention",
-            "destructive_retain"} <= set(t.columns)
+    assert {"forget_acc", "forget_acc_gen", "target_reached", "focus_before", "focus_after_low", "recovery_embed",
+            "recovery_attention_random", "recovery_attention_fw_gen", "specific_embed_p", "destructive_retain",
+            "destructive_general_gen_high"} <= set(t.columns)
     html = (out / "report.html").read_text()
-    assert "Summary table" in html and html.count("data:image/png;base64") >= 5 and "class='pair'" in html
+    assert "Summary table: generation" in html and html.count("data:image/png;base64") >= 5 and "class='pair'" in html
+    assert "The dilemma frontier" in html and (out / "figures" / "frontier_attention.png").exists()
+    front = json.loads((out / "checkpoints" / "ga_gdr.frontier.json").read_text())
+    trained = json.loads((out / "checkpoints" / "ga_gdr" / "unpact.json").read_text())["steps"]
+    assert [p["strength"] for p in front if p["route"] == "attention"] == [float(s) for s in range(1, trained + 1)]
     assert (out / "ga_gdr" / "patch_positions.csv").exists() and not (out / "rmu" / "patch_positions.csv").exists()
     first = json.loads((out / "rmu" / "result.json").read_text())
     # resume: a rerun reuses checkpoints and per-method results (file untouched)

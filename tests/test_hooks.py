@@ -139,9 +139,38 @@ def test_rates_on_hand_made_cases():
     assert w.low == 0 and 0.2 < w.high < 0.35
     with pytest.raises(ValueError, match="differ in length"):
         destructive_rate([True], [True, False])
-    assert rouge_l_recall("Paris is the capital", "The capital of France is Paris") > 0.3
-    assert generated_correct("The capital of France is Paris.", "Paris is the capital of France", 0.3)
-    assert not generated_correct("I do not know.", "The capital of France is Paris")
+
+
+def _lcs(a: list[str], b: list[str]) -> int:
+    t = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i, x in enumerate(a):
+        for j, y in enumerate(b):
+            t[i + 1][j + 1] = t[i][j] + 1 if x == y else max(t[i][j + 1], t[i + 1][j])
+    return t[-1][-1]
+
+
+@pytest.mark.parametrize("pred, ref", [("Paris is the capital", "The capital of France is Paris"),
+                                       ("the cat sat on a mat", "a cat sat on the mat"), ("no overlap", "x y z")])
+def test_rouge_l_recall_is_lcs_over_reference_length(pred, ref):
+    p, r = pred.lower().split(), ref.lower().split()
+    assert rouge_l_recall(pred, ref) == pytest.approx(_lcs(p, r) / len(r))
+
+
+def test_generated_correct_threshold_and_fact_span():
+    from unpact_mech.metrics import GEN_THRESHOLD
+    from unpact_mech.probes import Probe
+
+    fr = Probe("fr", "What is the capital of France?", "The capital of France is Paris.", fact="Paris")
+    assert generated_correct("The capital of France is Paris.", fr)
+    assert generated_correct("paris, of course", fr)  # the fact span, any case
+    assert not generated_correct("The capital of France is Lyon.", fr)  # echoing the question is not enough
+    assert not generated_correct("Parisian food is good.", fr)  # whole words only
+    hamlet = Probe("h", "Who wrote Hamlet?", "Hamlet was written by William Shakespeare.", fact="William Shakespeare")
+    assert GEN_THRESHOLD == 0.5 and generated_correct("Shakespeare wrote it.", hamlet)  # recall 1/2 >= 0.5
+    assert generated_correct("William Blake wrote it.", hamlet)  # recall 1/2 as well: the threshold's known cost
+    assert not generated_correct("I do not know.", hamlet)
+    nofact = Probe("n", "Say hi", "hello there friend")
+    assert generated_correct("hello friend", nofact) and not generated_correct("hello", nofact)  # 2/3 vs 1/3
 
 
 @pytest.mark.parametrize("route", ["embed", "attention"])
@@ -186,19 +215,74 @@ def test_recovery_rates_equal_naive_emphasis_loop(tiny_llama, tiny_probes, tmp_p
     unl = load_model(str(unlearn(taught, "ga", forget, [], tmp_path / "unl", steps=3, lr=3e-3, fmt="plain",
                                  progress=False)))
     factors = (1.0, 4.0, 16.0)
-    sw, rates = recovery(taught, unl, forget, factors, prompt_styles=("repeat",), fmt="plain")
-    _, rates_all = recovery(taught, unl, forget, factors, prompt_styles=("repeat",), fmt="plain", eligible_only=False)
-    pd_cols = ["route", "scope", "factor", "k", "n"]
-    assert rates[pd_cols].astype(str).equals(rates_all[pd_cols].astype(str))
+    res = recovery(taught, unl, forget, factors, prompt_styles=("repeat",), fmt="plain", n_draws=2)
+    res_all = recovery(taught, unl, forget, factors, prompt_styles=("repeat",), fmt="plain", eligible_only=False,
+                       n_draws=2)
+    rates = res.rates
+    pd_cols = ["criterion", "condition", "route", "scope", "factor", "k", "n"]
+    assert rates[pd_cols].astype(str).equals(res_all.rates[pd_cols].astype(str))
     tps = tokenize_probes(taught, forget, "plain")
-    b, u = probe_table(taught, tps), probe_table(unl, tps)
-    eligible = [tp for tp, x, y in zip(tps, b.fact_top1, u.fact_top1) if x and not y]
-    assert eligible, "the fixture must produce probes the taught model knows and the unlearned one does not"
-    from unpact_mech.emphasis import keytoken_positions
+    from unpact_mech.emphasis import emphasis_hooks, keytoken_positions
+    from unpact_mech.findings import control_positions
+    from unpact_mech.metrics import generated_correct
+    from unpact_mech.scoring import greedy_answer
 
-    pos = keytoken_positions(taught, eligible)
-    for route in ("embed", "attention"):
-        hits = [any(emphasize(unl, tp, f, positions=p, route=route).fact_top1 for f in factors if f > 1) if p else False
-                for tp, p in zip(eligible, pos)]
-        best = rates[(rates.route == route) & (rates.scope == "best")].iloc[0]
-        assert (best.k, best.n) == (sum(hits), len(eligible))
+    def gen_ok(model, tp, hooks=()):
+        return generated_correct(greedy_answer(model, tp, tp.n_answer + 8, hooks), tp.probe)
+
+    for crit in ("teacher_forced", "generation"):
+        if crit == "teacher_forced":
+            b, u = probe_table(taught, tps).fact_top1, probe_table(unl, tps).fact_top1
+        else:  # one probe at a time through greedy_answer (stops at EOS, as the tiny model has no chat turn)
+            b, u = [gen_ok(taught, tp) for tp in tps], [gen_ok(unl, tp) for tp in tps]
+        eligible = [tp for tp, x, y in zip(tps, b, u) if x and not y]
+        if crit == "teacher_forced":
+            assert eligible, "the fixture must produce probes the taught model knows and the unlearned one does not"
+        pos = keytoken_positions(taught, eligible)
+        for route in ("embed", "attention"):
+            for cond in ("keytokens", "random", "function_words"):
+                shares = []
+                for tp, p in zip(eligible, pos):
+                    draws = control_positions(tp, p, 2)[cond]
+                    hit = []
+                    for q in draws:
+                        if crit == "teacher_forced":
+                            hit.append(any(emphasize(unl, tp, f, positions=q, route=route).fact_top1
+                                           for f in factors if f > 1) if q else False)
+                        else:
+                            hit.append(any(gen_ok(unl, tp, emphasis_hooks(unl, q, f, route)) for f in factors if f > 1)
+                                       if q else False)
+                    shares.append(sum(hit) / len(hit))
+                best = rates[(rates.criterion == crit) & (rates.route == route) & (rates.scope == "best")
+                             & (rates.condition == cond)].iloc[0]
+                assert best.n == len(eligible) and best.k == pytest.approx(sum(shares)), (crit, route, cond)
+                if cond == "random":
+                    ctrl = res.control[(res.control.criterion == crit) & (res.control.route == route)
+                                       & (res.control.scope == "best")].iloc[0]
+                    key = rates[(rates.criterion == crit) & (rates.route == route) & (rates.scope == "best")
+                                & (rates.condition == "keytokens")].iloc[0]
+                    if eligible:
+                        assert ctrl.vs_random_diff == pytest.approx((key.k - sum(shares)) / len(eligible))
+
+
+def test_sign_flip_and_bootstrap_against_written_out_versions():
+    import itertools
+    import random
+
+    from unpact_mech.metrics import bootstrap_mean, paired_difference, sign_flip_p
+
+    d = [1, 1, 0.5, 0, -1 / 3, 1, 1]
+    nz = [x for x in d if x]
+    flips = [sum(s * x for s, x in zip(signs, nz)) for signs in itertools.product([1, -1], repeat=len(nz))]
+    exact = sum(abs(f) >= abs(sum(nz)) - 1e-12 for f in flips) / len(flips)
+    assert sign_flip_p(d) == pytest.approx(exact)
+    assert sign_flip_p([0, 0]) == 1.0 and sign_flip_p([1] * 10) == pytest.approx(2 / 2**10)
+    # bootstrap: the mean is exact; the interval brackets it and matches a written-out resampling loosely
+    vals = [0, 1, 1, 0, 1, 0.5, 1, 1]
+    m, lo, hi = bootstrap_mean(vals)
+    rng = random.Random(1)
+    means = sorted(sum(rng.choice(vals) for _ in vals) / len(vals) for _ in range(4000))
+    assert m == pytest.approx(sum(vals) / len(vals)) and lo <= m <= hi
+    assert abs(lo - means[100]) < 0.07 and abs(hi - means[3899]) < 0.07
+    pdiff = paired_difference([1, 1, 0, 1], [0.5, 0, 0, 1])
+    assert pdiff["n"] == 4 and pdiff["diff"] == pytest.approx(1.5 / 4) and pdiff["p"] == pytest.approx(0.5)

@@ -49,8 +49,9 @@ def test_alpha_reaches_focus_recovery_and_function_words(tiny_llama_dir, tmp_pat
 
         an = Analysis(models.load_model(str(tiny_llama_dir)), demo_probes(), KeyTokenParams(alpha=alpha, beta=1),
                       fmt="plain")
-        sweep, _ = recovery(an, an.base, demo_probes()[:2], (1.0, 2.0), routes=("embed",), prompt_styles=(),
-                            eligible_only=False)
+        sweep = recovery(an, an.base, demo_probes()[:2], (1.0, 2.0), routes=("embed",), prompt_styles=(),
+                         eligible_only=False, criteria=("teacher_forced",)).sweep
+        sweep = sweep[sweep.condition == "keytokens"]
         tables[alpha] = (focus, sweep, fw)
     (f0, s0, w0), (f9, s9, w9) = tables[0.0], tables[0.9]
     # alpha 0 keeps every positive token; 0.9 at most the dominant one: fewer KeyTokens everywhere
@@ -58,7 +59,7 @@ def test_alpha_reaches_focus_recovery_and_function_words(tiny_llama_dir, tmp_pat
     n9 = f9.keytokens_base.fillna("").str.count(r"\|") + f9.keytokens_base.notna()
     assert (n9 <= n0).all() and (n9 < n0).any()
     assert not f0.focus_base.equals(f9.focus_base)
-    assert s9.n_keytokens.sum() < s0.n_keytokens.sum() and set(s9.alpha) == {0.9}
+    assert s9.n_positions.sum() < s0.n_positions.sum() and set(s9.alpha) == {0.9}
     assert (w9.kind == "KeyToken").sum() < (w0.kind == "KeyToken").sum()
 
 

@@ -59,6 +59,33 @@ def test_greedy_equals_hf_smollm2(smol, smol_probes):
         assert len(ours) > 0
 
 
+def _check_generation_equals_hf(subject, tps):
+    """generation_table's batched greedy answers (stop tokens, per-row budgets) == HF generate, one prompt at a
+    time with the same stop tokens and budget, decoded the same way."""
+    from unpact_mech.scoring import GEN_EXTRA_TOKENS, generation_table, stop_token_ids
+
+    hf = subject.load_hf_model()
+    stops = stop_token_ids(subject.tokenizer)
+    table = generation_table(subject, tps)
+    for tp, text in zip(tps, table.generated):
+        n = tp.n_answer + GEN_EXTRA_TOKENS
+        out = hf.generate(torch.tensor([tp.prompt_ids]), max_new_tokens=n, do_sample=False, eos_token_id=stops,
+                          pad_token_id=subject.tokenizer.pad_token_id or stops[0])[0, tp.prompt_len :].tolist()
+        cut = min([out.index(s) for s in stops if s in out], default=len(out))
+        assert text == subject.tokenizer.decode(out[:cut], skip_special_tokens=True).strip()
+    return table
+
+
+def test_batched_generation_equals_hf_tiny(tiny_llama, tiny_probes):
+    _check_generation_equals_hf(tiny_llama, tokenize_probes(tiny_llama, tiny_probes, "plain"))
+
+
+@pytest.mark.slow
+def test_batched_generation_equals_hf_smollm2(smol, smol_probes):
+    table = _check_generation_equals_hf(smol, tokenize_probes(smol, smol_probes[:6]))
+    assert table.gen_correct.sum() >= 3  # SmolLM2 answers most of these built-in facts
+
+
 def test_memo_reuses_unhooked_results(tiny_llama, tiny_probes, monkeypatch):
     """A memoizing subject returns the same scores, leave-one-out results and decompositions without a forward."""
     from unpact_mech import scoring
@@ -123,3 +150,86 @@ def test_memo_is_bypassed_while_hooks_are_attached(tiny_llama, tiny_probes):
         tiny_llama.memoize(False)
     assert abs(plain - hooked) > 1e-4 and not torch.allclose(plain_loo, hooked_loo, atol=1e-4)
     assert not torch.allclose(plain_heads, hooked_heads, atol=1e-4)
+
+
+def _check_kv_generation_equals_hooked_loop(subject, tps, factor):
+    """The KV-cache generation with declared emphasis == the exact loop with the route's hooks (every row
+    recomputed in full each step), per route, with rows of different lengths and a row without positions."""
+    from unpact_mech.emphasis import emphasis_hooks
+    from unpact_mech.scoring import GEN_EXTRA_TOKENS, generate_answers, greedy_batch, stop_token_ids
+
+    pos = [list(tp.attributable[:2]) for tp in tps]
+    pos[-1] = []
+    limits = [tp.n_answer + GEN_EXTRA_TOKENS for tp in tps]
+    stops = stop_token_ids(subject.tokenizer)
+    plain = generate_answers(subject, tps)
+    assert plain == greedy_batch(subject, [tp.prompt_ids for tp in tps], limits, (), stops)
+    changed = 0
+    for route in ("embed", "attention"):
+        fast = generate_answers(subject, tps, emphasis=(route, pos, factor))
+        exact = greedy_batch(subject, [tp.prompt_ids for tp in tps], limits,
+                             lambda chunk, route=route: emphasis_hooks(subject, [pos[i] for i in chunk], factor, route), stops)
+        assert fast == exact, route
+        changed += sum(a != b for a, b in zip(fast, plain))
+    return changed
+
+
+def test_kv_generation_with_emphasis_equals_hooked_loop_tiny(tiny_llama, tiny_probes):
+    tps = tokenize_probes(tiny_llama, tiny_probes, "plain")
+    assert _check_kv_generation_equals_hooked_loop(tiny_llama, tps, 8.0) > 0  # the emphasis changes answers
+
+
+def test_kv_generation_with_emphasis_equals_hooked_loop_gemma2(tiny_gemma2_dir, tiny_probes):
+    """Gemma-2: attention and final-logit soft-capping; probes outgrowing the sliding window (16) take the exact
+    loop, shorter ones the KV cache, and both equal the hooked loop."""
+    from unpact_mech.models import load_model
+
+    gemma = load_model(str(tiny_gemma2_dir))
+    tps = tokenize_probes(gemma, tiny_probes, "plain")
+    assert max(len(tp.ids) for tp in tps) + 8 > 16
+    _check_kv_generation_equals_hooked_loop(gemma, tps, 8.0)
+    gemma.backend.config.sliding_window = 4096  # pretend the window is wide: the KV path with soft-capping
+    try:
+        _check_kv_generation_equals_hooked_loop(gemma, tps, 8.0)
+    finally:
+        gemma.backend.config.sliding_window = 16
+
+
+@pytest.mark.slow
+def test_kv_generation_with_emphasis_equals_hooked_loop_smollm2(smol, smol_probes):
+    tps = tokenize_probes(smol, smol_probes[:5])
+    _check_kv_generation_equals_hooked_loop(smol, tps, 4.0)
+
+
+def _check_kv_scoring_equals_hooks(subject, tps, factor):
+    """Teacher-forced scores with a declared emphasis (KV cache, shared chat prefix run once) == the exact
+    right-padded forward with the route's hooks, per route, including a row without positions."""
+    from unpact_mech.emphasis import emphasis_hooks
+
+    pos = [list(tp.attributable[1:3]) for tp in tps]
+    pos[0] = []
+    for route in ("embed", "attention"):
+        fast = score_probes(subject, tps, emphasis=(route, pos, factor))
+        exact = score_probes(subject, tps, lambda chunk, route=route: emphasis_hooks(subject, [pos[i] for i in chunk],
+                                                                                     factor, route))
+        for a, b in zip(fast, exact):
+            assert torch.allclose(a.logprobs.double(), b.logprobs.double(), atol=2e-5), route
+            assert torch.equal(a.top1, b.top1)
+    plain = score_probes(subject, tps)
+    assert any(abs(a.lp - b.lp) > 1e-3 for a, b in zip(plain, fast))  # the emphasis does something
+
+
+def test_kv_scoring_with_emphasis_equals_hooks_gemma2(tiny_gemma2_dir, tiny_probes):
+    from unpact_mech.models import load_model
+
+    gemma = load_model(str(tiny_gemma2_dir))
+    gemma.backend.config.sliding_window = 4096  # longer than the probes: the KV path, with soft-capping
+    try:
+        _check_kv_scoring_equals_hooks(gemma, tokenize_probes(gemma, tiny_probes, "plain"), 4.0)
+    finally:
+        gemma.backend.config.sliding_window = 16
+
+
+@pytest.mark.slow
+def test_kv_scoring_with_emphasis_equals_hooks_smollm2(smol, smol_probes):
+    _check_kv_scoring_equals_hooks(smol, tokenize_probes(smol, smol_probes[:6]), 4.0)

@@ -38,34 +38,73 @@ def hand_nll(model, batch):
     return torch.stack(out)
 
 
-def test_losses_match_hand_computation(hf_pair, batch):
+def hand_token_logps(model, batch, r):
+    """log-softmax rows (float64) of sequence r, unpadded, one forward per sequence."""
+    n = int(batch["attention_mask"][r].sum())
+    return torch.log_softmax(model(input_ids=batch["input_ids"][r : r + 1, :n]).logits[0].double(), -1)
+
+
+def test_losses_match_hand_computation(hf_pair, batch, tiny_llama, tiny_probes):
+    """Every loss against its formula written out here, one token at a time (open-unlearning conventions by
+    default; the first forms under loss_convention="unpact_v1")."""
     model, ref = hf_pair
     with torch.no_grad():
         nll, nll_ref = hand_nll(model, batch), hand_nll(ref, batch)
+        n = (batch["labels"][:, 1:] != -100).sum(-1)
+        assert len(set(n.tolist())) > 1  # answers of different lengths: per-token mean != mean of sums
         assert torch.allclose(L.sequence_nll(model, batch).double(), nll, atol=1e-4)
-        assert abs(float(L.ga(model, batch)) + float(nll.mean())) < 1e-4
-        assert abs(float(L.gdr(model, batch)) - float(nll.mean())) < 1e-4
+        # open-unlearning: outputs.loss = sum of token NLLs / number of labelled tokens in the batch
+        token_mean = float(nll.sum() / n.sum())
+        assert abs(float(L.ga(model, batch)) + token_mean) < 1e-5
+        assert abs(float(L.gdr(model, batch)) - token_mean) < 1e-5
+        # unpact_v1: mean over sequences of the summed NLL
+        assert abs(float(L.ga(model, batch, "unpact_v1")) + float(nll.mean())) < 1e-4
+        assert abs(float(L.gdr(model, batch, "unpact_v1")) - float(nll.mean())) < 1e-4
         beta = 0.1
         ratios = (-nll + nll_ref).tolist()  # log pi - log pi_ref per sequence
         npo = -(2 / beta) * sum(math.log(1 / (1 + math.exp(beta * r))) for r in ratios) / len(ratios)
         assert abs(float(L.npo(model, ref, batch, beta)) - float(npo)) < 1e-4
-        n = (batch["labels"][:, 1:] != -100).sum(-1)
-        sim = -(2 / 2.5) * F.logsigmoid(2.5 * (nll / n - 0.5)).mean()
-        assert abs(float(L.simnpo(model, batch, 2.5, 0.5)) - float(sim)) < 1e-4
-        dpo = -(2 / beta) * F.logsigmoid(beta * ((-nll + nll_ref) - (-nll + nll_ref))).mean()  # same pair
-        assert abs(float(L.dpo(model, ref, batch, batch, beta)) - float(dpo)) < 1e-5
-        # KL by hand on each labelled position
-        kls = []
-        for r in range(batch["input_ids"].shape[0]):
-            ids = batch["input_ids"][r : r + 1, : int(batch["attention_mask"][r].sum())]
-            lp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
-            lq = torch.log_softmax(ref(input_ids=ids).logits[0].double(), -1)
-            for t in range(1, ids.shape[1]):
-                if batch["labels"][r, t] != -100:
-                    kls.append((lp[t - 1].exp() * (lp[t - 1] - lq[t - 1])).sum())
-        assert abs(float(L.klr(model, ref, batch)) - float(torch.stack(kls).mean())) < 1e-5
-        assert float(L.klr(ref, ref, batch)) == pytest.approx(0.0, abs=1e-7)
+        sim = -(2 / 2.5) * sum(math.log(1 / (1 + math.exp(-2.5 * (float(x) / int(k) - 0.5))))
+                               for x, k in zip(nll, n)) / len(n)
+        assert abs(float(L.simnpo(model, batch, 2.5, 0.5)) - sim) < 1e-4
+        # DPO with preferred and rejected answers that differ (IdkDPO's refusals vs the forget answers)
+        from dataclasses import replace
 
+        pref = collate(to_examples(tiny_llama.tokenizer, [replace(p, answer="I don't know.", fact=None)
+                                                          for p in tiny_probes[:3]], "plain"), 0)
+        w, w_ref = hand_nll(model, pref), hand_nll(ref, pref)
+        margins = [beta * ((-a + b) - (-c + d)) for a, b, c, d in zip(w.tolist(), w_ref.tolist(), nll.tolist(),
+                                                                     nll_ref.tolist())]
+        assert max(abs(m) for m in margins) > 1e-3  # the two sides really differ
+        dpo = -(2 / beta) * sum(math.log(1 / (1 + math.exp(-m))) for m in margins) / len(margins)
+        assert abs(float(L.dpo(model, ref, pref, batch, beta)) - dpo) < 1e-4
+        # KL, open-unlearning: KL(ref || current) per position, averaged over every unmasked position
+        kls_ou, kls_v1 = [], []
+        for r in range(batch["input_ids"].shape[0]):
+            lp, lq = hand_token_logps(model, batch, r), hand_token_logps(ref, batch, r)
+            for t in range(lp.shape[0]):
+                kls_ou.append(sum(float(lq[t, v].exp() * (lq[t, v] - lp[t, v])) for v in range(lp.shape[1])))
+                if t >= 1 and batch["labels"][r, t] != -100:  # unpact_v1: KL(current || ref) on answer tokens
+                    kls_v1.append(float((lp[t - 1].exp() * (lp[t - 1] - lq[t - 1])).sum()))
+        assert abs(float(L.klr(model, ref, batch)) - sum(kls_ou) / len(kls_ou)) < 1e-5
+        assert abs(float(L.klr(model, ref, batch, "unpact_v1")) - sum(kls_v1) / len(kls_v1)) < 1e-5
+        assert float(L.klr(ref, ref, batch)) == pytest.approx(0.0, abs=1e-6)
+        # on an unpadded batch this is exactly open-unlearning's call on the flattened logits
+        one = {k: v[:1, : int(batch["attention_mask"][0].sum())] for k, v in batch.items()}
+        cur = torch.log_softmax(model(input_ids=one["input_ids"]).logits.view(-1, model.config.vocab_size), -1)
+        tgt = torch.log_softmax(ref(input_ids=one["input_ids"]).logits.view(-1, model.config.vocab_size), -1)
+        ou = F.kl_div(cur, tgt, reduction="batchmean", log_target=True)
+        assert abs(float(L.klr(model, ref, one)) - float(ou)) < 1e-5
+
+
+def test_loss_convention_is_validated_and_recorded(tiny_llama, tiny_probes, tmp_path):
+    from unpact_mech.unlearning import resolve_config
+
+    with pytest.raises(UnlearningError, match="loss_convention must be one of"):
+        resolve_config("ga_gdr", True, loss_convention="sum")
+    out = unlearn(tiny_llama, "ga_klr", tiny_probes[:2], tiny_probes[2:4], tmp_path / "c", steps=1, progress=False,
+                  loss_convention="unpact_v1")
+    assert read_provenance(out)["hyperparameters"]["loss_convention"] == "unpact_v1"
 
 
 def test_rmu_loss_matches_hand_computation(hf_pair, batch, tiny_probes, tiny_llama):
@@ -145,6 +184,36 @@ def test_task_vector_zero_scale_is_identity(tiny_llama, tiny_probes, tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.parametrize("target, max_scale, expect", [(0.3, 8.0, 1.75), (0.0, 2.0, None)])
+def test_task_vector_scale_is_calibrated_by_bisection(target, max_scale, expect):
+    """Forget accuracy written as 1 - a/2.5 (a read back from the weights): the smallest scale reaching the
+    target is 1.75; bisection lands within its stated precision above it, and a missed target is reported."""
+    from unpact_mech.unlearning.config import UnlearnConfig
+    from unpact_mech.unlearning.methods import METHODS, State
+
+    ref = torch.nn.Linear(3, 2)
+    model = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        for p, p0 in zip(model.parameters(), ref.parameters()):
+            p.copy_(p0 + 0.5)  # theta_ft - theta_0 = 0.5 everywhere
+
+    def acc() -> float:
+        a = float((ref.weight[0, 0] - model.weight[0, 0]) / 0.5)
+        return max(0.0, 1 - a / 2.5)
+
+    cfg = UnlearnConfig(target_forget_acc=target, tv_max_scale=max_scale, tv_bisect_steps=6)
+    s = State(model, ref, cfg, {"forget_accuracy": acc})
+    METHODS["task_vector"]().finish(s)
+    res = s.extra["resolved"]
+    a = res["tv_scale"]
+    if expect is None:
+        assert not res["tv_target_reached"] and a == max_scale
+    else:
+        assert res["tv_target_reached"] and expect <= a <= expect + 1 / 64 + 1e-9  # bracket [1, 2] halved 6 times
+        assert acc() <= target
+    assert torch.allclose(model.weight, ref.weight - a * 0.5)
+
+
 def test_same_seed_same_result_and_calibration(tiny_llama, tiny_probes, tmp_path):
     a = unlearn(tiny_llama, "ga_gdr", tiny_probes[:2], tiny_probes[2:], tmp_path / "a", steps=3, lr=1e-3,
                 progress=False, fmt="plain", seed=7)
@@ -164,7 +233,7 @@ def test_nan_loss_stops_with_clear_error(tiny_llama, tiny_probes, tmp_path, monk
         unlearn(tiny_llama, "ga_gdr", tiny_probes[:2], tiny_probes[2:], tmp_path / "n", steps=2,
                 progress=False, fmt="plain", gamma=float("nan"))  # refused before any model is copied
     real = L.ga
-    monkeypatch.setattr(L, "ga", lambda model, batch: real(model, batch) * float("nan"))
+    monkeypatch.setattr(L, "ga", lambda model, batch, *a: real(model, batch, *a) * float("nan"))
     with pytest.raises(UnlearningError, match="loss became nan at step 1"):
         unlearn(tiny_llama, "ga_gdr", tiny_probes[:2], tiny_probes[2:], tmp_path / "n", steps=2,
                 progress=False, fmt="plain")

@@ -233,7 +233,8 @@ def cmd_unlearn(a: argparse.Namespace) -> int:
     forget = _load_probes_arg(a.forget)
     retain = _load_probes_arg(a.retain) if a.retain else []
     over = {k: v for k, v in (("steps", a.steps), ("lr", a.lr), ("seed", a.seed), ("batch_size", a.batch_size),
-                              ("target_forget_acc", a.target_forget_acc)) if v is not None}
+                              ("target_forget_acc", a.target_forget_acc), ("loss_convention", a.loss_convention))
+            if v is not None}
     resolve_config(a.method, bool(retain), fmt=a.format, **over)  # settings and retain need, before the load
     _check_out(a, "dir")
     subject = _load(a, a.model)
@@ -258,19 +259,32 @@ def cmd_emphasize(a: argparse.Namespace) -> int:
     routes = a.routes.split(",")
     if not set(routes) <= set(ROUTES):
         raise UnpactError(f"unknown route(s) {sorted(set(routes) - set(ROUTES))}: use {','.join(ROUTES)}")
+    from unpact_mech.findings import CRITERIA
+
+    bad = sorted(set(a.criteria.split(",")) - set(CRITERIA))
+    if bad or a.draws < 1:
+        raise UnpactError(f"unknown --criteria {bad}: use {','.join(CRITERIA)}" if bad else "--draws must be >= 1")
     out = _check_out(a, "dir")
     probes, base, unl = _base_and_unlearned(a)
     forget = [p for p in probes if p.split == "forget"] or probes
-    per_probe, rates = recovery(base, unl, forget, factors, routes, params=_params(a), fmt=a.format)
-    write_table(per_probe, out / "emphasis_sweep.csv")
-    write_table(rates, out / "recovery_rates.csv")
-    print("recovery rate (forget probes the base answers and the unlearned model does not):")
-    _print_df(rates[["route", "factor", "k", "n", "rate", "low", "high"]].round(3))
+    criteria = a.criteria.split(",")
+    res = recovery(base, unl, forget, factors, routes, params=_params(a), fmt=a.format, criteria=criteria,
+                   n_draws=a.draws)
+    write_table(res.sweep, out / "emphasis_sweep.csv")
+    write_table(res.rates, out / "recovery_rates.csv")
+    write_table(res.control, out / "recovery_control.csv")
+    write_table(res.eligibility, out / "eligibility.csv")
+    print("recovery rate (forget probes the base answers and the unlearned model does not; controls: random "
+          "non-KeyTokens and function words):")
+    _print_df(res.rates[["criterion", "condition", "route", "scope", "factor", "k", "n", "rate", "low", "high"]].round(3))
+    print("KeyToken-specific recovery (KeyTokens - random, paired per probe; 95% bootstrap CI, sign-flip p):")
+    _print_df(res.control[["criterion", "route", "scope", "factor", "vs_random_n", "vs_random_diff",
+                           "vs_random_diff_low", "vs_random_diff_high", "vs_random_p"]].round(3))
     others = [p for p in probes if p.split != "forget"]
-    if others:
-        _, drates = destruction(base, unl, others, a.format)
+    for crit in criteria if others else []:
+        _, drates = destruction(base, unl, others, a.format, criterion=crit)
         for split, r in drates.items():
-            print(f"destructive rate ({split}): {r}")
+            print(f"destructive rate ({split}, {crit}): {r}")
     print(f"wrote {out}")
     return 0
 
@@ -423,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int)
     s.add_argument("--batch-size", type=int)
     s.add_argument("--target-forget-acc", type=float, help="stop once forget fact top-1 accuracy <= this")
+    s.add_argument("--loss-convention", choices=["open_unlearning", "unpact_v1"],
+                   help="GA/GD/KL reductions: open-unlearning's (default) or this toolkit's first forms")
     s.add_argument("--format", default="auto", choices=["auto", "chat", "plain"])
     _model_args(s)
 
@@ -433,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--factors", default="1,2,4,8", help="emphasis factors (with --sweep; else the last only)")
     s.add_argument("--sweep", action="store_true", help="score every factor, not only the largest")
     s.add_argument("--routes", default="embed,attention")
+    s.add_argument("--criteria", default="teacher_forced,generation",
+                   help="correctness criteria: teacher_forced (fact span top-1), generation (greedy answer, ROUGE-L)")
+    s.add_argument("--draws", type=int, default=3, help="seeded random-token control draws per probe")
     s.add_argument("--out", default="emphasis")
     _output_args(s)
     _keytoken_args(s)

@@ -103,7 +103,8 @@ def sweep(
 ) -> pd.DataFrame:
     """Answer LP and fact top-1 per probe, route and factor (factor 1 is the unemphasised model).
 
-    Each (route, factor) scores all probes in right-padded batches, every row emphasised at its own KeyTokens.
+    Each (route, factor) scores all probes in batches, every row emphasised at its own KeyTokens (on the KV
+    cache with the shared prefix run once when the backend allows, else with the route's hooks).
     """
     if len(positions) != len(tprobes):
         raise UnpactError(f"{len(positions)} KeyToken position lists for {len(tprobes)} probes")
@@ -118,10 +119,8 @@ def sweep(
             if f == 1.0 or not any(positions):
                 scores = plain
             else:
-                def hooks(chunk: list[int], f: float = f, route: str = route) -> Hooks:
-                    return emphasis_hooks(subject, [list(positions[i]) for i in chunk], f, route)
-
-                scores = score_probes(subject, tprobes, hooks)
+                emphasis_hooks(subject, [[0]], f, route)  # the route must exist on this backend
+                scores = score_probes(subject, tprobes, emphasis=(route, [list(p) for p in positions], float(f)))
             for i, (tp, pos) in enumerate(zip(tprobes, positions)):
                 s_ = scores[i] if pos else plain[i]  # a row without KeyTokens is the plain model
                 rows.append({"probe_id": tp.probe.id, "model": subject.name, "route": route, "factor": float(f),
@@ -157,19 +156,3 @@ def prompt_emphasis(probe: Probe, keywords: Sequence[str], style: str = "repeat"
         raise UnpactError(f"unknown prompt emphasis style {style!r}: use one of {PROMPT_STYLES}")
     return Probe(probe.id, prompt, probe.answer, probe.split, probe.fact, probe.domain, tuple(kws),
                  {**probe.meta, "emphasis": style})
-
-
-def prompt_sweep(
-    subject: Subject, tprobes: Sequence[TokenizedProbe], positions: Sequence[Sequence[int]], styles: Sequence[str] = PROMPT_STYLES
-) -> pd.DataFrame:
-    """Answer LP and fact top-1 of each prompt-edit style (the paper's FocusOnKey), per probe (one batch)."""
-    edited, meta = [], []
-    for tp, pos in zip(tprobes, positions):
-        for style in styles:
-            edited.append(tokenize_probe(subject.tokenizer, prompt_emphasis(tp.probe, keyword_strings(tp, pos), style),
-                                         tp.format, max_len=subject.n_ctx))
-            meta.append((tp.probe.id, style))
-    rows = [{"probe_id": pid, "model": subject.name, "route": f"prompt:{style}", "factor": float("nan"),
-             "lp": s.lp, "fact_top1": fact_top1(e, s)}
-            for (pid, style), e, s in zip(meta, edited, score_probes(subject, edited))]
-    return pd.DataFrame(rows)

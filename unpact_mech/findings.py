@@ -3,18 +3,71 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
 from unpact_mech.analysis import Analysis, annotate
-from unpact_mech.emphasis import ROUTES, prompt_sweep, sweep
+from unpact_mech.emphasis import ROUTES
+from unpact_mech.errors import UnpactError
 from unpact_mech.keytokens import KeyTokenParams
-from unpact_mech.metrics import destructive_rate, recovery_rate
+from unpact_mech.metrics import destructive_rate
 from unpact_mech.models import Subject
-from unpact_mech.probes import Probe
-from unpact_mech.scoring import probe_table
+from unpact_mech.probes import Probe, TokenizedProbe
+from unpact_mech.scoring import fact_top1, probe_table, score_probes
 from unpact_mech.tracking import prepare_comparison
+
+CRITERIA: tuple[str, ...] = ("teacher_forced", "generation")
+CONDITIONS: tuple[str, ...] = ("keytokens", "random", "function_words")
+
+
+@dataclass
+class RecoveryResult:
+    """Finding 2 with its controls, under each correctness criterion.
+
+    * ``sweep``: one row per (criterion, condition, draw, probe, route, factor) among eligible probes:
+      ``correct`` (fact top-1 for ``teacher_forced``; :func:`~unpact_mech.metrics.generated_correct` of the
+      greedy answer for ``generation``) and ``lp`` (teacher-forced only).
+    * ``rates``: restored / eligible per (criterion, condition, route, scope, factor); ``scope="best"`` counts a
+      probe restored at any factor > 1 of the route, for every condition alike. KeyTokens and function words:
+      k of n with a Wilson interval; random: the mean over draws of each probe's restored share (``k`` is
+      fractional), with a bootstrap interval over probes.
+    * ``control``: the KeyToken-specific recovery, paired per probe: KeyTokens minus random (and minus
+      function words), mean difference with a 95% paired bootstrap interval and a sign-flip p-value.
+    * ``eligibility``: per probe, base and unlearned correctness under each criterion.
+    """
+
+    sweep: pd.DataFrame
+    rates: pd.DataFrame
+    control: pd.DataFrame
+    eligibility: pd.DataFrame
+
+
+def control_positions(tp: TokenizedProbe, keys: Sequence[int], n_draws: int, seed: int = 0) -> dict[str, list[list[int]]]:
+    """Positions to emphasise per condition: the KeyTokens; ``n_draws`` seeded draws of as many attributable
+    non-KeyTokens (all of them when fewer remain); the prompt's function words (``unpact_mech.words``) that are
+    not KeyTokens. A probe without KeyTokens gets no controls either."""
+    import random
+
+    from unpact_mech.words import function_word_positions
+
+    keys = sorted(keys)
+    pool = [p for p in tp.attributable if p not in set(keys)]
+    draws = [sorted(random.Random(f"{seed}:{d}:{tp.probe.id}").sample(pool, min(len(keys), len(pool))))
+             for d in range(n_draws)]
+    fw = [p for p in function_word_positions(tp.words) if p not in set(keys)]
+    return {"keytokens": [keys], "random": draws if keys else [[] for _ in range(n_draws)],
+            "function_words": [fw if keys else []]}
+
+
+def _judge(subject: Subject, tps: Sequence[TokenizedProbe], criterion: str, hooks: Any = ()) -> list[bool]:
+    from unpact_mech.scoring import generation_table
+
+    if criterion == "generation":
+        return list(generation_table(subject, tps, hooks).gen_correct)
+    return list(probe_table(subject, tps, hooks).fact_top1) if not callable(hooks) else \
+        [fact_top1(tp, sc) for tp, sc in zip(tps, score_probes(subject, tps, hooks))]
 
 
 def recovery(
@@ -27,82 +80,171 @@ def recovery(
     params: KeyTokenParams | None = None,
     fmt: str = "auto",
     eligible_only: bool = True,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Finding 2: emphasis on the base model's KeyTokens, weights unchanged.
+    criteria: Sequence[str] = CRITERIA,
+    n_draws: int = 3,
+    seed: int = 0,
+    gen_factors: Sequence[float] | None = None,
+    gen_prompt_styles: Sequence[str] | None = None,
+) -> RecoveryResult:
+    """Finding 2: emphasis on the base model's KeyTokens, weights unchanged, against two controls.
 
-    Returns the per-probe sweep (route, factor, LP, fact top-1) and the recovery rate per route and factor
-    (``scope="factor"``) plus ``scope="best"`` = restored at any factor > 1 of that route (factor NaN);
-    rates are numbers: k, n, rate, low, high among probes the base answers and the unlearned
-    model does not. The sweep runs on those eligible probes only (``eligible_only=False``: on all probes).
+    For every probe the base model answers and the unlearned one does not (per criterion), each route and
+    factor emphasises (a) the KeyTokens, (b) ``n_draws`` random non-KeyToken draws of the same size and (c) the
+    function words (:func:`control_positions`); prompt edits name the same tokens. ``gen_factors`` limits the
+    factors scored by generation (default: all) and ``gen_prompt_styles`` its prompt edits (default: all), as
+    generation costs one forward per generated token.
     ``base``: an :class:`~unpact_mech.analysis.Analysis` (its KeyTokens and scores are reused) or a Subject.
     """
+    from unpact_mech.metrics import bootstrap_mean, paired_difference, wilson
+
+    bad = [c for c in criteria if c not in CRITERIA]
+    if bad:
+        raise UnpactError(f"unknown correctness criterion {bad[0]!r}; use {', '.join(CRITERIA)}")
     an, tps = prepare_comparison(base, unlearned, probes, params, fmt)
-    b = an.scores(tps)
-    u = probe_table(unlearned, tps).set_index("probe_id")
-    if eligible_only:
-        tps = [tp for tp in tps if b.fact_top1[tp.probe.id] and not u.fact_top1[tp.probe.id]]
-    pos = an.keytoken_positions(tps)
-    sw = pd.concat([sweep(unlearned, tps, pos, factors, routes), prompt_sweep(unlearned, tps, pos, prompt_styles)],
-                   ignore_index=True)
+    keys = dict(zip([tp.probe.id for tp in tps], an.keytoken_positions(tps)))
+    emph = [float(f) for f in factors if f != 1.0]
+    gen_f = emph if gen_factors is None else [float(f) for f in gen_factors if f != 1.0]
+    elig_rows, sweep_rows = [], []
+    for crit in criteria:
+        b_ok = _judge(an.base, tps, crit)
+        u_ok = _judge(unlearned, tps, crit)
+        elig_rows += [{"probe_id": tp.probe.id, "criterion": crit, "base_correct": b, "unlearned_correct": u}
+                      for tp, b, u in zip(tps, b_ok, u_ok)]
+        todo = [tp for tp, b, u in zip(tps, b_ok, u_ok) if (b and not u) or not eligible_only]
+        if not todo:
+            continue
+        ctrl = {tp.probe.id: control_positions(tp, keys[tp.probe.id], n_draws, seed) for tp in todo}
+        # every (probe, condition, draw) is one row of the same batch, per route and factor
+        units = [(tp, cond, draw, pos) for tp in todo for cond in CONDITIONS
+                 for draw, pos in enumerate(ctrl[tp.probe.id][cond])]
+        tf = crit == "teacher_forced"
+        styles = prompt_styles if tf or gen_prompt_styles is None else gen_prompt_styles
+        sweep_rows += _emphasis_sweep(unlearned, units, emph if tf else gen_f, routes, styles, crit)
+    sw = pd.DataFrame(sweep_rows)
     if sw.empty:
-        sw = pd.DataFrame(columns=["probe_id", "model", "route", "factor", "lp", "fact_top1"])
-    sw["base_correct"] = sw.probe_id.map(b.fact_top1)
-    sw["unlearned_correct"] = sw.probe_id.map(u.fact_top1)
-    ids = list(b.index)
+        sw = pd.DataFrame(columns=["criterion", "condition", "draw", "probe_id", "model", "route", "factor",
+                                   "correct", "lp"])
+    elig = pd.DataFrame(elig_rows)
+    rate_rows, ctrl_rows = [], []
+    for crit in criteria:
+        styles = prompt_styles if crit == "teacher_forced" or gen_prompt_styles is None else gen_prompt_styles
+        route_names = [*routes, *(f"prompt:{st}" for st in styles)]
+        e = elig[(elig.criterion == crit) & elig.base_correct & ~elig.unlearned_correct]
+        ids = list(e.probe_id)
+        s_c = sw[sw.criterion == crit]
+        f_list = emph if crit == "teacher_forced" else gen_f
+        combos = [(r, f) for r in routes for f in f_list] + [(r, float("nan")) for r in route_names[len(routes):]]
+        scopes = [("factor", r, f) for r, f in combos] + [("best", r, float("nan")) for r in route_names]
+        for scope, route, factor in scopes:
+            sel = s_c[s_c.route == route]
+            if scope == "factor" and factor == factor:
+                sel = sel[sel.factor == factor]
+            per: dict[str, list[float]] = {}
+            for cond in CONDITIONS:
+                got = sel[sel.condition == cond].groupby(["probe_id", "draw"]).correct.any()
+                share = got.groupby(level="probe_id").mean() if len(got) else pd.Series(dtype=float)
+                per[cond] = [float(share.get(i, 0.0)) for i in ids]
+                if cond == "random":
+                    m, lo, hi = bootstrap_mean(per[cond], seed=seed)
+                    r = {"k": float(sum(per[cond])), "n": len(ids), "rate": m, "low": lo, "high": hi}
+                else:
+                    r = wilson(int(round(sum(per[cond]))), len(ids)).to_dict()
+                rate_rows.append({"criterion": crit, "condition": cond, "route": route, "scope": scope,
+                                  "factor": factor, **r})
+            ctrl_rows.append({"criterion": crit, "route": route, "scope": scope, "factor": factor,
+                              **{f"{c}_rate": (sum(per[c]) / len(ids) if ids else float("nan")) for c in CONDITIONS},
+                              **{f"vs_random_{k}": v for k, v in paired_difference(per["keytokens"], per["random"],
+                                                                                    seed).items()},
+                              **{f"vs_fw_{k}": v for k, v in paired_difference(per["keytokens"],
+                                                                               per["function_words"], seed).items()}})
+    return RecoveryResult(an.annotate(sw), an.annotate(pd.DataFrame(rate_rows)), an.annotate(pd.DataFrame(ctrl_rows)),
+                          elig)
 
-    def rate(sel: pd.DataFrame) -> dict[str, Any]:
-        got = sel.groupby("probe_id").fact_top1.any() if len(sel) else {}
-        return recovery_rate([b.fact_top1[i] for i in ids], [u.fact_top1[i] for i in ids],
-                             [bool(got.get(i, False)) for i in ids]).to_dict()
 
-    combos = [(r, float(f)) for r in routes for f in factors] + [(f"prompt:{st}", float("nan")) for st in prompt_styles]
-    rows = []
-    for route, factor in combos:
-        sel = sw[(sw.route == route) & ((sw.factor == factor) if factor == factor else sw.factor.isna())]
-        rows.append({"route": route, "scope": "factor", "factor": factor, **rate(sel)})
-    for route in [*routes, *(f"prompt:{st}" for st in prompt_styles)]:  # restored at any factor > 1
-        sel = sw[(sw.route == route) & (sw.factor.isna() | (sw.factor > 1))]
-        rows.append({"route": route, "scope": "best", "factor": float("nan"), **rate(sel)})
-    return an.annotate(sw), an.annotate(pd.DataFrame(rows))
+def _emphasis_sweep(subject: Subject, units: Sequence[tuple[TokenizedProbe, str, int, list[int]]],
+                    factors: Sequence[float], routes: Sequence[str], styles: Sequence[str],
+                    criterion: str) -> list[dict[str, Any]]:
+    """Correctness of every unit (probe, condition, draw, positions) under each route and factor, and under
+    each prompt edit naming the positions' tokens: one batch per (route, factor) and one for all prompt edits.
+    Teacher forced: fact top-1 of the scored answer (and its LP); generation: the greedy answer, with the
+    emphasis active over prompt and answer. A unit without positions is the plain model."""
+    from unpact_mech.emphasis import emphasis_hooks, keyword_strings, prompt_emphasis
+    from unpact_mech.probes import tokenize_probe
+    from unpact_mech.scoring import generation_table
+
+    tps = [u[0] for u in units]
+    rows: list[dict[str, Any]] = []
+
+    def judge(batch: Sequence[TokenizedProbe], emphasis: Any = None) -> tuple[list[bool], list[Any]]:
+        if criterion == "generation":
+            g = generation_table(subject, batch, emphasis=emphasis)
+            return list(g.gen_correct), list(g.generated)
+        sc = score_probes(subject, batch, emphasis=emphasis)
+        return [fact_top1(tp, x) for tp, x in zip(batch, sc)], [x.lp for x in sc]
+
+    def add(route: str, factor: float, ok: list[bool], extra: list[Any]) -> None:
+        key = "generated" if criterion == "generation" else "lp"
+        rows.extend({"criterion": criterion, "condition": c, "draw": d, "probe_id": tp.probe.id,
+                     "model": subject.name, "route": route, "factor": factor, "correct": bool(y), key: e,
+                     "n_positions": len(pos)} for (tp, c, d, pos), y, e in zip(units, ok, extra))
+
+    for route in routes:
+        for f in factors:
+            emphasis_hooks(subject, [[0]], f, route)  # the route must exist on this backend
+            add(route, float(f), *judge(tps, (route, [list(u[3]) for u in units], float(f))))
+    if styles:
+        edited = [tokenize_probe(subject.tokenizer, prompt_emphasis(tp.probe, keyword_strings(tp, pos), style),
+                                 tp.format, max_len=subject.n_ctx) for style in styles for tp, _, _, pos in units]
+        ok, extra = judge(edited)
+        for i, style in enumerate(styles):
+            sl = slice(i * len(units), (i + 1) * len(units))
+            add(f"prompt:{style}", float("nan"), ok[sl], extra[sl])
+    return rows
 
 
 def destruction(base: Analysis | Subject, unlearned: Subject, probes: Sequence[Probe] | None = None,
-                fmt: str = "auto") -> tuple[pd.DataFrame, dict]:
-    """Finding 3 (rate): per split, the share of probes the base answers that the unlearned model fails.
+                fmt: str = "auto", criterion: str = "teacher_forced") -> tuple[pd.DataFrame, dict]:
+    """Finding 3 (rate): per split, the share of probes the base answers that the unlearned model fails, under
+    one correctness criterion (``teacher_forced``: fact span top-1; ``generation``: the greedy answer).
 
     ``base``: an :class:`~unpact_mech.analysis.Analysis` (its base scores are reused) or a Subject.
     """
+    if criterion not in CRITERIA:
+        raise UnpactError(f"unknown correctness criterion {criterion!r}; use {', '.join(CRITERIA)}")
     an, tps = prepare_comparison(base, unlearned, probes, None, fmt)
-    b, u = an.scores(tps).reset_index(), probe_table(unlearned, tps)
-    df = b[["probe_id", "split", "lp", "fact_top1"]].merge(
-        u[["probe_id", "lp", "fact_top1"]], on="probe_id", suffixes=("_base", "_unlearned"))
-    rates = {split: destructive_rate(list(g.fact_top1_base), list(g.fact_top1_unlearned))
+    df = pd.DataFrame({"probe_id": [tp.probe.id for tp in tps], "split": [tp.probe.split for tp in tps],
+                       "criterion": criterion, "correct_base": _judge(an.base, tps, criterion),
+                       "correct_unlearned": _judge(unlearned, tps, criterion)})
+    if criterion == "teacher_forced":
+        b, u = an.scores(tps), probe_table(unlearned, tps).set_index("probe_id")
+        df["lp_base"], df["lp_unlearned"] = list(b.lp[df.probe_id]), list(u.lp[df.probe_id])
+    rates = {split: destructive_rate(list(g.correct_base), list(g.correct_unlearned))
              for split, g in df.groupby("split")}
     return df, rates
-
-
-FUNCTION_WORDS = frozenset(
-    "a an the of in on at to for by with from and or but is are was were be been it its this that these those "
-    "what which who whom whose when where why how do does did ? . , ! ; :".split()
-)
 
 
 def function_word_penalisation(comparison: Any, params: KeyTokenParams | None = None) -> pd.DataFrame:
     """Finding 3 (mechanism): contribution change of function words vs base KeyTokens vs other tokens.
 
+    One row per attributable token: its word (sub-word tokens grouped, ``unpact_mech.words``) and kind
+    ("KeyToken" if the base model's KeyToken, else the word's kind: "function word", "punctuation" or
+    "content word"), its contribution C before and after, and ``change`` = C_unlearned - C_base.
     ``comparison`` is a :class:`~unpact_mech.tracking.Comparison` on retain/general probes; its KeyToken
     parameters are used unless ``params`` is given.
     """
     from unpact_mech.keytokens import select_keytokens
+    from unpact_mech.words import word_kind
 
     params = params or comparison.params
     rows = []
     for rb, ru in zip(comparison.base, comparison.unlearned):
         keys = set(select_keytokens(rb.contributions, params))
+        word_of = {p: w for w, ps in rb.tprobe.words for p in ps}
         for i, pos in enumerate(rb.positions):
-            tok = rb.tprobe.tokens[pos].strip().lower()
-            kind = "KeyToken" if i in keys else ("function word" if tok in FUNCTION_WORDS else "other")
-            rows.append({"probe_id": rb.tprobe.probe.id, "split": rb.tprobe.probe.split, "token": tok, "kind": kind,
+            word = word_of.get(pos, rb.tprobe.tokens[pos].strip())
+            kind = "KeyToken" if i in keys else word_kind(word)
+            rows.append({"probe_id": rb.tprobe.probe.id, "split": rb.tprobe.probe.split, "position": pos,
+                         "token": rb.tprobe.tokens[pos], "word": word, "kind": kind,
                          "base": float(rb.contributions[i]), "unlearned": float(ru.contributions[i])})
     df = pd.DataFrame(rows)
     df["change"] = df["unlearned"] - df["base"]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 
@@ -51,7 +53,41 @@ def wilson(k: int, n: int, z: float = 1.96) -> Rate:
     return Rate(k, n, p, max(0.0, centre - half), min(1.0, centre + half))
 
 
-def _check_lengths(*cols: Flags) -> None:
+def bootstrap_mean(values: Sequence[float], n_boot: int = 10_000, seed: int = 0,
+                   level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of ``values`` and its percentile bootstrap interval (resampling the values, seeded); NaNs if empty."""
+    v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        return math.nan, math.nan, math.nan
+    means = v[np.random.default_rng(seed).integers(0, v.size, (n_boot, v.size))].mean(1)
+    q = (1 - level) / 2
+    return float(v.mean()), float(np.quantile(means, q)), float(np.quantile(means, 1 - q))
+
+
+def sign_flip_p(diffs: Sequence[float], n_mc: int = 20_000, seed: int = 0) -> float:
+    """Two-sided paired sign-flip (permutation) test of mean(diffs) = 0: the share of sign assignments whose
+    |mean| is at least the observed one. Exact (all 2^m flips of the m nonzero differences) for m <= 16,
+    else Monte Carlo with ``n_mc`` draws. 1.0 when every difference is 0."""
+    d = np.asarray([x for x in diffs if x != 0], dtype=float)
+    if d.size == 0:
+        return 1.0
+    obs = abs(d.sum()) - 1e-12
+    if d.size <= 16:
+        signs = 1 - 2 * ((np.arange(2 ** d.size)[:, None] >> np.arange(d.size)) & 1)
+    else:
+        signs = np.random.default_rng(seed).choice([-1, 1], (n_mc, d.size))
+    return float((np.abs(signs @ d) >= obs).mean())
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], seed: int = 0) -> dict[str, float]:
+    """mean(a - b) over paired units with a 95% paired bootstrap interval and the sign-flip p-value."""
+    _check_lengths(a, b)
+    d = [float(x) - float(y) for x, y in zip(a, b)]
+    mean, low, high = bootstrap_mean(d, seed=seed)
+    return {"n": len(d), "diff": mean, "diff_low": low, "diff_high": high, "p": sign_flip_p(d, seed=seed)}
+
+
+def _check_lengths(*cols: Sequence[Any]) -> None:
     if len({len(c) for c in cols}) > 1:
         raise ValueError(f"correctness lists differ in length: {[len(c) for c in cols]}")
 
@@ -75,17 +111,37 @@ def accuracy(correct: Flags) -> Rate:
     return wilson(sum(bool(c) for c in correct), len(correct))
 
 
-def rouge_l_recall(prediction: str, reference: str) -> float:
-    """ROUGE-L recall of a generated answer against the reference (``rouge-score`` package, stemmed)."""
+GEN_THRESHOLD = 0.5  # ROUGE-L recall of the short gold answer at or above which a generated answer is correct
+
+
+@functools.cache
+def _scorer() -> Any:
     from rouge_score import rouge_scorer
 
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    return float(scorer.score(reference, prediction)["rougeL"].recall)
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
 
-def generated_correct(prediction: str, reference: str, threshold: float = 0.5) -> bool:
-    """A generated answer counts as correct when its ROUGE-L recall of the reference exceeds ``threshold``."""
-    return rouge_l_recall(prediction, reference) > threshold
+def rouge_l_recall(prediction: str, reference: str) -> float:
+    """ROUGE-L recall of a generated answer against the reference (``rouge-score`` package, stemmed):
+    LCS(prediction, reference) / len(reference), in lower-cased word tokens."""
+    return float(_scorer().score(reference, prediction)["rougeL"].recall)
+
+
+def gold_short(probe: Any) -> str:
+    """The short gold answer a generation is judged against: the probe's fact span, else its whole answer.
+
+    MUSE's KnowMem judges short answers; judged against our full answer sentences, a wrong answer that
+    echoes the question ("The capital of France is Lyon.") would score 5/6."""
+    return str(probe.fact or probe.answer)
+
+
+def generated_correct(prediction: str, probe: Any, threshold: float = GEN_THRESHOLD) -> bool:
+    """Correct by generation: ROUGE-L recall of :func:`gold_short` >= ``threshold``, or the fact span appears
+    in the generation as whole words (case-insensitive)."""
+    gold = gold_short(probe)
+    if probe.fact and re.search(rf"(?<!\w){re.escape(probe.fact.lower())}(?!\w)", prediction.lower()):
+        return True
+    return rouge_l_recall(prediction, gold) >= threshold
 
 
 def multiple_choice_accuracy(subject: Subject, probes: Sequence[object], fmt: str = "auto") -> Rate:

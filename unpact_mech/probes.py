@@ -147,6 +147,9 @@ class TokenizedProbe:
     tokens: tuple[str, ...]
     fact_positions: tuple[int, ...]
     format: str
+    # the user prompt's words (``unpact_mech.words.WORD``) and the attributable positions of each: sub-word
+    # tokens grouped by character offsets, so "Berlin" split into "Ber"+"lin" is one word
+    words: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     @property
     def answer_positions(self) -> range:
@@ -234,6 +237,7 @@ def tokenize_probe(
         raise ProbeError(
             f"probe '{probe.id}' is {len(ids)} tokens long, longer than the model context of {max_len}"
         )
+    words = _group_words(text, c0, c1, p_off, attributable, 1 if fmt_r == "plain" and _adds_bos(tokenizer) else 0)
     fact = probe.fact or probe.answer.strip()
     f0 = answer_text.find(fact)
     f1 = f0 + len(fact)
@@ -247,7 +251,23 @@ def tokenize_probe(
         tokens=tokens,
         fact_positions=tuple(fact_pos) or tuple(range(len(p_ids), len(ids))),
         format=fmt_r,
+        words=words,
     )
+
+
+def _group_words(text: str, c0: int, c1: int, offsets: Sequence[tuple[int, int]], attributable: Sequence[int],
+                 shift: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """Words of ``text[c0:c1]`` with the attributable token positions overlapping each (``shift``: a BOS
+    prepended after encoding moves every position by one)."""
+    from unpact_mech.words import WORD
+
+    out = []
+    for m in WORD.finditer(text, c0, c1):
+        s, e = m.span()
+        pos = tuple(i for i in attributable if offsets[i - shift][1] > s and offsets[i - shift][0] < e)
+        if pos:
+            out.append((m.group(), pos))
+    return tuple(out)
 
 
 def tokenize_probes(subject: Subject, probes: Sequence[Probe], fmt: Format = "auto", **kw: Any) -> list[TokenizedProbe]:

@@ -25,6 +25,7 @@ from unpact_mech.probes import TokenizedProbe
 Hook = tuple[Any, Callable[..., Any]]
 # hooks for every chunk, or a function of a chunk's sequence indices (row r of the batch = chunk[r])
 HookSource = Sequence[Hook] | Callable[[list[int]], Sequence[Hook]]
+Emphasis = tuple[str, Sequence[Sequence[int]], float]  # (route, positions per sequence, factor)
 DEFAULT_BATCH_TOKENS = 4096
 
 
@@ -96,23 +97,69 @@ def right_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: Any) -> Int[Te
     return out.to(device)
 
 
+def _kv_path(subject: Subject, hooks: HookSource, longest: int) -> Any:
+    """The KV-cache backend when it computes what the subject computes: no hooks given or attached, a
+    ``kv_prefix`` backend, and no sequence longer than a sliding attention window (else None: the exact path)."""
+    from unpact_mech.attribution.loo import fast_path
+
+    kvb = fast_path(subject, [hooks] if callable(hooks) else list(hooks), True)
+    window = getattr(subject.backend.config, "sliding_window", None) or 0
+    return None if kvb is None or (window and longest > window) else kvb
+
+
+def _emphasis_as_hooks(subject: Subject, emphasis: Emphasis, chunk: list[int]) -> Sequence[Hook]:
+    from unpact_mech.emphasis import emphasis_hooks
+
+    route, pos, f = emphasis
+    return emphasis_hooks(subject, [list(pos[i]) for i in chunk], f, route)
+
+
+def _kv_score(kvb: Any, seqs: Sequence[tuple[Sequence[int], int]], owners: list[int], emphasis: Emphasis | None,
+              pad: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Answer log-probs, top-1 and owners of a chunk on the KV-cache backend (shared prefix run once)."""
+    route, pos, f = emphasis if emphasis is not None else (None, None, 1.0)
+    rows = [list(ids) for ids, _ in seqs]
+    run = kvb.emphasis_prefill(rows, route, None if pos is None else [list(pos[i]) for i in owners], f, pad,
+                               share_until=min(start for _, start in seqs) - 1)
+    r_idx, c_idx, targets, own = [], [], [], []
+    for r, ((ids, start), o) in enumerate(zip(seqs, run.offsets)):
+        for j in range(start, len(ids)):  # token j is predicted at row position j - 1
+            r_idx.append(r)
+            c_idx.append(o + j - 1 - run.prefix)
+            targets.append(ids[j])
+            own.append(owners[r])
+    dev = run.hidden.device
+    logits = kvb.logits(run.hidden[torch.tensor(r_idx, device=dev), torch.tensor(c_idx, device=dev)])
+    lp, top = answer_logprobs(logits, torch.tensor(targets, device=dev))
+    return lp.cpu(), top.cpu(), torch.tensor(own)
+
+
 def score_sequences(
     subject: Subject,
     seqs: Sequence[tuple[Sequence[int], int]],
     hooks: HookSource = (),
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     progress: bool | str = False,
+    emphasis: Emphasis | None = None,
 ) -> list[SeqScore]:
     """Score many (ids, answer_start) sequences: answer tokens are ids[answer_start:].
 
-    Sequences are sorted by length and cut into right-padded chunks of at most ``batch_tokens`` tokens.
-    ``hooks`` may be a function of the chunk (the sequence indices of the batch rows) for per-row
-    interventions. Without hooks, a subject with a ``memo`` dict (see ``Subject.memoize``) reuses earlier scores.
+    Sequences are sorted by length and cut into chunks of at most ``batch_tokens`` tokens. ``hooks`` may be a
+    function of the chunk (the sequence indices of the batch rows) for per-row interventions; ``emphasis``
+    declares one instead (route, positions per sequence, factor). Without hooks given or attached, a
+    ``kv_prefix`` backend scores on its KV cache with the chunk's shared prefix (the chat template) run once,
+    emphasis included (:meth:`~unpact_mech.backends.hf.HFBackend.emphasis_prefill`); otherwise the backend's
+    forward runs right-padded batches with the hooks. The two paths are tested equal. Without hooks or
+    emphasis, a subject with a ``memo`` dict (see ``Subject.memoize``) reuses earlier scores.
     """
+    if emphasis is not None and (callable(hooks) or hooks):
+        raise UnpactError("give either hooks or an emphasis to score with, not both")
+    if emphasis is not None:
+        hooks = ()
     for ids, start in seqs:
         if not 0 < start < len(ids):
             raise UnpactError(f"answer start {start} outside a sequence of length {len(ids)}")
-    memo = memo_of(subject, hooks)
+    memo = memo_of(subject, hooks) if emphasis is None else None
     keys = [("score", tuple(ids), start) for ids, start in seqs] if memo is not None else []
     out: list[SeqScore | None] = [memo.get(k) for k in keys] if memo is not None else [None] * len(seqs)
     todo = [i for i, s in enumerate(out) if s is None]
@@ -120,12 +167,19 @@ def score_sequences(
     chunks = [[todo[j] for j in c] for c in chunk_by_tokens([len(seqs[i][0]) for i in todo], batch_tokens)]
     desc = progress if isinstance(progress, str) else "scoring"
     bar = tqdm(chunks, desc=desc, disable=not progress or len(chunks) < 2, leave=False)
+    kvb = _kv_path(subject, hooks, max(len(seqs[i][0]) for i in todo)) if todo else None
     for chunk in bar:
-        batch = right_pad([seqs[i][0] for i in chunk], pad, subject.device)
-        logits = forward_logits(subject, batch, hooks(chunk) if callable(hooks) else hooks)
-        idx = AnswerIndex.build([seqs[i] for i in chunk], logits.device, owners=chunk)
-        lp, top = (t.cpu() for t in answer_logprobs(idx.gather(logits), idx.targets))
-        own = idx.owner.cpu()
+        if kvb is not None:
+            lp, top, own = _kv_score(kvb, [seqs[i] for i in chunk], chunk, emphasis, pad)
+        else:
+            h = hooks(chunk) if callable(hooks) else hooks
+            if emphasis is not None:
+                h = _emphasis_as_hooks(subject, emphasis, chunk)
+            batch = right_pad([seqs[i][0] for i in chunk], pad, subject.device)
+            logits = forward_logits(subject, batch, h)
+            idx = AnswerIndex.build([seqs[i] for i in chunk], logits.device, owners=chunk)
+            lp, top = (t.cpu() for t in answer_logprobs(idx.gather(logits), idx.targets))
+            own = idx.owner.cpu()
         for i in chunk:
             m = own == i
             out[i] = SeqScore(lp[m], top[m])
@@ -140,9 +194,11 @@ def score_probes(
     hooks: HookSource = (),
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     progress: bool | str = False,
+    emphasis: Emphasis | None = None,
 ) -> list[SeqScore]:
     """Teacher-forced answer scores for tokenised probes (refuses non-finite scores, naming model and probe)."""
-    scores = score_sequences(subject, [(tp.ids, tp.prompt_len) for tp in tprobes], hooks, batch_tokens, progress)
+    scores = score_sequences(subject, [(tp.ids, tp.prompt_len) for tp in tprobes], hooks, batch_tokens, progress,
+                             emphasis)
     for tp, sc in zip(tprobes, scores):
         check_finite(subject, tp, sc.logprobs, "answer log-prob")
     return scores
@@ -184,6 +240,54 @@ def probe_table(subject: Subject, tprobes: Sequence[TokenizedProbe], hooks: Sequ
     )
 
 
+def stop_token_ids(tokenizer: Any) -> list[int]:
+    """Token ids that end a generated answer: EOS and the chat template's end-of-turn token, if any."""
+    ids = {tokenizer.eos_token_id}
+    for tok in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|endoftext|>"):
+        tid = tokenizer.convert_tokens_to_ids(tok) if tok in tokenizer.get_vocab() else None
+        ids.add(tid)
+    return sorted(i for i in ids if i is not None)
+
+
+def greedy_batch(
+    subject: Subject,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int | Sequence[int] = 32,
+    hooks: HookSource = (),
+    stop_ids: Sequence[int] | None = None,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+) -> list[list[int]]:
+    """Greedy continuations of many prompts, batched with right padding.
+
+    No KV cache: every step re-runs each unfinished row in full, so hooks act on the prompt and on every
+    generated token, exactly as in scoring. Row r's next token is the argmax at its own last position (the
+    padding after it is never attended to). ``hooks`` may be a function of the rows' prompt indices, as in
+    :func:`score_sequences`; a row stops at a stop token (not included) or after its ``max_new_tokens``.
+    """
+    stop = set(stop_token_ids(subject.tokenizer) if stop_ids is None else stop_ids)
+    limit = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    seqs = [list(p) for p in prompts]
+    new: list[list[int]] = [[] for _ in prompts]
+    pad = pad_token_id(subject.tokenizer)
+    for chunk in chunk_by_tokens([len(p) + m for p, m in zip(prompts, limit)], batch_tokens):
+        active = [i for i in chunk if limit[i] > 0]
+        while active:
+            batch = right_pad([seqs[i] for i in active], pad, subject.device)
+            logits = forward_logits(subject, batch, hooks(active) if callable(hooks) else hooks)
+            last = torch.tensor([len(seqs[i]) - 1 for i in active], device=logits.device)
+            nxt = logits[torch.arange(len(active), device=logits.device), last].argmax(-1).tolist()
+            still = []
+            for i, t in zip(active, nxt):
+                if t in stop:
+                    continue
+                seqs[i].append(t)
+                new[i].append(t)
+                if len(new[i]) < limit[i]:
+                    still.append(i)
+            active = still
+    return new
+
+
 def greedy_ids(
     subject: Subject,
     prompt_ids: Sequence[int],
@@ -191,21 +295,70 @@ def greedy_ids(
     hooks: Sequence[Hook] = (),
     stop_ids: Sequence[int] | None = None,
 ) -> list[int]:
-    """Greedy continuation through the backend (full recompute each step, so hooks apply to every step)."""
-    if stop_ids is None:
-        stop_ids = [i for i in (subject.tokenizer.eos_token_id,) if i is not None]
-    ids = list(prompt_ids)
-    new: list[int] = []
-    for _ in range(max_new_tokens):
-        logits = forward_logits(subject, torch.tensor([ids], device=subject.device), hooks)
-        nxt = int(logits[0, -1].argmax())
-        if nxt in stop_ids:
-            break
-        ids.append(nxt)
-        new.append(nxt)
-    return new
+    """Greedy continuation of one prompt through the backend (see :func:`greedy_batch`)."""
+    return greedy_batch(subject, [prompt_ids], max_new_tokens, hooks,
+                        [i for i in (subject.tokenizer.eos_token_id,) if i is not None] if stop_ids is None
+                        else stop_ids)[0]
 
 
 def greedy_answer(subject: Subject, tp: TokenizedProbe, max_new_tokens: int = 32, hooks: Sequence[Hook] = ()) -> str:
     """The model's greedy answer to a tokenised probe, as text."""
     return subject.tokenizer.decode(greedy_ids(subject, tp.prompt_ids, max_new_tokens, hooks))
+
+
+GEN_EXTRA_TOKENS = 8  # generation budget beyond the gold answer's length
+
+
+def generate_answers(subject: Subject, tprobes: Sequence[TokenizedProbe], hooks: HookSource = (),
+                     emphasis: Emphasis | None = None) -> list[list[int]]:
+    """Greedy answer token ids per probe (at most its gold answer's length + ``GEN_EXTRA_TOKENS``, stopping at
+    end of turn), with ``hooks`` or a declared ``emphasis`` active over the prompt and every generated token.
+
+    With no hooks given or attached and a ``kv_prefix`` backend, runs on its KV cache (emphasis as scaled input
+    embeddings or an attention-score bias); otherwise (and when a sequence would outgrow a sliding attention
+    window) the exact recompute loop :func:`greedy_batch` with the emphasis route's hooks. The two are tested
+    equal.
+    """
+    if emphasis is not None and (callable(hooks) or hooks):
+        raise UnpactError("give either hooks or an emphasis to generate with, not both")
+    prompts = [tp.prompt_ids for tp in tprobes]
+    limits = [tp.n_answer + GEN_EXTRA_TOKENS for tp in tprobes]
+    stops = stop_token_ids(subject.tokenizer)
+    kvb = _kv_path(subject, hooks, max((len(p) + m for p, m in zip(prompts, limits)), default=0))
+    if kvb is not None:
+        route, pos, f = emphasis if emphasis is not None else (None, None, 1.0)
+        out: list[list[int]] = [[] for _ in tprobes]
+        for chunk in chunk_by_tokens([len(p) + m for p, m in zip(prompts, limits)], DEFAULT_BATCH_TOKENS):
+            res = kvb.generate([prompts[i] for i in chunk], [limits[i] for i in chunk], stops, route,
+                               None if pos is None else [list(pos[i]) for i in chunk], f, pad_token_id(subject.tokenizer))
+            for i, r in zip(chunk, res):
+                out[i] = r
+        return out
+    if emphasis is not None:
+        def hooks(chunk: list[int]) -> Sequence[Hook]:  # noqa: F811  (the emphasis as per-row hooks)
+            return _emphasis_as_hooks(subject, emphasis, chunk)
+
+    return greedy_batch(subject, prompts, limits, hooks, stops)
+
+
+def generation_table(subject: Subject, tprobes: Sequence[TokenizedProbe], hooks: HookSource = (),
+                     emphasis: Emphasis | None = None) -> pd.DataFrame:
+    """Correctness by generation: one row per probe with the greedy answer (:func:`generate_answers`), its
+    ROUGE-L recall of the short gold answer and ``gen_correct`` (:func:`unpact_mech.metrics.generated_correct`).
+    Unhooked answers are memoized on a memoizing subject."""
+    from unpact_mech.metrics import generated_correct, gold_short, rouge_l_recall
+
+    def run() -> list[list[int]]:
+        return generate_answers(subject, tprobes, hooks, emphasis)
+
+    plain = emphasis is None and not callable(hooks)
+    outs = memoized(subject, hooks, ("generate", tuple(tp.ids for tp in tprobes)), run) if plain else run()
+    texts = [subject.tokenizer.decode(o, skip_special_tokens=True).strip() for o in outs]
+    return pd.DataFrame({
+        "probe_id": [tp.probe.id for tp in tprobes],
+        "split": [tp.probe.split for tp in tprobes],
+        "model": subject.name,
+        "generated": texts,
+        "rouge_l": [rouge_l_recall(t, gold_short(tp.probe)) for tp, t in zip(tprobes, texts)],
+        "gen_correct": [generated_correct(t, tp.probe) for tp, t in zip(tprobes, texts)],
+    })

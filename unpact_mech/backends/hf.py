@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -112,6 +113,126 @@ class HFBackend:
     def logits(self, hidden: Float[Tensor, "n d_model"]) -> Float[Tensor, "n vocab"]:
         """The model's final logits from final hidden states (LM head, then its output transform)."""
         return unembed(self.model.get_output_embeddings(), hidden, self.transform)
+
+
+    @torch.no_grad()
+    def emphasis_prefill(
+        self,
+        rows: Sequence[Sequence[int]],
+        route: str | None = None,
+        positions: Sequence[Sequence[int]] | None = None,
+        factor: float = 1.0,
+        pad_id: int = 0,
+        extra: int = 0,
+        share_until: int | None = None,
+    ) -> EmphasisRun:
+        """Run token rows with emphasis on their ``positions`` (per row, in row coordinates) and a KV cache:
+
+        * ``route="embed"``: the input embeddings at those positions are multiplied by ``factor``;
+        * ``route="attention"``: log(factor) is added to every head's attention score on those keys, for every
+          query (an additive 4D attention mask: the bias of the ``hook_attn_scores`` steering hook).
+
+        The rows' common prefix (up to ``share_until`` and never past an emphasised position) is run once and
+        its cache repeated; the rest is left-padded (position ids restart at each row's first real token after
+        the prefix; padding is masked with the dtype's minimum, not -inf, so padded rows stay finite). ``extra``
+        reserves mask room for that many generated tokens. Equal to the hooked bridge run: tested.
+        """
+        dev, n = self.device, len(rows)
+        common = 0
+        limit = min([len(r) - 1 for r in rows] + ([share_until] if share_until is not None else []))
+        limit = min([limit] + [min(p) for p in (positions or []) if p])
+        while common < limit and all(r[common] == rows[0][common] for r in rows):
+            common += 1
+        cache = self.new_cache()
+        if common:
+            self.hidden(torch.tensor([list(rows[0][:common])], device=dev), cache)
+            cache.batch_repeat_interleave(n)
+        sufs = [list(r[common:]) for r in rows]
+        width = max(len(x) for x in sufs)
+        off = [width - len(x) for x in sufs]
+        ids = torch.tensor([[pad_id] * o + x for o, x in zip(off, sufs)], device=dev)
+        total = common + width + extra
+        valid = torch.zeros(n, total, dtype=torch.bool, device=dev)
+        valid[:, :common] = True
+        bias = torch.zeros(n, total, dtype=self.dtype, device=dev)
+        scale = torch.ones(n, width, 1, dtype=self.dtype, device=dev)
+        log_f = float(torch.log(torch.tensor(factor, dtype=torch.float64)))
+        for r, o in enumerate(off):
+            valid[r, common + o :] = True
+            cols = [common + o + p - common for p in (positions[r] if positions is not None else [])]
+            if route == "attention" and cols:
+                bias[r, cols] = log_f
+            if route == "embed" and cols:
+                scale[r, [c - common for c in cols]] = factor
+        low = torch.finfo(self.dtype).min
+        key_ok = valid[:, None, : common + width].clone().expand(n, width, common + width).clone()
+        key_ok[:, :, common:] &= torch.ones(width, width, dtype=torch.bool, device=dev).tril()
+        mask = torch.where(key_ok, bias[:, None, : common + width], low)[:, None]
+        pos = (common + torch.arange(width, device=dev)[None] - torch.tensor(off, device=dev)[:, None]).clamp(min=common)
+        kw: dict[str, Any] = {"input_ids": ids}
+        if route == "embed":
+            kw = {"inputs_embeds": self.model.get_input_embeddings()(ids) * scale}
+        h = self.body(**kw, attention_mask=mask, position_ids=pos, use_cache=True,
+                      **{self._cache_kw: cache}).last_hidden_state
+        return EmphasisRun(h, cache, valid, bias, common, width, off)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        limits: Sequence[int],
+        stop: Sequence[int],
+        route: str | None = None,
+        positions: Sequence[Sequence[int]] | None = None,
+        factor: float = 1.0,
+        pad_id: int = 0,
+    ) -> list[list[int]]:
+        """Greedy continuations with a KV cache and optional emphasis (:meth:`emphasis_prefill`), which stays
+        active for every generated query. A row stops at a ``stop`` token (not included) or after its limit."""
+        steps = max(limits, default=0)
+        if not prompts or steps == 0:
+            return [[] for _ in prompts]
+        run = self.emphasis_prefill(prompts, route, positions, factor, pad_id, extra=steps)
+        low = torch.finfo(self.dtype).min
+        start = run.prefix + run.width
+        logits = self.logits(run.hidden[:, -1])
+        new: list[list[int]] = [[] for _ in prompts]
+        done = [lim == 0 for lim in limits]
+        stop_set = set(stop)
+        for t in range(steps):
+            nxt = logits.argmax(-1)
+            for r, tok in enumerate(nxt.tolist()):
+                if done[r]:
+                    continue
+                if tok in stop_set:
+                    done[r] = True
+                    continue
+                new[r].append(tok)
+                done[r] = len(new[r]) >= limits[r]
+            if all(done) or t == steps - 1:
+                break
+            k = start + t + 1  # keys after appending this step's token
+            step_mask = torch.where(run.valid[:, :k], run.bias[:, :k], low)[:, None, None, :]
+            step_pos = torch.tensor([[start - o + t] for o in run.offsets], device=self.device)
+            h = self.body(input_ids=nxt[:, None], attention_mask=step_mask, position_ids=step_pos, use_cache=True,
+                          **{self._cache_kw: run.cache}).last_hidden_state
+            logits = self.logits(h[:, -1])
+        return new
+
+
+@dataclass
+class EmphasisRun:
+    """What :meth:`HFBackend.emphasis_prefill` leaves: final hidden states of the left-padded suffixes
+    (``[rows, width, d_model]``; row r's token j of the suffix sits at column ``offsets[r] + j``), the cache,
+    key validity and attention bias over prefix + suffix (+ room for generation), and the shared prefix length."""
+
+    hidden: Float[Tensor, "batch width d_model"]
+    cache: Any
+    valid: Tensor
+    bias: Tensor
+    prefix: int
+    width: int
+    offsets: list[int]
 
 
 def expand_cache(cache: Any, n: int) -> Any:

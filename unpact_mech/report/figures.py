@@ -105,3 +105,43 @@ def patch_heatmap(patch: pd.DataFrame, value: str = "restoration") -> Figure:
         ax.invert_yaxis()
     fig.tight_layout()
     return fig
+
+
+def interval_points(df: pd.DataFrame, x: str, y: str, low: str, high: str, hue: str, title: str = "",
+                    ylabel: str = "") -> Figure:
+    """Point estimates with their interval as error bars, one colour per ``hue`` level, dodged along ``x``."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    levels = list(dict.fromkeys(df[hue]))
+    xs = list(dict.fromkeys(df[x]))
+    width = 0.7 / max(len(levels), 1)
+    for j, lev in enumerate(levels):
+        g = df[df[hue] == lev].set_index(x).reindex(xs)
+        pos = [i - 0.35 + width * (j + 0.5) for i in range(len(xs))]
+        yerr = [(g[y] - g[low]).clip(lower=0).fillna(0), (g[high] - g[y]).clip(lower=0).fillna(0)]
+        ax.errorbar(pos, g[y], yerr=yerr, fmt="o", capsize=3, label=str(lev))
+    ax.set_xticks(range(len(xs)), [str(v) for v in xs], rotation=20)
+    ax.set_ylabel(ylabel or y)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def frontier(df: pd.DataFrame, x: str = "destructive", y: str = "keytokens", control: str = "random",
+             hue: str = "method", title: str = "The dilemma frontier") -> Figure:
+    """One solid line per method through its unlearning strengths (``x`` against ``y``, in strength order) and
+    the same method's control recovery as a dashed line of the same colour."""
+    fig, ax = plt.subplots(figsize=(6.8, 4.4))
+    palette = sns.color_palette(n_colors=max(df[hue].nunique(), 1))
+    for colour, (name, g) in zip(palette, df.groupby(hue, sort=False)):
+        g = g.sort_values("strength")
+        ax.plot(g[x], g[y], "-o", color=colour, label=f"{name}: KeyTokens")
+        ax.plot(g[x], g[control], "--x", color=colour, alpha=0.8, label=f"{name}: {control} control")
+    ax.set_xlabel("destructive rate (retain + general)")
+    ax.set_ylabel("recovery rate (best over factors)")
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig

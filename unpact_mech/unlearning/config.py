@@ -24,7 +24,9 @@ class UnlearnConfig:
     alpha: float = 1.0  # retain-term weight
     beta: float = 0.1  # NPO / DPO temperature
     delta: float = 0.0  # SimNPO margin
-    tv_scale: float = 1.0  # Task Vector: theta - a * (theta_ft - theta)
+    tv_scale: float = 1.0  # Task Vector: theta - a * (theta_ft - theta); with a forget target, the first bracket
+    tv_max_scale: float = 8.0  # calibration never goes beyond this scale
+    tv_bisect_steps: int = 6  # bisection halvings of the scale bracket (relative precision 2^-6)
     rmu_layer: int = 7
     rmu_coeff: float | None = None  # |c*u|; None: rmu_coeff_scale x mean norm of the forget tokens at the layer
     rmu_coeff_scale: float = 4.0
@@ -34,3 +36,6 @@ class UnlearnConfig:
     check_every: int = 1
     checkpoint_every: int = 5
     fmt: str = "auto"
+    # how GA/GD/KL reduce over tokens: "open_unlearning" (their per-token mean NLL, KL(ref || current)) or
+    # "unpact_v1" (summed NLL per sequence, KL(current || ref)); see unpact_mech.unlearning.losses
+    loss_convention: str = "open_unlearning"

@@ -1,6 +1,21 @@
 """Unlearning losses on padded batches (``input_ids``, ``attention_mask``, ``labels`` with -100 = ignored).
 
 Per-sequence NLL = sum of the NLL of the labelled tokens (answer tokens for QA, all tokens for raw text).
+
+Two loss conventions (``UnlearnConfig.loss_convention``, registry ``CONVENTIONS``):
+
+* ``"open_unlearning"`` (default), as open-unlearning and MUSE compute them:
+  GA = -NLL and GD = NLL as the **per-token mean** over the batch's labelled tokens (``outputs.loss``);
+  KL retain = **KL(pi_ref || pi_theta)** summed over the vocabulary and averaged over the batch's positions
+  (``F.kl_div(current_logp, ref_logp, log_target=True, reduction="batchmean")`` on the flattened logits).
+  Positions are the ones the attention mask keeps; open-unlearning's flattening also averages over padding
+  positions, which makes the loss depend on how a batch happens to be padded, so we leave those out
+  (identical on unpadded batches).
+* ``"unpact_v1"`` (this toolkit's first forms, kept to reproduce old runs): GA/GD = mean over sequences of the
+  **summed** answer NLL; KL retain = KL(pi_theta || pi_ref) per labelled answer token.
+
+NPO, DPO/IdkDPO and SimNPO use per-sequence sums (SimNPO: divided by the answer length) in both, as
+open-unlearning does (``compute_batch_nll``).
 """
 
 from __future__ import annotations
@@ -40,9 +55,27 @@ def n_labelled(batch: Batch) -> Tensor:
     return (batch["labels"][:, 1:] != -100).sum(-1).clamp(min=1)
 
 
-def ga(model: Any, forget: Batch) -> Tensor:
-    """Gradient ascent: -NLL on the forget batch."""
-    return -sequence_nll(model, forget).mean()
+CONVENTIONS: tuple[str, ...] = ("open_unlearning", "unpact_v1")
+
+
+def check_convention(convention: str) -> None:
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown loss convention {convention!r}; use one of {CONVENTIONS}")
+
+
+def nll(model: Any, batch: Batch, convention: str = "open_unlearning") -> Tensor:
+    """The NLL of GA/GD: per-token mean over all labelled tokens of the batch (``open_unlearning``:
+    sum_{r,t} nll_{r,t} / #labelled), or the mean over sequences of each sequence's sum (``unpact_v1``)."""
+    check_convention(convention)
+    seq = sequence_nll(model, batch)
+    if convention == "unpact_v1":
+        return seq.mean()
+    return seq.sum() / n_labelled(batch).sum()
+
+
+def ga(model: Any, forget: Batch, convention: str = "open_unlearning") -> Tensor:
+    """Gradient ascent: -NLL on the forget batch (reduction per ``convention``)."""
+    return -nll(model, forget, convention)
 
 
 def npo(model: Any, ref: Any, forget: Batch, beta: float) -> Tensor:
@@ -68,19 +101,34 @@ def dpo(model: Any, ref: Any, preferred: Batch, rejected: Batch, beta: float) ->
     return -(2.0 / beta) * F.logsigmoid(beta * ((win - win_ref) - (lose - lose_ref))).mean()
 
 
-def gdr(model: Any, retain: Batch) -> Tensor:
-    """Gradient-descent retain term: NLL on the retain batch."""
-    return sequence_nll(model, retain).mean()
+def gdr(model: Any, retain: Batch, convention: str = "open_unlearning") -> Tensor:
+    """Gradient-descent retain term: NLL on the retain batch (reduction per ``convention``)."""
+    return nll(model, retain, convention)
 
 
-def klr(model: Any, ref: Any, retain: Batch) -> Tensor:
-    """KL(pi_theta || pi_ref) over the labelled retain tokens (mean per token)."""
-    logits, _, _ = labelled_logits(model, retain)
+def klr(model: Any, ref: Any, retain: Batch, convention: str = "open_unlearning") -> Tensor:
+    """KL retain term. ``open_unlearning``: mean over unmasked positions of
+    sum_v p_ref(v) (log p_ref(v) - log p_theta(v)); ``unpact_v1``: mean over labelled answer tokens of
+    sum_v p_theta(v) (log p_theta(v) - log p_ref(v))."""
+    check_convention(convention)
+    if convention == "unpact_v1":
+        logits, _, _ = labelled_logits(model, retain)
+        with torch.no_grad():
+            ref_logits, _, _ = labelled_logits(ref, retain)
+        logp = F.log_softmax(logits, -1)
+        kl = (logp.exp() * (logp - F.log_softmax(ref_logits, -1))).sum(-1)
+        return kl.sum() / max(kl.numel(), 1)
+    cur = _position_logits(model, retain)
     with torch.no_grad():
-        ref_logits, _, _ = labelled_logits(ref, retain)
-    logp = F.log_softmax(logits, -1)
-    kl = (logp.exp() * (logp - F.log_softmax(ref_logits, -1))).sum(-1)
-    return kl.sum() / max(kl.numel(), 1)
+        ref_lp = F.log_softmax(_position_logits(ref, retain).float(), -1)
+    return F.kl_div(F.log_softmax(cur.float(), -1), ref_lp, log_target=True, reduction="batchmean")
+
+
+def _position_logits(model: Any, batch: Batch) -> Float[Tensor, "n vocab"]:
+    """Logits at every position the attention mask keeps (row-major), with the model's output transform."""
+    h = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    return unembed(model.get_output_embeddings(), h[batch["attention_mask"].bool()],
+                   OutputTransform.from_config(model.config))
 
 
 class _StopForward(Exception):

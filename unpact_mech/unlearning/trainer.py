@@ -35,6 +35,7 @@ from unpact_mech.errors import UnknownNameError
 from unpact_mech.io import check_output
 from unpact_mech.models import Subject, data_hash, save_checkpoint
 from unpact_mech.probes import Probe
+from unpact_mech.unlearning import losses as L
 from unpact_mech.unlearning.config import UnlearnConfig, UnlearningError
 from unpact_mech.unlearning.data import Example, collate, to_examples
 from unpact_mech.unlearning.methods import METHODS, Method, State
@@ -70,6 +71,15 @@ def fact_accuracy(model: Any, examples: Sequence[Example], pad_id: int) -> float
     return float((wrong == 0).double().mean())
 
 
+def _snapshot(model: Any, step: int, fn: Callable[[int, Any], None]) -> None:
+    model.eval()
+    try:
+        with torch.no_grad():
+            fn(step, model)
+    finally:
+        model.train()
+
+
 def resolve_config(method: str, has_retain: bool, config: UnlearnConfig | None = None,
                    **overrides: Any) -> tuple[Method, UnlearnConfig]:
     """The method and its settings (defaults < explicit ``config`` fields < ``overrides``), validated; cheap, so
@@ -94,7 +104,12 @@ def resolve_config(method: str, has_retain: bool, config: UnlearnConfig | None =
          f"target_forget_acc must be in [0, 1], got {cfg.target_forget_acc}"),
         (all(math.isfinite(v) for v in (cfg.gamma, cfg.alpha, cfg.beta, cfg.delta, cfg.tv_scale)),
          "gamma, alpha, beta, delta and tv_scale must be finite"),
+        (math.isfinite(cfg.tv_max_scale) and cfg.tv_max_scale >= cfg.tv_scale > 0 or cfg.target_forget_acc is None,
+         f"tv_max_scale ({cfg.tv_max_scale}) must be finite and >= tv_scale ({cfg.tv_scale}) > 0 for calibration"),
+        (cfg.tv_bisect_steps >= 0, f"tv_bisect_steps must be >= 0, got {cfg.tv_bisect_steps}"),
         (cfg.beta > 0, f"beta must be > 0, got {cfg.beta}"),
+        (cfg.loss_convention in L.CONVENTIONS,
+         f"loss_convention must be one of {L.CONVENTIONS}, got {cfg.loss_convention!r}"),
         (has_retain or not m.needs_retain, f"method '{method}' needs retain data (--retain)"),
     ]
     for ok, msg in checks:
@@ -112,6 +127,7 @@ def unlearn(
     config: UnlearnConfig | None = None,
     progress: bool = True,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    on_snapshot: Callable[[int, Any], None] | None = None,
     **overrides: Any,
 ) -> Path:
     """Unlearn ``forget`` (keeping ``retain``) from a fresh copy of the subject's model; returns the checkpoint.
@@ -119,6 +135,8 @@ def unlearn(
     Settings: the method's defaults, then every field of ``config`` that differs from ``UnlearnConfig()``, then
     ``overrides`` (explicit settings always beat defaults). An existing ``out_dir`` is replaced only with
     ``overwrite=True``. Training stops with an error if a weight becomes NaN or infinite.
+    ``on_snapshot(step, model)`` sees the model (in eval mode, under no_grad) after every ``check_every``-th
+    step and after the last one, before the method's post-processing: the unlearning trajectory.
     """
     overwrite = bool(overrides.pop("overwrite", False))
     m, cfg = resolve_config(method, bool(retain), config, **overrides)
@@ -155,7 +173,8 @@ def unlearn(
     model = subject.load_hf_model().train()
     ref = _reference(m, model, subject)
     dev = next(model.parameters()).device
-    state = State(model, ref, cfg, {"pad_id": pad_id, "forget_probes": list(forget), "device": dev})
+    state = State(model, ref, cfg, {"pad_id": pad_id, "forget_probes": list(forget), "device": dev,
+                                    "forget_accuracy": lambda: fact_accuracy(model, f_ex, pad_id)})
     m.setup(state, f_ex, r_ex, tok)
     params = m.trainable(model, cfg)
     train_ids = {id(p) for p in params}
@@ -204,6 +223,8 @@ def unlearn(
         bar.set_postfix({k: f"{v:.3f}" for k, v in rec.items() if k != "step"})
         if on_step is not None:
             on_step(step, rec)
+        if on_snapshot is not None and (step % cfg.check_every == 0 or step == cfg.steps):
+            _snapshot(model, step, on_snapshot)
         if cfg.target_forget_acc is not None and step % cfg.check_every == 0 and m.calibrates:
             model.eval()
             acc = fact_accuracy(model, f_ex, pad_id)
@@ -217,9 +238,11 @@ def unlearn(
     bar.close()
     m.finish(state)
     model.eval()
-    prov.update({"resolved": state.extra.get("resolved", {}), "steps": step, "stopped_at": stopped_at, "final_losses": history[-1] if history else {},
-                 "forget_fact_acc_before": acc0, "forget_fact_acc_after": checked[1] if checked[0] == step else fact_accuracy(model, f_ex, pad_id),
-                 "train_seconds": round(time.perf_counter() - t0, 2)})
+    acc1 = checked[1] if checked[0] == step and m.calibrates else fact_accuracy(model, f_ex, pad_id)
+    prov.update({"resolved": state.extra.get("resolved", {}), "steps": step, "stopped_at": stopped_at,
+                 "final_losses": history[-1] if history else {}, "forget_fact_acc_before": acc0,
+                 "forget_fact_acc_after": acc1, "train_seconds": round(time.perf_counter() - t0, 2),
+                 "target_reached": None if cfg.target_forget_acc is None else bool(acc1 <= cfg.target_forget_acc)})
     path = save_checkpoint(model, tok, out, prov, overwrite=overwrite)
     resume.remove()
     return path

@@ -78,9 +78,9 @@ def register_method(cls: type[Method]) -> type[Method]:
 def retain_term(kind: str | None, s: State, retain: L.Batch) -> dict[str, torch.Tensor]:
     """alpha * the retain loss of ``kind`` (None: no retain term)."""
     if kind == "gdr":
-        return {"retain": s.cfg.alpha * L.gdr(s.model, retain)}
+        return {"retain": s.cfg.alpha * L.gdr(s.model, retain, s.cfg.loss_convention)}
     if kind == "klr":
-        return {"retain": s.cfg.alpha * L.klr(s.model, s.ref, retain)}
+        return {"retain": s.cfg.alpha * L.klr(s.model, s.ref, retain, s.cfg.loss_convention)}
     return {}
 
 

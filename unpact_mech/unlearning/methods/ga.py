@@ -17,7 +17,7 @@ class GradAscent(Method):
     needs_retain = False
 
     def forget_loss(self, s: State, forget: L.Batch, idx: list[int]) -> torch.Tensor:
-        return L.ga(s.model, forget)
+        return L.ga(s.model, forget, s.cfg.loss_convention)
 
 
 @register_method
