@@ -34,10 +34,11 @@ FACTORS = (1.0, 2.0, 8.0)
 # The demo's budget, fixed before any result was seen (the full versions are in analyses/: every known fact,
 # factors 1-2-4-8, 3 draws, every route and prompt edit under both criteria, a longer trajectory): probes per
 # split, random-control draws, what generation judges (costly: one forward per generated token), and the
-# frontier's emphasis (attention x8, teacher forced, one draw) and Task Vector's frontier scales.
+# frontier's emphasis (attention x8, teacher forced, one draw) at every 2nd step and the last, and Task
+# Vector's frontier scales.
 BUDGET: dict[str, Any] = {"per_split": 12, "candidates": 200, "n_draws": 2, "gen_factors": (8.0,),
                           "gen_prompt_styles": ("instruct",),
-                          "frontier": {"factors": (1.0, 8.0), "routes": ("attention",), "n_draws": 1},
+                          "frontier": {"factors": (1.0, 8.0), "routes": ("attention",), "n_draws": 1, "every": 2},
                           "tv_fractions": (0.5, 1.0)}
 
 
@@ -146,11 +147,14 @@ def unlearn_stage(lazy: LazyBase, method: str, forget: list, retain: list, out: 
     stamp = _checkpoint_stamp(lazy, method, forget, retain, steps, target)
 
     def train() -> tuple[Path, list[dict]]:
+        from unpact_mech.models import load_model, read_provenance
+
         base = lazy.get()
         points: list[dict] = []
+        every = BUDGET["frontier"]["every"]
 
         def snap(step: int, model: Any) -> None:
-            if frontier is not None and method != "task_vector":
+            if frontier is not None and method != "task_vector" and step % every == 0:
                 points.extend(frontier(f"{method}@{step}", snapshot_subject(model, base.tokenizer, f"{method}@{step}",
                                                                             base.source), float(step)))
 
@@ -158,13 +162,16 @@ def unlearn_stage(lazy: LazyBase, method: str, forget: list, retain: list, out: 
         # finished checkpoint is the resume point of the demo
         path = unlearn(base, method, forget, retain, ckpt, progress=progress, overwrite=True, on_snapshot=snap,
                        **settings)
+        prov = read_provenance(path)
         if frontier is not None and method == "task_vector":  # strengths: fractions of the calibrated scale
-            from unpact_mech.models import read_provenance
-
-            a = read_provenance(path).get("resolved", {}).get("tv_scale", settings.get("tv_scale", 1.0))
+            a = prov.get("resolved", {}).get("tv_scale", settings.get("tv_scale", 1.0))
             for frac in BUDGET["tv_fractions"]:
-                points.extend(frontier(f"{method}@{frac:g}a", interpolated(base, path, frac, f"{method}@{frac:g}a"),
-                                       float(frac * a)))
+                name = f"{method}@{frac:g}a"
+                subject = load_model(str(path), dtype=base.dtype) if frac == 1 else interpolated(base, path, frac, name)
+                points.extend(frontier(name, subject, float(frac * a)))
+        elif frontier is not None and prov["steps"] % every:  # the last snapshot: the checkpoint itself
+            points.extend(frontier(f"{method}@{prov['steps']}", load_model(str(path), dtype=base.dtype),
+                                   float(prov["steps"])))
         atomic_write_json(points_file, points)
         return path, points
 
@@ -415,7 +422,7 @@ def build_report(out: Path, rows: list[dict[str, Any]], data: dict[str, list], m
             parts.append(image(save_figure(frontier(g, title=f"Dilemma frontier ({route} x{fr['factors'][-1]:g}, "
                                                     "teacher forced)"), figs / f"frontier_{route}.png")))
         frontier_html = ("<p>Each point is one unlearning strength: the snapshots every "
-                         f"{method_settings('ga', None, 0)['check_every']} step(s) along a method's training, or "
+                         f"{BUDGET['frontier']['every']} steps along a method's training and its last step, or "
                          "fractions of Task Vector's calibrated scale. Recovery is among the probes eligible at that "
                          "strength (n varies); the dashed line is the random-token control.</p>"
                          + "".join(parts) + "<div class='scroll'>"
