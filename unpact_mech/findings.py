@@ -61,13 +61,13 @@ def control_positions(tp: TokenizedProbe, keys: Sequence[int], n_draws: int, see
             "function_words": [fw if keys else []]}
 
 
-def _judge(subject: Subject, tps: Sequence[TokenizedProbe], criterion: str, hooks: Any = ()) -> list[bool]:
+def _judge(subject: Subject, tps: Sequence[TokenizedProbe], criterion: str) -> list[bool]:
+    """Plain-model correctness of each probe under ``criterion`` (memoized on a memoizing subject)."""
     from unpact_mech.scoring import generation_table
 
     if criterion == "generation":
-        return list(generation_table(subject, tps, hooks).gen_correct)
-    return list(probe_table(subject, tps, hooks).fact_top1) if not callable(hooks) else \
-        [fact_top1(tp, sc) for tp, sc in zip(tps, score_probes(subject, tps, hooks))]
+        return list(generation_table(subject, tps).gen_correct)
+    return list(probe_table(subject, tps).fact_top1)
 
 
 def recovery(
