@@ -103,8 +103,8 @@ def sweep(
 ) -> pd.DataFrame:
     """Answer LP and fact top-1 per probe, route and factor (factor 1 is the unemphasised model).
 
-    Each (route, factor) scores all probes in batches, every row emphasised at its own KeyTokens (on the KV
-    cache with the shared prefix run once when the backend allows, else with the route's hooks).
+    Each (route, factor) scores all probes in one batch (:func:`emphasis_sweep`), every row emphasised at its
+    own KeyTokens.
     """
     if len(positions) != len(tprobes):
         raise UnpactError(f"{len(positions)} KeyToken position lists for {len(tprobes)} probes")
@@ -112,20 +112,52 @@ def sweep(
         check_finite_factor(f)
     for tp, pos in zip(tprobes, positions):
         check_positions(tp, pos)
-    plain = score_probes(subject, tprobes)
-    rows = []
+    units = [(tp, "keytokens", 0, list(pos)) for tp, pos in zip(tprobes, positions)]
+    df = pd.DataFrame(emphasis_sweep(subject, units, factors, routes, (), "teacher_forced"))
+    df = df.rename(columns={"correct": "fact_top1", "n_positions": "n_keytokens"})
+    return df[["probe_id", "model", "route", "factor", "lp", "fact_top1", "n_keytokens"]]
+
+
+def emphasis_sweep(subject: Subject, units: Sequence[tuple[TokenizedProbe, str, int, list[int]]],
+                    factors: Sequence[float], routes: Sequence[str], styles: Sequence[str],
+                    criterion: str) -> list[dict[str, Any]]:
+    """Correctness of every unit (probe, condition, draw, positions) under each route and factor, and under
+    each prompt edit naming the positions' tokens: one batch per (route, factor) and one for all prompt edits
+    (factor 1 is the plain model). Teacher forced: fact top-1 of the scored answer (and its LP); generation: the
+    greedy answer, with the emphasis active over prompt and answer. A unit without positions is the plain
+    model. Each batch runs on the KV cache with the shared prefix run once when the backend allows, else with
+    the route's hooks."""
+    from unpact_mech.scoring import generation_table
+
+    tps = [u[0] for u in units]
+    rows: list[dict[str, Any]] = []
+
+    def judge(batch: Sequence[TokenizedProbe], emphasis: Any = None) -> tuple[list[bool], list[Any]]:
+        if criterion == "generation":
+            g = generation_table(subject, batch, emphasis=emphasis)
+            return list(g.gen_correct), list(g.generated)
+        sc = score_probes(subject, batch, emphasis=emphasis)
+        return [fact_top1(tp, x) for tp, x in zip(batch, sc)], [x.lp for x in sc]
+
+    def add(route: str, factor: float, ok: list[bool], extra: list[Any]) -> None:
+        key = "generated" if criterion == "generation" else "lp"
+        rows.extend({"criterion": criterion, "condition": c, "draw": d, "probe_id": tp.probe.id,
+                     "model": subject.name, "route": route, "factor": factor, "correct": bool(y), key: e,
+                     "n_positions": len(pos)} for (tp, c, d, pos), y, e in zip(units, ok, extra))
+
     for route in routes:
         for f in factors:
-            if f == 1.0 or not any(positions):
-                scores = plain
-            else:
-                emphasis_hooks(subject, [[0]], f, route)  # the route must exist on this backend
-                scores = score_probes(subject, tprobes, emphasis=(route, [list(p) for p in positions], float(f)))
-            for i, (tp, pos) in enumerate(zip(tprobes, positions)):
-                s_ = scores[i] if pos else plain[i]  # a row without KeyTokens is the plain model
-                rows.append({"probe_id": tp.probe.id, "model": subject.name, "route": route, "factor": float(f),
-                             "lp": s_.lp, "fact_top1": fact_top1(tp, s_), "n_keytokens": len(pos)})
-    return pd.DataFrame(rows)
+            emphasis_hooks(subject, [[0]], f, route)  # the route must exist on this backend
+            emphasis = None if f == 1.0 else (route, [list(u[3]) for u in units], float(f))
+            add(route, float(f), *judge(tps, emphasis))
+    if styles:
+        edited = [tokenize_probe(subject.tokenizer, prompt_emphasis(tp.probe, keyword_strings(tp, pos), style),
+                                 tp.format, max_len=subject.n_ctx) for style in styles for tp, _, _, pos in units]
+        ok, extra = judge(edited)
+        for i, style in enumerate(styles):
+            sl = slice(i * len(units), (i + 1) * len(units))
+            add(f"prompt:{style}", float("nan"), ok[sl], extra[sl])
+    return rows
 
 
 def keyword_strings(tp: TokenizedProbe, positions: Sequence[int]) -> list[str]:

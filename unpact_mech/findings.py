@@ -9,13 +9,13 @@ from typing import Any
 import pandas as pd
 
 from unpact_mech.analysis import Analysis, annotate
-from unpact_mech.emphasis import ROUTES
+from unpact_mech.emphasis import ROUTES, emphasis_sweep
 from unpact_mech.errors import UnpactError
 from unpact_mech.keytokens import KeyTokenParams
 from unpact_mech.metrics import destructive_rate
 from unpact_mech.models import Subject
 from unpact_mech.probes import Probe, TokenizedProbe
-from unpact_mech.scoring import fact_top1, probe_table, score_probes
+from unpact_mech.scoring import probe_table
 from unpact_mech.tracking import prepare_comparison
 
 CRITERIA: tuple[str, ...] = ("teacher_forced", "generation")
@@ -119,7 +119,7 @@ def recovery(
                  for draw, pos in enumerate(ctrl[tp.probe.id][cond])]
         tf = crit == "teacher_forced"
         styles = prompt_styles if tf or gen_prompt_styles is None else gen_prompt_styles
-        sweep_rows += _emphasis_sweep(unlearned, units, emph if tf else gen_f, routes, styles, crit)
+        sweep_rows += emphasis_sweep(unlearned, units, emph if tf else gen_f, routes, styles, crit)
     sw = pd.DataFrame(sweep_rows)
     if sw.empty:
         sw = pd.DataFrame(columns=["criterion", "condition", "draw", "probe_id", "model", "route", "factor",
@@ -159,47 +159,6 @@ def recovery(
                                                                                per["function_words"], seed).items()}})
     return RecoveryResult(an.annotate(sw), an.annotate(pd.DataFrame(rate_rows)), an.annotate(pd.DataFrame(ctrl_rows)),
                           elig)
-
-
-def _emphasis_sweep(subject: Subject, units: Sequence[tuple[TokenizedProbe, str, int, list[int]]],
-                    factors: Sequence[float], routes: Sequence[str], styles: Sequence[str],
-                    criterion: str) -> list[dict[str, Any]]:
-    """Correctness of every unit (probe, condition, draw, positions) under each route and factor, and under
-    each prompt edit naming the positions' tokens: one batch per (route, factor) and one for all prompt edits.
-    Teacher forced: fact top-1 of the scored answer (and its LP); generation: the greedy answer, with the
-    emphasis active over prompt and answer. A unit without positions is the plain model."""
-    from unpact_mech.emphasis import emphasis_hooks, keyword_strings, prompt_emphasis
-    from unpact_mech.probes import tokenize_probe
-    from unpact_mech.scoring import generation_table
-
-    tps = [u[0] for u in units]
-    rows: list[dict[str, Any]] = []
-
-    def judge(batch: Sequence[TokenizedProbe], emphasis: Any = None) -> tuple[list[bool], list[Any]]:
-        if criterion == "generation":
-            g = generation_table(subject, batch, emphasis=emphasis)
-            return list(g.gen_correct), list(g.generated)
-        sc = score_probes(subject, batch, emphasis=emphasis)
-        return [fact_top1(tp, x) for tp, x in zip(batch, sc)], [x.lp for x in sc]
-
-    def add(route: str, factor: float, ok: list[bool], extra: list[Any]) -> None:
-        key = "generated" if criterion == "generation" else "lp"
-        rows.extend({"criterion": criterion, "condition": c, "draw": d, "probe_id": tp.probe.id,
-                     "model": subject.name, "route": route, "factor": factor, "correct": bool(y), key: e,
-                     "n_positions": len(pos)} for (tp, c, d, pos), y, e in zip(units, ok, extra))
-
-    for route in routes:
-        for f in factors:
-            emphasis_hooks(subject, [[0]], f, route)  # the route must exist on this backend
-            add(route, float(f), *judge(tps, (route, [list(u[3]) for u in units], float(f))))
-    if styles:
-        edited = [tokenize_probe(subject.tokenizer, prompt_emphasis(tp.probe, keyword_strings(tp, pos), style),
-                                 tp.format, max_len=subject.n_ctx) for style in styles for tp, _, _, pos in units]
-        ok, extra = judge(edited)
-        for i, style in enumerate(styles):
-            sl = slice(i * len(units), (i + 1) * len(units))
-            add(f"prompt:{style}", float("nan"), ok[sl], extra[sl])
-    return rows
 
 
 def destruction(base: Analysis | Subject, unlearned: Subject, probes: Sequence[Probe] | None = None,
