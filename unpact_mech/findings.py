@@ -61,13 +61,17 @@ def control_positions(tp: TokenizedProbe, keys: Sequence[int], n_draws: int, see
             "function_words": [fw if keys else []]}
 
 
-def _judge(subject: Subject, tps: Sequence[TokenizedProbe], criterion: str) -> list[bool]:
-    """Plain-model correctness of each probe under ``criterion`` (memoized on a memoizing subject)."""
+def _judge(who: Analysis | Subject, tps: Sequence[TokenizedProbe], criterion: str) -> pd.DataFrame:
+    """Plain-model correctness per probe (indexed by probe id, in ``tps`` order): ``correct``, and ``lp`` when
+    teacher forced. An Analysis answers for its base model from its cached scores; a memoizing subject reuses
+    its own."""
     from unpact_mech.scoring import generation_table
 
     if criterion == "generation":
-        return list(generation_table(subject, tps).gen_correct)
-    return list(probe_table(subject, tps).fact_top1)
+        subject = who.base if isinstance(who, Analysis) else who
+        return generation_table(subject, tps).set_index("probe_id").rename(columns={"gen_correct": "correct"})
+    table = who.scores(tps) if isinstance(who, Analysis) else probe_table(who, tps).set_index("probe_id")
+    return table.rename(columns={"fact_top1": "correct"})
 
 
 def recovery(
@@ -106,8 +110,7 @@ def recovery(
     gen_f = emph if gen_factors is None else [float(f) for f in gen_factors if f != 1.0]
     elig_rows, sweep_rows = [], []
     for crit in criteria:
-        b_ok = _judge(an.base, tps, crit)
-        u_ok = _judge(unlearned, tps, crit)
+        b_ok, u_ok = list(_judge(an, tps, crit).correct), list(_judge(unlearned, tps, crit).correct)
         elig_rows += [{"probe_id": tp.probe.id, "criterion": crit, "base_correct": b, "unlearned_correct": u}
                       for tp, b, u in zip(tps, b_ok, u_ok)]
         todo = [tp for tp, b, u in zip(tps, b_ok, u_ok) if (b and not u) or not eligible_only]
@@ -171,12 +174,11 @@ def destruction(base: Analysis | Subject, unlearned: Subject, probes: Sequence[P
     if criterion not in CRITERIA:
         raise UnpactError(f"unknown correctness criterion {criterion!r}; use {', '.join(CRITERIA)}")
     an, tps = prepare_comparison(base, unlearned, probes, None, fmt)
+    b, u = _judge(an, tps, criterion), _judge(unlearned, tps, criterion)
     df = pd.DataFrame({"probe_id": [tp.probe.id for tp in tps], "split": [tp.probe.split for tp in tps],
-                       "criterion": criterion, "correct_base": _judge(an.base, tps, criterion),
-                       "correct_unlearned": _judge(unlearned, tps, criterion)})
+                       "criterion": criterion, "correct_base": list(b.correct), "correct_unlearned": list(u.correct)})
     if criterion == "teacher_forced":
-        b, u = an.scores(tps), probe_table(unlearned, tps).set_index("probe_id")
-        df["lp_base"], df["lp_unlearned"] = list(b.lp[df.probe_id]), list(u.lp[df.probe_id])
+        df["lp_base"], df["lp_unlearned"] = list(b.lp), list(u.lp)
     rates = {split: destructive_rate(list(g.correct_base), list(g.correct_unlearned))
              for split, g in df.groupby("split")}
     return df, rates

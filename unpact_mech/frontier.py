@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 
 from unpact_mech.analysis import Analysis
@@ -75,7 +74,3 @@ def interpolated(base: Subject, unlearned_dir: str | Path, fraction: float, name
             p0.add_(fraction * (p1 - p0))
     del hf1
     return subject_from_hf(hf0, base.tokenizer, name, str(unlearned_dir))
-
-
-def frontier_table(rows: Sequence[dict[str, Any]], method: str) -> pd.DataFrame:
-    return pd.DataFrame(list(rows)).assign(method=method)

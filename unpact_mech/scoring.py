@@ -121,17 +121,13 @@ def _kv_score(kvb: Any, seqs: Sequence[tuple[Sequence[int], int]], owners: list[
     rows = [list(ids) for ids, _ in seqs]
     run = kvb.emphasis_prefill(rows, route, None if pos is None else [list(pos[i]) for i in owners], f, pad,
                                share_until=min(start for _, start in seqs) - 1)
-    r_idx, c_idx, targets, own = [], [], [], []
-    for r, ((ids, start), o) in enumerate(zip(seqs, run.offsets)):
-        for j in range(start, len(ids)):  # token j is predicted at row position j - 1
-            r_idx.append(r)
-            c_idx.append(o + j - 1 - run.prefix)
-            targets.append(ids[j])
-            own.append(owners[r])
     dev = run.hidden.device
-    logits = kvb.logits(run.hidden[torch.tensor(r_idx, device=dev), torch.tensor(c_idx, device=dev)])
-    lp, top = answer_logprobs(logits, torch.tensor(targets, device=dev))
-    return lp.cpu(), top.cpu(), torch.tensor(own)
+    idx = AnswerIndex.build(seqs, dev, owners=owners)
+    # row r's token j sits at column offsets[r] + j - prefix of the left-padded suffixes
+    shift = torch.tensor([o - run.prefix for o in run.offsets], device=dev)
+    idx = AnswerIndex(idx.rows, idx.cols + shift[idx.rows], idx.targets, idx.owner)
+    lp, top = answer_logprobs(kvb.logits(idx.gather(run.hidden)), idx.targets)
+    return lp.cpu(), top.cpu(), idx.owner.cpu()
 
 
 def score_sequences(
