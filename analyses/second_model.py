@@ -1,5 +1,6 @@
 """A second built-in model (default Gemma-3-270M, ``make gemma``): load time, peak memory, KeyTokens, and one
-unlearning method with the three findings' numbers, through the same library calls as the SmolLM2 demo.
+unlearning method with the three findings' numbers and the localisation of the change (exact DLA with the
+post-sublayer norms frozen), through the same library calls as the SmolLM2 demo.
 
     python analyses/second_model.py --model gemma3-270m --method npo_gdr --out unpact_out/gemma
 """
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from unpact_mech.attribution.dla import decompose
 from unpact_mech.attribution.loo import loo_contributions
 from unpact_mech.data import filter_known, load_benchmark
 from unpact_mech.findings import destruction, function_word_penalisation, recovery
@@ -20,7 +22,7 @@ from unpact_mech.io import atomic_write_json, write_table
 from unpact_mech.keytokens import keytoken_table
 from unpact_mech.models import load_model, read_provenance
 from unpact_mech.probes import tokenize_probes
-from unpact_mech.tracking import compare
+from unpact_mech.tracking import compare, localise
 from unpact_mech.unlearning import unlearn
 
 
@@ -68,6 +70,17 @@ def run(model: str = "gemma3-270m", method: str = "npo_gdr", out: str = "unpact_
         res[f"finding3_destructive_{crit}"] = {k: str(v) for k, v in drates.items()}
     fw = function_word_penalisation(compare(base, unl, data["retain"] + data["general"], fmt=fmt))
     res["finding3_change_by_kind"] = {k: round(v, 3) for k, v in fw.groupby("kind")["change"].mean().items()}
+    # localisation needs exact DLA: Gemma 3's post-attention norms are frozen from the cache (attribution/dla.py)
+    t = time.perf_counter()
+    loc = localise(base, unl, data["forget"], fmt=fmt)
+    res["localise_s"] = round(time.perf_counter() - t, 1)
+    write_table(loc.heads, o / "localise_heads.csv")
+    write_table(loc.keytoken_route, o / "keytoken_route.csv")
+    res["localisation"] = loc.summary
+    tps = tokenize_probes(base, data["forget"], fmt)
+    res["dla_completeness_max_abs_error"] = max(
+        float((d.component_sum() - d.total).abs().max()) for m in (base, unl) for d in (decompose(m, tp) for tp in tps))
+    print(loc.summary, flush=True)
     res["peak_rss_gb"] = round(peak_rss_gb(), 2)
     res["total_s"] = round(time.perf_counter() - t0, 1)
     atomic_write_json(o / "second_model.json", res)

@@ -48,7 +48,7 @@ def make_tokenizer(directory: Path):
 
 def make_tiny(directory: Path, arch: str, seed: int = 0) -> Path:
     """Save a tiny random model (``llama`` with grouped-query attention, ``gpt2`` or a soft-capped ``gemma2``)."""
-    from transformers import AutoModelForCausalLM, Gemma2Config, GPT2Config, LlamaConfig
+    from transformers import AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, GPT2Config, LlamaConfig
 
     directory.mkdir(parents=True, exist_ok=True)
     tok = make_tokenizer(directory)
@@ -65,6 +65,10 @@ def make_tiny(directory: Path, arch: str, seed: int = 0) -> Path:
                            num_attention_heads=4, num_key_value_heads=2, head_dim=12, max_position_embeddings=128,
                            final_logit_softcapping=2.0, attn_logit_softcapping=50.0, sliding_window=16,
                            bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    elif arch == "gemma3":  # sandwich norms (post-attention and post-MLP), q/k norms, no soft-capping
+        cfg = Gemma3TextConfig(vocab_size=v, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, head_dim=12, max_position_embeddings=128,
+                               sliding_window=16, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     else:
         raise ValueError(arch)
     torch.manual_seed(seed)
@@ -73,6 +77,8 @@ def make_tiny(directory: Path, arch: str, seed: int = 0) -> Path:
         for p in model.parameters():
             if p.dim() == 2:
                 p.mul_(4.0)
+            elif arch == "gemma3":  # norm gains away from their zero init, so every (1 + w) matters
+                p.normal_(0.0, 0.5)
     model.save_pretrained(directory)
     return directory
 
@@ -90,6 +96,18 @@ def tiny_gpt2_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_gemma2_dir(tmp_path_factory) -> Path:
     return make_tiny(tmp_path_factory.mktemp("tiny_gemma2"), "gemma2")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3_dir(tmp_path_factory) -> Path:
+    return make_tiny(tmp_path_factory.mktemp("tiny_gemma3"), "gemma3")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3(tiny_gemma3_dir):
+    from unpact_mech.models import load_model
+
+    return load_model(str(tiny_gemma3_dir))
 
 
 @pytest.fixture(scope="session")

@@ -57,3 +57,29 @@ def test_dtype_reaches_the_model_and_scores_agree(tiny_llama_dir, capsys, tmp_pa
         tables[dtype] = pd.read_csv(out)
     diff = (tables["float32"].score - tables["bfloat16"].score).abs()
     assert diff.max() <= 8 * 2**-8 * 6 and diff.max() > 0  # bf16 really ran
+
+
+def test_recover_and_atp_patch_cli(tiny_llama_dir, tmp_path, capsys, tiny_probes):
+    """`unpact recover` writes the route table; `unpact patch --method atp` writes the exact method's tables."""
+    import dataclasses
+
+    from unpact_mech.io import read_table
+    from unpact_mech.probes import save_probes
+
+    probes = [dataclasses.replace(p, split=s) for p, s in zip(tiny_probes, ["forget", "retain", "general", "general"])]
+    pf = tmp_path / "p.jsonl"
+    save_probes(probes, pf)
+    rc = main(["recover", "--base", str(tiny_llama_dir), "--unlearned", str(tiny_llama_dir), "--probes", str(pf),
+               "--format", "plain", "--routes", "quantize,in_context,relearn", "--criteria", "teacher_forced",
+               "--shots", "1", "--relearn-steps", "1", "--out", str(tmp_path / "rec")])
+    assert rc == 0, capsys.readouterr().err
+    t = read_table(tmp_path / "rec" / "recovery_routes.csv")
+    assert list(t.route) == ["quantize", "quantize", "in_context", "relearn"] and (t.n == 0).all()  # nothing forgotten
+    rc = main(["patch", "--base", str(tiny_llama_dir), "--unlearned", str(tiny_llama_dir), "--probes", str(pf),
+               "--format", "plain", "--method", "atp", "--out", str(tmp_path / "atp")])
+    assert rc == 0, capsys.readouterr().err
+    pos = read_table(tmp_path / "atp" / "patch_positions.csv")
+    assert set(pos.method) == {"atp"} and len(pos) and pos.lp.notna().all()
+    assert main(["patch", "--base", str(tiny_llama_dir), "--unlearned", str(tiny_llama_dir), "--probes", str(pf),
+                 "--method", "guess", "--out", str(tmp_path / "bad")]) == 2
+    assert "methods: ['exact', 'atp']" in capsys.readouterr().err

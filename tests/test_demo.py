@@ -2,6 +2,7 @@
 
 import json
 
+import pandas as pd
 from conftest import demo_probes
 
 from unpact_mech.demo import run_demo
@@ -24,6 +25,10 @@ def test_demo_runs_writes_report_and_resumes(tiny_llama_dir, tmp_path, monkeypat
     expect = [s for s in range(1, trained + 1) if s % 2 == 0] + ([trained] if trained % 2 else [])
     assert [p["strength"] for p in front if p["route"] == "attention"] == [float(s) for s in expect]  # + the last
     assert (out / "ga_gdr" / "patch_positions.csv").exists() and not (out / "rmu" / "patch_positions.csv").exists()
+    assert "How superficial is the forgetting" in html
+    routes = pd.read_csv(out / "rmu" / "recovery_routes.csv")
+    assert {"emphasis", "quantize", "relearn", "in_context"} == set(routes.route)
+    assert {"recovered_k", "control_k", "excess_low", "base_kept"} <= set(routes.columns)
     first = json.loads((out / "rmu" / "result.json").read_text())
     # resume: a rerun reuses checkpoints and per-method results (file untouched)
     mtime = (out / "rmu" / "result.json").stat().st_mtime_ns

@@ -289,17 +289,52 @@ def cmd_emphasize(a: argparse.Namespace) -> int:
     return 0
 
 
+@command("recover")
+def cmd_recover(a: argparse.Namespace) -> int:
+    from unpact_mech.analysis import Analysis
+    from unpact_mech.findings import CRITERIA
+    from unpact_mech.io import write_table
+    from unpact_mech.routes import RECOVERY_ROUTES, recover
+
+    routes, criteria = a.routes.split(","), a.criteria.split(",")
+    bad = sorted(set(routes) - set(RECOVERY_ROUTES)) + sorted(set(criteria) - set(CRITERIA))
+    if bad:
+        raise UnpactError(f"unknown --routes/--criteria {bad}: routes {','.join(RECOVERY_ROUTES)}; criteria "
+                          f"{','.join(CRITERIA)}")
+    bits, steps = [int(b) for b in a.bits.split(",")], [int(k) for k in a.relearn_steps.split(",")]
+    if a.n < 1 or a.shots < 1 or min(steps) < 1 or not all(2 <= b <= 16 for b in bits):
+        raise UnpactError("--n, --shots and --relearn-steps must be >= 1 and --bits in 2..16")
+    out = _check_out(a, "dir")
+    probes, base, unl = _base_and_unlearned(a)
+    split = {s: [p for p in probes if p.split == s] for s in ("forget", "retain", "general")}
+    forget, shots = split["forget"][: a.n], split["general"][: a.shots]
+    unknown = split["general"][a.shots : a.shots + a.n_control]
+    options = {"quantize": {"bits": bits}, "relearn": {"steps": steps, "lr": a.relearn_lr},
+               "in_context": {"shots": a.shots}, "emphasis": {"factors": (1.0, 8.0), "n_draws": a.draws}}
+    table = recover(Analysis(base, forget, _params(a), a.format), unl, forget, unknown, split["retain"][: a.n], shots,
+                    routes, criteria, options, progress=True)
+    write_table(table, out / "recovery_routes.csv")
+    print("how superficial is the forgetting: forget probes the base answers and the unlearned model does not, "
+          "brought back by each route; control = what the same treatment gives without forgotten knowledge")
+    _print_df(table[["route", "treatment", "criterion", "n", "recovered_k", "recovered", "control_kind", "control_k",
+                     "control_n", "excess", "excess_low", "excess_high", "base_kept"]].round(3))
+    print(f"wrote {out}")
+    return 0
+
+
 @command("patch")
 def cmd_patch(a: argparse.Namespace) -> int:
     from unpact_mech.io import write_table
-    from unpact_mech.patching import DIRECTIONS, KINDS, patch_heads, patch_positions
+    from unpact_mech.patching import DIRECTIONS, KINDS, PATCH_METHODS, patch
     from unpact_mech.probes import tokenize_probes
     from unpact_mech.report.figures import patch_heatmap, save_figure
 
     bad = [k for k in a.kinds.split(",") if k not in KINDS] + [d for d in a.direction.split(",") if d not in DIRECTIONS]
+    bad += [a.method] if a.method not in PATCH_METHODS else []
     if bad or a.n < 1 or a.layer_step < 1:
-        raise UnpactError(f"bad --kinds/--direction {bad} (kinds: {sorted(KINDS)}; directions: {list(DIRECTIONS)}) "
-                          "or --n/--layer-step < 1" if bad else "--n and --layer-step must be >= 1")
+        raise UnpactError(f"bad --kinds/--direction/--method {bad} (kinds: {sorted(KINDS)}; directions: "
+                          f"{list(DIRECTIONS)}; methods: {list(PATCH_METHODS)})" if bad
+                          else "--n and --layer-step must be >= 1")
     out = _check_out(a, "dir")
     probes, base, unl = _base_and_unlearned(a)
     probes = probes[: a.n]
@@ -307,8 +342,9 @@ def cmd_patch(a: argparse.Namespace) -> int:
     frames, heads = [], []
     for d in a.direction.split(","):
         for tp in tokenize_probes(base, probes, a.format):
-            frames.append(patch_positions(base, unl, tp, a.kinds.split(","), layers, direction=d))
-            heads.append(patch_heads(base, unl, tp, layers, direction=d))
+            pos_t, head_t = patch(base, unl, tp, a.method, a.kinds.split(","), layers, direction=d)
+            frames.append(pos_t)
+            heads.append(head_t)
     pos, hd = pd.concat(frames, ignore_index=True), pd.concat(heads, ignore_index=True)
     write_table(pos, out / "patch_positions.csv")
     write_table(hd, out / "patch_heads.csv")
@@ -457,6 +493,25 @@ def build_parser() -> argparse.ArgumentParser:
     _keytoken_args(s)
     _model_args(s)
 
+    s = sub.add_parser("recover", help="recovery routes: emphasis, quantisation, relearning, in-context, with controls")
+    s.add_argument("--base", required=True)
+    s.add_argument("--unlearned", required=True)
+    s.add_argument("--probes", required=True, help="probes with splits: forget (tested), retain (relearning data), "
+                   "general (few-shot examples, then control facts)")
+    s.add_argument("--routes", default="emphasis,quantize,relearn,in_context")
+    s.add_argument("--criteria", default="teacher_forced,generation")
+    s.add_argument("--n", type=int, default=12, help="forget probes (and retain probes for relearning)")
+    s.add_argument("--n-control", type=int, default=24, help="general probes offered as control facts")
+    s.add_argument("--bits", default="8,4", help="quantisation bit widths (RTN, group 64)")
+    s.add_argument("--relearn-steps", default="1,2,4", help="relearning steps k at which to evaluate")
+    s.add_argument("--relearn-lr", type=float, default=1e-5)
+    s.add_argument("--shots", type=int, default=3, help="few-shot examples for the in-context route")
+    s.add_argument("--draws", type=int, default=3, help="random-token control draws for emphasis")
+    s.add_argument("--out", default="recovery")
+    _output_args(s)
+    _keytoken_args(s)
+    _model_args(s)
+
     s = sub.add_parser("patch", help="activation patching base <-> unlearned per layer/position and per head")
     s.add_argument("--base", required=True)
     s.add_argument("--unlearned", required=True)
@@ -465,6 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--kinds", default="resid_pre,attn_out,mlp_out")
     s.add_argument("--layer-step", type=int, default=1, help="patch every k-th layer")
     s.add_argument("--direction", default="base->unlearned", help="base->unlearned, unlearned->base or both (comma)")
+    s.add_argument("--method", default="exact", help="exact (one forward per site) or atp (attribution patching: "
+                   "first-order estimate from one forward of each model and one backward)")
     s.add_argument("--out", default="patching")
     _output_args(s)
     s.add_argument("--format", default="auto", choices=["auto", "chat", "plain"])

@@ -4,6 +4,14 @@ restoration = (LP_patched - LP_target) / (LP_source - LP_target), where activati
 patched into the *target* model (direction ``base->unlearned``: source = base, target = unlearned; the reverse
 direction measures how much one site of the unlearned model damages the base). Per (layer, position) sites are
 batched: row r of a batch patches position r only.
+
+Two methods (``PATCH_METHODS``), in the same units:
+
+* ``exact``: one forward of the target per site (batched).
+* ``atp`` (attribution patching, Nanda 2023; Syed et al. 2023): the first-order estimate
+  LP_patched - LP_target ~= (a_source - a_target) . dLP_target/da at every site at once, from one cached
+  forward of the source and one forward + backward of the target. A head's site is its ``hook_z`` at every
+  position, summed over positions, as in :func:`patch_heads`.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from unpact_mech.scoring import score_sequences
 from unpact_mech.tracking import check_same_tokenizer
 
 DIRECTIONS = ("base->unlearned", "unlearned->base")
+PATCH_METHODS = ("exact", "atp")
 KINDS = {"resid_pre": "blocks.{l}.hook_resid_pre", "attn_out": "blocks.{l}.hook_attn_out", "mlp_out": "blocks.{l}.hook_mlp_out"}
 
 
@@ -59,6 +68,16 @@ def _lp_batch(subject: Subject, tp: TokenizedProbe, n: int, hooks: list) -> torc
     return torch.tensor([s.lp for s in scores])
 
 
+def _grid(base: Subject, tp: TokenizedProbe, kinds: Sequence[str], layers: Sequence[int] | None,
+          positions: Sequence[int] | None) -> tuple[list[int], list[int]]:
+    """(layers, positions) of a patching map: all layers, and the question's first token onwards, by default."""
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise UnpactError(f"unknown patch kind(s) {unknown}: use {sorted(KINDS)}")
+    layers = list(range(base.cfg.n_layers)) if layers is None else list(layers)
+    return layers, list(range(min(tp.attributable), len(tp.ids) - 1)) if positions is None else list(positions)
+
+
 def patch_positions(
     base: Subject,
     unlearned: Subject,
@@ -69,11 +88,7 @@ def patch_positions(
     direction: str = "base->unlearned",
 ) -> pd.DataFrame:
     """Restoration per (kind, layer, position). Positions default to the question's first token onwards."""
-    unknown = [k for k in kinds if k not in KINDS]
-    if unknown:
-        raise UnpactError(f"unknown patch kind(s) {unknown}: use {sorted(KINDS)}")
-    layers = list(range(base.cfg.n_layers)) if layers is None else list(layers)
-    positions = list(range(min(tp.attributable), len(tp.ids) - 1)) if positions is None else list(positions)
+    layers, positions = _grid(base, tp, kinds, layers, positions)
     names = {KINDS[k].format(l=layer) for k in kinds for layer in layers}
     target, cache, lp_src, lp_tgt = _endpoints(base, unlearned, tp, direction, names)
     gap = lp_src - lp_tgt
@@ -120,3 +135,96 @@ def restoration(base: Subject, unlearned: Subject, tp: TokenizedProbe, hooks: li
     target, _, lp_src, lp_tgt = _endpoints(base, unlearned, tp, direction, set())
     lp = float(_lp_batch(target, tp, 1, hooks)[0])
     return (lp - lp_tgt) / (lp_src - lp_tgt)
+
+
+
+
+def atp(
+    base: Subject,
+    unlearned: Subject,
+    tp: TokenizedProbe,
+    kinds: Sequence[str] = ("resid_pre", "attn_out", "mlp_out"),
+    layers: Sequence[int] | None = None,
+    positions: Sequence[int] | None = None,
+    direction: str = "base->unlearned",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Attribution patching: estimated restoration per (kind, layer, position) and per (layer, head), the tables
+    of :func:`patch_positions` and :func:`patch_heads` (column ``lp`` is the estimated patched LP)."""
+    layers, positions = _grid(base, tp, kinds, layers, positions)
+    sites = {(k, layer): KINDS[k].format(l=layer) for k in kinds for layer in layers}
+    sites.update({("z", layer): f"blocks.{layer}.attn.hook_z" for layer in layers})
+    target, cache, lp_src, lp_tgt = _endpoints(base, unlearned, tp, direction, set(sites.values()))
+    grads = _site_gradients(target, tp, list(sites.values()))
+    gap = lp_src - lp_tgt
+    pos_t = torch.tensor(positions)
+    rows, head_rows = [], []
+    for (kind, layer), name in sites.items():
+        delta = (cache[name][0].double().cpu() - grads[name][1]) * grads[name][0]  # [pos, ...]
+        if kind == "z":
+            for h, eff in enumerate(delta.sum((0, 2)).tolist()):  # every position, per head
+                head_rows.append({"probe_id": tp.probe.id, "direction": direction, "layer": layer, "head": h,
+                                  "lp": lp_tgt + eff, "restoration": eff / gap if gap != 0 else float("nan")})
+            continue
+        for p, eff in zip(positions, delta[pos_t].sum(-1).tolist()):
+            rows.append({"probe_id": tp.probe.id, "direction": direction, "kind": kind, "layer": layer,
+                         "position": p, "token": tp.tokens[p], "lp": lp_tgt + eff,
+                         "restoration": eff / gap if gap != 0 else float("nan")})
+    return pd.DataFrame(rows).assign(method="atp"), pd.DataFrame(head_rows).assign(method="atp")
+
+
+def _site_gradients(subject: Subject, tp: TokenizedProbe, names: Sequence[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per hook name: (dLP/da, a) on one run of ``tp`` (float64, CPU, batch row dropped).
+
+    Each hook adds a zero tensor that requires grad; its gradient is dLP/da, and the graph stays connected
+    through every later site (weights stay frozen)."""
+    from unpact_mech.backends.kernel import AnswerIndex, answer_logprobs
+
+    leaves: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def make(name: str) -> Any:
+        def fn(act: torch.Tensor, hook: Any = None) -> torch.Tensor:
+            zero = torch.zeros_like(act, requires_grad=True)
+            leaves[name] = (zero, act.detach())
+            return act + zero
+
+        return fn
+
+    ids = torch.tensor([list(tp.ids)], device=subject.device)
+    with torch.enable_grad(), applied(subject, [(n, make(n)) for n in names]):
+        logits = subject.bridge(ids)
+        idx = AnswerIndex.build([(tp.ids, tp.prompt_len)], logits.device)
+        lp = answer_logprobs(idx.gather(logits), idx.targets)[0].mean()
+        grads = torch.autograd.grad(lp, [leaves[n][0] for n in names])
+    return {n: (g[0].double().cpu(), leaves[n][1][0].double().cpu()) for n, g in zip(names, grads)}
+
+
+def patch(
+    base: Subject,
+    unlearned: Subject,
+    tp: TokenizedProbe,
+    method: str = "exact",
+    kinds: Sequence[str] = ("resid_pre", "attn_out", "mlp_out"),
+    layers: Sequence[int] | None = None,
+    positions: Sequence[int] | None = None,
+    direction: str = "base->unlearned",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-position table, per-head table) of restorations by ``method`` (``exact`` or ``atp``)."""
+    if method not in PATCH_METHODS:
+        raise UnpactError(f"unknown patching method {method!r}: use one of {PATCH_METHODS}")
+    if method == "atp":
+        return atp(base, unlearned, tp, kinds, layers, positions, direction)
+    pos = patch_positions(base, unlearned, tp, kinds, layers, positions, direction)
+    return pos.assign(method="exact"), patch_heads(base, unlearned, tp, layers, direction).assign(method="exact")
+
+
+def agreement(exact: pd.DataFrame, approx: pd.DataFrame, keys: Sequence[str], top_k: int = 10) -> dict[str, float]:
+    """How far an approximation (AtP) can be trusted against exact patching on the same cells: Pearson and
+    Spearman correlation of the restorations over all cells, and the share of the exact top-k cells (by
+    |restoration|) that are also in the approximation's top-k."""
+    m = exact.merge(approx, on=list(keys), suffixes=("_exact", "_approx"))
+    a, b = m["restoration_exact"], m["restoration_approx"]
+    k = min(top_k, len(m))
+    top_e = set(a.abs().nlargest(k).index)
+    top_a = set(b.abs().nlargest(k).index)
+    return {"n_cells": float(len(m)), "pearson": float(a.corr(b)), "spearman": float(a.corr(b, method="spearman")),
+            f"top{top_k}_overlap": len(top_e & top_a) / k if k else float("nan")}

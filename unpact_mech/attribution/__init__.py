@@ -45,6 +45,6 @@ def attribute(
     return ATTRIBUTION_METHODS[method](subject, tps, **options)
 
 
-from unpact_mech.attribution import dla, loo  # noqa: E402,F401  (registers methods)
+from unpact_mech.attribution import dla, gradient, loo  # noqa: E402,F401  (registers methods)
 
 __all__ = ["ATTRIBUTION_METHODS", "attribute", "register"]

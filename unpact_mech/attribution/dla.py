@@ -93,44 +93,58 @@ def decompose(
     """DLA (and attention paths) of every answer token of one probe."""
     if target not in ("logit", "logit_diff"):
         raise UnpactError(f"unknown DLA target {target!r}: use 'logit' or 'logit_diff'")
-    _check_linear_blocks(subject)
+    _post_attn_norms(subject)
     return memoized(subject, hooks, ("decompose", tp.probe.id, tuple(tp.ids), tp.prompt_len, target, with_paths),
                     lambda: _decompose(subject, tp, target, with_paths, hooks))
 
 
-def _check_linear_blocks(subject: Subject) -> None:
-    """DLA needs each block to add its heads' and MLP's outputs to the residual as they are; models that normalise
-    them first (Gemma 2/3 "sandwich" norms) are refused rather than decomposed wrongly."""
-    if any(name.endswith("post_feedforward_layernorm") for name, _ in subject.bridge.named_modules()):
+def _post_attn_norms(subject: Subject) -> bool:
+    """True when the blocks normalise the attention output before adding it (Gemma 2/3 "sandwich" norms).
+
+    Those norms are frozen from the cache like the final norm (see :func:`_decompose`); the MLP's post-norm needs
+    nothing, as ``hook_mlp_out`` is read after it. A model with post-sublayer norms that the bridge does not
+    expose as ``ln1_post`` is refused rather than decomposed wrongly.
+    """
+    post = any(name.endswith("post_feedforward_layernorm") for name, _ in subject.bridge.named_modules())
+    if post and not hasattr(subject.bridge.blocks[0], "ln1_post"):
         raise UnpactError(
             f"direct logit attribution of '{subject.name}' is not supported: its blocks normalise the attention and "
-            "MLP outputs before adding them (post-sublayer norms, as in Gemma 2/3), so per-head terms would not sum "
-            "to the logit. Leave-one-out, KeyTokens, emphasis, patching and unlearning work on it."
+            "MLP outputs (post-sublayer norms) and the bridge exposes no 'ln1_post' scale to freeze. Leave-one-out, "
+            "KeyTokens, emphasis, patching and unlearning work on it."
         )
+    return post
+
+
+def norm_affine(subject: Subject, mod: Any, normed: Tensor, out: Tensor, what: str) -> tuple[Tensor, Tensor | None]:
+    """(g, b) of a norm read as out = normalized * g + b, checked against its cached input and output rows."""
+    w = getattr(mod, "weight", None)
+    g = torch.ones(out.shape[-1], device=out.device) if w is None else w.detach()
+    if type(mod).__name__.startswith("Gemma"):  # Gemma's RMSNorm multiplies by (1 + weight)
+        g = 1.0 + g
+    b_ln = _maybe_bias(mod, "bias")
+    recon = normed * g + (b_ln if b_ln is not None else 0.0)
+    tol = 1e-3 if out.dtype == torch.float32 else 5e-2
+    if not torch.allclose(recon.float(), out.float(), atol=tol * float(out.abs().max().clamp(min=1.0))):
+        raise UnpactError(f"direct logit attribution of '{subject.name}' is not supported: its {what} "
+                          f"({type(mod).__name__}) is not the affine map normalized * weight + bias")
+    return g.to(out.dtype), None if b_ln is None else b_ln.detach().to(out.dtype)
 
 
 def final_norm_affine(subject: Subject, cache: Any, qpos: Tensor) -> tuple[Tensor, Tensor | None]:
     """(g, b_ln) of the final norm read as out = normalized * g + b_ln, checked on the cached run."""
     mod = subject.bridge.ln_final._original_component
-    w = getattr(mod, "weight", None)
-    g = torch.ones(subject.cfg.d_model, device=qpos.device) if w is None else w.detach()
-    if type(mod).__name__.startswith("Gemma"):  # Gemma's RMSNorm multiplies by (1 + weight)
-        g = 1.0 + g
-    b_ln = _maybe_bias(mod, "bias")
     normed, out = cache["ln_final.hook_normalized"][0, qpos], cache["ln_final.hook_out"][0, qpos]
-    recon = normed * g + (b_ln if b_ln is not None else 0.0)
-    tol = 1e-3 if out.dtype == torch.float32 else 5e-2
-    if not torch.allclose(recon.float(), out.float(), atol=tol * float(out.abs().max().clamp(min=1.0))):
-        raise UnpactError(f"direct logit attribution of '{subject.name}' is not supported: its final norm "
-                          f"({type(mod).__name__}) is not the affine map normalized * weight + bias")
-    return g.to(out.dtype), None if b_ln is None else b_ln.detach().to(out.dtype)
+    return norm_affine(subject, mod, normed, out, "final norm")
 
 
 def _decompose(subject: Subject, tp: TokenizedProbe, target: Target, with_paths: bool, hooks: Sequence[Any]) -> Decomposition:
     b, cfg = subject.bridge, subject.cfg
     n_layers, n_heads = cfg.n_layers, cfg.n_heads
     n_kv = int(getattr(cfg, "n_key_value_heads", None) or n_heads)
-    logits, cache = run_cache(subject, tp.ids, _cached_names(n_layers), hooks)
+    post = _post_attn_norms(subject)
+    extra = [f"blocks.{layer}.{k}" for layer in range(n_layers)
+             for k in ("ln1_post.hook_scale", "ln1_post.hook_normalized", "hook_attn_out")]
+    logits, cache = run_cache(subject, tp.ids, _cached_names(n_layers, extra if post else ()), hooks)
     dev = logits.device
     qpos = torch.arange(tp.prompt_len - 1, len(tp.ids) - 1, device=dev)  # positions that predict the answer tokens
     tgt = torch.tensor(tp.answer_ids, device=dev)
@@ -175,7 +189,7 @@ def _decompose(subject: Subject, tp: TokenizedProbe, target: Target, with_paths:
     if "hook_pos_embed" in cache:
         embed = embed + direct(cache["hook_pos_embed"][0])
     W_O = b.W_O  # [layer, head, d_head, d_model]
-    WOU = torch.einsum("lhdm,mt->lhdt", W_O, U)  # answer direction folded into W_O
+    WOU = None if post else torch.einsum("lhdm,mt->lhdt", W_O, U)  # answer direction folded into W_O
     T, dt = len(tgt), lg.dtype
     heads = torch.empty(n_layers, n_heads, T, device=dev, dtype=dt)
     attn_bias = torch.zeros(n_layers, T, device=dev, dtype=dt)
@@ -183,17 +197,30 @@ def _decompose(subject: Subject, tp: TokenizedProbe, target: Target, with_paths:
     paths = torch.empty(n_layers, n_heads, T, len(tp.ids), device=dev, dtype=dt) if with_paths else None
     kv_of = torch.arange(n_heads, device=dev) // (n_heads // n_kv)
     for layer in range(n_layers):
+        u_l, s_q = U, scale  # the answer direction seen by this layer's attention output; divisor per answer row
+        if WOU is not None:
+            wou = WOU[layer]  # W_O folded with the answer direction
+        else:  # post-attention norm frozen: head outputs pass x -> x * g_post / scale_post[q]
+            blk = f"blocks.{layer}.ln1_post"
+            g_post, b_post = norm_affine(subject, b.blocks[layer].ln1_post._original_component,
+                                         cache[f"{blk}.hook_normalized"][0, qpos],
+                                         cache[f"blocks.{layer}.hook_attn_out"][0, qpos], "post-attention norm")
+            if b_post is not None:
+                raise UnpactError(f"direct logit attribution of '{subject.name}' is not supported: its "
+                                  "post-attention norm has a bias")
+            u_l, s_q = g_post[:, None] * U, scale * cache[f"{blk}.hook_scale"][0, qpos, 0]
+            wou = torch.einsum("hdm,mt->hdt", W_O[layer], u_l)
         z = cache[f"blocks.{layer}.attn.hook_z"][0, qpos]  # [T, head, d_head]
-        heads[layer] = torch.einsum("thd,hdt->ht", z, WOU[layer]) / scale
+        heads[layer] = torch.einsum("thd,hdt->ht", z, wou) / s_q
         bo = _maybe_bias(b.blocks[layer].attn, "b_O")
         if bo is not None:
-            attn_bias[layer] = (bo[None] * U.T).sum(-1) / scale
+            attn_bias[layer] = (bo[None] * u_l.T).sum(-1) / s_q
         mlp[layer] = direct(cache[f"blocks.{layer}.hook_mlp_out"][0])
         if paths is not None:
             v = cache[f"blocks.{layer}.attn.hook_v"][0][:, kv_of]  # [src, head, d_head]
-            vu = torch.einsum("shd,hdt->hts", v, WOU[layer])  # value . (W_O u) per source
+            vu = torch.einsum("shd,hdt->hts", v, wou)  # value . (W_O u) per source
             pat = cache[f"blocks.{layer}.attn.hook_pattern"][0][:, qpos]  # [head, T, src]
-            paths[layer] = pat * vu / scale[None, :, None]
+            paths[layer] = pat * vu / s_q[None, :, None]
     return Decomposition(tp, target, alt, embed, heads, attn_bias, mlp, ub, total, paths)
 
 

@@ -1,0 +1,320 @@
+"""Recovery routes: how superficial is the forgetting? Other ways than emphasis to bring the answer back.
+
+Every route treats the unlearned model without the forget set and reports, per treatment and correctness
+criterion, on the forget probes the base model answers and the unlearned one does not (``n`` eligible):
+
+* ``recovered``: the treated unlearned model answers (k of n, Wilson interval);
+* a **control** of what the treatment gives without forgotten knowledge (``control_*``):
+  random non-KeyTokens for emphasis (same probes, paired); for the other routes, facts that *neither* model
+  knew, under the same treatment of the unlearned model (a treatment that makes the model guess or learn
+  answers shows up there);
+* ``excess`` = recovered - control with a 95% interval (paired bootstrap for emphasis; Newcombe's hybrid score
+  interval for the unpaired controls);
+* ``base_kept``: the same treatment of the *base* model still answers (quantisation and few-shot prompts can
+  change the base's own knowledge), where it applies.
+
+Routes (``RECOVERY_ROUTES``; add one with ``@register_route``):
+
+* ``emphasis``: the paper's FocusOnKey (:func:`unpact_mech.findings.recovery`), best over factors per route.
+* ``quantize``: every linear layer of the decoder blocks round-tripped through b-bit integers, asymmetric
+  round-to-nearest per output channel in groups of ``group_size`` input columns:
+  s = (max - min) / (2^b - 1), z = round(-min / s), w' = s (clamp(round(w / s) + z, 0, 2^b - 1) - z)
+  (embeddings, final norm and LM head stay in float, as in weight-only RTN baselines).
+* ``relearn``: k AdamW steps of next-token loss on retain facts (disjoint from the forget set); forget accuracy as
+  a function of k.
+* ``in_context``: the question preceded by ``shots`` other facts as question/answer pairs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+
+from unpact_mech.analysis import Analysis
+from unpact_mech.emphasis import ROUTES
+from unpact_mech.errors import UnknownNameError, UnpactError
+from unpact_mech.findings import CRITERIA, _judge, recovery
+from unpact_mech.metrics import Rate, paired_difference, wilson
+from unpact_mech.models import Subject
+from unpact_mech.probes import Probe, TokenizedProbe
+
+
+@dataclass
+class RouteContext:
+    """What every route gets: the base :class:`Analysis`, the unlearned model, the forget probes, the control
+    facts (``unknown``: candidates the base model does not know), disjoint data for relearning and few-shot
+    prompts, the criteria, per-route options and a cache shared across calls (e.g. the quantised base)."""
+
+    analysis: Analysis
+    unlearned: Subject
+    forget: list[TokenizedProbe]
+    unknown: list[TokenizedProbe]
+    retain: list[Probe]
+    shots: list[Probe]
+    criteria: tuple[str, ...] = CRITERIA
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cache: dict[Any, Any] = field(default_factory=dict)
+
+    def opt(self, route: str, name: str, default: Any) -> Any:
+        return self.options.get(route, {}).get(name, default)
+
+    def route_criteria(self, route: str) -> tuple[str, ...]:
+        """The criteria a route is judged by: option ``criteria`` of that route, else all of ``criteria``."""
+        return tuple(c for c in self.opt(route, "criteria", self.criteria) if c in self.criteria)
+
+    def eligible(self, criterion: str) -> tuple[list[TokenizedProbe], list[TokenizedProbe]]:
+        """(forget probes the base answers and the unlearned model does not, control facts neither answers)."""
+        key = ("eligible", criterion, self.unlearned.name)
+        if key not in self.cache:
+            b = list(_judge(self.analysis, self.forget, criterion).correct)
+            u = list(_judge(self.unlearned, self.forget, criterion).correct)
+            ub = list(_judge(self.analysis.base, self.unknown, criterion).correct) if self.unknown else []
+            uu = list(_judge(self.unlearned, self.unknown, criterion).correct) if self.unknown else []
+            self.cache[key] = ([tp for tp, x, y in zip(self.forget, b, u) if x and not y],
+                               [tp for tp, x, y in zip(self.unknown, ub, uu) if not x and not y])
+        return self.cache[key]
+
+
+RouteFn = Callable[[RouteContext], list[dict[str, Any]]]
+RECOVERY_ROUTES: dict[str, RouteFn] = {}
+
+
+def register_route(name: str) -> Callable[[RouteFn], RouteFn]:
+    """Register a recovery route under ``name``: ``fn(ctx) -> rows`` built with :func:`route_row`."""
+
+    def deco(fn: RouteFn) -> RouteFn:
+        if name in RECOVERY_ROUTES:
+            raise ValueError(f"recovery route '{name}' registered twice")
+        RECOVERY_ROUTES[name] = fn
+        return fn
+
+    return deco
+
+
+def newcombe(a: Rate, b: Rate) -> tuple[float, float, float]:
+    """a - b with Newcombe's hybrid score interval from the two Wilson intervals (unpaired proportions)."""
+    d = a.rate - b.rate
+    lo = d - math.sqrt((a.rate - a.low) ** 2 + (b.high - b.rate) ** 2)
+    hi = d + math.sqrt((a.high - a.rate) ** 2 + (b.rate - b.low) ** 2)
+    return d, lo, hi
+
+
+def _cols(prefix: str, r: Rate) -> dict[str, Any]:
+    return {f"{prefix}_k": r.k, f"{prefix}_n": r.n, prefix: r.rate, f"{prefix}_low": r.low, f"{prefix}_high": r.high}
+
+
+def route_row(route: str, treatment: str, criterion: str, recovered: Sequence[bool], control_kind: str,
+              control: Sequence[bool], base_kept: Sequence[bool] | None = None) -> dict[str, Any]:
+    """One table row from per-probe flags: recovered (eligible forget probes), control (unknown facts), base."""
+    rec, ctl = wilson(sum(map(bool, recovered)), len(recovered)), wilson(sum(map(bool, control)), len(control))
+    d, lo, hi = newcombe(rec, ctl) if rec.n and ctl.n else (float("nan"),) * 3
+    row = {"route": route, "treatment": treatment, "criterion": criterion, "n": rec.n, **_cols("recovered", rec),
+           "control_kind": control_kind, **_cols("control", ctl), "excess": d, "excess_low": lo, "excess_high": hi}
+    kept = wilson(sum(map(bool, base_kept)), len(base_kept)) if base_kept is not None else None
+    row.update(_cols("base_kept", kept) if kept is not None else {"base_kept": float("nan")})
+    return row
+
+
+def recover(base: Analysis, unlearned: Subject, forget: Sequence[Probe], unknown: Sequence[Probe] = (),
+            retain: Sequence[Probe] = (), shots: Sequence[Probe] = (), routes: Sequence[str] = ("emphasis",),
+            criteria: Sequence[str] = CRITERIA, options: dict[str, dict[str, Any]] | None = None,
+            cache: dict[Any, Any] | None = None, progress: bool = False) -> pd.DataFrame:
+    """The "how superficial is the forgetting" table: one row per (route, treatment, criterion); see the module
+    docstring for the columns. ``cache`` may be shared across unlearned models (it keeps the quantised base)."""
+    unknown_routes = [r for r in routes if r not in RECOVERY_ROUTES]
+    if unknown_routes:
+        raise UnknownNameError(f"unknown recovery route(s) {unknown_routes}; available: {sorted(RECOVERY_ROUTES)}")
+    bad = [c for c in criteria if c not in CRITERIA]
+    if bad:
+        raise UnpactError(f"unknown correctness criterion {bad[0]!r}; use {', '.join(CRITERIA)}")
+    forget_ids = {p.id for p in forget}
+    overlap = sorted(forget_ids & {p.id for p in [*retain, *shots, *unknown]})
+    if overlap:
+        raise UnpactError(f"recovery-route data must be disjoint from the forget set; shared probes: {overlap[:5]}")
+    overlap = sorted({p.id for p in unknown} & {p.id for p in [*retain, *shots]})
+    if overlap:
+        raise UnpactError(f"control facts must not be trained on or shown as shots; shared probes: {overlap[:5]}")
+    if "relearn" in routes and not retain:
+        raise UnpactError("the relearn route needs retain probes (data disjoint from the forget set)")
+    if "in_context" in routes and not shots:
+        raise UnpactError("the in_context route needs shot probes (other facts for the few-shot prompt)")
+    ctx = RouteContext(base, unlearned, base.add(list(forget)), base.add(list(unknown)) if unknown else [],
+                       list(retain), list(shots), tuple(criteria), options or {}, {} if cache is None else cache)
+    from tqdm.auto import tqdm
+
+    rows = []
+    for name in tqdm(routes, desc="recovery routes", disable=not progress):
+        t0 = time.perf_counter()
+        rows += [{**r, "seconds": round(time.perf_counter() - t0, 1)} for r in RECOVERY_ROUTES[name](ctx)]
+    out = pd.DataFrame(rows)
+    out.insert(0, "model", unlearned.name)
+    return base.annotate(out)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# emphasis
+# ------------------------------------------------------------------------------------------------------------
+@register_route("emphasis")
+def _emphasis(ctx: RouteContext) -> list[dict[str, Any]]:
+    """Best over factors per emphasis route; control = random non-KeyTokens (paired per probe). Reuses a
+    precomputed :class:`~unpact_mech.findings.RecoveryResult` given as option ``result``."""
+    res = ctx.opt("emphasis", "result", None)
+    if res is None:
+        res = recovery(ctx.analysis, ctx.unlearned, [tp.probe for tp in ctx.forget],
+                       factors=ctx.opt("emphasis", "factors", (1.0, 2.0, 4.0, 8.0)),
+                       routes=ctx.opt("emphasis", "routes", ROUTES), prompt_styles=(),
+                       criteria=ctx.criteria, n_draws=ctx.opt("emphasis", "n_draws", 3))
+    rows = []
+    best = res.rates[res.rates.scope == "best"]
+    for (crit, route), g in best.groupby(["criterion", "route"], sort=False):
+        if crit not in ctx.route_criteria("emphasis"):
+            continue
+        k = g.set_index("condition")
+        kt, rnd = k.loc["keytokens"], k.loc["random"]
+        n = int(kt.n)
+        sw = res.sweep[(res.sweep.criterion == crit) & (res.sweep.route == route)]
+        per = sw.groupby(["condition", "probe_id", "draw"]).correct.any().groupby(level=["condition", "probe_id"]).mean()
+        ids = sorted(set(sw.probe_id))
+        a = [float(per.get(("keytokens", i), 0.0)) for i in ids]
+        b = [float(per.get(("random", i), 0.0)) for i in ids]
+        diff = paired_difference(a, b) if ids else {"diff": float("nan"), "diff_low": float("nan"),
+                                                      "diff_high": float("nan")}
+        rows.append({"route": "emphasis", "treatment": f"{route} (best factor)", "criterion": crit, "n": n,
+                     "recovered_k": kt.k, "recovered_n": n, "recovered": kt.rate, "recovered_low": kt.low,
+                     "recovered_high": kt.high, "control_kind": "random tokens", "control_k": rnd.k,
+                     "control_n": n, "control": rnd.rate, "control_low": rnd.low, "control_high": rnd.high,
+                     "excess": diff["diff"], "excess_low": diff["diff_low"], "excess_high": diff["diff_high"],
+                     "base_kept": float("nan")})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------------------
+# quantisation
+# ------------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def quantize_rtn_(weight: torch.Tensor, bits: int, group_size: int = 64) -> torch.Tensor:
+    """Round-trip a [out, in] weight through asymmetric b-bit RTN per (row, group of ``group_size`` columns), in
+    place (formula in the module docstring). A last partial group is its own group."""
+    if not 2 <= bits <= 16:
+        raise UnpactError(f"quantisation bits must be in 2..16, got {bits}")
+    qmax = 2**bits - 1
+    for c0 in range(0, weight.shape[1], group_size):
+        w = weight[:, c0 : c0 + group_size]
+        lo, hi = w.amin(1, keepdim=True).clamp(max=0), w.amax(1, keepdim=True).clamp(min=0)
+        s = ((hi - lo) / qmax).clamp(min=1e-12)
+        z = torch.round(-lo / s)
+        w.copy_(s * (torch.clamp(torch.round(w / s) + z, 0, qmax) - z))
+    return weight
+
+
+def plain_subject(hf_model: Any, tokenizer: Any, name: str, source: str) -> Subject:
+    """A Subject over an HF model with the plain HF backend (scoring and generation; no hooks), frozen, in eval
+    mode. Cheaper than booting TransformerLens for models that are only scored."""
+    from unpact_mech.backends.hf import HFBackend
+
+    for p in hf_model.parameters():
+        p.requires_grad_(False)
+    return Subject(name, HFBackend(hf_model.eval()), tokenizer, source).memoize()
+
+
+def quantized_subject(subject: Subject, bits: int, group_size: int = 64) -> Subject:
+    """A fresh copy of ``subject``'s weights with every decoder-block linear layer RTN-quantised."""
+    hf = subject.load_hf_model()
+    for mod in hf.base_model.modules():
+        if isinstance(mod, torch.nn.Linear):
+            quantize_rtn_(mod.weight.data, bits, group_size)
+    return plain_subject(hf, subject.tokenizer, f"{subject.name}@int{bits}", subject.source)
+
+
+@register_route("quantize")
+def _quantize(ctx: RouteContext) -> list[dict[str, Any]]:
+    bits_list, gs = ctx.opt("quantize", "bits", (8, 4)), ctx.opt("quantize", "group_size", 64)
+    rows = []
+    for bits in bits_list:
+        key = ("quantized_base", ctx.analysis.base.name, bits, gs)
+        if key not in ctx.cache:
+            ctx.cache[key] = quantized_subject(ctx.analysis.base, bits, gs)
+        qb, qu = ctx.cache[key], quantized_subject(ctx.unlearned, bits, gs)
+        for crit in ctx.route_criteria("quantize"):
+            elig, unk = ctx.eligible(crit)
+            rows.append(route_row("quantize", f"int{bits} (RTN, group {gs})", crit, _flags(qu, elig, crit),
+                                  "unknown facts", _flags(qu, unk, crit), _flags(qb, elig, crit)))
+        del qu
+    return rows
+
+
+def _flags(subject: Subject, tps: Sequence[TokenizedProbe], criterion: str) -> list[bool]:
+    return list(_judge(subject, tps, criterion).correct) if tps else []
+
+
+# ------------------------------------------------------------------------------------------------------------
+# relearning
+# ------------------------------------------------------------------------------------------------------------
+@register_route("relearn")
+def _relearn(ctx: RouteContext) -> list[dict[str, Any]]:
+    """k full-batch AdamW steps of mean answer-token NLL on the retain probes, evaluated at each k in ``steps``."""
+    import copy
+
+    from unpact_mech.scoring import pad_token_id
+    from unpact_mech.unlearning.data import collate, to_examples
+    from unpact_mech.unlearning.losses import nll
+
+    steps, lr = sorted(ctx.opt("relearn", "steps", (1, 2, 4))), float(ctx.opt("relearn", "lr", 1e-5))
+    tok = ctx.unlearned.tokenizer
+    batch = collate(to_examples(tok, ctx.retain, ctx.analysis.probes.fmt), pad_token_id(tok), ctx.unlearned.device)
+    torch.manual_seed(int(ctx.opt("relearn", "seed", 0)))
+    model = ctx.unlearned.load_hf_model()
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    rows, done = [], 0
+    for k in steps:
+        while done < k:
+            opt.zero_grad()
+            loss = nll(model, batch)
+            loss.backward()
+            opt.step()
+            done += 1
+        snap = plain_subject(copy.deepcopy(model), tok, f"{ctx.unlearned.name}+relearn{k}", ctx.unlearned.source)
+        for crit in ctx.route_criteria("relearn"):
+            elig, unk = ctx.eligible(crit)
+            rows.append(route_row("relearn", f"{k} step{'s' * (k != 1)} on retain (lr {lr:g})", crit,
+                                  _flags(snap, elig, crit), "unknown facts", _flags(snap, unk, crit)))
+        del snap
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------------------
+# in-context
+# ------------------------------------------------------------------------------------------------------------
+def few_shot(probe: Probe, shots: Sequence[Probe]) -> Probe:
+    """``probe`` with other facts' question/answer pairs before its question (same answer and fact)."""
+    prefix = "".join(f"Question: {s.prompt}\nAnswer: {s.answer}\n\n" for s in shots)
+    return dataclasses.replace(probe, id=f"{probe.id}@{len(shots)}shot", prompt=f"{prefix}Question: {probe.prompt}")
+
+
+@register_route("in_context")
+def _in_context(ctx: RouteContext) -> list[dict[str, Any]]:
+    from unpact_mech.probes import tokenize_probes
+
+    n = int(ctx.opt("in_context", "shots", 3))
+    shots = ctx.shots[:n]
+    if len(shots) < n:
+        raise UnpactError(f"the in_context route needs {n} shot probes, got {len(shots)}")
+    rows = []
+    for crit in ctx.route_criteria("in_context"):
+        elig, unk = ctx.eligible(crit)
+
+        def treat(tps: Sequence[TokenizedProbe]) -> list[TokenizedProbe]:
+            return tokenize_probes(ctx.unlearned, [few_shot(tp.probe, shots) for tp in tps], tps[0].format) if tps else []
+
+        fe, fu = treat(elig), treat(unk)
+        rows.append(route_row("in_context", f"{n}-shot (other facts)", crit, _flags(ctx.unlearned, fe, crit),
+                              "unknown facts", _flags(ctx.unlearned, fu, crit), _flags(ctx.analysis.base, fe, crit)))
+    return rows
