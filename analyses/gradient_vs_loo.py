@@ -2,7 +2,7 @@
 LOO and gradient x input / integrated gradients, and the overlap of the KeyTokens they select, on the built-in
 facts SmolLM2 knows.
 
-    python analyses/gradient_vs_loo.py [--n 40] [--steps 32] [--out unpact_out/gradient_vs_loo]
+    python analyses/gradient_vs_loo.py [--n 40] [--steps 64] [--out unpact_out/gradient_vs_loo]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=40, help="known facts (domain-stratified order)")
-    ap.add_argument("--steps", type=int, default=32, help="integrated-gradients steps")
+    ap.add_argument("--steps", type=int, default=64, help="integrated-gradients steps")
     ap.add_argument("--out", default="unpact_out/gradient_vs_loo")
     a = ap.parse_args()
     import torch

@@ -4,7 +4,7 @@ The passage is ours (fictional, written for this benchmark). Leave-one-out runs 
 (batched, prefix cached); gradient x input one forward and backward; integrated gradients ``--steps`` of them.
 Prints each time, the ratios (same process), peak memory, and the rank correlation with leave-one-out.
 
-    python benchmarks/bench_gradient.py [--steps 32]
+    python benchmarks/bench_gradient.py [--steps 64]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ PASSAGE = (
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=64)
     a = ap.parse_args()
     from unpact_mech import load_model, tokenize_probes
     from unpact_mech.attribution import attribute

@@ -131,3 +131,22 @@ def test_dla_completeness_gemma3_270m(smol_probes):
         for tp in tps:
             d = decompose(gemma, tp, target)
             assert (d.component_sum() - d.total).abs().max() < 1e-3
+
+
+def test_attention_view_html(tiny_llama, tiny_probes):
+    """The offline attention view shows the question tokens and the pattern's weights (read independently)."""
+    from unpact_mech.attribution.dla import attention_view
+
+    tp = tokenize_probes(tiny_llama, tiny_probes[:1], "plain")[0]
+    view = attention_view(tiny_llama, tp, [(1, 2)])
+    with torch.no_grad():
+        _, cache = tiny_llama.bridge.run_with_cache(torch.tensor([tp.ids]))
+    pat = cache["blocks.1.attn.hook_pattern"][0, 2]
+    assert torch.allclose(view.patterns["L1H2"], pat)
+    html = view._repr_html_()
+    q = len(tp.ids) - 2
+    assert f"{float(pat[q, min(tp.attributable)]):.2f}" in html and "L1H2" in html
+    assert all(repr(t)[1:-1].replace("<", "&lt;").replace(">", "&gt;") in html
+               for t in tp.tokens[min(tp.attributable):tp.prompt_len])
+    with pytest.raises(Exception, match="no such head"):
+        attention_view(tiny_llama, tp, [(9, 0)])

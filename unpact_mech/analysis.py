@@ -119,6 +119,21 @@ class Analysis:
         """``df`` with the KeyToken parameters as columns and in ``attrs`` (they travel with the table)."""
         return annotate(df, self.params, variant=self.variant)
 
+    def _repr_html_(self, max_probes: int = 5) -> str:
+        """Notebook display: what the analysis holds; leave-one-out heatmaps of the probes computed so far (it
+        computes nothing itself)."""
+        from unpact_mech.report.html import loo_block, nb_html
+
+        head = (f"<div class='hd'><b>Analysis</b> of <b>{self.base.name}</b>: {len(self.probes)} probes "
+                f"({self.probes.fmt} format), KeyTokens alpha = {self.params.alpha}, beta = {self.params.beta}, "
+                f"leave-one-out by {self.variant}; {len(self._loo)} probes attributed so far</div>")
+        done = [self._loo[i] for i in self.probes.ids if i in self._loo][:max_probes]
+        blocks = [loo_block(r.tprobe, r.contributions.tolist(),
+                            {r.positions[i] for i in select_keytokens(r.contributions, self.params)}, r.lp)
+                  for r in done]
+        hint = "" if done else "<div class='sc'>call .loo() to compute the base model's contributions</div>"
+        return nb_html(head, *blocks, hint)
+
 
 def annotate(df: pd.DataFrame, params: KeyTokenParams, **extra: Any) -> pd.DataFrame:
     """``df`` with the KeyToken parameters as columns, and with them (plus ``extra``) in ``attrs``."""

@@ -294,7 +294,7 @@ def cmd_recover(a: argparse.Namespace) -> int:
     from unpact_mech.analysis import Analysis
     from unpact_mech.findings import CRITERIA
     from unpact_mech.io import write_table
-    from unpact_mech.routes import RECOVERY_ROUTES, recover
+    from unpact_mech.routes import RECOVERY_ROUTES, recover, route_data
 
     routes, criteria = a.routes.split(","), a.criteria.split(",")
     bad = sorted(set(routes) - set(RECOVERY_ROUTES)) + sorted(set(criteria) - set(CRITERIA))
@@ -306,12 +306,10 @@ def cmd_recover(a: argparse.Namespace) -> int:
         raise UnpactError("--n, --shots and --relearn-steps must be >= 1 and --bits in 2..16")
     out = _check_out(a, "dir")
     probes, base, unl = _base_and_unlearned(a)
-    split = {s: [p for p in probes if p.split == s] for s in ("forget", "retain", "general")}
-    forget, shots = split["forget"][: a.n], split["general"][: a.shots]
-    unknown = split["general"][a.shots : a.shots + a.n_control]
+    forget, retain, shots, unknown = route_data(probes, a.n, a.shots, a.n_control)
     options = {"quantize": {"bits": bits}, "relearn": {"steps": steps, "lr": a.relearn_lr},
                "in_context": {"shots": a.shots}, "emphasis": {"factors": (1.0, 8.0), "n_draws": a.draws}}
-    table = recover(Analysis(base, forget, _params(a), a.format), unl, forget, unknown, split["retain"][: a.n], shots,
+    table = recover(Analysis(base, forget, _params(a), a.format), unl, forget, unknown, retain, shots,
                     routes, criteria, options, progress=True)
     write_table(table, out / "recovery_routes.csv")
     print("how superficial is the forgetting: forget probes the base answers and the unlearned model does not, "

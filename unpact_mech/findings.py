@@ -43,6 +43,18 @@ class RecoveryResult:
     control: pd.DataFrame
     eligibility: pd.DataFrame
 
+    def _repr_html_(self) -> str:
+        """Notebook display: best-over-factors recovery per condition, and the KeyToken-specific difference."""
+        from unpact_mech.report.html import frame_html, nb_html
+
+        best = self.rates[self.rates.scope == "best"][["criterion", "route", "condition", "k", "n", "rate", "low",
+                                                        "high"]]
+        ctrl = self.control[self.control.scope == "best"][["criterion", "route", "vs_random_diff", "vs_random_diff_low",
+                                                            "vs_random_diff_high", "vs_random_p"]]
+        return nb_html("<div class='hd'><b>Recovery</b> (best over factors; eligible = base right, unlearned wrong)"
+                       "</div>", frame_html(best), "<div class='hd'>KeyTokens minus random tokens, paired per probe "
+                       "(95% bootstrap interval, sign-flip p)</div>", frame_html(ctrl))
+
 
 def control_positions(tp: TokenizedProbe, keys: Sequence[int], n_draws: int, seed: int = 0) -> dict[str, list[list[int]]]:
     """Positions to emphasise per condition: the KeyTokens; ``n_draws`` seeded draws of as many attributable

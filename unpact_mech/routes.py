@@ -122,6 +122,17 @@ def route_row(route: str, treatment: str, criterion: str, recovered: Sequence[bo
     return row
 
 
+def route_data(probes: Sequence[Probe], n: int, shots: int, n_control: int
+               ) -> tuple[list[Probe], list[Probe], list[Probe], list[Probe]]:
+    """(forget, retain, shots, control candidates) from one probe list by split: the first ``n`` forget and
+    retain probes, the first ``shots`` general probes as few-shot examples and the next ``n_control`` as
+    control candidates (disjoint by construction)."""
+    by = {s: [p for p in probes if p.split == s] for s in ("forget", "retain", "general")}
+    if not by["forget"]:
+        raise UnpactError("no probes with split 'forget': the recovery routes test forget probes")
+    return by["forget"][:n], by["retain"][:n], by["general"][:shots], by["general"][shots : shots + n_control]
+
+
 def recover(base: Analysis, unlearned: Subject, forget: Sequence[Probe], unknown: Sequence[Probe] = (),
             retain: Sequence[Probe] = (), shots: Sequence[Probe] = (), routes: Sequence[str] = ("emphasis",),
             criteria: Sequence[str] = CRITERIA, options: dict[str, dict[str, Any]] | None = None,
@@ -260,8 +271,7 @@ def _flags(subject: Subject, tps: Sequence[TokenizedProbe], criterion: str) -> l
 @register_route("relearn")
 def _relearn(ctx: RouteContext) -> list[dict[str, Any]]:
     """k full-batch AdamW steps of mean answer-token NLL on the retain probes, evaluated at each k in ``steps``."""
-    import copy
-
+    from unpact_mech.backends.hf import HFBackend
     from unpact_mech.scoring import pad_token_id
     from unpact_mech.unlearning.data import collate, to_examples
     from unpact_mech.unlearning.losses import nll
@@ -281,12 +291,15 @@ def _relearn(ctx: RouteContext) -> list[dict[str, Any]]:
             loss.backward()
             opt.step()
             done += 1
-        snap = plain_subject(copy.deepcopy(model), tok, f"{ctx.unlearned.name}+relearn{k}", ctx.unlearned.source)
+        # the model being trained, scored as it is now (no copy); scoring and generation run under no_grad
+        snap = Subject(f"{ctx.unlearned.name}+relearn{k}", HFBackend(model), tok, ctx.unlearned.source).memoize()
         for crit in ctx.route_criteria("relearn"):
             elig, unk = ctx.eligible(crit)
-            rows.append(route_row("relearn", f"{k} step{'s' * (k != 1)} on retain (lr {lr:g})", crit,
-                                  _flags(snap, elig, crit), "unknown facts", _flags(snap, unk, crit)))
-        del snap
+            with torch.no_grad():
+                rec, ctl = _flags(snap, elig, crit), _flags(snap, unk, crit)
+            rows.append(route_row("relearn", f"{k} step{'s' * (k != 1)} on retain (lr {lr:g})", crit, rec,
+                                  "unknown facts", ctl))
+        model.train()
     return rows
 
 

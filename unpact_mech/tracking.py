@@ -44,6 +44,23 @@ class Comparison:
     unlearned: list[LooResult]
     params: KeyTokenParams = field(default_factory=KeyTokenParams)
 
+    def _repr_html_(self, max_probes: int = 5) -> str:
+        """Notebook display: the summary, then per probe the base and unlearned contributions on the same
+        tokens (base KeyTokens outlined in both)."""
+        from unpact_mech.keytokens import select_keytokens
+        from unpact_mech.report.html import frame_html, loo_block, nb_html
+
+        summary = pd.DataFrame([{k.replace("_", " "): v for k, v in self.summary.items()}])
+        parts = [f"<div class='hd'><b>Comparison</b> of {len(self.base)} probes (KeyTokens: alpha = "
+                 f"{self.params.alpha}, beta = {self.params.beta})</div>", frame_html(summary)]
+        for rb, ru in list(zip(self.base, self.unlearned))[:max_probes]:
+            keys = {rb.positions[i] for i in select_keytokens(rb.contributions, self.params)}
+            parts += [loo_block(rb.tprobe, rb.contributions.tolist(), keys, rb.lp, "base"),
+                      loo_block(ru.tprobe, ru.contributions.tolist(), keys, ru.lp, "unlearned")]
+        if len(self.base) > max_probes:
+            parts.append(f"<div class='sc'>... {len(self.base) - max_probes} more in .base / .unlearned</div>")
+        return nb_html(*parts)
+
 
 def prepare_comparison(
     base: Analysis | Subject, unlearned: Subject, probes: Sequence[Probe | TokenizedProbe] | None, params: KeyTokenParams | None, fmt: str

@@ -336,3 +336,34 @@ def _logit_lens(subject: Subject, tp: TokenizedProbe, hooks: Sequence[Any]) -> p
                      "score": float(lp[i].mean()), "mean_rank": float(rank[i].double().mean()),
                      "top1": bool((rank[i] == 0).all())})
     return make_table(rows)
+
+
+@dataclass
+class AttentionView:
+    """Attention patterns of chosen heads on one probe; displays as HTML heatmaps in a notebook (offline, no JS).
+
+    ``patterns[f"L{layer}H{head}"]``: [query, key] weights; rows shown: the question and the answer-predicting
+    positions."""
+
+    tprobe: TokenizedProbe
+    patterns: dict[str, Float[Tensor, "query key"]]
+
+    def _repr_html_(self) -> str:
+        from unpact_mech.report.html import attention_html
+
+        tp = self.tprobe
+        start = min(tp.attributable)
+        return attention_html(tp.tokens, self.patterns, start, list(range(start, len(tp.ids) - 1)))
+
+
+@torch.no_grad()
+def attention_view(subject: Subject, tp: TokenizedProbe, heads: Sequence[tuple[int, int]]) -> AttentionView:
+    """The attention patterns of ``heads`` ((layer, head) pairs) on ``tp``, from one cached forward."""
+    bad = [(layer, h) for layer, h in heads if not (0 <= layer < subject.cfg.n_layers and 0 <= h < subject.cfg.n_heads)]
+    if bad:
+        raise UnpactError(f"no such head(s) {bad}: layers 0..{subject.cfg.n_layers - 1}, heads "
+                          f"0..{subject.cfg.n_heads - 1}")
+    names = {f"blocks.{layer}.attn.hook_pattern" for layer, _ in heads}
+    _, cache = run_cache(subject, tp.ids, names)
+    return AttentionView(tp, {f"L{layer}H{h}": cache[f"blocks.{layer}.attn.hook_pattern"][0, h].float().cpu()
+                              for layer, h in heads})

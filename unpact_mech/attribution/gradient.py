@@ -10,7 +10,9 @@ Integrated gradients moves only the attributable positions along the straight pa
 else eos) to e; every
 other position keeps its embedding. The integral uses ``steps``-point Gauss-Legendre quadrature on [0, 1]
 (captum's default rule), so completeness holds up to the quadrature error:
-sum_i A_i = LP(x) - LP(x with attributable embeddings = b). Each result table records that error.
+sum_i A_i = LP(x) - LP(x with attributable embeddings = b). Each result table records that error. On SmolLM2
+(zero baseline, LP gap ~2.5 nats) the median error is ~0.15 nats at 32 points, ~0.02 at 64 (the default) and
+~0.006 at 128 (measured on four built-in facts).
 The cost is ``steps`` forward + backward passes, against n forwards for leave-one-out.
 """
 
@@ -93,7 +95,7 @@ def grad_x_input_scores(subject: Subject, tp: TokenizedProbe) -> Float[Tensor, "
 
 
 def integrated_gradients_scores(
-    subject: Subject, tp: TokenizedProbe, steps: int = 32, baseline: str = "zero", batch_tokens: int = DEFAULT_BATCH_TOKENS
+    subject: Subject, tp: TokenizedProbe, steps: int = 64, baseline: str = "zero", batch_tokens: int = DEFAULT_BATCH_TOKENS
 ) -> tuple[Float[Tensor, " n_attributable"], float, float]:
     """(A, LP(x), LP(baseline)) for one probe; see the module docstring. Steps are batched by ``batch_tokens``."""
     kvb = _plain_model(subject)
@@ -138,7 +140,7 @@ def grad_x_input(subject: Subject, tprobes: Sequence[TokenizedProbe], progress: 
 
 
 @register("integrated_gradients")
-def integrated_gradients(subject: Subject, tprobes: Sequence[TokenizedProbe], steps: int = 32,
+def integrated_gradients(subject: Subject, tprobes: Sequence[TokenizedProbe], steps: int = 64,
                          baseline: str = "zero", progress: bool = False) -> pd.DataFrame:
     """Integrated gradients per attributable token (``steps`` Gauss-Legendre points, ``baseline`` zero|token).
 

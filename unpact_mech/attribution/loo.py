@@ -42,6 +42,17 @@ class LooResult:
     def positions(self) -> tuple[int, ...]:
         return self.tprobe.attributable
 
+    def _repr_html_(self) -> str:
+        """Notebook display: the question's tokens coloured by C, each score printed, KeyTokens (default
+        parameters) outlined."""
+        from unpact_mech.keytokens import select_keytokens
+        from unpact_mech.report.html import loo_block, nb_html
+
+        keys = {self.positions[i] for i in select_keytokens(self.contributions)}
+        return nb_html(loo_block(self.tprobe, self.contributions.tolist(), keys, self.lp),
+                       "<div class='sc'>leave-one-out C(x_i, y) = LP(x, y) - LP(x without x_i, y); red supports the "
+                       "answer; outlined = KeyTokens (default alpha, beta)</div>")
+
 
 def baseline_token_id(tokenizer: Any, baseline: int | str | None = None) -> int:
     """Replacement token for ``variant='replace'``: given id/string, else unk, pad or eos."""

@@ -1,21 +1,49 @@
-"""Seaborn figures. Each function returns the Figure (for notebooks); ``save_figure`` writes PNG/SVG."""
+"""Seaborn figures. Each function returns the Figure (for notebooks); ``save_figure`` writes PNG/SVG.
+
+Figures are built outside pyplot's figure manager (:func:`subplots`), so a notebook shows a returned figure
+once (the inline backend would otherwise draw every open pyplot figure again at the end of the cell) and
+scripts keep no figure alive.
+"""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 if "ipykernel" not in sys.modules:  # headless outside notebooks; notebooks keep their inline backend
     matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from unpact_mech.errors import UnpactError
+
+
+def _notebook_display() -> None:
+    """In a Jupyter kernel, show returned Figures as PNG (what ``%matplotlib inline`` registers; our figures are
+    not pyplot-managed, so nothing else would draw them)."""
+    try:
+        from IPython import get_ipython
+        from matplotlib_inline.backend_inline import select_figure_formats
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and hasattr(shell, "display_formatter"):
+        select_figure_formats(shell, {"png"}, bbox_inches="tight")
+
+
+if "ipykernel" in sys.modules:
+    _notebook_display()
+
+
+def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (6.5, 3.6), squeeze: bool = True) -> Any:
+    """``plt.subplots`` without pyplot: (Figure, axes)."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
@@ -32,7 +60,7 @@ def head_heatmap(heads: pd.DataFrame, value: str = "change", split: str | None =
     df = heads if split is None else heads[heads["split"] == split]
     grid = df.groupby(["layer", "head"])[value].mean().unstack("head")
     lim = float(grid.abs().max().max()) or 1.0
-    fig, ax = plt.subplots(figsize=(0.45 * grid.shape[1] + 2.5, 0.22 * grid.shape[0] + 1.5))
+    fig, ax = subplots(figsize=(0.45 * grid.shape[1] + 2.5, 0.22 * grid.shape[0] + 1.5))
     sns.heatmap(grid, cmap="RdBu_r", center=0, vmin=-lim, vmax=lim, ax=ax, cbar_kws={"label": value})
     ax.set_title(title or f"{value} per head" + (f" ({split})" if split else ""))
     ax.invert_yaxis()
@@ -52,7 +80,7 @@ def source_heatmap(layer_source: pd.DataFrame, probe_id: str, value: str = "chan
         for p in grid.columns
     ]
     lim = float(grid.abs().max().max()) or 1.0
-    fig, ax = plt.subplots(figsize=(0.55 * len(names) + 2.5, 0.22 * grid.shape[0] + 1.5))
+    fig, ax = subplots(figsize=(0.55 * len(names) + 2.5, 0.22 * grid.shape[0] + 1.5))
     sns.heatmap(grid, cmap="RdBu_r", center=0, vmin=-lim, vmax=lim, ax=ax, xticklabels=names,
                 cbar_kws={"label": value})
     ax.set_xlabel("source token (* = base KeyToken)")
@@ -64,7 +92,7 @@ def source_heatmap(layer_source: pd.DataFrame, probe_id: str, value: str = "chan
 
 def logit_lens_curves(lens: pd.DataFrame, hue: str = "model", title: str = "Logit lens") -> Figure:
     """Answer log-prob read from the residual stream at each layer, one curve per model (mean, 95% CI)."""
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    fig, ax = subplots(figsize=(6.5, 3.6))
     sns.lineplot(data=lens, x="layer", y="score", hue=hue, ax=ax, errorbar=("ci", 95))
     ax.set_ylabel("answer log-prob")
     ax.set_title(title)
@@ -74,7 +102,7 @@ def logit_lens_curves(lens: pd.DataFrame, hue: str = "model", title: str = "Logi
 
 def line_sweep(df: pd.DataFrame, x: str, y: str, hue: str, title: str = "", style: str | None = None) -> Figure:
     """A generic line plot (e.g. recovery over the emphasis factor)."""
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    fig, ax = subplots(figsize=(6.5, 3.6))
     sns.lineplot(data=df, x=x, y=y, hue=hue, style=style, marker="o", ax=ax)
     ax.set_title(title)
     fig.tight_layout()
@@ -83,7 +111,7 @@ def line_sweep(df: pd.DataFrame, x: str, y: str, hue: str, title: str = "", styl
 
 def bar(df: pd.DataFrame, x: str, y: str, hue: str | None = None, title: str = "", order: Sequence[str] | None = None) -> Figure:
     """A bar chart (e.g. function-word vs KeyToken contribution change)."""
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    fig, ax = subplots(figsize=(6.5, 3.6))
     sns.barplot(data=df, x=x, y=y, hue=hue, ax=ax, order=order)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_title(title)
@@ -94,7 +122,7 @@ def bar(df: pd.DataFrame, x: str, y: str, hue: str | None = None, title: str = "
 def patch_heatmap(patch: pd.DataFrame, value: str = "restoration") -> Figure:
     """One panel per patched kind: layer x position restoration, token strings on the x axis."""
     kinds = list(dict.fromkeys(patch["kind"]))
-    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4.2), squeeze=False)
+    fig, axes = subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4.2), squeeze=False)
     for ax, kind in zip(axes[0], kinds):
         g = patch[patch["kind"] == kind]
         grid = g.pivot_table(index="layer", columns="position", values=value, aggfunc="mean")
@@ -110,7 +138,7 @@ def patch_heatmap(patch: pd.DataFrame, value: str = "restoration") -> Figure:
 def interval_points(df: pd.DataFrame, x: str, y: str, low: str, high: str, hue: str, title: str = "",
                     ylabel: str = "") -> Figure:
     """Point estimates with their interval as error bars, one colour per ``hue`` level, dodged along ``x``."""
-    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    fig, ax = subplots(figsize=(7.5, 3.8))
     levels = list(dict.fromkeys(df[hue]))
     xs = list(dict.fromkeys(df[x]))
     width = 0.7 / max(len(levels), 1)
@@ -131,7 +159,7 @@ def frontier(df: pd.DataFrame, x: str = "destructive", y: str = "keytokens", con
              hue: str = "method", title: str = "The dilemma frontier") -> Figure:
     """One solid line per method through its unlearning strengths (``x`` against ``y``, in strength order) and
     the same method's control recovery as a dashed line of the same colour."""
-    fig, ax = plt.subplots(figsize=(6.8, 4.4))
+    fig, ax = subplots(figsize=(6.8, 4.4))
     palette = sns.color_palette(n_colors=max(df[hue].nunique(), 1))
     for colour, (name, g) in zip(palette, df.groupby(hue, sort=False)):
         g = g.sort_values("strength")
