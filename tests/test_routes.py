@@ -39,6 +39,9 @@ def test_rtn_equals_naive_loop(bits):
 
 
 def test_newcombe_interval():
+    # Newcombe (1998), Stat. Med. 17:873, method 10, example 56/70 vs 48/80: 0.0524 to 0.3339
+    d, lo, hi = newcombe(wilson(56, 70), wilson(48, 80))
+    assert (round(d, 4), round(lo, 4), round(hi, 4)) == (0.2, 0.0524, 0.3339)
     a, b = wilson(7, 10), wilson(2, 10)
     d, lo, hi = newcombe(a, b)
     assert d == pytest.approx(0.5) and lo < d < hi and -1 <= lo and hi <= 1

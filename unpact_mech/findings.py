@@ -73,7 +73,7 @@ def control_positions(tp: TokenizedProbe, keys: Sequence[int], n_draws: int, see
             "function_words": [fw if keys else []]}
 
 
-def _judge(who: Analysis | Subject, tps: Sequence[TokenizedProbe], criterion: str) -> pd.DataFrame:
+def judge(who: Analysis | Subject, tps: Sequence[TokenizedProbe], criterion: str) -> pd.DataFrame:
     """Plain-model correctness per probe (indexed by probe id, in ``tps`` order): ``correct``, and ``lp`` when
     teacher forced. An Analysis answers for its base model from its cached scores; a memoizing subject reuses
     its own."""
@@ -122,7 +122,7 @@ def recovery(
     gen_f = emph if gen_factors is None else [float(f) for f in gen_factors if f != 1.0]
     elig_rows, sweep_rows = [], []
     for crit in criteria:
-        b_ok, u_ok = list(_judge(an, tps, crit).correct), list(_judge(unlearned, tps, crit).correct)
+        b_ok, u_ok = list(judge(an, tps, crit).correct), list(judge(unlearned, tps, crit).correct)
         elig_rows += [{"probe_id": tp.probe.id, "criterion": crit, "base_correct": b, "unlearned_correct": u}
                       for tp, b, u in zip(tps, b_ok, u_ok)]
         todo = [tp for tp, b, u in zip(tps, b_ok, u_ok) if (b and not u) or not eligible_only]
@@ -186,7 +186,7 @@ def destruction(base: Analysis | Subject, unlearned: Subject, probes: Sequence[P
     if criterion not in CRITERIA:
         raise UnpactError(f"unknown correctness criterion {criterion!r}; use {', '.join(CRITERIA)}")
     an, tps = prepare_comparison(base, unlearned, probes, None, fmt)
-    b, u = _judge(an, tps, criterion), _judge(unlearned, tps, criterion)
+    b, u = judge(an, tps, criterion), judge(unlearned, tps, criterion)
     df = pd.DataFrame({"probe_id": [tp.probe.id for tp in tps], "split": [tp.probe.split for tp in tps],
                        "criterion": criterion, "correct_base": list(b.correct), "correct_unlearned": list(u.correct)})
     if criterion == "teacher_forced":

@@ -40,7 +40,7 @@ import torch
 from unpact_mech.analysis import Analysis
 from unpact_mech.emphasis import ROUTES
 from unpact_mech.errors import UnknownNameError, UnpactError
-from unpact_mech.findings import CRITERIA, _judge, recovery
+from unpact_mech.findings import CRITERIA, judge, recovery
 from unpact_mech.metrics import Rate, paired_difference, wilson
 from unpact_mech.models import Subject
 from unpact_mech.probes import Probe, TokenizedProbe
@@ -73,10 +73,10 @@ class RouteContext:
         """(forget probes the base answers and the unlearned model does not, control facts neither answers)."""
         key = ("eligible", criterion, self.unlearned.name)
         if key not in self.cache:
-            b = list(_judge(self.analysis, self.forget, criterion).correct)
-            u = list(_judge(self.unlearned, self.forget, criterion).correct)
-            ub = list(_judge(self.analysis.base, self.unknown, criterion).correct) if self.unknown else []
-            uu = list(_judge(self.unlearned, self.unknown, criterion).correct) if self.unknown else []
+            b = list(judge(self.analysis, self.forget, criterion).correct)
+            u = list(judge(self.unlearned, self.forget, criterion).correct)
+            ub = list(judge(self.analysis.base, self.unknown, criterion).correct) if self.unknown else []
+            uu = list(judge(self.unlearned, self.unknown, criterion).correct) if self.unknown else []
             self.cache[key] = ([tp for tp, x, y in zip(self.forget, b, u) if x and not y],
                                [tp for tp, x, y in zip(self.unknown, ub, uu) if not x and not y])
         return self.cache[key]
@@ -262,7 +262,7 @@ def _quantize(ctx: RouteContext) -> list[dict[str, Any]]:
 
 
 def _flags(subject: Subject, tps: Sequence[TokenizedProbe], criterion: str) -> list[bool]:
-    return list(_judge(subject, tps, criterion).correct) if tps else []
+    return list(judge(subject, tps, criterion).correct) if tps else []
 
 
 # ------------------------------------------------------------------------------------------------------------
