@@ -43,6 +43,19 @@ def test_nnsight_agrees_with_transformer_lens_tiny(tiny_llama, tiny_llama_dir, t
     _agree(tiny_llama, nn, tokenize_probes(tiny_llama, tiny_probes, "plain"))
 
 
+def test_nnsight_scores_build_no_autograd_graph(tiny_llama_dir, tiny_probes):
+    """Scoring and leave-one-out (KV path over nnsight's module) keep no graph through the weights, as the bridge;
+    gradient attributions still differentiate through the inputs."""
+    from unpact_mech.attribution.gradient import grad_x_input_scores
+
+    nn = load_nnsight(str(tiny_llama_dir))
+    tps = tokenize_probes(nn, tiny_probes, "plain")
+    assert not any(p.requires_grad for p in nn.backend.hf.parameters())
+    assert not any(s.logprobs.requires_grad for s in score_probes(nn, tps))
+    assert not any(r.contributions.requires_grad for r in loo_contributions(nn, tps))
+    assert grad_x_input_scores(nn, tps[0]).abs().max() > 0
+
+
 @pytest.mark.slow
 def test_nnsight_agrees_with_transformer_lens_smollm2(smol, smol_probes):
     nn = load_nnsight("smollm2-135m")

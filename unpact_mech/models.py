@@ -408,6 +408,18 @@ def load_model(
     return subject
 
 
+def _nnsight_lm(model: Any, tokenizer: Any) -> Any:
+    """nnsight's causal-LM wrapper: ``TransformersModel`` (task text-generation) where nnsight has it (0.8 on;
+    ``LanguageModel`` is its deprecated alias there), else ``LanguageModel``."""
+    try:
+        from nnsight.modeling.transformers import TransformersModel
+    except ImportError:
+        from nnsight import LanguageModel
+
+        return LanguageModel(model, tokenizer=tokenizer)
+    return TransformersModel(model, task="text-generation", tokenizer=tokenizer)
+
+
 def load_nnsight(
     spec: str,
     remote: bool = False,
@@ -422,17 +434,17 @@ def load_nnsight(
     layer-output patching (``blocks.{l}.hook_resid_post`` hooks); TransformerLens internals (DLA, paths,
     attention steering) need :func:`load_model`.
     """
-    from nnsight import LanguageModel
-
     from unpact_mech.backends.nnsight import NNsightBackend
 
     if remote:
         model_name, source = _resolve(spec)
         tok = _load_tokenizer(source, trust_remote_code)
-        lm = LanguageModel(source, tokenizer=tok)
+        lm = _nnsight_lm(source, tok)
     else:
         model_name, source, hf, tok = _load_parts(spec, dtype, trust_remote_code, allow_pickle, {})
-        lm = LanguageModel(hf, tokenizer=tok)
+        for p in hf.parameters():  # analysis only, as the bridge: no autograd graph through the weights
+            p.requires_grad_(False)
+        lm = _nnsight_lm(hf.eval(), tok)
     subject = Subject(name or model_name, NNsightBackend(lm, remote), tok, source, read_provenance(source))
     subject.load_options = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
     subject.from_source = not remote
