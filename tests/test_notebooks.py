@@ -52,6 +52,8 @@ def test_committed_notebook_has_outputs_within_budget(path):
     with_output = [c for c in code if c.get("outputs")]
     assert len(with_output) >= len(code) - 2, f"{path.name}: run scripts/run_notebooks.py to store its outputs"
     assert not [o for c in code for o in c["outputs"] if o.get("output_type") == "error"]
+    stderr = [o for c in code for o in c["outputs"] if o.get("name") == "stderr"]
+    assert not stderr, f"{path.name}: warnings in the stored outputs: {''.join(stderr[0]['text'])[:200]}"
     assert nb["metadata"]["unpact"]["model"] == "smollm2-135m" and nb["metadata"]["unpact"]["seconds"] > 0
     assert path.stat().st_size / 1024 <= BUDGET_KB["per_notebook"]
     if any("report.figures" in "".join(c["source"]) for c in code):

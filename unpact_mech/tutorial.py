@@ -63,6 +63,17 @@ def facts(base: Any, s: Settings) -> dict[str, list[Probe]]:
     return {sp: [p for p in known if p.split == sp][: s.per_split] for sp in ("forget", "retain", "general")}
 
 
+def control_facts(data: dict[str, list[Probe]], s: Settings, n: int = 24) -> list[Probe]:
+    """Candidate control facts for the recovery routes: the first ``n`` facts of the demo's order that no split
+    uses (the routes keep those neither model answers); none on a tiny model, whose facts are all in use."""
+    if s.tiny:
+        return []
+    from unpact_mech.data import load_benchmark
+    from unpact_mech.demo import control_candidates
+
+    return control_candidates(load_benchmark("facts"), data, n)
+
+
 def unlearned_model(base: Any, data: dict[str, list[Probe]], s: Settings) -> Any:
     """The base model unlearned on ``data['forget']`` (retain: ``data['retain']``) with the demo's settings for
     ``s.method``, trained once and cached under ``$UNPACT_CACHE/tutorial`` (or ``UNPACT_NB_UNLEARNED``)."""
