@@ -434,6 +434,7 @@ def load_nnsight(
     layer-output patching (``blocks.{l}.hook_resid_post`` hooks); TransformerLens internals (DLA, paths,
     attention steering) need :func:`load_model`.
     """
+    from unpact_mech.backends import frozen
     from unpact_mech.backends.nnsight import NNsightBackend
 
     if remote:
@@ -442,9 +443,7 @@ def load_nnsight(
         lm = _nnsight_lm(source, tok)
     else:
         model_name, source, hf, tok = _load_parts(spec, dtype, trust_remote_code, allow_pickle, {})
-        for p in hf.parameters():  # analysis only, as the bridge: no autograd graph through the weights
-            p.requires_grad_(False)
-        lm = _nnsight_lm(hf.eval(), tok)
+        lm = _nnsight_lm(frozen(hf), tok)  # analysis only, as the bridge: no autograd graph through the weights
     subject = Subject(name or model_name, NNsightBackend(lm, remote), tok, source, read_provenance(source))
     subject.load_options = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
     subject.from_source = not remote

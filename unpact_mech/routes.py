@@ -228,11 +228,10 @@ def quantize_rtn_(weight: torch.Tensor, bits: int, group_size: int = 64) -> torc
 def plain_subject(hf_model: Any, tokenizer: Any, name: str, source: str) -> Subject:
     """A Subject over an HF model with the plain HF backend (scoring and generation; no hooks), frozen, in eval
     mode. Cheaper than booting TransformerLens for models that are only scored."""
+    from unpact_mech.backends import frozen
     from unpact_mech.backends.hf import HFBackend
 
-    for p in hf_model.parameters():
-        p.requires_grad_(False)
-    return Subject(name, HFBackend(hf_model.eval()), tokenizer, source).memoize()
+    return Subject(name, HFBackend(frozen(hf_model)), tokenizer, source).memoize()
 
 
 def quantized_subject(subject: Subject, bits: int, group_size: int = 64) -> Subject:

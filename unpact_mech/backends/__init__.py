@@ -114,6 +114,14 @@ def first_param(module: Any) -> Tensor:
     return next(iter(module.parameters()))
 
 
+def frozen(module: Any) -> Any:
+    """``module`` in eval mode with no gradient on its weights (analysis and reference models); returned."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
 def hook_iter(hooks: Sequence[Hook]) -> Iterator[Hook]:
     for h in hooks:
         if not (isinstance(h, tuple) and len(h) == 2 and isinstance(h[0], str) and callable(h[1])):

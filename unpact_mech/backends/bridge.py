@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from unpact_mech.backends import HOOKS, KV_PREFIX, RUN_WITH_CACHE, Hook, first_param, hook_iter
+from unpact_mech.backends import HOOKS, KV_PREFIX, RUN_WITH_CACHE, Hook, first_param, frozen, hook_iter
 from unpact_mech.backends.hf import HFBackend, shared_view
 
 
@@ -22,9 +22,7 @@ def boot_bridge(hf_model: Any, tokenizer: Any, source: str) -> Any:
     """Wrap an HF causal LM in a TransformerBridge (compatibility mode, eval, frozen). Modifies it in place."""
     from transformer_lens.model_bridge import TransformerBridge
 
-    hf_model.eval()
-    for p in hf_model.parameters():
-        p.requires_grad_(False)
+    frozen(hf_model)
     if getattr(hf_model.config, "_attn_implementation", "eager") != "eager":
         hf_model.config._attn_implementation = "eager"
     bridge = TransformerBridge.boot_transformers(
@@ -33,10 +31,7 @@ def boot_bridge(hf_model: Any, tokenizer: Any, source: str) -> Any:
     # legacy hook names without TransformerLens's weight processing: processing would hold a second, folded copy
     # of the weights (and peak at ~3.5x them while folding); DLA applies the final norm itself instead
     bridge.enable_compatibility_mode(disable_warnings=True, no_processing=True)
-    bridge.eval()
-    for p in bridge.parameters():  # analysis only: train on Subject.load_hf_model()
-        p.requires_grad_(False)
-    return bridge
+    return frozen(bridge)  # analysis only: train on Subject.load_hf_model()
 
 
 def active_hook_count(bridge: Any) -> int:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from unpact_mech.backends import KV_PREFIX
+from unpact_mech.backends import KV_PREFIX, frozen
 from unpact_mech.backends.kernel import AnswerIndex, answer_logprobs, per_sequence
 from unpact_mech.errors import UnknownNameError
 from unpact_mech.io import check_output
@@ -48,10 +48,7 @@ def _reference(m: Method, model: Any, subject: Subject) -> Any:
         return None
     if m.reference == "outputs" and subject.has(KV_PREFIX):
         return subject.backend.kv().model  # the subject's own frozen weights (same function, no copy)
-    ref = copy.deepcopy(model).eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
-    return ref
+    return frozen(copy.deepcopy(model))
 
 
 @torch.no_grad()
