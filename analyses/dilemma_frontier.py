@@ -21,7 +21,7 @@ import pandas as pd
 
 from unpact_mech.analysis import Analysis
 from unpact_mech.data import filter_known, load_benchmark
-from unpact_mech.demo import PAPER_METHODS, SETTINGS, budget_order
+from unpact_mech.experiments import PAPER_METHODS, SETTINGS, budget_order
 from unpact_mech.frontier import frontier_point, interpolated, snapshot_subject
 from unpact_mech.io import atomic_write_json, check_output, write_table
 from unpact_mech.models import load_model, read_provenance

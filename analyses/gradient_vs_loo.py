@@ -29,7 +29,7 @@ def main() -> None:
 
     from unpact_mech.attribution import attribute
     from unpact_mech.data import load_benchmark
-    from unpact_mech.demo import budget_order
+    from unpact_mech.experiments import budget_order
     from unpact_mech.io import write_table
     from unpact_mech.keytokens import KeyTokenParams, select_keytokens
     from unpact_mech.models import load_model

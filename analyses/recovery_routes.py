@@ -17,7 +17,7 @@ from types import SimpleNamespace
 def main() -> None:
     from unpact_mech.analysis import Analysis
     from unpact_mech.data import load_benchmark
-    from unpact_mech.demo import PAPER_METHODS, budget_order
+    from unpact_mech.experiments import PAPER_METHODS, budget_order
     from unpact_mech.io import read_table, write_table
     from unpact_mech.models import load_model
     from unpact_mech.routes import recover

@@ -16,13 +16,14 @@ from typing import Any
 
 from unpact_mech.attribution.dla import decompose
 from unpact_mech.attribution.loo import loo_contributions
+from unpact_mech.compare import compare
 from unpact_mech.data import filter_known, load_benchmark
 from unpact_mech.findings import destruction, function_word_penalisation, recovery
 from unpact_mech.io import atomic_write_json, write_table
 from unpact_mech.keytokens import keytoken_table
+from unpact_mech.localise import localise
 from unpact_mech.models import load_model, read_provenance
 from unpact_mech.probes import tokenize_probes
-from unpact_mech.tracking import compare, localise
 from unpact_mech.unlearning import unlearn
 
 

@@ -11,7 +11,7 @@ import argparse
 
 import pandas as pd
 
-from unpact_mech.demo import add_run_arguments, run_demo
+from unpact_mech.experiments import add_run_arguments, run_demo
 
 
 def main() -> None:

@@ -1,4 +1,11 @@
-"""Intervention hooks, installed as ``unpact_mech.hooks``.
+"""Intervention hooks, installed as ``unpact_mech.hooks``: hook names, the emphasis specification, hook factories.
+
+:func:`act_name` is the one place hook names are spelt (TransformerLens's ``get_act_name`` in spirit).
+:class:`Emphasis` is the one specification of keyword emphasis (finding 2): its mode (``embed``: scale the
+input embeddings at the positions by the factor; ``attention``: add log(factor) to every head's attention score
+on those keys), its positions per batch row and its factor. :meth:`Emphasis.hooks` derives the TransformerLens
+hooks from it; the KV-cache backend derives its scaled embeddings or additive attention mask from the same
+object (``unpact_mech.backends.hf.HFBackend.emphasis_prefill``), and the two are tested equal.
 
 Every factory returns a list of ``(hook_name, fn)`` pairs usable with ``bridge.run_with_hooks(fwd_hooks=...)``
 or with :func:`applied`, a context manager that guarantees removal (also after an exception). A hook's return
@@ -19,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -29,6 +37,73 @@ from unpact_mech.errors import UnknownNameError, UnpactError, check_finite_facto
 
 HookFn = Callable[..., Tensor]
 Hooks = list[tuple[str, HookFn]]
+
+# short name -> hook name; "{l}" is the layer
+_ACT_NAMES = {
+    "embed": "hook_embed", "pos_embed": "hook_pos_embed",
+    "resid_pre": "blocks.{l}.hook_resid_pre", "resid_post": "blocks.{l}.hook_resid_post",
+    "attn_out": "blocks.{l}.hook_attn_out", "mlp_out": "blocks.{l}.hook_mlp_out",
+    "z": "blocks.{l}.attn.hook_z", "v": "blocks.{l}.attn.hook_v", "pattern": "blocks.{l}.attn.hook_pattern",
+    "attn_scores": "blocks.{l}.attn.hook_attn_scores",
+    "ln1_post_scale": "blocks.{l}.ln1_post.hook_scale", "ln1_post_normalized": "blocks.{l}.ln1_post.hook_normalized",
+    "ln_final_scale": "ln_final.hook_scale", "ln_final_normalized": "ln_final.hook_normalized",
+    "ln_final_out": "ln_final.hook_out",
+}
+
+
+def act_name(name: str, layer: int | None = None) -> str:
+    """The TransformerLens hook name of an activation: ``act_name("resid_pre", 3)`` is
+    ``blocks.3.hook_resid_pre``; layer-free names (``embed``, ``ln_final_scale``) take no layer."""
+    if name not in _ACT_NAMES:
+        raise UnknownNameError(f"unknown activation {name!r}; known: {sorted(_ACT_NAMES)}")
+    pattern = _ACT_NAMES[name]
+    if ("{l}" in pattern) != (layer is not None):
+        raise UnpactError(f"activation {name!r} {'needs' if '{l}' in pattern else 'takes no'} layer")
+    return pattern.format(l=layer)
+
+
+EMPHASIS_MODES: tuple[str, ...] = ("embed", "attention")
+
+
+@dataclass(frozen=True)
+class Emphasis:
+    """Keyword emphasis of prompt positions: ``mode`` (``embed`` | ``attention``), the positions of each batch
+    row (``positions[r]``) and one finite ``factor`` > 0 (1 is no emphasis)."""
+
+    mode: str
+    positions: tuple[tuple[int, ...], ...]
+    factor: float
+
+    def __post_init__(self) -> None:
+        if self.mode not in EMPHASIS_MODES:
+            raise UnpactError(f"unknown emphasis route {self.mode!r}: use one of {EMPHASIS_MODES} (or prompt_emphasis "
+                              "for prompt edits)")
+        check_finite_factor(self.factor)
+
+    @classmethod
+    def of(cls, mode: str, positions: Sequence[Sequence[int]], factor: float) -> Emphasis:
+        return cls(mode, tuple(tuple(int(p) for p in row) for row in positions), float(factor))
+
+    def rows(self, index: Sequence[int]) -> Emphasis:
+        """The emphasis of the batch rows ``index`` (in that order)."""
+        return Emphasis(self.mode, tuple(self.positions[i] for i in index), self.factor)
+
+    @property
+    def log_factor(self) -> float:
+        """log(factor), the attention-score bias (float64 log, as the hooks and the KV-cache mask use it)."""
+        return float(torch.log(torch.tensor(self.factor, dtype=torch.float64)))
+
+    def hooks(self, n_layers: int) -> Hooks:
+        """The TransformerLens hooks of this emphasis (per-row positions)."""
+        rows = [list(r) for r in self.positions]
+        if self.mode == "embed":
+            return scale_embedding(rows, self.factor)
+        return steer_attention(rows, self.factor, n_layers)
+
+    def hook_names(self, n_layers: int) -> list[str]:
+        """The hook points this mode needs (to check a backend supports them)."""
+        return [act_name("embed")] if self.mode == "embed" else [act_name("attn_scores", layer)
+                                                                  for layer in range(n_layers)]
 
 
 def _positions(positions: Sequence[int] | int) -> list[int]:
@@ -69,7 +144,7 @@ def scale_embedding(positions: Sequence[int] | Sequence[Sequence[int]], factor: 
             m = row_mask(rows, act.shape[0], act.shape[1], act.device)
             return act * torch.where(m, float(factor), 1.0).to(act.dtype)[..., None]
 
-        return [("hook_embed", fn_rows)]
+        return [(act_name("embed"), fn_rows)]
     pos = _positions(cast(Sequence[int], positions))
     factors = [check_finite_factor(f, "embedding scale factor")
                for f in ([factor] * len(pos) if isinstance(factor, (int, float)) else factor)]
@@ -82,19 +157,7 @@ def scale_embedding(positions: Sequence[int] | Sequence[Sequence[int]], factor: 
         act[:, pos] = act[:, pos] * f[None, :, None]
         return act
 
-    return [("hook_embed", fn)]
-
-
-def add_direction(hook_name: str, direction: Float[Tensor, " d_model"], positions: Sequence[int], coeff: float = 1.0) -> Hooks:
-    """Add ``coeff * direction`` to an activation at ``positions``."""
-    pos = _positions(positions)
-
-    def fn(act: Tensor, hook: Any = None) -> Tensor:
-        act = act.clone()
-        act[:, pos] = act[:, pos] + coeff * direction.to(act.dtype)
-        return act
-
-    return [(hook_name, fn)]
+    return [(act_name("embed"), fn)]
 
 
 def steer_attention(
@@ -135,17 +198,29 @@ def steer_attention(
             scores[:, head_idx] = sub
         return scores
 
-    return [(f"blocks.{layer}.attn.hook_attn_scores", fn) for layer in (range(n_layers) if layers is None else layers)]
+    return [(act_name("attn_scores", layer), fn) for layer in (range(n_layers) if layers is None else layers)]
 
 
 def patch_from_cache(
-    cache: Any, hook_names: Sequence[str] | str, positions: Sequence[int] | None = None, heads: Sequence[int] | None = None
+    cache: Any, hook_names: Sequence[str] | str, positions: Sequence[int] | Sequence[Sequence[int]] | None = None,
+    heads: Sequence[int] | Sequence[Sequence[int]] | None = None,
 ) -> Hooks:
-    """Overwrite activations with another run's cached ones (at ``positions``, and ``heads`` for per-head hooks)."""
+    """Overwrite activations with another run's cached ones (at ``positions``, and ``heads`` for per-head hooks).
+
+    ``positions`` and ``heads`` are one list for every row, or one list per batch row (row r patches
+    ``positions[r]`` / ``heads[r]``: many single-site patches in one batch); None means all. A source of batch 1
+    serves every row."""
     names = [hook_names] if isinstance(hook_names, str) else list(hook_names)
     for n in names:
         if n not in cache:
             raise UnknownNameError(f"hook '{n}' is not in the source cache; cache it (names_filter) before patching")
+    pos_rows = _is_per_row(positions) if positions is not None else False
+    head_rows = _is_per_row(heads) if heads is not None else False
+
+    def sel(spec: Any, per_row: bool, r: int) -> Any:
+        if spec is None:
+            return slice(None)
+        return list(cast(Sequence[Sequence[int]], spec)[r]) if per_row else list(cast(Sequence[int], spec))
 
     def make(name: str) -> HookFn:
         src = cache[name]
@@ -154,15 +229,27 @@ def patch_from_cache(
             if src.shape[1:] != act.shape[1:]:
                 raise UnpactError(f"cannot patch {name}: source shape {tuple(src.shape)} vs target {tuple(act.shape)}")
             act = act.clone()
-            s = src.to(act.dtype).expand_as(act) if src.shape[0] == 1 else src
-            pos = slice(None) if positions is None else list(positions)
-            if heads is None:
-                act[:, pos] = s[:, pos]
-            else:
-                hsel = list(heads)
-                a_sub = act[:, pos]
-                a_sub[:, :, hsel] = s[:, pos][:, :, hsel]
-                act[:, pos] = a_sub
+            s = src.to(act.dtype)
+            if not pos_rows and not head_rows:  # one patch for every row
+                s = s.expand_as(act) if s.shape[0] == 1 else s
+                pos, hsel = sel(positions, False, 0), sel(heads, False, 0)
+                if heads is None:
+                    act[:, pos] = s[:, pos]
+                else:
+                    a_sub = act[:, pos]
+                    a_sub[:, :, hsel] = s[:, pos][:, :, hsel]
+                    act[:, pos] = a_sub
+                return act
+            n_rows = len(cast(Sequence[Any], positions if pos_rows else heads))
+            for r in range(min(act.shape[0], n_rows)):
+                sr = s[0 if s.shape[0] == 1 else r]
+                pos, hsel = sel(positions, pos_rows, r), sel(heads, head_rows, r)
+                if heads is None:
+                    act[r, pos] = sr[pos]
+                else:
+                    a_sub = act[r, pos]
+                    a_sub[:, hsel] = sr[pos][:, hsel]
+                    act[r, pos] = a_sub
             return act
 
         return fn
@@ -187,26 +274,41 @@ def ablate_heads(layer: int, heads: Sequence[int], mode: str = "zero", mean_z: T
             z[:, :, hsel] = mean_z[hsel].to(z.dtype)
         return z
 
-    return [(f"blocks.{layer}.attn.hook_z", fn)]
+    return [(act_name("z", layer), fn)]
+
+
+def active_hook_count(bridge: Any) -> int:
+    """Number of forward hooks currently attached to a TransformerLens bridge's hook points."""
+    unique = {id(hp): hp for hp in bridge.hook_dict.values()}  # aliases name the same HookPoint
+    return sum(len(hp.fwd_hooks) for hp in unique.values())
 
 
 @contextmanager
 def applied(subject_or_bridge: Any, hooks: Hooks) -> Iterator[Any]:
-    """Attach hooks to a subject's backend (or a bare bridge) for a ``with`` block; removed on exit, also after
-    an error. Every computation on the subject inside the block runs under them (no fast path skips them)."""
-    from unpact_mech.backends.bridge import BridgeBackend
+    """Attach hooks to a subject's backend (or a bare TransformerLens bridge) for a ``with`` block; removed on
+    exit, also after an error. Every computation on the subject inside the block runs under them (no fast path
+    skips them)."""
+    backend = getattr(subject_or_bridge, "backend", None)
+    if backend is not None:
+        with backend.attached(hooks) as handle:
+            yield handle
+        return
+    bridge = subject_or_bridge
+    before = active_hook_count(bridge)
+    try:
+        with bridge.hooks(fwd_hooks=list(hooks)):
+            yield bridge
+    finally:
+        if active_hook_count(bridge) != before:
+            bridge.reset_hooks(including_permanent=False)
 
-    backend = getattr(subject_or_bridge, "backend", None) or BridgeBackend(subject_or_bridge)
-    with backend.attached(hooks) as handle:
-        yield handle
-
-
-from unpact_mech.backends.bridge import active_hook_count  # noqa: E402  (one home; re-exported)
 
 __all__ = [
+    "EMPHASIS_MODES",
+    "Emphasis",
     "ablate_heads",
+    "act_name",
     "active_hook_count",
-    "add_direction",
     "applied",
     "patch_from_cache",
     "scale_embedding",

@@ -10,14 +10,22 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from unpact_mech.attribution.dla import decompose, logit_lens
-from unpact_mech.attribution.loo import fast_path, loo_contributions
-from unpact_mech.backends import KV_PREFIX, RUN_WITH_CACHE, Backend, BackendCapabilityError, require
+from unpact_mech.attribution.loo import loo_contributions
+from unpact_mech.backends import (
+    KV_PREFIX,
+    RUN_WITH_CACHE,
+    Backend,
+    BackendCapabilityError,
+    fast_path,
+    require,
+)
 from unpact_mech.backends.hf import HFBackend
 from unpact_mech.backends.kernel import AnswerIndex, OutputTransform, answer_logprobs
 from unpact_mech.hooks import applied, scale_embedding, steer_attention
-from unpact_mech.models import ModelSpecError, load_model, load_nnsight, subject_from_hf
+from unpact_mech.models import ModelSpecError, load_model, load_nnsight
 from unpact_mech.probes import tokenize_probes
 from unpact_mech.scoring import score_probes
+from unpact_mech.subject import wrap
 
 BF16_U = 2.0**-8  # bfloat16 unit roundoff: 8 significant bits
 
@@ -105,7 +113,7 @@ def test_loo_under_attached_hooks_equals_passed_hooks_equals_naive(tiny_llama, t
                   steer_attention(list(tps[0].attributable[:2]), 4.0, tiny_llama.n_layers)):
         passed = loo_contributions(tiny_llama, tps[:1], hooks=hooks)
         with applied(tiny_llama, hooks):
-            assert fast_path(tiny_llama, (), True) is None
+            assert fast_path(tiny_llama.backend) is None
             inside = loo_contributions(tiny_llama, tps[:1])
         plain = loo_contributions(tiny_llama, tps[:1])
         for a, b, c in zip(inside, passed, plain):
@@ -121,12 +129,12 @@ def test_softcapped_model_default_paths_equal_hf_forward(tiny_gemma2_dir, tiny_p
     hf = AutoModelForCausalLM.from_pretrained(tiny_gemma2_dir, attn_implementation="eager").eval()
     assert hf.config.final_logit_softcapping == 2.0
     tps = tokenize_probes(subject, tiny_probes, "plain")
-    assert fast_path(subject, (), True) is not None
+    assert fast_path(subject.backend) is not None
     _assert_loo_matches(loo_contributions(subject, tps), lambda ids: hf(ids).logits, 1e-5)
     for tp, s in zip(tps, score_probes(subject, tps)):
         assert s.lp == pytest.approx(_naive_lp(lambda ids: hf(ids).logits, list(tp.ids), tp.prompt_len), abs=1e-5)
     # the cap matters: without it the same hidden states give other log-probs
-    kvb = subject.backend.kv()
+    kvb = subject.backend.hf_view()
     idx = AnswerIndex.build([(tps[0].ids, tps[0].prompt_len)], "cpu")
     h = idx.gather(kvb.hidden(torch.tensor([tps[0].ids]), kvb.new_cache()))
     capped, _ = answer_logprobs(kvb.logits(h), idx.targets)
@@ -142,7 +150,7 @@ def test_in_memory_perturbed_model_is_what_loo_measures(tiny_llama_dir, tiny_pro
     independent = copy.deepcopy(hf)  # the bridge folds the wrapped model in place; keep a plain twin
     from unpact_mech.models import _load_tokenizer
 
-    subject = subject_from_hf(hf, _load_tokenizer(str(tiny_llama_dir)), "perturbed", str(tiny_llama_dir))
+    subject = wrap(hf, _load_tokenizer(str(tiny_llama_dir)), "perturbed", str(tiny_llama_dir))
     tps = tokenize_probes(subject, tiny_probes[:2], "plain")
     res = loo_contributions(subject, tps)
     _assert_loo_matches(res, lambda ids: independent(ids).logits, 1e-5)
@@ -156,7 +164,7 @@ def test_in_memory_perturbed_model_is_what_loo_measures(tiny_llama_dir, tiny_pro
 
 
 def test_fast_path_shares_the_bridge_weights(tiny_llama):
-    kvb = tiny_llama.backend.kv()
+    kvb = tiny_llama.backend.hf_view()
     shared = {p.data_ptr() for p in tiny_llama.bridge.parameters()}
     assert all(p.data_ptr() in shared for p in kvb.model.parameters())
     assert isinstance(tiny_llama.backend, Backend) and isinstance(kvb, Backend)
@@ -168,7 +176,7 @@ def test_bfloat16_agrees_with_float32_within_its_precision(tiny_llama_dir, tiny_
     DLA completeness: the bf16 components are each rounded (relative error u), so |sum - total| <= 4u sum|c|."""
     f32 = load_model(str(tiny_llama_dir))
     b16 = load_model(str(tiny_llama_dir), dtype="bfloat16")
-    assert b16.dtype == torch.bfloat16 and b16.backend.kv().dtype == torch.bfloat16
+    assert b16.dtype == torch.bfloat16 and b16.backend.hf_view().dtype == torch.bfloat16
     tps = tokenize_probes(f32, tiny_probes, "plain")
     for a, b in zip(score_probes(f32, tps), score_probes(b16, tps)):
         assert b.logprobs.dtype == torch.float64
@@ -194,7 +202,7 @@ def test_every_path_keeps_tensors_on_the_subject_device(device, tiny_llama_dir, 
 
     s = load_model(str(tiny_llama_dir), device=device)
     dev = torch.device(device)
-    assert s.device.type == dev.type and s.backend.kv().device.type == dev.type
+    assert s.device.type == dev.type and s.backend.hf_view().device.type == dev.type
     tps = tokenize_probes(s, tiny_probes[:2], "plain")
     fast = loo_contributions(s, tps)
     exact = loo_contributions(s, tps, prefix_cache=False)

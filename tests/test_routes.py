@@ -6,9 +6,9 @@ import torch
 
 from unpact_mech.analysis import Analysis
 from unpact_mech.errors import UnpactError
-from unpact_mech.metrics import wilson
 from unpact_mech.probes import tokenize_probes
 from unpact_mech.routes import RouteContext, few_shot, newcombe, quantize_rtn_, recover
+from unpact_mech.stats import wilson
 
 
 def _naive_rtn(w, bits, group):
@@ -90,7 +90,10 @@ def test_in_context_route_scores_the_few_shot_prompt(tiny_llama, tiny_probes, ev
 
 
 def test_relearn_route_trains_on_retain_only(tiny_llama, tiny_probes, everything_eligible):
-    from unpact_mech.scoring import answer_lp
+    from unpact_mech.scoring import score_probes
+
+    def answer_lp(subject, tps):
+        return torch.tensor([s.lp for s in score_probes(subject, tps)])
 
     tps = tokenize_probes(tiny_llama, tiny_probes, "plain")
     before = answer_lp(tiny_llama, tps)

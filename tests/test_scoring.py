@@ -2,7 +2,13 @@ import pytest
 import torch
 
 from unpact_mech.probes import tokenize_probes
-from unpact_mech.scoring import chunk_by_tokens, greedy_ids, score_probes
+from unpact_mech.scoring import chunk_by_tokens, greedy_batch, score_probes
+
+
+def greedy_ids(subject, prompt_ids, max_new_tokens):
+    """Greedy continuation of one prompt through the backend, stopping at EOS."""
+    eos = [i for i in (subject.tokenizer.eos_token_id,) if i is not None]
+    return greedy_batch(subject, [prompt_ids], max_new_tokens, (), eos)[0]
 
 
 def _check_batched_equals_unbatched(subject, tps):
@@ -62,7 +68,8 @@ def test_greedy_equals_hf_smollm2(smol, smol_probes):
 def _check_generation_equals_hf(subject, tps):
     """generation_table's batched greedy answers (stop tokens, per-row budgets) == HF generate, one prompt at a
     time with the same stop tokens and budget, decoded the same way."""
-    from unpact_mech.scoring import GEN_EXTRA_TOKENS, generation_table, stop_token_ids
+    from unpact_mech.criteria import generation_table
+    from unpact_mech.scoring import GEN_EXTRA_TOKENS, stop_token_ids
 
     hf = subject.load_hf_model()
     stops = stop_token_ids(subject.tokenizer)
@@ -109,7 +116,7 @@ def test_memo_reuses_unhooked_results(tiny_llama, tiny_probes, monkeypatch):
 
         monkeypatch.setattr(scoring, "forward_logits", boom)
         monkeypatch.setattr(dla_mod, "run_cache", boom)
-        monkeypatch.setattr(tiny_llama.backend, "kv", boom)
+        monkeypatch.setattr(tiny_llama.backend, "hf_view", boom)
         monkeypatch.setattr(tiny_llama.backend, "forward", boom)
         again = score_probes(tiny_llama, tps)
         loo = loo_contributions(tiny_llama, tps)
@@ -155,8 +162,14 @@ def test_memo_is_bypassed_while_hooks_are_attached(tiny_llama, tiny_probes):
 def _check_kv_generation_equals_hooked_loop(subject, tps, factor):
     """The KV-cache generation with declared emphasis == the exact loop with the route's hooks (every row
     recomputed in full each step), per route, with rows of different lengths and a row without positions."""
-    from unpact_mech.emphasis import emphasis_hooks
-    from unpact_mech.scoring import GEN_EXTRA_TOKENS, generate_answers, greedy_batch, stop_token_ids
+    from unpact_mech.hooks import Emphasis
+    from unpact_mech.scoring import (
+        GEN_EXTRA_TOKENS,
+        emphasis_hooks,
+        generate_answers,
+        greedy_batch,
+        stop_token_ids,
+    )
 
     pos = [list(tp.attributable[:2]) for tp in tps]
     pos[-1] = []
@@ -166,9 +179,9 @@ def _check_kv_generation_equals_hooked_loop(subject, tps, factor):
     assert plain == greedy_batch(subject, [tp.prompt_ids for tp in tps], limits, (), stops)
     changed = 0
     for route in ("embed", "attention"):
-        fast = generate_answers(subject, tps, emphasis=(route, pos, factor))
+        fast = generate_answers(subject, tps, emphasis=Emphasis.of(route, pos, factor))
         exact = greedy_batch(subject, [tp.prompt_ids for tp in tps], limits,
-                             lambda chunk, route=route: emphasis_hooks(subject, [pos[i] for i in chunk], factor, route), stops)
+                             lambda chunk, route=route: emphasis_hooks(subject, Emphasis.of(route, [pos[i] for i in chunk], factor)), stops)
         assert fast == exact, route
         changed += sum(a != b for a, b in zip(fast, plain))
     return changed
@@ -204,14 +217,15 @@ def test_kv_generation_with_emphasis_equals_hooked_loop_smollm2(smol, smol_probe
 def _check_kv_scoring_equals_hooks(subject, tps, factor):
     """Teacher-forced scores with a declared emphasis (KV cache, shared chat prefix run once) == the exact
     right-padded forward with the route's hooks, per route, including a row without positions."""
-    from unpact_mech.emphasis import emphasis_hooks
+    from unpact_mech.hooks import Emphasis
+    from unpact_mech.scoring import emphasis_hooks
 
     pos = [list(tp.attributable[1:3]) for tp in tps]
     pos[0] = []
     for route in ("embed", "attention"):
-        fast = score_probes(subject, tps, emphasis=(route, pos, factor))
-        exact = score_probes(subject, tps, lambda chunk, route=route: emphasis_hooks(subject, [pos[i] for i in chunk],
-                                                                                     factor, route))
+        fast = score_probes(subject, tps, emphasis=Emphasis.of(route, pos, factor))
+        exact = score_probes(subject, tps, lambda chunk, route=route: emphasis_hooks(
+            subject, Emphasis.of(route, [pos[i] for i in chunk], factor)))
         for a, b in zip(fast, exact):
             assert torch.allclose(a.logprobs.double(), b.logprobs.double(), atol=2e-5), route
             assert torch.equal(a.top1, b.top1)

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from unpact_mech.compare import TokenizerMismatch, compare
 from unpact_mech.models import load_model, save_checkpoint
-from unpact_mech.tracking import TokenizerMismatch, compare
 
 
 @pytest.fixture(scope="module")

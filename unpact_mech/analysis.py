@@ -1,6 +1,6 @@
 """The base side of every comparison, computed once, with the parameters that produced it.
 
-``ProbeSet``: probes tokenised once for one tokenizer and format. ``Analysis(base, probeset, params)``: the base
+``Analysis(base, probeset, params)`` (a :class:`~unpact_mech.probes.ProbeSet`, or probes to tokenise once): the base
 model's teacher-forced scores (LP, fact top-1), leave-one-out contributions C(x_i, y) = LP(x, y) - LP(x without
 x_i, y) and KeyTokens (eq. 3-4 under ``params``), each computed at most once per probe and reused by every
 finding (compare, recovery, destruction, localisation, function-word penalisation). Every table a finding
@@ -10,57 +10,19 @@ derives from it carries the KeyToken parameters as columns (``alpha``, ``beta``,
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
 import pandas as pd
 
 from unpact_mech.attribution.loo import LooResult, Variant, loo_contributions
+from unpact_mech.display import loo_block, nb_html
 from unpact_mech.errors import UnpactError
 from unpact_mech.keytokens import KeyTokenParams, select_keytokens
-from unpact_mech.models import Subject
-from unpact_mech.probes import Format, Probe, TokenizedProbe, check_unique_ids, tokenize_probes
-
-
-class ProbeSet:
-    """Probes and their tokenisation for one tokenizer and format (built once, passed everywhere)."""
-
-    def __init__(self, tprobes: Iterable[TokenizedProbe], fingerprint: str, fmt: str) -> None:
-        self.tprobes = list(tprobes)
-        check_unique_ids([tp.probe for tp in self.tprobes], "the probe set")
-        self.fingerprint, self.fmt = fingerprint, fmt
-        self._by_id = {tp.probe.id: tp for tp in self.tprobes}
-
-    @classmethod
-    def build(cls, subject: Any, probes: Sequence[Probe | TokenizedProbe], fmt: Format = "auto") -> ProbeSet:
-        raw = [p for p in probes if isinstance(p, Probe)]
-        tok = iter(tokenize_probes(subject, raw, fmt))
-        tps = [p if isinstance(p, TokenizedProbe) else next(tok) for p in probes]
-        return cls(tps, subject.tokenizer_fingerprint(), fmt)
-
-    def __len__(self) -> int:
-        return len(self.tprobes)
-
-    def __iter__(self) -> Any:
-        return iter(self.tprobes)
-
-    @property
-    def ids(self) -> list[str]:
-        return [tp.probe.id for tp in self.tprobes]
-
-    def get(self, probe: Probe | TokenizedProbe | str) -> TokenizedProbe:
-        pid = probe if isinstance(probe, str) else (probe.probe.id if isinstance(probe, TokenizedProbe) else probe.id)
-        if pid not in self._by_id:
-            raise UnpactError(f"probe '{pid}' is not in this probe set")
-        tp = self._by_id[pid]
-        if isinstance(probe, Probe) and probe != tp.probe:
-            raise UnpactError(f"probe '{pid}' differs from the probe of that id in this probe set")
-        return tp
-
-    def select(self, probes: Sequence[Probe | TokenizedProbe | str] | None = None) -> list[TokenizedProbe]:
-        """The tokenised probes for ``probes`` (all when None), in the order given."""
-        return list(self.tprobes) if probes is None else [self.get(p) for p in probes]
+from unpact_mech.probes import Format, Probe, ProbeSet, TokenizedProbe
+from unpact_mech.scoring import probe_table
+from unpact_mech.subject import Subject
 
 
 class Analysis:
@@ -104,8 +66,6 @@ class Analysis:
 
     def scores(self, tprobes: Sequence[TokenizedProbe] | None = None) -> pd.DataFrame:
         """The base model's LP, fact top-1 and answer top-1 per probe (indexed by probe id)."""
-        from unpact_mech.scoring import probe_table
-
         tps = self.probes.select(tprobes)
         have = set() if self._scores is None else set(self._scores.index)
         todo = [tp for tp in tps if tp.probe.id not in have]
@@ -122,8 +82,6 @@ class Analysis:
     def _repr_html_(self, max_probes: int = 5) -> str:
         """Notebook display: what the analysis holds; leave-one-out heatmaps of the probes computed so far (it
         computes nothing itself)."""
-        from unpact_mech.report.html import loo_block, nb_html
-
         head = (f"<div class='hd'><b>Analysis</b> of <b>{self.base.name}</b>: {len(self.probes)} probes "
                 f"({self.probes.fmt} format), KeyTokens alpha = {self.params.alpha}, beta = {self.params.beta}, "
                 f"leave-one-out by {self.variant}; {len(self._loo)} probes attributed so far</div>")

@@ -1,10 +1,14 @@
 """Keyword emphasis (paper finding 2, "FocusOnKey"): bring a forgotten answer back without touching weights.
 
-Three routes on the same probes:
-* ``embed``: scale the KeyTokens' input embeddings (``unpact_mech.hooks.scale_embedding``). On pre-RMSNorm
+Three ways on the same probes:
+* mode ``embed``: scale the KeyTokens' input embeddings (``unpact_mech.hooks.scale_embedding``). On pre-RMSNorm
   models the first layer normalises the scale away; see the hooks module for what remains.
-* ``attention``: add log(factor) to every head's attention score on the KeyTokens (PASTA-style steering).
-* ``prompt``: the paper's prompt edits (repeat the KeyTokens, mark them, or an instruction naming them).
+* mode ``attention``: add log(factor) to every head's attention score on the KeyTokens (PASTA-style steering).
+* prompt edits (``prompt:repeat|mark|instruct``): the paper's edits (repeat the KeyTokens, mark them, or an
+  instruction naming them).
+
+Both modes are one :class:`unpact_mech.hooks.Emphasis` each; the sweep (:func:`emphasis_sweep`) scores every
+(probe, condition, draw) of a mode and factor in one batch under any registered correctness criterion.
 """
 
 from __future__ import annotations
@@ -12,41 +16,22 @@ from __future__ import annotations
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 
+from unpact_mech.analysis import Analysis
+from unpact_mech.criteria import criterion as get_criterion
 from unpact_mech.errors import UnpactError, check_finite_factor
-from unpact_mech.hooks import Hooks, scale_embedding, steer_attention
+from unpact_mech.hooks import EMPHASIS_MODES, Emphasis
 from unpact_mech.keytokens import KeyTokenParams
-from unpact_mech.models import Subject
 from unpact_mech.probes import Probe, TokenizedProbe, tokenize_probe
-from unpact_mech.scoring import fact_top1, score_probes
+from unpact_mech.scoring import check_emphasis, fact_top1, score_probes
+from unpact_mech.subject import Subject
 
-Route = Literal["embed", "attention"]
-PromptStyle = Literal["repeat", "mark", "instruct"]
-ROUTES: tuple[str, ...] = ("embed", "attention")
 PROMPT_STYLES: tuple[str, ...] = ("repeat", "mark", "instruct")
-
-
-def emphasis_hooks(subject: Subject, positions: Sequence[int] | Sequence[Sequence[int]], factor: float, route: str) -> Hooks:
-    """The hooks of one emphasis route at the given prompt positions (flat, or one list per batch row)."""
-    if route == "embed":
-        hooks = scale_embedding(positions, factor)
-    elif route == "attention":
-        hooks = steer_attention(positions, factor, subject.n_layers)
-    else:
-        raise UnpactError(f"unknown emphasis route {route!r}: use one of {ROUTES} (or prompt_emphasis for prompt edits)")
-    missing = [name for name, _ in hooks if not subject.backend.supports_hook(name)]
-    if missing:
-        ok = [r for r in ROUTES if all(subject.backend.supports_hook(n) for n, _ in _route_probe(subject, r))]
-        raise UnpactError(f"route {route!r} needs hook point {missing[0]}, which the {subject.backend.name} backend "
-                         f"lacks; the {subject.backend.name} backend supports route={', '.join(map(repr, ok)) or 'none'}")
-    return hooks
-
-
-def _route_probe(subject: Subject, route: str) -> Hooks:
-    return scale_embedding([0], 1.0) if route == "embed" else steer_attention([0], 1.0, subject.n_layers)
+# every emphasis a recovery table reports: the two modes, then the prompt edits
+EMPHASIS_NAMES: tuple[str, ...] = (*EMPHASIS_MODES, *(f"prompt:{s}" for s in PROMPT_STYLES))
 
 
 def check_positions(tp: TokenizedProbe, positions: Sequence[int]) -> None:
@@ -62,8 +47,6 @@ def keytoken_positions(
 ) -> list[list[int]]:
     """KeyToken positions of each probe under a reference model (usually the base model); for many findings on
     the same probes, build one :class:`~unpact_mech.analysis.Analysis` and use its ``keytoken_positions``."""
-    from unpact_mech.analysis import Analysis
-
     return Analysis(reference, list(tprobes), params).keytoken_positions()
 
 
@@ -89,8 +72,9 @@ def emphasize(
     if positions is None:
         positions = keytoken_positions(reference or subject, [tp], params)[0]
     check_positions(tp, positions)
-    hooks = emphasis_hooks(subject, positions, factor, route) if positions else []
-    s = score_probes(subject, [tp], hooks)[0]
+    emphasis = Emphasis.of(route, [positions], factor)
+    check_emphasis(subject, emphasis)
+    s = score_probes(subject, [tp], emphasis.hooks(subject.n_layers) if positions else [])[0]
     return EmphasisResult(s.lp, fact_top1(tp, s), bool(s.top1.all()))
 
 
@@ -99,11 +83,12 @@ def sweep(
     tprobes: Sequence[TokenizedProbe],
     positions: Sequence[Sequence[int]],
     factors: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
-    routes: Sequence[str] = ROUTES,
+    routes: Sequence[str] = EMPHASIS_MODES,
 ) -> pd.DataFrame:
-    """Answer LP and fact top-1 per probe, route and factor (factor 1 is the unemphasised model).
+    """Answer LP and fact top-1 per probe, emphasis mode and factor (factor 1 is the unemphasised model); the
+    mode is the table's ``route`` column.
 
-    Each (route, factor) scores all probes in one batch (:func:`emphasis_sweep`), every row emphasised at its
+    Each (mode, factor) scores all probes in one batch (:func:`emphasis_sweep`), every row emphasised at its
     own KeyTokens.
     """
     if len(positions) != len(tprobes):
@@ -119,44 +104,34 @@ def sweep(
 
 
 def emphasis_sweep(subject: Subject, units: Sequence[tuple[TokenizedProbe, str, int, list[int]]],
-                    factors: Sequence[float], routes: Sequence[str], styles: Sequence[str],
-                    criterion: str) -> list[dict[str, Any]]:
-    """Correctness of every unit (probe, condition, draw, positions) under each route and factor, and under
-    each prompt edit naming the positions' tokens: one batch per (route, factor) and one for all prompt edits
-    (factor 1 is the plain model). Teacher forced: fact top-1 of the scored answer (and its LP); generation: the
-    greedy answer, with the emphasis active over prompt and answer. A unit without positions is the plain
-    model. Each batch runs on the KV cache with the shared prefix run once when the backend allows, else with
-    the route's hooks."""
-    from unpact_mech.scoring import generation_table
-
+                   factors: Sequence[float], modes: Sequence[str], styles: Sequence[str],
+                   criterion: str) -> list[dict[str, Any]]:
+    """Correctness of every unit (probe, condition, draw, positions) under each emphasis mode and factor, and
+    under each prompt edit naming the positions' tokens: one batch per (mode, factor) and one for all prompt
+    edits (factor 1 is the plain model), judged by the registered ``criterion`` (its extra column, e.g. the LP or
+    the generated answer, is kept). A unit without positions is the plain model. Each batch runs on the KV
+    cache with the shared prefix run once when the backend allows, else with the mode's hooks."""
+    crit = get_criterion(criterion)
     tps = [u[0] for u in units]
     rows: list[dict[str, Any]] = []
 
-    def judge(batch: Sequence[TokenizedProbe], emphasis: Any = None) -> tuple[list[bool], list[Any]]:
-        if criterion == "generation":
-            g = generation_table(subject, batch, emphasis=emphasis)
-            return list(g.gen_correct), list(g.generated)
-        sc = score_probes(subject, batch, emphasis=emphasis)
-        return [fact_top1(tp, x) for tp, x in zip(batch, sc)], [x.lp for x in sc]
-
-    def add(route: str, factor: float, ok: list[bool], extra: list[Any]) -> None:
-        key = "generated" if criterion == "generation" else "lp"
+    def add(route: str, factor: float, table: pd.DataFrame) -> None:
         rows.extend({"criterion": criterion, "condition": c, "draw": d, "probe_id": tp.probe.id,
-                     "model": subject.name, "route": route, "factor": factor, "correct": bool(y), key: e,
-                     "n_positions": len(pos)} for (tp, c, d, pos), y, e in zip(units, ok, extra))
+                     "model": subject.name, "route": route, "factor": factor, "correct": bool(y), crit.extra: e,
+                     "n_positions": len(pos)}
+                    for (tp, c, d, pos), y, e in zip(units, table["correct"], table[crit.extra]))
 
-    for route in routes:
+    for mode in modes:
         for f in factors:
-            emphasis_hooks(subject, [[0]], f, route)  # the route must exist on this backend
-            emphasis = None if f == 1.0 else (route, [list(u[3]) for u in units], float(f))
-            add(route, float(f), *judge(tps, emphasis))
+            emphasis = Emphasis.of(mode, [list(u[3]) for u in units], float(f))
+            check_emphasis(subject, emphasis)  # the mode must exist on this backend
+            add(mode, float(f), crit.table(subject, tps, None if f == 1.0 else emphasis))
     if styles:
         edited = [tokenize_probe(subject.tokenizer, prompt_emphasis(tp.probe, keyword_strings(tp, pos), style),
                                  tp.format, max_len=subject.n_ctx) for style in styles for tp, _, _, pos in units]
-        ok, extra = judge(edited)
+        table = crit.table(subject, edited)
         for i, style in enumerate(styles):
-            sl = slice(i * len(units), (i + 1) * len(units))
-            add(f"prompt:{style}", float("nan"), ok[sl], extra[sl])
+            add(f"prompt:{style}", float("nan"), table.iloc[i * len(units):(i + 1) * len(units)])
     return rows
 
 

@@ -39,3 +39,7 @@ def check_finite_factor(factor: Any, what: str = "emphasis factor") -> float:
     if not math.isfinite(f) or f <= 0:
         raise UnpactError(f"{what} must be finite and > 0, got {factor!r}")
     return f
+
+
+class ModelSpecError(UnpactError):
+    """A model spec that cannot be resolved or loaded."""

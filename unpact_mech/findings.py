@@ -1,7 +1,9 @@
-"""The paper's findings as library calls (used by the CLI, the demo and ``analyses/``)."""
+"""Findings 2 and 3 as library calls: recovery by emphasis with its controls, the destructive rate, and the
+function-word penalisation (finding 1 is ``unpact_mech.compare``)."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -9,16 +11,21 @@ from typing import Any
 import pandas as pd
 
 from unpact_mech.analysis import Analysis, annotate
-from unpact_mech.emphasis import ROUTES, emphasis_sweep
-from unpact_mech.errors import UnpactError
-from unpact_mech.keytokens import KeyTokenParams
+from unpact_mech.compare import prepare_comparison
+from unpact_mech.criteria import CRITERIA as CRITERION_REGISTRY
+from unpact_mech.criteria import check_criteria
+from unpact_mech.criteria import criterion as get_criterion
+from unpact_mech.display import frame_html, nb_html
+from unpact_mech.emphasis import emphasis_sweep
+from unpact_mech.hooks import EMPHASIS_MODES
+from unpact_mech.keytokens import KeyTokenParams, select_keytokens
 from unpact_mech.metrics import destructive_rate
-from unpact_mech.models import Subject
 from unpact_mech.probes import Probe, TokenizedProbe
-from unpact_mech.scoring import probe_table
-from unpact_mech.tracking import prepare_comparison
+from unpact_mech.stats import bootstrap_mean, paired_difference, wilson
+from unpact_mech.subject import Subject
+from unpact_mech.words import function_word_positions, word_kind
 
-CRITERIA: tuple[str, ...] = ("teacher_forced", "generation")
+CRITERIA: tuple[str, ...] = tuple(CRITERION_REGISTRY)  # the registered correctness criteria, by name
 CONDITIONS: tuple[str, ...] = ("keytokens", "random", "function_words")
 
 
@@ -45,8 +52,6 @@ class RecoveryResult:
 
     def _repr_html_(self) -> str:
         """Notebook display: best-over-factors recovery per condition, and the KeyToken-specific difference."""
-        from unpact_mech.report.html import frame_html, nb_html
-
         best = self.rates[self.rates.scope == "best"][["criterion", "route", "condition", "k", "n", "rate", "low",
                                                         "high"]]
         ctrl = self.control[self.control.scope == "best"][["criterion", "route", "vs_random_diff", "vs_random_diff_low",
@@ -60,10 +65,6 @@ def control_positions(tp: TokenizedProbe, keys: Sequence[int], n_draws: int, see
     """Positions to emphasise per condition: the KeyTokens; ``n_draws`` seeded draws of as many attributable
     non-KeyTokens (all of them when fewer remain); the prompt's function words (``unpact_mech.words``) that are
     not KeyTokens. A probe without KeyTokens gets no controls either."""
-    import random
-
-    from unpact_mech.words import function_word_positions
-
     keys = sorted(keys)
     pool = [p for p in tp.attributable if p not in set(keys)]
     draws = [sorted(random.Random(f"{seed}:{d}:{tp.probe.id}").sample(pool, min(len(keys), len(pool))))
@@ -73,17 +74,15 @@ def control_positions(tp: TokenizedProbe, keys: Sequence[int], n_draws: int, see
             "function_words": [fw if keys else []]}
 
 
-def judge(who: Analysis | Subject, tps: Sequence[TokenizedProbe], criterion: str) -> pd.DataFrame:
-    """Plain-model correctness per probe (indexed by probe id, in ``tps`` order): ``correct``, and ``lp`` when
-    teacher forced. An Analysis answers for its base model from its cached scores; a memoizing subject reuses
-    its own."""
-    from unpact_mech.scoring import generation_table
-
-    if criterion == "generation":
-        subject = who.base if isinstance(who, Analysis) else who
-        return generation_table(subject, tps).set_index("probe_id").rename(columns={"gen_correct": "correct"})
-    table = who.scores(tps) if isinstance(who, Analysis) else probe_table(who, tps).set_index("probe_id")
-    return table.rename(columns={"fact_top1": "correct"})
+def judge(who: Analysis | Subject, tps: Sequence[TokenizedProbe], name: str) -> pd.DataFrame:
+    """Plain-model correctness per probe under the registered criterion ``name`` (indexed by probe id, in ``tps``
+    order): ``correct`` and the criterion's extra columns. An Analysis answers for its base model from its cached
+    teacher-forced scores; a memoizing subject reuses its own."""
+    crit = get_criterion(name)
+    if isinstance(who, Analysis) and crit.extra == "lp":
+        return who.scores(tps).rename(columns={"fact_top1": "correct"})
+    subject = who.base if isinstance(who, Analysis) else who
+    return crit.table(subject, tps).set_index("probe_id")
 
 
 def recovery(
@@ -91,7 +90,7 @@ def recovery(
     unlearned: Subject,
     probes: Sequence[Probe] | None,
     factors: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
-    routes: Sequence[str] = ROUTES,
+    routes: Sequence[str] = EMPHASIS_MODES,
     prompt_styles: Sequence[str] = ("repeat", "mark", "instruct"),
     params: KeyTokenParams | None = None,
     fmt: str = "auto",
@@ -107,15 +106,11 @@ def recovery(
     For every probe the base model answers and the unlearned one does not (per criterion), each route and
     factor emphasises (a) the KeyTokens, (b) ``n_draws`` random non-KeyToken draws of the same size and (c) the
     function words (:func:`control_positions`); prompt edits name the same tokens. ``gen_factors`` limits the
-    factors scored by generation (default: all) and ``gen_prompt_styles`` its prompt edits (default: all), as
-    generation costs one forward per generated token.
+    factors scored by a costly criterion (generation: one forward per generated token; default: all) and
+    ``gen_prompt_styles`` its prompt edits (default: all).
     ``base``: an :class:`~unpact_mech.analysis.Analysis` (its KeyTokens and scores are reused) or a Subject.
     """
-    from unpact_mech.metrics import bootstrap_mean, paired_difference, wilson
-
-    bad = [c for c in criteria if c not in CRITERIA]
-    if bad:
-        raise UnpactError(f"unknown correctness criterion {bad[0]!r}; use {', '.join(CRITERIA)}")
+    check_criteria(criteria)
     an, tps = prepare_comparison(base, unlearned, probes, params, fmt)
     keys = dict(zip([tp.probe.id for tp in tps], an.keytoken_positions(tps)))
     emph = [float(f) for f in factors if f != 1.0]
@@ -132,9 +127,9 @@ def recovery(
         # every (probe, condition, draw) is one row of the same batch, per route and factor
         units = [(tp, cond, draw, pos) for tp in todo for cond in CONDITIONS
                  for draw, pos in enumerate(ctrl[tp.probe.id][cond])]
-        tf = crit == "teacher_forced"
-        styles = prompt_styles if tf or gen_prompt_styles is None else gen_prompt_styles
-        sweep_rows += emphasis_sweep(unlearned, units, emph if tf else gen_f, routes, styles, crit)
+        cheap = not get_criterion(crit).costly
+        styles = prompt_styles if cheap or gen_prompt_styles is None else gen_prompt_styles
+        sweep_rows += emphasis_sweep(unlearned, units, emph if cheap else gen_f, routes, styles, crit)
     sw = pd.DataFrame(sweep_rows)
     if sw.empty:
         sw = pd.DataFrame(columns=["criterion", "condition", "draw", "probe_id", "model", "route", "factor",
@@ -142,12 +137,13 @@ def recovery(
     elig = pd.DataFrame(elig_rows)
     rate_rows, ctrl_rows = [], []
     for crit in criteria:
-        styles = prompt_styles if crit == "teacher_forced" or gen_prompt_styles is None else gen_prompt_styles
+        cheap = not get_criterion(crit).costly
+        styles = prompt_styles if cheap or gen_prompt_styles is None else gen_prompt_styles
         route_names = [*routes, *(f"prompt:{st}" for st in styles)]
         e = elig[(elig.criterion == crit) & elig.base_correct & ~elig.unlearned_correct]
         ids = list(e.probe_id)
         s_c = sw[sw.criterion == crit]
-        f_list = emph if crit == "teacher_forced" else gen_f
+        f_list = emph if cheap else gen_f
         combos = [(r, f) for r in routes for f in f_list] + [(r, float("nan")) for r in route_names[len(routes):]]
         scopes = [("factor", r, f) for r, f in combos] + [("best", r, float("nan")) for r in route_names]
         for scope, route, factor in scopes:
@@ -183,13 +179,12 @@ def destruction(base: Analysis | Subject, unlearned: Subject, probes: Sequence[P
 
     ``base``: an :class:`~unpact_mech.analysis.Analysis` (its base scores are reused) or a Subject.
     """
-    if criterion not in CRITERIA:
-        raise UnpactError(f"unknown correctness criterion {criterion!r}; use {', '.join(CRITERIA)}")
+    crit = get_criterion(criterion)
     an, tps = prepare_comparison(base, unlearned, probes, None, fmt)
-    b, u = judge(an, tps, criterion), judge(unlearned, tps, criterion)
+    b, u = judge(an, tps, crit.name), judge(unlearned, tps, crit.name)
     df = pd.DataFrame({"probe_id": [tp.probe.id for tp in tps], "split": [tp.probe.split for tp in tps],
-                       "criterion": criterion, "correct_base": list(b.correct), "correct_unlearned": list(u.correct)})
-    if criterion == "teacher_forced":
+                       "criterion": crit.name, "correct_base": list(b.correct), "correct_unlearned": list(u.correct)})
+    if crit.extra == "lp":  # a numeric extra travels with the table
         df["lp_base"], df["lp_unlearned"] = list(b.lp), list(u.lp)
     rates = {split: destructive_rate(list(g.correct_base), list(g.correct_unlearned))
              for split, g in df.groupby("split")}
@@ -202,12 +197,9 @@ def function_word_penalisation(comparison: Any, params: KeyTokenParams | None = 
     One row per attributable token: its word (sub-word tokens grouped, ``unpact_mech.words``) and kind
     ("KeyToken" if the base model's KeyToken, else the word's kind: "function word", "punctuation" or
     "content word"), its contribution C before and after, and ``change`` = C_unlearned - C_base.
-    ``comparison`` is a :class:`~unpact_mech.tracking.Comparison` on retain/general probes; its KeyToken
+    ``comparison`` is a :class:`~unpact_mech.compare.Comparison` on retain/general probes; its KeyToken
     parameters are used unless ``params`` is given.
     """
-    from unpact_mech.keytokens import select_keytokens
-    from unpact_mech.words import word_kind
-
     params = params or comparison.params
     rows = []
     for rb, ru in zip(comparison.base, comparison.unlearned):

@@ -19,8 +19,10 @@ import torch
 from unpact_mech.analysis import Analysis
 from unpact_mech.findings import destruction, recovery
 from unpact_mech.metrics import accuracy
-from unpact_mech.models import Subject, subject_from_hf
+from unpact_mech.models import load_hf
 from unpact_mech.probes import Probe
+from unpact_mech.stats import rate_columns, wilson
+from unpact_mech.subject import Subject, wrap
 
 
 def frontier_point(an: Analysis, subject: Subject, forget: Sequence[Probe], others: Sequence[Probe],
@@ -39,38 +41,31 @@ def frontier_point(an: Analysis, subject: Subject, forget: Sequence[Probe], othe
         for route in routes:
             best = res.rates[(res.rates.criterion == crit) & (res.rates.route == route) & (res.rates.scope == "best")]
             row: dict[str, Any] = {"model": subject.name, "strength": float(strength), "criterion": crit,
-                                   "route": route, "forget_acc": fa.rate, "forget_acc_k": fa.k, "forget_acc_n": fa.n,
-                                   "forget_acc_low": fa.low, "forget_acc_high": fa.high,
-                                   "destructive": pooled.rate, "destructive_k": pooled.k, "destructive_n": pooled.n,
-                                   "destructive_low": pooled.low, "destructive_high": pooled.high}
+                                   "route": route, **rate_columns("forget_acc", fa),
+                                   **rate_columns("destructive", pooled)}
             for _, r in best.iterrows():
-                row.update({f"{r.condition}": r.rate, f"{r.condition}_k": r.k, f"{r.condition}_n": r.n,
-                            f"{r.condition}_low": r.low, f"{r.condition}_high": r.high})
+                row.update(rate_columns(str(r.condition), r))
             rows.append(row)
     return rows
 
 
 def _pool(rates: dict) -> Any:
     """The destructive rate over all splits together (k and n summed)."""
-    from unpact_mech.metrics import wilson
-
     return wilson(sum(r.k for r in rates.values()), sum(r.n for r in rates.values()))
 
 
 def snapshot_subject(hf_model: Any, tokenizer: Any, name: str, source: str) -> Subject:
     """A Subject over a frozen copy of an in-training HF model (the trainer's model is left untouched)."""
-    return subject_from_hf(copy.deepcopy(hf_model), tokenizer, name, source)
+    return wrap(copy.deepcopy(hf_model), tokenizer, name, source)
 
 
 def interpolated(base: Subject, unlearned_dir: str | Path, fraction: float, name: str) -> Subject:
     """theta_0 + fraction * (theta_1 - theta_0) between the base model and a checkpoint (for Task Vector this
     is exactly the negation scale fraction * a)."""
-    from unpact_mech.models import _load_hf
-
     hf0 = base.load_hf_model()
-    hf1 = _load_hf(str(unlearned_dir), dtype=base.dtype)
+    hf1 = load_hf(str(unlearned_dir), dtype=base.dtype)
     with torch.no_grad():
         for p0, p1 in zip(hf0.parameters(), hf1.parameters()):
             p0.add_(fraction * (p1 - p0))
     del hf1
-    return subject_from_hf(hf0, base.tokenizer, name, str(unlearned_dir))
+    return wrap(hf0, base.tokenizer, name, str(unlearned_dir))

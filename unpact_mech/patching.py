@@ -22,28 +22,22 @@ from typing import Any
 import pandas as pd
 import torch
 
+from unpact_mech.backends.kernel import AnswerIndex, answer_logprobs
 from unpact_mech.errors import UnpactError
-from unpact_mech.hooks import applied
-from unpact_mech.models import Subject
+from unpact_mech.hooks import act_name, applied, patch_from_cache
 from unpact_mech.probes import TokenizedProbe
 from unpact_mech.scoring import score_sequences
-from unpact_mech.tracking import check_same_tokenizer
+from unpact_mech.subject import Subject, check_same_tokenizer
 
 DIRECTIONS = ("base->unlearned", "unlearned->base")
 PATCH_METHODS = ("exact", "atp")
-KINDS = {"resid_pre": "blocks.{l}.hook_resid_pre", "attn_out": "blocks.{l}.hook_attn_out", "mlp_out": "blocks.{l}.hook_mlp_out"}
+KINDS = ("resid_pre", "attn_out", "mlp_out")  # per-(layer, position) sites; heads are ``z`` sites
 
 
-def _rowwise_patch(src: torch.Tensor, positions: Sequence[int]) -> Any:
-    """Hook: in row r, overwrite position positions[r] with the source activation there."""
-
-    def fn(act: torch.Tensor, hook: Any = None) -> torch.Tensor:
-        act = act.clone()
-        for r, p in enumerate(positions[: act.shape[0]]):
-            act[r, p] = src[0, p].to(act.dtype)
-        return act
-
-    return fn
+def restoration_of(lp: float, lp_target: float, gap: float) -> float:
+    """(LP_patched - LP_target) / (LP_source - LP_target); NaN when the two models score the answer alike
+    (gap 0: nothing to restore)."""
+    return (lp - lp_target) / gap if gap != 0 else float("nan")
 
 
 def _endpoints(base: Subject, unlearned: Subject, tp: TokenizedProbe, direction: str, names: set[str]) -> tuple[Any, Any, float, float]:
@@ -89,18 +83,18 @@ def patch_positions(
 ) -> pd.DataFrame:
     """Restoration per (kind, layer, position). Positions default to the question's first token onwards."""
     layers, positions = _grid(base, tp, kinds, layers, positions)
-    names = {KINDS[k].format(l=layer) for k in kinds for layer in layers}
+    names = {act_name(k, layer) for k in kinds for layer in layers}
     target, cache, lp_src, lp_tgt = _endpoints(base, unlearned, tp, direction, names)
     gap = lp_src - lp_tgt
     rows = []
     for kind in kinds:
         for layer in layers:
-            name = KINDS[kind].format(l=layer)
-            lps = _lp_batch(target, tp, len(positions), [(name, _rowwise_patch(cache[name], positions))])
+            name = act_name(kind, layer)  # row r patches position positions[r] only
+            lps = _lp_batch(target, tp, len(positions), patch_from_cache(cache, name, [[p] for p in positions]))
             for p, lp in zip(positions, lps.tolist()):
                 rows.append({"probe_id": tp.probe.id, "direction": direction, "kind": kind, "layer": layer,
                              "position": p, "token": tp.tokens[p], "lp": lp,
-                             "restoration": (lp - lp_tgt) / gap if gap != 0 else float("nan")})
+                             "restoration": restoration_of(lp, lp_tgt, gap)})
     return pd.DataFrame(rows)
 
 
@@ -110,33 +104,24 @@ def patch_heads(
     """Restoration per (layer, head): the head's ``hook_z`` at every position patched from the source run."""
     layers = list(range(base.cfg.n_layers)) if layers is None else list(layers)
     n_heads = base.cfg.n_heads
-    names = {f"blocks.{layer}.attn.hook_z" for layer in layers}
+    names = {act_name("z", layer) for layer in layers}
     target, cache, lp_src, lp_tgt = _endpoints(base, unlearned, tp, direction, names)
     gap = lp_src - lp_tgt
     rows = []
-    for layer in layers:
-        src = cache[f"blocks.{layer}.attn.hook_z"]
-
-        def fn(z: torch.Tensor, hook: Any = None, src: torch.Tensor = src) -> torch.Tensor:
-            z = z.clone()
-            for h in range(min(n_heads, z.shape[0])):
-                z[h, :, h] = src[0, :, h].to(z.dtype)
-            return z
-
-        lps = _lp_batch(target, tp, n_heads, [(f"blocks.{layer}.attn.hook_z", fn)])
+    for layer in layers:  # row h patches head h at every position
+        hooks = patch_from_cache(cache, act_name("z", layer), heads=[[h] for h in range(n_heads)])
+        lps = _lp_batch(target, tp, n_heads, hooks)
         for h, lp in enumerate(lps.tolist()):
             rows.append({"probe_id": tp.probe.id, "direction": direction, "layer": layer, "head": h, "lp": lp,
-                         "restoration": (lp - lp_tgt) / gap if gap != 0 else float("nan")})
+                         "restoration": restoration_of(lp, lp_tgt, gap)})
     return pd.DataFrame(rows)
 
 
 def restoration(base: Subject, unlearned: Subject, tp: TokenizedProbe, hooks: list, direction: str = "base->unlearned") -> float:
-    """Restoration of one arbitrary set of patch hooks applied to the target model."""
+    """Restoration of one arbitrary set of patch hooks applied to the target model (NaN for a zero gap)."""
     target, _, lp_src, lp_tgt = _endpoints(base, unlearned, tp, direction, set())
     lp = float(_lp_batch(target, tp, 1, hooks)[0])
-    return (lp - lp_tgt) / (lp_src - lp_tgt)
-
-
+    return restoration_of(lp, lp_tgt, lp_src - lp_tgt)
 
 
 def atp(
@@ -151,8 +136,8 @@ def atp(
     """Attribution patching: estimated restoration per (kind, layer, position) and per (layer, head), the tables
     of :func:`patch_positions` and :func:`patch_heads` (column ``lp`` is the estimated patched LP)."""
     layers, positions = _grid(base, tp, kinds, layers, positions)
-    sites = {(k, layer): KINDS[k].format(l=layer) for k in kinds for layer in layers}
-    sites.update({("z", layer): f"blocks.{layer}.attn.hook_z" for layer in layers})
+    sites = {(k, layer): act_name(k, layer) for k in kinds for layer in layers}
+    sites.update({("z", layer): act_name("z", layer) for layer in layers})
     target, cache, lp_src, lp_tgt = _endpoints(base, unlearned, tp, direction, set(sites.values()))
     grads = _site_gradients(target, tp, list(sites.values()))
     gap = lp_src - lp_tgt
@@ -163,12 +148,12 @@ def atp(
         if kind == "z":
             for h, eff in enumerate(delta.sum((0, 2)).tolist()):  # every position, per head
                 head_rows.append({"probe_id": tp.probe.id, "direction": direction, "layer": layer, "head": h,
-                                  "lp": lp_tgt + eff, "restoration": eff / gap if gap != 0 else float("nan")})
+                                  "lp": lp_tgt + eff, "restoration": restoration_of(lp_tgt + eff, lp_tgt, gap)})
             continue
         for p, eff in zip(positions, delta[pos_t].sum(-1).tolist()):
             rows.append({"probe_id": tp.probe.id, "direction": direction, "kind": kind, "layer": layer,
                          "position": p, "token": tp.tokens[p], "lp": lp_tgt + eff,
-                         "restoration": eff / gap if gap != 0 else float("nan")})
+                         "restoration": restoration_of(lp_tgt + eff, lp_tgt, gap)})
     return pd.DataFrame(rows).assign(method="atp"), pd.DataFrame(head_rows).assign(method="atp")
 
 
@@ -177,8 +162,6 @@ def _site_gradients(subject: Subject, tp: TokenizedProbe, names: Sequence[str]) 
 
     Each hook adds a zero tensor that requires grad; its gradient is dLP/da, and the graph stays connected
     through every later site (weights stay frozen)."""
-    from unpact_mech.backends.kernel import AnswerIndex, answer_logprobs
-
     leaves: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def make(name: str) -> Any:

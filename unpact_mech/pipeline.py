@@ -1,12 +1,20 @@
 """Stamped stages: a cached output is reused only when everything that determines it is unchanged.
 
 A stage's stamp is a JSON-able dict of its inputs (model, data hash, method settings, steps, target, seed,
-KeyToken parameters) plus the package version. ``ON_CHANGE`` decides what a different stamp does: ``"recompute"``
+KeyToken parameters), the package version, and a **fingerprint of the code it runs** (:func:`code_fingerprint`:
+the SHA-256 of the source of the stage's modules and of every ``unpact_mech`` module they import, directly or
+not, with the torch, transformers and TransformerLens versions), so editing a source file the stage depends on
+recomputes it. ``ON_CHANGE`` decides what a different stamp does: ``"recompute"``
 (the default) recomputes the stage, ``"stop"`` raises an error that names what changed.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
+import hashlib
+import importlib.metadata
+import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -23,11 +31,75 @@ class StaleStageError(UnpactError):
     """A cached stage was made with other inputs and the user asked to stop rather than recompute."""
 
 
-def make_stamp(**inputs: Any) -> dict[str, Any]:
-    """The stamp of a stage: its inputs (as JSON sees them) and the package version."""
-    from unpact_mech import __version__
+PACKAGE = "unpact_mech"
+VERSION = importlib.metadata.version(PACKAGE) if importlib.util.find_spec(PACKAGE) else "unknown"
+LIBRARIES = ("torch", "transformers", "transformer-lens")
 
-    return json.loads(json.dumps(json_safe({**inputs, "version": __version__}), default=str, sort_keys=True))
+
+def _source(module: str) -> tuple[str, str] | None:
+    """(path, text) of a package module's source, or None when it is not a file of the package."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    return spec.origin, Path(spec.origin).read_text(encoding="utf-8")
+
+
+def _imports(module: str, text: str, is_package: bool) -> set[str]:
+    """The ``unpact_mech`` modules a source imports (at any depth of the file, relative imports resolved), with
+    their parent packages."""
+    out: set[str] = set()
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    for node in ast.walk(ast.parse(text)):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            root = ".".join(base[: len(base) - node.level + 1]) if node.level else ""
+            mod = ".".join(x for x in (root, node.module or "") if x)
+            names = [mod, *(f"{mod}.{a.name}" for a in node.names)]
+        for n in names:
+            if n == PACKAGE or n.startswith(PACKAGE + "."):
+                parts = n.split(".")
+                out.update(".".join(parts[: i + 1]) for i in range(1, len(parts)))
+    return out
+
+
+@functools.cache
+def code_fingerprint(*modules: str) -> str:
+    """SHA-256 over the sources of ``modules`` and of every ``unpact_mech`` module they import (transitively),
+    and the versions of the libraries the numbers depend on (:data:`LIBRARIES`)."""
+    seen: dict[str, str] = {}
+    todo = list(modules)
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        src = _source(m)
+        if src is None:
+            seen[m] = ""
+            continue
+        path, text = src
+        seen[m] = hashlib.sha256(text.encode()).hexdigest()
+        todo += sorted(_imports(m, text, path.endswith("__init__.py")) - set(seen))
+    h = hashlib.sha256()
+    for m in sorted(seen):
+        h.update(f"{m}={seen[m]}\n".encode())
+    for lib in LIBRARIES:
+        try:
+            h.update(f"{lib}=={importlib.metadata.version(lib)}\n".encode())
+        except importlib.metadata.PackageNotFoundError:
+            h.update(f"{lib} absent\n".encode())
+    return h.hexdigest()[:16]
+
+
+def make_stamp(code: tuple[str, ...] = (), **inputs: Any) -> dict[str, Any]:
+    """The stamp of a stage: its inputs (as JSON sees them), the package version and, with ``code`` (the modules
+    the stage runs), their :func:`code_fingerprint`."""
+    extra = {"code": code_fingerprint(*code)} if code else {}
+    return json.loads(json.dumps(json_safe({**inputs, **extra, "version": VERSION}), default=str, sort_keys=True))
 
 
 def changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -44,6 +116,11 @@ def read_stamp(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def announce(message: str) -> None:
+    """One progress line of a long run (stdout, flushed, prefixed ``[unpact]``)."""
+    print(f"[unpact] {message}", flush=True)
+
+
 def stage(name: str, stamp_file: Path, stamp: dict[str, Any], exists: Callable[[], bool], load: Callable[[], T],
           compute: Callable[[], T], on_change: str = "recompute") -> T:
     """``load()`` when the output exists and ``stamp_file`` holds ``stamp``; else ``compute()`` (which writes the
@@ -51,14 +128,18 @@ def stage(name: str, stamp_file: Path, stamp: dict[str, Any], exists: Callable[[
     if on_change not in ON_CHANGE:
         raise UnpactError(f"on_change must be one of {ON_CHANGE}, got {on_change!r}")
     old = read_stamp(stamp_file)
+    why = "new"
     if exists() and old is not None:
         if old == stamp:
+            announce(f"stage {name}: cached")
             return load()
         if on_change == "stop":
             raise StaleStageError(
                 f"stage '{name}' in {stamp_file.parent} was made with other inputs ({'; '.join(changes(old, stamp))}); "
                 "rerun with --on-change recompute, or choose another --out"
             )
+        why = "changed: " + ", ".join(sorted(k for k in set(old) | set(stamp) if old.get(k) != stamp.get(k)))
+    announce(f"stage {name}: computing ({why})")
     result = compute()
     atomic_write_json(stamp_file, stamp)
     return result

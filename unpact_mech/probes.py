@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from unpact_mech.errors import UnpactError
-from unpact_mech.models import Subject
+from unpact_mech.io import atomic_write_text
+from unpact_mech.subject import Subject
+from unpact_mech.words import WORD
 
 Format = str  # "chat" | "plain" | "auto", checked at run time by _resolve_format
 PLAIN_TEMPLATE = "Question: {prompt}\nAnswer:"
@@ -131,8 +133,6 @@ def check_unique_ids(probes: Sequence[Probe], where: str = "the probe set") -> N
 
 def save_probes(probes: Iterable[Probe], path: str | Path) -> Path:
     """Write probes as JSON lines (atomically)."""
-    from unpact_mech.io import atomic_write_text
-
     return atomic_write_text(path, "".join(json.dumps(p.to_dict()) + "\n" for p in probes))
 
 
@@ -259,8 +259,6 @@ def _group_words(text: str, c0: int, c1: int, offsets: Sequence[tuple[int, int]]
                  shift: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
     """Words of ``text[c0:c1]`` with the attributable token positions overlapping each (``shift``: a BOS
     prepended after encoding moves every position by one)."""
-    from unpact_mech.words import WORD
-
     out = []
     for m in WORD.finditer(text, c0, c1):
         s, e = m.span()
@@ -273,3 +271,43 @@ def _group_words(text: str, c0: int, c1: int, offsets: Sequence[tuple[int, int]]
 def tokenize_probes(subject: Subject, probes: Sequence[Probe], fmt: Format = "auto", **kw: Any) -> list[TokenizedProbe]:
     """Tokenise probes for a Subject (checks each against its context length)."""
     return [tokenize_probe(subject.tokenizer, p, fmt, max_len=subject.n_ctx, **kw) for p in probes]
+
+
+class ProbeSet:
+    """Probes and their tokenisation for one tokenizer and format (built once, passed everywhere)."""
+
+    def __init__(self, tprobes: Iterable[TokenizedProbe], fingerprint: str, fmt: str) -> None:
+        self.tprobes = list(tprobes)
+        check_unique_ids([tp.probe for tp in self.tprobes], "the probe set")
+        self.fingerprint, self.fmt = fingerprint, fmt
+        self._by_id = {tp.probe.id: tp for tp in self.tprobes}
+
+    @classmethod
+    def build(cls, subject: Any, probes: Sequence[Probe | TokenizedProbe], fmt: Format = "auto") -> ProbeSet:
+        raw = [p for p in probes if isinstance(p, Probe)]
+        tok = iter(tokenize_probes(subject, raw, fmt))
+        tps = [p if isinstance(p, TokenizedProbe) else next(tok) for p in probes]
+        return cls(tps, subject.tokenizer_fingerprint(), fmt)
+
+    def __len__(self) -> int:
+        return len(self.tprobes)
+
+    def __iter__(self) -> Any:
+        return iter(self.tprobes)
+
+    @property
+    def ids(self) -> list[str]:
+        return [tp.probe.id for tp in self.tprobes]
+
+    def get(self, probe: Probe | TokenizedProbe | str) -> TokenizedProbe:
+        pid = probe if isinstance(probe, str) else (probe.probe.id if isinstance(probe, TokenizedProbe) else probe.id)
+        if pid not in self._by_id:
+            raise UnpactError(f"probe '{pid}' is not in this probe set")
+        tp = self._by_id[pid]
+        if isinstance(probe, Probe) and probe != tp.probe:
+            raise UnpactError(f"probe '{pid}' differs from the probe of that id in this probe set")
+        return tp
+
+    def select(self, probes: Sequence[Probe | TokenizedProbe | str] | None = None) -> list[TokenizedProbe]:
+        """The tokenised probes for ``probes`` (all when None), in the order given."""
+        return list(self.tprobes) if probes is None else [self.get(p) for p in probes]

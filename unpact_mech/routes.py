@@ -28,7 +28,6 @@ Routes (``RECOVERY_ROUTES``; add one with ``@register_route``):
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,14 +35,18 @@ from typing import Any
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from unpact_mech.analysis import Analysis
-from unpact_mech.emphasis import ROUTES
+from unpact_mech.backends.hf import HFBackend
+from unpact_mech.criteria import check_criteria
 from unpact_mech.errors import UnknownNameError, UnpactError
 from unpact_mech.findings import CRITERIA, judge, recovery
-from unpact_mech.metrics import Rate, paired_difference, wilson
-from unpact_mech.models import Subject
-from unpact_mech.probes import Probe, TokenizedProbe
+from unpact_mech.hooks import EMPHASIS_MODES
+from unpact_mech.probes import Probe, TokenizedProbe, tokenize_probes
+from unpact_mech.stats import newcombe, rate_columns, wilson
+from unpact_mech.subject import Subject, wrap
+from unpact_mech.unlearning import fit
 
 
 @dataclass
@@ -98,27 +101,16 @@ def register_route(name: str) -> Callable[[RouteFn], RouteFn]:
     return deco
 
 
-def newcombe(a: Rate, b: Rate) -> tuple[float, float, float]:
-    """a - b with Newcombe's hybrid score interval from the two Wilson intervals (unpaired proportions)."""
-    d = a.rate - b.rate
-    lo = d - math.sqrt((a.rate - a.low) ** 2 + (b.high - b.rate) ** 2)
-    hi = d + math.sqrt((a.high - a.rate) ** 2 + (b.rate - b.low) ** 2)
-    return d, lo, hi
-
-
-def _cols(prefix: str, r: Rate) -> dict[str, Any]:
-    return {f"{prefix}_k": r.k, f"{prefix}_n": r.n, prefix: r.rate, f"{prefix}_low": r.low, f"{prefix}_high": r.high}
-
-
 def route_row(route: str, treatment: str, criterion: str, recovered: Sequence[bool], control_kind: str,
               control: Sequence[bool], base_kept: Sequence[bool] | None = None) -> dict[str, Any]:
     """One table row from per-probe flags: recovered (eligible forget probes), control (unknown facts), base."""
     rec, ctl = wilson(sum(map(bool, recovered)), len(recovered)), wilson(sum(map(bool, control)), len(control))
     d, lo, hi = newcombe(rec, ctl) if rec.n and ctl.n else (float("nan"),) * 3
-    row = {"route": route, "treatment": treatment, "criterion": criterion, "n": rec.n, **_cols("recovered", rec),
-           "control_kind": control_kind, **_cols("control", ctl), "excess": d, "excess_low": lo, "excess_high": hi}
+    row = {"route": route, "treatment": treatment, "criterion": criterion, "n": rec.n, **rate_columns("recovered", rec),
+           "control_kind": control_kind, **rate_columns("control", ctl), "excess": d, "excess_low": lo,
+           "excess_high": hi}
     kept = wilson(sum(map(bool, base_kept)), len(base_kept)) if base_kept is not None else None
-    row.update(_cols("base_kept", kept) if kept is not None else {"base_kept": float("nan")})
+    row.update(rate_columns("base_kept", kept))
     return row
 
 
@@ -142,9 +134,7 @@ def recover(base: Analysis, unlearned: Subject, forget: Sequence[Probe], unknown
     unknown_routes = [r for r in routes if r not in RECOVERY_ROUTES]
     if unknown_routes:
         raise UnknownNameError(f"unknown recovery route(s) {unknown_routes}; available: {sorted(RECOVERY_ROUTES)}")
-    bad = [c for c in criteria if c not in CRITERIA]
-    if bad:
-        raise UnpactError(f"unknown correctness criterion {bad[0]!r}; use {', '.join(CRITERIA)}")
+    check_criteria(criteria)
     forget_ids = {p.id for p in forget}
     overlap = sorted(forget_ids & {p.id for p in [*retain, *shots, *unknown]})
     if overlap:
@@ -158,8 +148,6 @@ def recover(base: Analysis, unlearned: Subject, forget: Sequence[Probe], unknown
         raise UnpactError("the in_context route needs shot probes (other facts for the few-shot prompt)")
     ctx = RouteContext(base, unlearned, base.add(list(forget)), base.add(list(unknown)) if unknown else [],
                        list(retain), list(shots), tuple(criteria), options or {}, {} if cache is None else cache)
-    from tqdm.auto import tqdm
-
     rows = []
     for name in tqdm(routes, desc="recovery routes", disable=not progress):
         t0 = time.perf_counter()
@@ -174,35 +162,30 @@ def recover(base: Analysis, unlearned: Subject, forget: Sequence[Probe], unknown
 # ------------------------------------------------------------------------------------------------------------
 @register_route("emphasis")
 def _emphasis(ctx: RouteContext) -> list[dict[str, Any]]:
-    """Best over factors per emphasis route; control = random non-KeyTokens (paired per probe). Reuses a
-    precomputed :class:`~unpact_mech.findings.RecoveryResult` given as option ``result``."""
+    """Best over factors per emphasis route; control = random non-KeyTokens, paired per probe: the
+    KeyToken-minus-random difference that :func:`~unpact_mech.findings.recovery` computed (its ``control`` table),
+    reused, never recomputed. A precomputed :class:`~unpact_mech.findings.RecoveryResult` may be given as option
+    ``result`` (its ``rates`` and ``control`` tables)."""
     res = ctx.opt("emphasis", "result", None)
     if res is None:
         res = recovery(ctx.analysis, ctx.unlearned, [tp.probe for tp in ctx.forget],
                        factors=ctx.opt("emphasis", "factors", (1.0, 2.0, 4.0, 8.0)),
-                       routes=ctx.opt("emphasis", "routes", ROUTES), prompt_styles=(),
+                       routes=ctx.opt("emphasis", "routes", EMPHASIS_MODES), prompt_styles=(),
                        criteria=ctx.criteria, n_draws=ctx.opt("emphasis", "n_draws", 3))
     rows = []
     best = res.rates[res.rates.scope == "best"]
+    control = res.control[res.control.scope == "best"].set_index(["criterion", "route"])
     for (crit, route), g in best.groupby(["criterion", "route"], sort=False):
         if crit not in ctx.route_criteria("emphasis"):
             continue
         k = g.set_index("condition")
         kt, rnd = k.loc["keytokens"], k.loc["random"]
         n = int(kt.n)
-        sw = res.sweep[(res.sweep.criterion == crit) & (res.sweep.route == route)]
-        per = sw.groupby(["condition", "probe_id", "draw"]).correct.any().groupby(level=["condition", "probe_id"]).mean()
-        ids = sorted(set(sw.probe_id))
-        a = [float(per.get(("keytokens", i), 0.0)) for i in ids]
-        b = [float(per.get(("random", i), 0.0)) for i in ids]
-        diff = paired_difference(a, b) if ids else {"diff": float("nan"), "diff_low": float("nan"),
-                                                      "diff_high": float("nan")}
+        c = control.loc[(crit, route)]
         rows.append({"route": "emphasis", "treatment": f"{route} (best factor)", "criterion": crit, "n": n,
-                     "recovered_k": kt.k, "recovered_n": n, "recovered": kt.rate, "recovered_low": kt.low,
-                     "recovered_high": kt.high, "control_kind": "random tokens", "control_k": rnd.k,
-                     "control_n": n, "control": rnd.rate, "control_low": rnd.low, "control_high": rnd.high,
-                     "excess": diff["diff"], "excess_low": diff["diff_low"], "excess_high": diff["diff_high"],
-                     "base_kept": float("nan")})
+                     **rate_columns("recovered", kt), "control_kind": "random tokens", **rate_columns("control", rnd),
+                     "excess": c.vs_random_diff, "excess_low": c.vs_random_diff_low,
+                     "excess_high": c.vs_random_diff_high, "base_kept": float("nan")})
     return rows
 
 
@@ -225,22 +208,13 @@ def quantize_rtn_(weight: torch.Tensor, bits: int, group_size: int = 64) -> torc
     return weight
 
 
-def plain_subject(hf_model: Any, tokenizer: Any, name: str, source: str) -> Subject:
-    """A Subject over an HF model with the plain HF backend (scoring and generation; no hooks), frozen, in eval
-    mode. Cheaper than booting TransformerLens for models that are only scored."""
-    from unpact_mech.backends import frozen
-    from unpact_mech.backends.hf import HFBackend
-
-    return Subject(name, HFBackend(frozen(hf_model)), tokenizer, source).memoize()
-
-
 def quantized_subject(subject: Subject, bits: int, group_size: int = 64) -> Subject:
     """A fresh copy of ``subject``'s weights with every decoder-block linear layer RTN-quantised."""
     hf = subject.load_hf_model()
     for mod in hf.base_model.modules():
         if isinstance(mod, torch.nn.Linear):
             quantize_rtn_(mod.weight.data, bits, group_size)
-    return plain_subject(hf, subject.tokenizer, f"{subject.name}@int{bits}", subject.source)
+    return wrap(hf, subject.tokenizer, f"{subject.name}@int{bits}", subject.source, "hf").memoize()
 
 
 @register_route("quantize")
@@ -269,36 +243,25 @@ def _flags(subject: Subject, tps: Sequence[TokenizedProbe], criterion: str) -> l
 # ------------------------------------------------------------------------------------------------------------
 @register_route("relearn")
 def _relearn(ctx: RouteContext) -> list[dict[str, Any]]:
-    """k full-batch AdamW steps of mean answer-token NLL on the retain probes, evaluated at each k in ``steps``."""
-    from unpact_mech.backends.hf import HFBackend
-    from unpact_mech.scoring import pad_token_id
-    from unpact_mech.unlearning.data import collate, to_examples
-    from unpact_mech.unlearning.losses import nll
-
+    """k full-batch steps of mean answer-token NLL on the retain probes through the one trainer
+    (:func:`unpact_mech.unlearning.fit`: AdamW, gradient clipping, NaN guards), evaluated at each k in ``steps``."""
     steps, lr = sorted(ctx.opt("relearn", "steps", (1, 2, 4))), float(ctx.opt("relearn", "lr", 1e-5))
-    tok = ctx.unlearned.tokenizer
-    batch = collate(to_examples(tok, ctx.retain, ctx.analysis.probes.fmt), pad_token_id(tok), ctx.unlearned.device)
-    torch.manual_seed(int(ctx.opt("relearn", "seed", 0)))
-    model = ctx.unlearned.load_hf_model()
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    rows, done = [], 0
-    for k in steps:
-        while done < k:
-            opt.zero_grad()
-            loss = nll(model, batch)
-            loss.backward()
-            opt.step()
-            done += 1
-        # the model being trained, scored as it is now (no copy); scoring and generation run under no_grad
-        snap = Subject(f"{ctx.unlearned.name}+relearn{k}", HFBackend(model), tok, ctx.unlearned.source).memoize()
+    rows: list[dict[str, Any]] = []
+
+    def evaluate(k: int, model: Any) -> None:
+        if k not in steps:
+            return
+        # the model being trained, scored as it is now (no copy; eval mode, no grad)
+        snap = wrap(model, ctx.unlearned.tokenizer, f"{ctx.unlearned.name}+relearn{k}", ctx.unlearned.source,
+                    HFBackend(model)).memoize()
         for crit in ctx.route_criteria("relearn"):
             elig, unk = ctx.eligible(crit)
-            with torch.no_grad():
-                rec, ctl = _flags(snap, elig, crit), _flags(snap, unk, crit)
-            rows.append(route_row("relearn", f"{k} step{'s' * (k != 1)} on retain (lr {lr:g})", crit, rec,
-                                  "unknown facts", ctl))
-        model.train()
+            rows.append(route_row("relearn", f"{k} step{'s' * (k != 1)} on retain (lr {lr:g})", crit,
+                                  _flags(snap, elig, crit), "unknown facts", _flags(snap, unk, crit)))
+
+    fit(ctx.unlearned, ctx.retain, steps=max(steps), lr=lr, full_batch=True, check_every=1,
+        seed=int(ctx.opt("relearn", "seed", 0)), fmt=ctx.analysis.probes.fmt, on_snapshot=evaluate,
+        progress=bool(ctx.opt("relearn", "progress", False)))
     return rows
 
 
@@ -313,8 +276,6 @@ def few_shot(probe: Probe, shots: Sequence[Probe]) -> Probe:
 
 @register_route("in_context")
 def _in_context(ctx: RouteContext) -> list[dict[str, Any]]:
-    from unpact_mech.probes import tokenize_probes
-
     n = int(ctx.opt("in_context", "shots", 3))
     shots = ctx.shots[:n]
     if len(shots) < n:

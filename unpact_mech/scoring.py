@@ -1,4 +1,4 @@
-"""Teacher-forced answer log-probs, top-1 checks and greedy answers.
+"""Teacher-forced answer log-probs, top-1 checks and greedy answers, with or without an emphasis.
 
 LP(x, y) is the mean log-prob of the answer tokens given the prompt (paper eq.1). Sequences of different
 lengths are batched with *right* padding: under a causal mask real tokens never attend to the padding that
@@ -17,15 +17,16 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from unpact_mech.backends import fast_path
 from unpact_mech.backends.kernel import AnswerIndex, answer_logprobs
 from unpact_mech.errors import NonFiniteError, UnpactError
-from unpact_mech.models import Subject
+from unpact_mech.hooks import EMPHASIS_MODES, Emphasis
 from unpact_mech.probes import TokenizedProbe
+from unpact_mech.subject import Subject
 
 Hook = tuple[Any, Callable[..., Any]]
 # hooks for every chunk, or a function of a chunk's sequence indices (row r of the batch = chunk[r])
 HookSource = Sequence[Hook] | Callable[[list[int]], Sequence[Hook]]
-Emphasis = tuple[str, Sequence[Sequence[int]], float]  # (route, positions per sequence, factor)
 DEFAULT_BATCH_TOKENS = 4096
 
 
@@ -42,6 +43,8 @@ class SeqScore:
 
 
 def pad_token_id(tokenizer: Any) -> int:
+    """The one pad-id rule: the tokenizer's pad token, else EOS, else UNK, else 0 (padding is never attended to,
+    so any id is exact; these keep embeddings of real tokens)."""
     for attr in ("pad_token_id", "eos_token_id", "unk_token_id"):
         val = getattr(tokenizer, attr, None)
         if val is not None:
@@ -97,29 +100,28 @@ def right_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: Any) -> Int[Te
     return out.to(device)
 
 
-def _kv_path(subject: Subject, hooks: HookSource, longest: int) -> Any:
-    """The KV-cache backend when it computes what the subject computes: no hooks given or attached, a
-    ``kv_prefix`` backend, and no sequence longer than a sliding attention window (else None: the exact path)."""
-    from unpact_mech.attribution.loo import fast_path
+def check_emphasis(subject: Subject, emphasis: Emphasis) -> None:
+    """One clear error when the subject's backend lacks a hook point the emphasis mode needs."""
+    missing = [n for n in emphasis.hook_names(subject.n_layers) if not subject.backend.supports_hook(n)]
+    if missing:
+        ok = [m for m in EMPHASIS_MODES
+              if all(subject.backend.supports_hook(n) for n in Emphasis(m, (), 1.0).hook_names(subject.n_layers))]
+        raise UnpactError(f"route {emphasis.mode!r} needs hook point {missing[0]}, which the {subject.backend.name} "
+                          f"backend lacks; the {subject.backend.name} backend supports "
+                          f"route={', '.join(map(repr, ok)) or 'none'}")
 
-    kvb = fast_path(subject, [hooks] if callable(hooks) else list(hooks), True)
-    window = getattr(subject.backend.config, "sliding_window", None) or 0
-    return None if kvb is None or (window and longest > window) else kvb
 
-
-def _emphasis_as_hooks(subject: Subject, emphasis: Emphasis, chunk: list[int]) -> Sequence[Hook]:
-    from unpact_mech.emphasis import emphasis_hooks
-
-    route, pos, f = emphasis
-    return emphasis_hooks(subject, [list(pos[i]) for i in chunk], f, route)
+def emphasis_hooks(subject: Subject, emphasis: Emphasis) -> Sequence[Hook]:
+    """The TransformerLens hooks of ``emphasis`` (checked against the subject's backend)."""
+    check_emphasis(subject, emphasis)
+    return emphasis.hooks(subject.n_layers)
 
 
 def _kv_score(kvb: Any, seqs: Sequence[tuple[Sequence[int], int]], owners: list[int], emphasis: Emphasis | None,
               pad: int) -> tuple[Tensor, Tensor, Tensor]:
     """Answer log-probs, top-1 and owners of a chunk on the KV-cache backend (shared prefix run once)."""
-    route, pos, f = emphasis if emphasis is not None else (None, None, 1.0)
     rows = [list(ids) for ids, _ in seqs]
-    run = kvb.emphasis_prefill(rows, route, None if pos is None else [list(pos[i]) for i in owners], f, pad,
+    run = kvb.emphasis_prefill(rows, None if emphasis is None else emphasis.rows(owners), pad,
                                share_until=min(start for _, start in seqs) - 1)
     dev = run.hidden.device
     idx = AnswerIndex.build(seqs, dev, owners=owners)
@@ -142,7 +144,7 @@ def score_sequences(
 
     Sequences are sorted by length and cut into chunks of at most ``batch_tokens`` tokens. ``hooks`` may be a
     function of the chunk (the sequence indices of the batch rows) for per-row interventions; ``emphasis``
-    declares one instead (route, positions per sequence, factor). Without hooks given or attached, a
+    declares one instead (:class:`~unpact_mech.hooks.Emphasis`, positions per sequence). Without hooks given or attached, a
     ``kv_prefix`` backend scores on its KV cache with the chunk's shared prefix (the chat template) run once,
     emphasis included (:meth:`~unpact_mech.backends.hf.HFBackend.emphasis_prefill`); otherwise the backend's
     forward runs right-padded batches with the hooks. The two paths are tested equal. Without hooks or
@@ -152,6 +154,7 @@ def score_sequences(
         raise UnpactError("give either hooks or an emphasis to score with, not both")
     if emphasis is not None:
         hooks = ()
+        check_emphasis(subject, emphasis)
     for ids, start in seqs:
         if not 0 < start < len(ids):
             raise UnpactError(f"answer start {start} outside a sequence of length {len(ids)}")
@@ -163,14 +166,14 @@ def score_sequences(
     chunks = [[todo[j] for j in c] for c in chunk_by_tokens([len(seqs[i][0]) for i in todo], batch_tokens)]
     desc = progress if isinstance(progress, str) else "scoring"
     bar = tqdm(chunks, desc=desc, disable=not progress or len(chunks) < 2, leave=False)
-    kvb = _kv_path(subject, hooks, max(len(seqs[i][0]) for i in todo)) if todo else None
+    kvb = fast_path(subject.backend, hooks, max(len(seqs[i][0]) for i in todo)) if todo else None
     for chunk in bar:
         if kvb is not None:
             lp, top, own = _kv_score(kvb, [seqs[i] for i in chunk], chunk, emphasis, pad)
         else:
             h = hooks(chunk) if callable(hooks) else hooks
             if emphasis is not None:
-                h = _emphasis_as_hooks(subject, emphasis, chunk)
+                h = emphasis.rows(chunk).hooks(subject.n_layers)
             batch = right_pad([seqs[i][0] for i in chunk], pad, subject.device)
             logits = forward_logits(subject, batch, h)
             idx = AnswerIndex.build([seqs[i] for i in chunk], logits.device, owners=chunk)
@@ -208,11 +211,6 @@ def check_finite(subject: Subject, tp: TokenizedProbe, values: Tensor, what: str
             "intervention applied are broken (NaN/inf); re-create the checkpoint with a lower learning rate or "
             "use finite emphasis factors"
         )
-
-
-def answer_lp(subject: Subject, tprobes: Sequence[TokenizedProbe], **kw: Any) -> Float[Tensor, " n_probes"]:
-    """LP(x, y): mean teacher-forced log-prob of the answer tokens, one value per probe."""
-    return torch.tensor([s.lp for s in score_probes(subject, tprobes, **kw)])
 
 
 def fact_top1(tp: TokenizedProbe, score: SeqScore) -> bool:
@@ -284,24 +282,6 @@ def greedy_batch(
     return new
 
 
-def greedy_ids(
-    subject: Subject,
-    prompt_ids: Sequence[int],
-    max_new_tokens: int = 32,
-    hooks: Sequence[Hook] = (),
-    stop_ids: Sequence[int] | None = None,
-) -> list[int]:
-    """Greedy continuation of one prompt through the backend (see :func:`greedy_batch`)."""
-    return greedy_batch(subject, [prompt_ids], max_new_tokens, hooks,
-                        [i for i in (subject.tokenizer.eos_token_id,) if i is not None] if stop_ids is None
-                        else stop_ids)[0]
-
-
-def greedy_answer(subject: Subject, tp: TokenizedProbe, max_new_tokens: int = 32, hooks: Sequence[Hook] = ()) -> str:
-    """The model's greedy answer to a tokenised probe, as text."""
-    return subject.tokenizer.decode(greedy_ids(subject, tp.prompt_ids, max_new_tokens, hooks))
-
-
 GEN_EXTRA_TOKENS = 8  # generation budget beyond the gold answer's length
 
 
@@ -320,41 +300,19 @@ def generate_answers(subject: Subject, tprobes: Sequence[TokenizedProbe], hooks:
     prompts = [tp.prompt_ids for tp in tprobes]
     limits = [tp.n_answer + GEN_EXTRA_TOKENS for tp in tprobes]
     stops = stop_token_ids(subject.tokenizer)
-    kvb = _kv_path(subject, hooks, max((len(p) + m for p, m in zip(prompts, limits)), default=0))
+    if emphasis is not None:
+        check_emphasis(subject, emphasis)
+    kvb = fast_path(subject.backend, hooks, max((len(p) + m for p, m in zip(prompts, limits)), default=0))
     if kvb is not None:
-        route, pos, f = emphasis if emphasis is not None else (None, None, 1.0)
         out: list[list[int]] = [[] for _ in tprobes]
         for chunk in chunk_by_tokens([len(p) + m for p, m in zip(prompts, limits)], DEFAULT_BATCH_TOKENS):
-            res = kvb.generate([prompts[i] for i in chunk], [limits[i] for i in chunk], stops, route,
-                               None if pos is None else [list(pos[i]) for i in chunk], f, pad_token_id(subject.tokenizer))
+            res = kvb.generate([prompts[i] for i in chunk], [limits[i] for i in chunk], stops,
+                               None if emphasis is None else emphasis.rows(chunk), pad_token_id(subject.tokenizer))
             for i, r in zip(chunk, res):
                 out[i] = r
         return out
     if emphasis is not None:
         def hooks(chunk: list[int]) -> Sequence[Hook]:  # noqa: F811  (the emphasis as per-row hooks)
-            return _emphasis_as_hooks(subject, emphasis, chunk)
+            return emphasis.rows(chunk).hooks(subject.n_layers)
 
     return greedy_batch(subject, prompts, limits, hooks, stops)
-
-
-def generation_table(subject: Subject, tprobes: Sequence[TokenizedProbe], hooks: HookSource = (),
-                     emphasis: Emphasis | None = None) -> pd.DataFrame:
-    """Correctness by generation: one row per probe with the greedy answer (:func:`generate_answers`), its
-    ROUGE-L recall of the short gold answer and ``gen_correct`` (:func:`unpact_mech.metrics.generated_correct`).
-    Unhooked answers are memoized on a memoizing subject."""
-    from unpact_mech.metrics import generated_correct, gold_short, rouge_l_recall
-
-    def run() -> list[list[int]]:
-        return generate_answers(subject, tprobes, hooks, emphasis)
-
-    plain = emphasis is None and not callable(hooks)
-    outs = memoized(subject, hooks, ("generate", tuple(tp.ids for tp in tprobes)), run) if plain else run()
-    texts = [subject.tokenizer.decode(o, skip_special_tokens=True).strip() for o in outs]
-    return pd.DataFrame({
-        "probe_id": [tp.probe.id for tp in tprobes],
-        "split": [tp.probe.split for tp in tprobes],
-        "model": subject.name,
-        "generated": texts,
-        "rouge_l": [rouge_l_recall(t, gold_short(tp.probe)) for tp, t in zip(tprobes, texts)],
-        "gen_correct": [generated_correct(t, tp.probe) for tp, t in zip(tprobes, texts)],
-    })

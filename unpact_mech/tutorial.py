@@ -15,7 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from unpact_mech import models
+from unpact_mech.data import filter_known, load_benchmark
+from unpact_mech.experiments import SETTINGS, budget_order, control_candidates
 from unpact_mech.probes import Probe
+from unpact_mech.unlearning import unlearn
 
 # facts in the tiny test tokenizer's vocabulary (tests/conftest.py), for CI runs
 TINY_FACTS = [
@@ -56,9 +60,6 @@ def facts(base: Any, s: Settings) -> dict[str, list[Probe]]:
     demo's domain-stratified order; the tiny facts as they are on a tiny model (it knows none)."""
     if s.tiny:
         return {sp: [p for p in TINY_FACTS if p.split == sp] for sp in ("forget", "retain", "general")}
-    from unpact_mech.data import filter_known, load_benchmark
-    from unpact_mech.demo import budget_order
-
     known, _ = filter_known(base, budget_order(load_benchmark("facts"))[:80], s.fmt)
     return {sp: [p for p in known if p.split == sp][: s.per_split] for sp in ("forget", "retain", "general")}
 
@@ -68,27 +69,20 @@ def control_facts(data: dict[str, list[Probe]], s: Settings, n: int = 24) -> lis
     uses (the routes keep those neither model answers); none on a tiny model, whose facts are all in use."""
     if s.tiny:
         return []
-    from unpact_mech.data import load_benchmark
-    from unpact_mech.demo import control_candidates
-
     return control_candidates(load_benchmark("facts"), data, n)
 
 
 def unlearned_model(base: Any, data: dict[str, list[Probe]], s: Settings) -> Any:
     """The base model unlearned on ``data['forget']`` (retain: ``data['retain']``) with the demo's settings for
     ``s.method``, trained once and cached under ``$UNPACT_CACHE/tutorial`` (or ``UNPACT_NB_UNLEARNED``)."""
-    from unpact_mech.demo import SETTINGS
-    from unpact_mech.models import cache_dir, load_model
-    from unpact_mech.unlearning import unlearn
-
     given = os.environ.get("UNPACT_NB_UNLEARNED")
     if given:
-        return load_model(given)
+        return models.load_model(given)
     lr = 1e-3 if s.tiny else SETTINGS[s.method]["lr"]
     key = json.dumps([s.model, s.fmt, s.method, s.max_steps, s.target, lr,
                       [[p.id, p.prompt, p.answer] for p in data["forget"] + data["retain"]]])
-    out = cache_dir() / "tutorial" / f"{s.method}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    out = models.cache_dir() / "tutorial" / f"{s.method}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     if not (Path(out) / "unpact.json").exists():
         unlearn(base, s.method, data["forget"], data["retain"], out, steps=s.max_steps, lr=lr,
                 target_forget_acc=s.target, check_every=1, fmt=s.fmt, progress=False)
-    return load_model(str(out))
+    return models.load_model(str(out))

@@ -27,13 +27,16 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from unpact_mech.attribution import register
+from unpact_mech.attribution.registry import register
 from unpact_mech.backends.kernel import AnswerIndex, OutputTransform, answer_logprobs
+from unpact_mech.display import attention_html
 from unpact_mech.errors import UnpactError
-from unpact_mech.models import Subject
+from unpact_mech.hooks import act_name
 from unpact_mech.probes import TokenizedProbe
 from unpact_mech.scoring import memoized
+from unpact_mech.subject import Subject
 from unpact_mech.tables import make_table
 
 Target = Literal["logit", "logit_diff"]
@@ -68,11 +71,10 @@ def _maybe_bias(module: Any, name: str) -> Tensor | None:
 
 
 def _cached_names(n_layers: int, extra: Sequence[str] = ()) -> set[str]:
-    names = {"hook_embed", "hook_pos_embed", "ln_final.hook_scale", "ln_final.hook_normalized", "ln_final.hook_out",
-             *extra}
+    names = {act_name(n) for n in ("embed", "pos_embed", "ln_final_scale", "ln_final_normalized", "ln_final_out")}
+    names |= set(extra)
     for layer in range(n_layers):
-        names |= {f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out", f"blocks.{layer}.attn.hook_pattern",
-                  f"blocks.{layer}.attn.hook_v", f"blocks.{layer}.hook_resid_pre"}
+        names |= {act_name(n, layer) for n in ("z", "mlp_out", "pattern", "v", "resid_pre")}
     return names
 
 
@@ -133,7 +135,7 @@ def norm_affine(subject: Subject, mod: Any, normed: Tensor, out: Tensor, what: s
 def final_norm_affine(subject: Subject, cache: Any, qpos: Tensor) -> tuple[Tensor, Tensor | None]:
     """(g, b_ln) of the final norm read as out = normalized * g + b_ln, checked on the cached run."""
     mod = subject.bridge.ln_final._original_component
-    normed, out = cache["ln_final.hook_normalized"][0, qpos], cache["ln_final.hook_out"][0, qpos]
+    normed, out = cache[act_name("ln_final_normalized")][0, qpos], cache[act_name("ln_final_out")][0, qpos]
     return norm_affine(subject, mod, normed, out, "final norm")
 
 
@@ -142,8 +144,7 @@ def _decompose(subject: Subject, tp: TokenizedProbe, target: Target, with_paths:
     n_layers, n_heads = cfg.n_layers, cfg.n_heads
     n_kv = int(getattr(cfg, "n_key_value_heads", None) or n_heads)
     post = _post_attn_norms(subject)
-    extra = [f"blocks.{layer}.{k}" for layer in range(n_layers)
-             for k in ("ln1_post.hook_scale", "ln1_post.hook_normalized", "hook_attn_out")]
+    extra = [act_name(k, layer) for layer in range(n_layers) for k in ("ln1_post_scale", "ln1_post_normalized", "attn_out")]
     logits, cache = run_cache(subject, tp.ids, _cached_names(n_layers, extra if post else ()), hooks)
     dev = logits.device
     qpos = torch.arange(tp.prompt_len - 1, len(tp.ids) - 1, device=dev)  # positions that predict the answer tokens
@@ -180,14 +181,14 @@ def _decompose(subject: Subject, tp: TokenizedProbe, target: Target, with_paths:
         total = total - lg.gather(1, alt_t[:, None])[:, 0]
     if _is_ln(cfg):  # (x - mean x) . u == x . (u - mean u)
         U = U - U.mean(0, keepdim=True)
-    scale = cache["ln_final.hook_scale"][0, qpos, 0]  # [T]
+    scale = cache[act_name("ln_final_scale")][0, qpos, 0]  # [T]
 
     def direct(resid: Tensor) -> Tensor:  # resid [pos, d_model] -> [T]
         return (resid[qpos] * U.T).sum(-1) / scale
 
-    embed = direct(cache["hook_embed"][0])
-    if "hook_pos_embed" in cache:
-        embed = embed + direct(cache["hook_pos_embed"][0])
+    embed = direct(cache[act_name("embed")][0])
+    if act_name("pos_embed") in cache:
+        embed = embed + direct(cache[act_name("pos_embed")][0])
     W_O = b.W_O  # [layer, head, d_head, d_model]
     WOU = None if post else torch.einsum("lhdm,mt->lhdt", W_O, U)  # answer direction folded into W_O
     T, dt = len(tgt), lg.dtype
@@ -201,25 +202,24 @@ def _decompose(subject: Subject, tp: TokenizedProbe, target: Target, with_paths:
         if WOU is not None:
             wou = WOU[layer]  # W_O folded with the answer direction
         else:  # post-attention norm frozen: head outputs pass x -> x * g_post / scale_post[q]
-            blk = f"blocks.{layer}.ln1_post"
             g_post, b_post = norm_affine(subject, b.blocks[layer].ln1_post._original_component,
-                                         cache[f"{blk}.hook_normalized"][0, qpos],
-                                         cache[f"blocks.{layer}.hook_attn_out"][0, qpos], "post-attention norm")
+                                         cache[act_name("ln1_post_normalized", layer)][0, qpos],
+                                         cache[act_name("attn_out", layer)][0, qpos], "post-attention norm")
             if b_post is not None:
                 raise UnpactError(f"direct logit attribution of '{subject.name}' is not supported: its "
                                   "post-attention norm has a bias")
-            u_l, s_q = g_post[:, None] * U, scale * cache[f"{blk}.hook_scale"][0, qpos, 0]
+            u_l, s_q = g_post[:, None] * U, scale * cache[act_name("ln1_post_scale", layer)][0, qpos, 0]
             wou = torch.einsum("hdm,mt->hdt", W_O[layer], u_l)
-        z = cache[f"blocks.{layer}.attn.hook_z"][0, qpos]  # [T, head, d_head]
+        z = cache[act_name("z", layer)][0, qpos]  # [T, head, d_head]
         heads[layer] = torch.einsum("thd,hdt->ht", z, wou) / s_q
         bo = _maybe_bias(b.blocks[layer].attn, "b_O")
         if bo is not None:
             attn_bias[layer] = (bo[None] * u_l.T).sum(-1) / s_q
-        mlp[layer] = direct(cache[f"blocks.{layer}.hook_mlp_out"][0])
+        mlp[layer] = direct(cache[act_name("mlp_out", layer)][0])
         if paths is not None:
-            v = cache[f"blocks.{layer}.attn.hook_v"][0][:, kv_of]  # [src, head, d_head]
+            v = cache[act_name("v", layer)][0][:, kv_of]  # [src, head, d_head]
             vu = torch.einsum("shd,hdt->hts", v, wou)  # value . (W_O u) per source
-            pat = cache[f"blocks.{layer}.attn.hook_pattern"][0][:, qpos]  # [head, T, src]
+            pat = cache[act_name("pattern", layer)][0][:, qpos]  # [head, T, src]
             paths[layer] = pat * vu / s_q[None, :, None]
     return Decomposition(tp, target, alt, embed, heads, attn_bias, mlp, ub, total, paths)
 
@@ -270,19 +270,17 @@ def path_rows(d: Decomposition, model: str, per_answer_token: bool = False) -> p
 
 def decompose_all(subject: Subject, tprobes: Sequence[TokenizedProbe], target: Target = "logit",
                   with_paths: bool = True, progress: bool = False) -> list[Decomposition]:
-    from tqdm.auto import tqdm
-
     return [decompose(subject, tp, target, with_paths) for tp in tqdm(tprobes, desc="dla", disable=not progress)]
 
 
-@register("dla")
+@register("dla", level="component")
 def dla(subject: Subject, tprobes: Sequence[TokenizedProbe], target: Target = "logit", progress: bool = False) -> pd.DataFrame:
     """DLA of the answer logit (or ``target='logit_diff'``) per answer token and component."""
     rows = [r for d in decompose_all(subject, tprobes, target, False, progress) for r in dla_rows(d, subject.name)]
     return make_table(rows)
 
 
-@register("paths")
+@register("paths", level="component")
 def paths(subject: Subject, tprobes: Sequence[TokenizedProbe], target: Target = "logit", per_answer_token: bool = False,
           progress: bool = False) -> pd.DataFrame:
     """Head x source-token paths to the answer, averaged over answer tokens."""
@@ -313,18 +311,16 @@ def logit_lens(subject: Subject, tp: TokenizedProbe, hooks: Sequence[Any] = ()) 
 
 def _logit_lens(subject: Subject, tp: TokenizedProbe, hooks: Sequence[Any]) -> pd.DataFrame:
     cfg, b = subject.cfg, subject.bridge
-    names = {f"blocks.{layer}.hook_resid_pre" for layer in range(cfg.n_layers)} | {
-        f"blocks.{cfg.n_layers - 1}.hook_resid_post"
-    }
+    names = {act_name("resid_pre", layer) for layer in range(cfg.n_layers)} | {act_name("resid_post", cfg.n_layers - 1)}
     _, cache = run_cache(subject, tp.ids, names, hooks)
     idx = AnswerIndex.build([(tp.ids, tp.prompt_len)], subject.device)
-    stages = [(layer, f"blocks.{layer}.hook_resid_pre") for layer in range(cfg.n_layers)]
-    stages.append((cfg.n_layers, f"blocks.{cfg.n_layers - 1}.hook_resid_post"))
+    stages = [(layer, act_name("resid_pre", layer)) for layer in range(cfg.n_layers)]
+    stages.append((cfg.n_layers, act_name("resid_post", cfg.n_layers - 1)))
     x = torch.stack([cache[name][0, idx.cols] for _, name in stages])  # [stage, T, d_model]
     S, T = x.shape[:2]
     # the model's own final norm, LM head and output transform read every stage (the last stage is the model)
     final_norm = b.ln_final._original_component
-    logits = subject.backend.kv().logits(final_norm(x.flatten(0, 1)))
+    logits = subject.backend.hf_view().logits(final_norm(x.flatten(0, 1)))
     lp_flat, _ = answer_logprobs(logits, idx.targets.repeat(S))
     lp = lp_flat.view(S, T)
     gold = logits.gather(1, idx.targets.repeat(S)[:, None])
@@ -349,8 +345,6 @@ class AttentionView:
     patterns: dict[str, Float[Tensor, "query key"]]
 
     def _repr_html_(self) -> str:
-        from unpact_mech.report.html import attention_html
-
         tp = self.tprobe
         start = min(tp.attributable)
         return attention_html(tp.tokens, self.patterns, start, list(range(start, len(tp.ids) - 1)))
@@ -363,7 +357,7 @@ def attention_view(subject: Subject, tp: TokenizedProbe, heads: Sequence[tuple[i
     if bad:
         raise UnpactError(f"no such head(s) {bad}: layers 0..{subject.cfg.n_layers - 1}, heads "
                           f"0..{subject.cfg.n_heads - 1}")
-    names = {f"blocks.{layer}.attn.hook_pattern" for layer, _ in heads}
+    names = {act_name("pattern", layer) for layer, _ in heads}
     _, cache = run_cache(subject, tp.ids, names)
-    return AttentionView(tp, {f"L{layer}H{h}": cache[f"blocks.{layer}.attn.hook_pattern"][0, h].float().cpu()
+    return AttentionView(tp, {f"L{layer}H{h}": cache[act_name("pattern", layer)][0, h].float().cpu()
                               for layer, h in heads})

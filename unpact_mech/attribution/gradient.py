@@ -29,15 +29,16 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from unpact_mech.attribution import register
 from unpact_mech.attribution.loo import baseline_token_id
-from unpact_mech.backends import KV_PREFIX, require
+from unpact_mech.attribution.registry import register
+from unpact_mech.backends import KV_PREFIX, fast_path, require
 from unpact_mech.backends.kernel import AnswerIndex, answer_logprobs, per_sequence
 from unpact_mech.errors import UnpactError
-from unpact_mech.models import Subject
 from unpact_mech.probes import TokenizedProbe
 from unpact_mech.scoring import DEFAULT_BATCH_TOKENS
+from unpact_mech.subject import Subject
 from unpact_mech.tables import make_table
 
 BASELINES: tuple[str, ...] = ("zero", "token")
@@ -46,10 +47,10 @@ BASELINES: tuple[str, ...] = ("zero", "token")
 def _plain_model(subject: Subject) -> Any:
     """The subject's plain HF backend (shares its weights); hooks attached to the subject would be bypassed, so
     they are refused."""
-    backend = require(subject.backend, KV_PREFIX, "gradient attribution")
-    if backend.attached_hooks():
+    view = fast_path(require(subject.backend, KV_PREFIX, "gradient attribution"))
+    if view is None:
         raise UnpactError("gradient attributions run the plain model; detach the intervention hooks first")
-    return backend.kv()
+    return view
 
 
 def embed_lp(kvb: Any, embeds: Float[Tensor, "batch pos d_model"], tp: TokenizedProbe) -> Float[Tensor, " batch"]:
@@ -129,8 +130,6 @@ def _table(tp: TokenizedProbe, model: str, method: str, scores: Tensor, **extra:
 
 
 def _progress(tprobes: Sequence[TokenizedProbe], desc: str, progress: bool) -> Any:
-    from tqdm.auto import tqdm
-
     return tqdm(tprobes, desc=desc, unit="probe", disable=not progress)
 
 

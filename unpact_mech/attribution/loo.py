@@ -16,15 +16,18 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from unpact_mech.attribution import register
-from unpact_mech.backends import KV_PREFIX
+from unpact_mech.attribution.registry import register
+from unpact_mech.backends import fast_path
 from unpact_mech.backends.hf import HFBackend, expand_cache
 from unpact_mech.backends.kernel import AnswerIndex, answer_logprobs, per_sequence
+from unpact_mech.display import loo_block, nb_html
 from unpact_mech.errors import UnpactError
-from unpact_mech.models import Subject
+from unpact_mech.keytokens import select_keytokens
 from unpact_mech.probes import TokenizedProbe
 from unpact_mech.scoring import DEFAULT_BATCH_TOKENS, check_finite, memo_of, right_pad, score_sequences
+from unpact_mech.subject import Subject
 from unpact_mech.tables import make_table
 
 Variant = Literal["delete", "replace"]
@@ -45,9 +48,6 @@ class LooResult:
     def _repr_html_(self) -> str:
         """Notebook display: the question's tokens coloured by C, each score printed, KeyTokens (default
         parameters) outlined."""
-        from unpact_mech.keytokens import select_keytokens
-        from unpact_mech.report.html import loo_block, nb_html
-
         keys = {self.positions[i] for i in select_keytokens(self.contributions)}
         return nb_html(loo_block(self.tprobe, self.contributions.tolist(), keys, self.lp),
                        "<div class='sc'>leave-one-out C(x_i, y) = LP(x, y) - LP(x without x_i, y); red supports the "
@@ -84,19 +84,6 @@ def loo_variants(tp: TokenizedProbe, variant: Variant = "delete", baseline_id: i
     return out
 
 
-def fast_path(subject: Subject, hooks: Sequence[Any], prefix_cache: bool) -> HFBackend | None:
-    """The KV-cache backend when it computes exactly what the subject computes, else None (exact path).
-
-    Taken only with no hooks given or attached and a backend declaring ``kv_prefix``; that backend shares the
-    subject's own weights (never a reload from disk) and applies the model's output transform.
-    """
-    if hooks or not prefix_cache or KV_PREFIX not in subject.backend.capabilities:
-        return None
-    if subject.backend.attached_hooks():
-        return None
-    return subject.backend.kv()
-
-
 def _loo_prefix_cached(
     kvb: HFBackend, tprobes: Sequence[TokenizedProbe], variant: Variant, baseline_id: int, batch_tokens: int,
     progress: bool = False,
@@ -121,8 +108,6 @@ def _loo_prefix_cached(
     chunks = range(0, len(seqs), step)
     bar = long_job_bar(chunks, tprobes[0], len(seqs)) if len(tprobes) == 1 else chunks
     if progress and len(tprobes) > 1:
-        from tqdm.auto import tqdm
-
         bar = tqdm(chunks, desc="leave-one-out", unit="batch", leave=False)
     lps = []
     for c0 in bar:
@@ -151,8 +136,6 @@ def long_job_bar(chunks: range, tp: TokenizedProbe, passes: int) -> Any:
     """The chunks of one probe, with a progress bar and the pass count announced when the probe is long."""
     if passes * len(tp.ids) < LONG_JOB_TOKENS:
         return chunks
-    from tqdm.auto import tqdm
-
     print(f"[unpact] leave-one-out of probe '{tp.probe.id}': {passes} forward passes of {len(tp.ids)} tokens "
           f"in {len(chunks)} batches", file=sys.stderr, flush=True)
     return tqdm(chunks, desc=f"leave-one-out {tp.probe.id}", unit="batch", leave=False)
@@ -171,7 +154,7 @@ def loo_contributions(
     """Leave-one-out contributions for many probes.
 
     Default: per probe, the prefix shared by all variants is computed once (KV cache) and the variants'
-    remainders run as one batch (:func:`fast_path`). With hooks given or attached (``hooks.applied``), a
+    remainders run as one batch (:func:`unpact_mech.backends.fast_path`). With hooks given or attached (``hooks.applied``), a
     backend without ``kv_prefix``, or ``prefix_cache=False``, every variant of every probe runs in full through
     the backend as right-padded chunks of at most ``batch_tokens`` tokens.
     """
@@ -196,7 +179,7 @@ def loo_contributions(
 
 def _loo(subject: Subject, tprobes: Sequence[TokenizedProbe], variant: Variant, base_id: int, batch_tokens: int,
          hooks: Sequence[Any], progress: bool, prefix_cache: bool) -> list[LooResult]:
-    kvb = fast_path(subject, hooks, prefix_cache)
+    kvb = fast_path(subject.backend, hooks) if prefix_cache else None
     if kvb is not None:
 
         groups: dict[tuple[int, ...], list[int]] = {}  # probes sharing the prefix before their first attributable token

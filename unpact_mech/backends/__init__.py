@@ -6,10 +6,11 @@ TransformerLens names them (``hook_embed``, ``blocks.{l}.hook_resid_post``, ...)
 
 * ``hooks``: ``forward(ids, hooks)`` and ``attached(hooks)`` honour hooks (:meth:`Backend.supports_hook` says which);
 * ``run_with_cache``: TransformerLens internals (``bridge``: caches, W_U, W_O) for DLA, paths, patching;
-* ``kv_prefix``: a plain HF causal LM over the *same* weights (:meth:`Backend.kv`) for the KV-cache fast path;
+* ``kv_prefix``: a plain HF causal LM over the *same* weights (:meth:`Backend.hf_view`): the KV-cache fast path,
+  the unembedding of hidden states, gradients and the unlearning trainer's reference outputs;
 * ``remote``: runs happen elsewhere (NDIF); no local weights.
 
-Implementations: :class:`~unpact_mech.backends.bridge.BridgeBackend` (TransformerLens),
+:func:`fast_path` is the one decision of when that view may stand in for the backend. Implementations: :class:`~unpact_mech.backends.bridge.BridgeBackend` (TransformerLens),
 :class:`~unpact_mech.backends.hf.HFBackend` (plain HF) and
 :class:`~unpact_mech.backends.nnsight.NNsightBackend`.
 """
@@ -66,7 +67,7 @@ class Backend(Protocol):
 
     def attached_hooks(self) -> int: ...
 
-    def kv(self) -> Any: ...  # an HFBackend over the same weights (capability kv_prefix)
+    def hf_view(self) -> Any: ...  # an HFBackend over the same weights (capability kv_prefix)
 
 
 def require(backend: Backend, capability: str, what: str) -> Backend:
@@ -79,6 +80,21 @@ def require(backend: Backend, capability: str, what: str) -> Backend:
             f"have (it has: {sorted(backend.capabilities)}); load the model with load_model() for TransformerLens"
         )
     return backend
+
+
+def fast_path(backend: Backend, hooks: Any = (), longest: int | None = None) -> Any | None:
+    """The plain HF view over the backend's own weights (:meth:`Backend.hf_view`) when it computes exactly what
+    the backend computes, else None (take the exact path through the backend).
+
+    Taken only when no hooks are given (a list, or a function of the batch rows) and none are attached, and the
+    backend declares ``kv_prefix``. ``longest``: the caller builds its own attention mask over sequences this
+    long, which is refused beyond the model's sliding attention window (HF's own cache handles the window)."""
+    if callable(hooks) or hooks or KV_PREFIX not in backend.capabilities or backend.attached_hooks():
+        return None
+    window = getattr(backend.config, "sliding_window", None) or 0
+    if longest is not None and window and longest > window:
+        return None
+    return backend.hf_view()
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -139,6 +155,7 @@ __all__ = [
     "BackendCapabilityError",
     "Hook",
     "context_length",
+    "fast_path",
     "n_layers",
     "require",
     "resolve_dtype",

@@ -13,15 +13,15 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from transformer_lens.model_bridge import TransformerBridge
 
 from unpact_mech.backends import HOOKS, KV_PREFIX, RUN_WITH_CACHE, Hook, first_param, frozen, hook_iter
 from unpact_mech.backends.hf import HFBackend, shared_view
+from unpact_mech.hooks import active_hook_count, applied
 
 
 def boot_bridge(hf_model: Any, tokenizer: Any, source: str) -> Any:
     """Wrap an HF causal LM in a TransformerBridge (compatibility mode, eval, frozen). Modifies it in place."""
-    from transformer_lens.model_bridge import TransformerBridge
-
     frozen(hf_model)
     if getattr(hf_model.config, "_attn_implementation", "eager") != "eager":
         hf_model.config._attn_implementation = "eager"
@@ -32,12 +32,6 @@ def boot_bridge(hf_model: Any, tokenizer: Any, source: str) -> Any:
     # of the weights (and peak at ~3.5x them while folding); DLA applies the final norm itself instead
     bridge.enable_compatibility_mode(disable_warnings=True, no_processing=True)
     return frozen(bridge)  # analysis only: train on Subject.load_hf_model()
-
-
-def active_hook_count(bridge: Any) -> int:
-    """Number of forward hooks currently attached to the bridge's hook points."""
-    unique = {id(hp): hp for hp in bridge.hook_dict.values()}  # aliases name the same HookPoint
-    return sum(len(hp.fwd_hooks) for hp in unique.values())
 
 
 class BridgeBackend:
@@ -74,18 +68,13 @@ class BridgeBackend:
     @contextmanager
     def attached(self, hooks: Sequence[Hook]) -> Iterator[Any]:
         """Hooks attached for a ``with`` block, removed on exit (also after an error)."""
-        before = active_hook_count(self.bridge)
-        try:
-            with self.bridge.hooks(fwd_hooks=list(hook_iter(hooks))):
-                yield self.bridge
-        finally:
-            if active_hook_count(self.bridge) != before:
-                self.bridge.reset_hooks(including_permanent=False)
+        with applied(self.bridge, list(hook_iter(hooks))) as bridge:
+            yield bridge
 
     def attached_hooks(self) -> int:
         return active_hook_count(self.bridge)
 
-    def kv(self) -> HFBackend:
+    def hf_view(self) -> HFBackend:
         """The KV-cache fast path over the bridge's own tensors (built once, shares every weight)."""
         if self._kv is None:
             self._kv = HFBackend(shared_view(self.bridge.original_model, self.config))

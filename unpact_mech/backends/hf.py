@@ -1,12 +1,14 @@
-"""The plain Hugging Face backend: a causal LM with a KV cache (the leave-one-out fast path).
+"""The plain Hugging Face backend: a causal LM with a KV cache (the fast path of scoring, leave-one-out and
+generation, the unembedding of hidden states, gradients).
 
 :func:`shared_view` builds an unwrapped HF causal LM whose parameters and buffers *are* another module's
-tensors (for example the TransformerLens bridge's, after compatibility mode folded the norms into the
-weights: folding keeps the function, so the view computes the bridge's log-probs with no second copy).
+tensors (for example the TransformerLens bridge's: it boots with ``no_processing=True``, so the weights are the
+loaded ones and the view computes the bridge's log-probs with no second copy).
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -16,9 +18,11 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from transformers import AutoModelForCausalLM, DynamicCache
 
 from unpact_mech.backends import HOOKS, KV_PREFIX, Hook, first_param
 from unpact_mech.backends.kernel import OutputTransform, unembed
+from unpact_mech.hooks import Emphasis
 
 
 def _strip(name: str) -> str:
@@ -28,8 +32,6 @@ def _strip(name: str) -> str:
 def shared_view(wrapped: Any, config: Any) -> Any:
     """An HF causal LM built on the meta device whose tensors are ``wrapped``'s own (names matched after
     removing TransformerLens's ``._original_component``). Nothing is copied; read-only use."""
-    from transformers import AutoModelForCausalLM
-
     tensors = {_strip(k): v for k, v in wrapped.named_parameters(remove_duplicate=False)}
     tensors.update({_strip(k): v for k, v in wrapped.named_buffers(remove_duplicate=False)})
     with torch.device("meta"):
@@ -86,7 +88,7 @@ class HFBackend:
     def attached_hooks(self) -> int:
         return 0
 
-    def kv(self) -> HFBackend:
+    def hf_view(self) -> HFBackend:
         return self
 
     @torch.no_grad()
@@ -96,8 +98,6 @@ class HFBackend:
         return self.model(input_ids=ids).logits
 
     def new_cache(self) -> Any:
-        from transformers import DynamicCache
-
         return DynamicCache(config=self.model.config)
 
     @torch.no_grad()
@@ -119,17 +119,16 @@ class HFBackend:
     def emphasis_prefill(
         self,
         rows: Sequence[Sequence[int]],
-        route: str | None = None,
-        positions: Sequence[Sequence[int]] | None = None,
-        factor: float = 1.0,
+        emphasis: Emphasis | None = None,
         pad_id: int = 0,
         extra: int = 0,
         share_until: int | None = None,
     ) -> EmphasisRun:
-        """Run token rows with emphasis on their ``positions`` (per row, in row coordinates) and a KV cache:
+        """Run token rows with a KV cache, with ``emphasis`` (row r at ``emphasis.positions[r]``, in row
+        coordinates) in its KV-cache form:
 
-        * ``route="embed"``: the input embeddings at those positions are multiplied by ``factor``;
-        * ``route="attention"``: log(factor) is added to every head's attention score on those keys, for every
+        * mode ``embed``: the input embeddings at those positions are multiplied by the factor;
+        * mode ``attention``: log(factor) is added to every head's attention score on those keys, for every
           query (an additive 4D attention mask: the bias of the ``hook_attn_scores`` steering hook).
 
         The rows' common prefix (up to ``share_until`` and never past an emphasised position) is run once and
@@ -138,6 +137,9 @@ class HFBackend:
         reserves mask room for that many generated tokens. Equal to the hooked bridge run: tested.
         """
         dev, n = self.device, len(rows)
+        route = emphasis.mode if emphasis is not None else None
+        positions = emphasis.positions if emphasis is not None else None
+        factor = emphasis.factor if emphasis is not None else 1.0
         common = 0
         limit = min([len(r) - 1 for r in rows] + ([share_until] if share_until is not None else []))
         limit = min([limit] + [min(p) for p in (positions or []) if p])
@@ -156,7 +158,7 @@ class HFBackend:
         valid[:, :common] = True
         bias = torch.zeros(n, total, dtype=self.dtype, device=dev)
         scale = torch.ones(n, width, 1, dtype=self.dtype, device=dev)
-        log_f = float(torch.log(torch.tensor(factor, dtype=torch.float64)))
+        log_f = emphasis.log_factor if emphasis is not None else 0.0
         for r, o in enumerate(off):
             valid[r, common + o :] = True
             cols = [common + o + p - common for p in (positions[r] if positions is not None else [])]
@@ -182,9 +184,7 @@ class HFBackend:
         prompts: Sequence[Sequence[int]],
         limits: Sequence[int],
         stop: Sequence[int],
-        route: str | None = None,
-        positions: Sequence[Sequence[int]] | None = None,
-        factor: float = 1.0,
+        emphasis: Emphasis | None = None,
         pad_id: int = 0,
     ) -> list[list[int]]:
         """Greedy continuations with a KV cache and optional emphasis (:meth:`emphasis_prefill`), which stays
@@ -192,7 +192,7 @@ class HFBackend:
         steps = max(limits, default=0)
         if not prompts or steps == 0:
             return [[] for _ in prompts]
-        run = self.emphasis_prefill(prompts, route, positions, factor, pad_id, extra=steps)
+        run = self.emphasis_prefill(prompts, emphasis, pad_id, extra=steps)
         low = torch.finfo(self.dtype).min
         start = run.prefix + run.width
         logits = self.logits(run.hidden[:, -1])
@@ -238,8 +238,6 @@ class EmphasisRun:
 def expand_cache(cache: Any, n: int) -> Any:
     """A copy of a one-row ``cache`` repeated for ``n`` rows (the cache's own bookkeeping, sliding windows
     included, is kept: nothing is sliced by hand)."""
-    import copy
-
     kv = copy.deepcopy(cache)
     kv.batch_repeat_interleave(n)
     return kv

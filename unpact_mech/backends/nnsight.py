@@ -141,7 +141,7 @@ class NNsightBackend:
     def attached_hooks(self) -> int:
         return len(self._attached)
 
-    def kv(self) -> HFBackend:
+    def hf_view(self) -> HFBackend:
         if self.remote:
             raise UnpactError("a remote nnsight model has no local weights for the KV-cache fast path")
         if self._kv is None:

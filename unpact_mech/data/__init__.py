@@ -7,8 +7,9 @@ from importlib import resources
 from typing import Any
 
 from unpact_mech.errors import UnknownNameError, UnpactError
-from unpact_mech.models import Subject
-from unpact_mech.probes import Probe, load_probes
+from unpact_mech.probes import Probe, load_probes, tokenize_probes
+from unpact_mech.scoring import probe_table
+from unpact_mech.subject import Subject
 
 Loader = Callable[..., list[Any]]  # probes, or raw texts for MUSE raw/verbmem subsets
 BENCHMARKS: dict[str, Loader] = {}
@@ -51,9 +52,6 @@ def builtin_facts(subset: str | None = None, split: str | None = None, source: A
 
 def filter_known(subject: Subject, probes: list[Probe], fmt: str = "auto") -> tuple[list[Probe], Any]:
     """Keep the probes whose fact span the model gets top-1 (teacher forcing); report counts per split/domain."""
-    from unpact_mech.probes import tokenize_probes
-    from unpact_mech.scoring import probe_table
-
     table = probe_table(subject, tokenize_probes(subject, probes, fmt))
     table["domain"] = [p.domain for p in probes]
     ok = dict(zip(table.probe_id, table.fact_top1))

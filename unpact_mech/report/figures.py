@@ -21,6 +21,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from unpact_mech.errors import UnpactError
+from unpact_mech.io import atomic_write
 
 
 def _notebook_display() -> None:
@@ -48,8 +49,6 @@ def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (6.5
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Save a figure atomically (format from the suffix: .png or .svg)."""
-    from unpact_mech.io import atomic_write
-
     path = Path(path)
     fmt = path.suffix.lstrip(".") or "png"
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=120, bbox_inches="tight"))

@@ -10,7 +10,7 @@ from unpact_mech.unlearning import losses
 from unpact_mech.unlearning.config import UnlearnConfig, UnlearningError
 from unpact_mech.unlearning.data import REFUSALS, Example, collate, qa_example, text_example, to_examples
 from unpact_mech.unlearning.methods import METHODS, Method, State, register_method
-from unpact_mech.unlearning.trainer import fact_accuracy, resolve_config, unlearn
+from unpact_mech.unlearning.trainer import Finetune, fact_accuracy, fit, resolve_config, unlearn
 
 L = losses  # the short name the tests and analyses use
 
@@ -18,6 +18,7 @@ __all__ = [
     "METHODS",
     "REFUSALS",
     "Example",
+    "Finetune",
     "L",
     "Method",
     "State",
@@ -25,6 +26,7 @@ __all__ = [
     "UnlearningError",
     "collate",
     "fact_accuracy",
+    "fit",
     "losses",
     "qa_example",
     "register_method",

@@ -18,6 +18,7 @@ class UnlearnConfig:
     lr: float = 1e-5
     steps: int = 10
     batch_size: int = 4
+    full_batch: bool = False  # every step on all examples (relearning), instead of batch_size drawn with replacement
     grad_clip: float = 1.0
     seed: int = 0
     gamma: float = 1.0  # forget-term weight

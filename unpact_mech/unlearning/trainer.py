@@ -14,6 +14,9 @@ constant (c = 6.5 on Zephyr-7B) assumes small activations; with c = 20 against S
 forget term shrank activations instead of scrambling them and nothing was forgotten. RMU's forget term acts on
 each forget example's own tokens (question and answer), not on the chat template it shares with every retain
 example, where the two terms would cancel.
+
+:func:`fit` runs the same loop without a checkpoint (the relearning recovery route trains through it with the
+:class:`Finetune` method: gradient descent on the given data).
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from unpact_mech.backends import KV_PREFIX, frozen
+from unpact_mech.backends import fast_path, frozen
 from unpact_mech.backends.kernel import AnswerIndex, answer_logprobs, per_sequence
 from unpact_mech.errors import UnknownNameError
 from unpact_mech.io import check_output
-from unpact_mech.models import Subject, data_hash, save_checkpoint
+from unpact_mech.models import data_hash, save_checkpoint
 from unpact_mech.probes import Probe
+from unpact_mech.scoring import pad_token_id
+from unpact_mech.subject import Subject
 from unpact_mech.unlearning import losses as L
 from unpact_mech.unlearning.config import UnlearnConfig, UnlearningError
 from unpact_mech.unlearning.data import Example, collate, to_examples
@@ -46,8 +51,9 @@ def _reference(m: Method, model: Any, subject: Subject) -> Any:
     """The frozen starting model a method compares against, made only when the method needs one."""
     if m.reference == "none":
         return None
-    if m.reference == "outputs" and subject.has(KV_PREFIX):
-        return subject.backend.kv().model  # the subject's own frozen weights (same function, no copy)
+    view = fast_path(subject.backend) if m.reference == "outputs" else None
+    if view is not None:
+        return view.model  # the subject's own frozen weights (same function, no copy)
     return frozen(copy.deepcopy(model))
 
 
@@ -77,13 +83,30 @@ def _snapshot(model: Any, step: int, fn: Callable[[int, Any], None]) -> None:
         model.train()
 
 
-def resolve_config(method: str, has_retain: bool, config: UnlearnConfig | None = None,
+class Finetune(Method):
+    """Gradient descent on the given data (NLL, reduced per ``loss_convention``): relearning, not unlearning, so it
+    is not listed among the unlearning methods."""
+
+    name = "finetune"
+    reference = "none"
+    needs_retain = False
+    calibrates = False
+
+    def loss(self, s: State, forget: L.Batch, retain: L.Batch, idx: list[int]) -> dict[str, torch.Tensor]:
+        return {"nll": L.nll(s.model, forget, s.cfg.loss_convention)}
+
+
+def resolve_config(method: str | Method, has_retain: bool, config: UnlearnConfig | None = None,
                    **overrides: Any) -> tuple[Method, UnlearnConfig]:
     """The method and its settings (defaults < explicit ``config`` fields < ``overrides``), validated; cheap, so
     callers check them before loading any model."""
-    if method not in METHODS:
+    if isinstance(method, Method):
+        m = method
+    elif method not in METHODS:
         raise UnknownNameError(f"unknown unlearning method '{method}'; available: {sorted(METHODS)}")
-    m = METHODS[method]()
+    else:
+        m = METHODS[method]()
+    method = m.name
     default = UnlearnConfig()
     unknown = [k for k in overrides if not hasattr(default, k)]
     if unknown:
@@ -94,6 +117,7 @@ def resolve_config(method: str, has_retain: bool, config: UnlearnConfig | None =
         (math.isfinite(cfg.lr) and cfg.lr > 0, f"lr must be finite and > 0, got {cfg.lr}"),
         (isinstance(cfg.steps, int) and cfg.steps >= 1, f"steps must be an integer >= 1, got {cfg.steps}"),
         (cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}"),
+        (isinstance(cfg.full_batch, bool), f"full_batch must be true or false, got {cfg.full_batch!r}"),
         (math.isfinite(cfg.grad_clip) and cfg.grad_clip > 0, f"grad_clip must be finite and > 0, got {cfg.grad_clip}"),
         (cfg.check_every >= 1, f"check_every must be >= 1, got {cfg.check_every}"),
         (cfg.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}"),
@@ -115,94 +139,37 @@ def resolve_config(method: str, has_retain: bool, config: UnlearnConfig | None =
     return m, cfg
 
 
-def unlearn(
-    subject: Subject,
-    method: str,
-    forget: Sequence[Probe | str],
-    retain: Sequence[Probe | str],
-    out_dir: str | Path,
-    config: UnlearnConfig | None = None,
-    progress: bool = True,
-    on_step: Callable[[int, dict[str, float]], None] | None = None,
-    on_snapshot: Callable[[int, Any], None] | None = None,
-    **overrides: Any,
-) -> Path:
-    """Unlearn ``forget`` (keeping ``retain``) from a fresh copy of the subject's model; returns the checkpoint.
+def _batch(n: int, cfg: UnlearnConfig, gen: torch.Generator) -> list[int]:
+    """Example indices of one step: all of them (``full_batch``), else ``batch_size`` drawn with replacement."""
+    if cfg.full_batch:
+        return list(range(n))
+    return torch.randint(n, (min(cfg.batch_size, n),), generator=gen).tolist()
 
-    Settings: the method's defaults, then every field of ``config`` that differs from ``UnlearnConfig()``, then
-    ``overrides`` (explicit settings always beat defaults). An existing ``out_dir`` is replaced only with
-    ``overwrite=True``. Training stops with an error if a weight becomes NaN or infinite.
-    ``on_snapshot(step, model)`` sees the model (in eval mode, under no_grad) after every ``check_every``-th
-    step and after the last one, before the method's post-processing: the unlearning trajectory.
-    """
-    overwrite = bool(overrides.pop("overwrite", False))
-    m, cfg = resolve_config(method, bool(retain), config, **overrides)
-    check_output(out_dir, kind="dir", overwrite=overwrite)
-    tok = subject.tokenizer
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    f_ex = to_examples(tok, forget, cfg.fmt)
-    r_ex = to_examples(tok, retain, cfg.fmt) if retain else []
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    resume = ResumeFiles.beside(out)
-    try:
-        refuse_legacy(resume)
-    except ResumeError as err:
-        raise UnlearningError(str(err)) from err
-    prov = {
-        "base_model": subject.provenance.get("base_model") or subject.name,
-        "base_source": subject.source,
-        "method": method,
-        "hyperparameters": asdict(cfg),
-        "forget_hash": data_hash([e.ids for e in f_ex]),
-        "retain_hash": data_hash([e.ids for e in r_ex]),
-        "n_forget": len(f_ex),
-        "n_retain": len(r_ex),
-    }
-    run_key = data_hash(prov)
 
-    torch.manual_seed(cfg.seed)
-    if not subject.from_source:
-        raise UnlearningError(
-            f"unlearn trains a fresh copy of '{subject.source}', but subject '{subject.name}' was built from an "
-            "in-memory model that may differ from it; save it with save_checkpoint() and load_model() that directory"
-        )
-    model = subject.load_hf_model().train()
-    ref = _reference(m, model, subject)
-    dev = next(model.parameters()).device
-    state = State(model, ref, cfg, {"pad_id": pad_id, "forget_probes": list(forget), "device": dev,
-                                    "forget_accuracy": lambda: fact_accuracy(model, f_ex, pad_id)})
-    m.setup(state, f_ex, r_ex, tok)
-    params = m.trainable(model, cfg)
-    train_ids = {id(p) for p in params}
-    for p in model.parameters():
-        p.requires_grad_(id(p) in train_ids)
-    opt = torch.optim.AdamW(params, lr=cfg.lr)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    history: list[dict[str, Any]] = []  # step (int) and losses (float)
-    step, stopped_at, checked = 0, None, (-1, math.nan)
-    acc0 = fact_accuracy(model, f_ex, pad_id)
-    if resume.exists():
-        try:
-            restored = load_state(resume, run_key, model, opt, gen)
-        except ResumeError as err:
-            raise UnlearningError(str(err)) from err
-        if restored is not None:
-            step, history = restored
-            print(f"[unpact] resuming {method} from step {step}", flush=True)
-    t0 = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"unlearn {method}", disable=not progress)
+def _run_steps(m: Method, state: State, params: list[torch.nn.Parameter], opt: torch.optim.Optimizer,
+               gen: torch.Generator, f_ex: list[Example], r_ex: list[Example], pad_id: int, step: int,
+               history: list[dict[str, Any]], progress: bool, on_step: Callable[[int, dict[str, float]], None] | None,
+               on_snapshot: Callable[[int, Any], None] | None, save: Callable[[int], None] | None,
+               last_good: str) -> tuple[int, int | None, tuple[int, float]]:
+    """The training loop shared by :func:`unlearn` and :func:`fit`: seeded batches, the method's loss, a
+    non-finite-loss guard, AdamW with gradient clipping, a non-finite-weight guard, snapshots, calibration to the
+    forget target and resume states. Returns (steps done, step stopped at the target or None, last check)."""
+    model, cfg, method = state.model, state.cfg, m.name
+    dev = state.extra["device"]
+    stopped_at, checked = None, (-1, math.nan)
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"{'train' if isinstance(m, Finetune) else 'unlearn'} {method}",
+               disable=not progress)
     while step < cfg.steps:
-        fi = torch.randint(len(f_ex), (min(cfg.batch_size, len(f_ex)),), generator=gen).tolist()
-        ri = torch.randint(len(r_ex), (min(cfg.batch_size, len(r_ex)),), generator=gen).tolist() if r_ex else []
+        fi = _batch(len(f_ex), cfg, gen)
+        ri = _batch(len(r_ex), cfg, gen) if r_ex else []
         fb = collate([f_ex[i] for i in fi], pad_id, dev)
         rb = collate([r_ex[i] for i in ri], pad_id, dev) if ri else fb
         terms = m.loss(state, fb, rb, fi)
         loss = torch.stack(list(terms.values())).sum()
         if not torch.isfinite(loss):
             raise UnlearningError(
-                f"{method}: loss became {float(loss)} at step {step + 1}; the last good state is "
-                f"{resume.meta if resume.exists() else 'the base model'} (lower lr or steps)"
+                f"{method}: loss became {float(loss.detach())} at step {step + 1}; the last good state is {last_good} "
+                "(lower lr or steps)"
             )
         opt.zero_grad()
         loss.backward()
@@ -230,9 +197,113 @@ def unlearn(
             if acc <= cfg.target_forget_acc:
                 stopped_at = step
                 break
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-            save_state(resume, model, opt, gen, step, history, run_key)
+        if save is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+            save(step)
     bar.close()
+    return step, stopped_at, checked
+
+
+def _prepare(subject: Subject, m: Method, cfg: UnlearnConfig, f_ex: list[Example], r_ex: list[Example],
+             forget: Sequence[Probe | str], tok: Any, pad_id: int
+             ) -> tuple[Any, State, list[torch.nn.Parameter], torch.optim.Optimizer, torch.Generator]:
+    """A fresh trainable copy of the subject's model, the method's state, its parameters, AdamW and the data RNG."""
+    torch.manual_seed(cfg.seed)
+    if not subject.from_source:
+        raise UnlearningError(
+            f"training uses a fresh copy of '{subject.source}', but subject '{subject.name}' was built from an "
+            "in-memory model that may differ from it; save it with save_checkpoint() and load_model() that directory"
+        )
+    model = subject.load_hf_model().train()
+    ref = _reference(m, model, subject)
+    dev = next(model.parameters()).device
+    state = State(model, ref, cfg, {"pad_id": pad_id, "forget_probes": list(forget), "device": dev,
+                                    "forget_accuracy": lambda: fact_accuracy(model, f_ex, pad_id)})
+    m.setup(state, f_ex, r_ex, tok)
+    params = m.trainable(model, cfg)
+    train_ids = {id(p) for p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in train_ids)
+    return model, state, params, torch.optim.AdamW(params, lr=cfg.lr), torch.Generator().manual_seed(cfg.seed)
+
+
+def fit(subject: Subject, data: Sequence[Probe | str], method: Method | None = None, progress: bool = False,
+        on_snapshot: Callable[[int, Any], None] | None = None, **overrides: Any) -> Any:
+    """Train a fresh copy of the subject's model on ``data`` with ``method`` (default :class:`Finetune`) through
+    the same loop as :func:`unlearn`, writing nothing; ``on_snapshot(step, model)`` sees the model (eval mode,
+    no grad) after every ``check_every``-th step and the last. Returns the trained HF model (eval mode)."""
+    m, cfg = resolve_config(method or Finetune(), False, None, **overrides)
+    tok = subject.tokenizer
+    pad_id = pad_token_id(tok)
+    f_ex = to_examples(tok, data, cfg.fmt)
+    model, state, params, opt, gen = _prepare(subject, m, cfg, f_ex, [], data, tok, pad_id)
+    _run_steps(m, state, params, opt, gen, f_ex, [], pad_id, 0, [], progress, None, on_snapshot, None,
+               "the starting model")
+    return model.eval()
+
+
+def unlearn(
+    subject: Subject,
+    method: str,
+    forget: Sequence[Probe | str],
+    retain: Sequence[Probe | str],
+    out_dir: str | Path,
+    config: UnlearnConfig | None = None,
+    progress: bool = True,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    on_snapshot: Callable[[int, Any], None] | None = None,
+    **overrides: Any,
+) -> Path:
+    """Unlearn ``forget`` (keeping ``retain``) from a fresh copy of the subject's model; returns the checkpoint.
+
+    Settings: the method's defaults, then every field of ``config`` that differs from ``UnlearnConfig()``, then
+    ``overrides`` (explicit settings always beat defaults). An existing ``out_dir`` is replaced only with
+    ``overwrite=True``. Training stops with an error if a weight becomes NaN or infinite.
+    ``on_snapshot(step, model)`` sees the model (in eval mode, under no_grad) after every ``check_every``-th
+    step and after the last one, before the method's post-processing: the unlearning trajectory.
+    """
+    overwrite = bool(overrides.pop("overwrite", False))
+    m, cfg = resolve_config(method, bool(retain), config, **overrides)
+    check_output(out_dir, kind="dir", overwrite=overwrite)
+    tok = subject.tokenizer
+    pad_id = pad_token_id(tok)
+    f_ex = to_examples(tok, forget, cfg.fmt)
+    r_ex = to_examples(tok, retain, cfg.fmt) if retain else []
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    resume = ResumeFiles.beside(out)
+    try:
+        refuse_legacy(resume)
+    except ResumeError as err:
+        raise UnlearningError(str(err)) from err
+    prov = {
+        "base_model": subject.provenance.get("base_model") or subject.name,
+        "base_source": subject.source,
+        "method": method,
+        "hyperparameters": asdict(cfg),
+        "forget_hash": data_hash([e.ids for e in f_ex]),
+        "retain_hash": data_hash([e.ids for e in r_ex]),
+        "n_forget": len(f_ex),
+        "n_retain": len(r_ex),
+    }
+    run_key = data_hash(prov)
+
+    model, state, params, opt, gen = _prepare(subject, m, cfg, f_ex, r_ex, forget, tok, pad_id)
+    history: list[dict[str, Any]] = []  # step (int) and losses (float)
+    step = 0
+    acc0 = fact_accuracy(model, f_ex, pad_id)
+    if resume.exists():
+        try:
+            restored = load_state(resume, run_key, model, opt, gen)
+        except ResumeError as err:
+            raise UnlearningError(str(err)) from err
+        if restored is not None:
+            step, history = restored
+            print(f"[unpact] resuming {method} from step {step}", flush=True)
+    t0 = time.perf_counter()
+    step, stopped_at, checked = _run_steps(m, state, params, opt, gen, f_ex, r_ex, pad_id, step, history, progress,
+                                           on_step, on_snapshot, lambda k: save_state(resume, model, opt, gen, k,
+                                                                                       history, run_key),
+                                           f"{resume.meta if resume.exists() else 'the base model'}")
     m.finish(state)
     model.eval()
     acc1 = checked[1] if checked[0] == step and m.calibrates else fact_accuracy(model, f_ex, pad_id)

@@ -1,11 +1,10 @@
-"""``unpact`` command line: thin wrappers that parse arguments, call the library and print or write tables."""
+"""The commands of ``unpact``: thin wrappers that call the library and print or write tables. Library imports sit
+inside the commands, so that ``unpact --help`` and argument errors come back at once."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from unpact_mech.errors import UnpactError
-from unpact_mech.keytokens import ALPHA, BETA, KeyTokenParams, select_keytokens
+from unpact_mech.keytokens import KeyTokenParams, select_keytokens
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -24,28 +23,6 @@ def command(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callab
         return fn
 
     return deco
-
-
-def _keytoken_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--alpha", type=float, default=ALPHA, help=f"eq.4 threshold on normalised contribution ({ALPHA})")
-    p.add_argument("--beta", type=int, default=BETA, help=f"eq.3: keep all positives if fewer than beta ({BETA})")
-    p.add_argument("--max-keytokens", type=int, default=None, help="cap N on KeyTokens per probe (none)")
-    p.add_argument("--format", default="auto", choices=["auto", "chat", "plain"], help="prompt format")
-
-
-def _model_args(p: argparse.ArgumentParser) -> None:
-    """How every command that loads a model loads it (declared once)."""
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="weight dtype (bfloat16/float16 halve memory; scores are float64 either way)")
-    p.add_argument("--device", default=None, help="e.g. cuda:0 (default: the CPU)")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="run Python code shipped with the model (RISK: it runs with your permissions)")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="accept pickled .bin weights (RISK: unpickling can run code); safetensors needs no flag")
-
-
-def _output_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (refused otherwise)")
 
 
 def _check_out(a: argparse.Namespace, kind: str = "file", inputs: Sequence[str] = ()) -> Path:
@@ -91,7 +68,7 @@ def _print_df(df: pd.DataFrame) -> None:
 
 @command("attribute")
 def cmd_attribute(a: argparse.Namespace) -> int:
-    from unpact_mech.attribution import attribute
+    from unpact_mech.attribution import attribute, method_info
     from unpact_mech.probes import tokenize_probes
     from unpact_mech.sharding import parse_shard, run_key, take_shard, write_part
 
@@ -106,6 +83,14 @@ def cmd_attribute(a: argparse.Namespace) -> int:
         write_part(table, a.out, key, shard)
         print(f"wrote {a.out}")
     params = _params(a)
+    if method_info(a.method).level != "token":  # KeyTokens are prompt tokens: heads and MLPs are listed as they are
+        for tp in tps:
+            sub = table[table.probe_id == tp.probe.id]
+            top = sub.reindex(sub.score.abs().sort_values(ascending=False).index).head(20)
+            print(f"\n{tp.probe.id}: {tp.probe.prompt!r} -> {tp.probe.answer!r}  [{a.method}: strongest "
+                  "components; KeyTokens are selected only by token-level methods]")
+            print(top[["position", "token", "component", "layer", "head", "score"]].round(4).to_string(index=False))
+        return 0
     for tp in tps:
         sub = table[table.probe_id == tp.probe.id]
         keys = {int(sub.position.iloc[i]) for i in select_keytokens(sub.score.to_numpy(), params)}
@@ -118,8 +103,8 @@ def cmd_attribute(a: argparse.Namespace) -> int:
 
 @command("compare")
 def cmd_compare(a: argparse.Namespace) -> int:
+    from unpact_mech.compare import compare
     from unpact_mech.io import atomic_write_json, write_table
-    from unpact_mech.tracking import compare
 
     out = _check_out(a)
     probes, base, unl = _base_and_unlearned(a)
@@ -136,7 +121,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
 @command("demo")
 def cmd_demo(a: argparse.Namespace) -> int:
     from unpact_mech.data import load_benchmark
-    from unpact_mech.demo import LazyBase, keytoken_stage, run_demo
+    from unpact_mech.experiments import LazyBase, keytoken_stage, run_demo
+    from unpact_mech.report.tables import format_rates
 
     kprobes = load_benchmark("facts", split=a.split)[: a.n]
 
@@ -151,8 +137,6 @@ def cmd_demo(a: argparse.Namespace) -> int:
                      a.out, steps=a.steps, target=a.target, on_keytokens=show, keytoken_probes=kprobes,
                      params=_params(a), on_change=a.on_change)
     print("\nSummary (one row per unlearning method):")
-    from unpact_mech.demo import format_rates
-
     _print_df(format_rates(table.round(3)))
     return 0
 
@@ -197,8 +181,8 @@ def cmd_paths(a: argparse.Namespace) -> int:
 @command("localise")
 def cmd_localise(a: argparse.Namespace) -> int:
     from unpact_mech.io import write_table
+    from unpact_mech.localise import localise
     from unpact_mech.report.figures import head_heatmap, logit_lens_curves, save_figure, source_heatmap
-    from unpact_mech.tracking import localise
 
     out = _check_out(a, "dir")
     probes, base, unl = _base_and_unlearned(a)
@@ -248,9 +232,9 @@ def cmd_unlearn(a: argparse.Namespace) -> int:
 
 @command("emphasize")
 def cmd_emphasize(a: argparse.Namespace) -> int:
-    from unpact_mech.emphasis import ROUTES
     from unpact_mech.errors import check_finite_factor
-    from unpact_mech.findings import destruction, recovery
+    from unpact_mech.findings import CRITERIA, destruction, recovery
+    from unpact_mech.hooks import EMPHASIS_MODES as ROUTES
     from unpact_mech.io import write_table
 
     factors = _floats(a.factors) if a.sweep else [1.0, _floats(a.factors)[-1]]
@@ -259,8 +243,6 @@ def cmd_emphasize(a: argparse.Namespace) -> int:
     routes = a.routes.split(",")
     if not set(routes) <= set(ROUTES):
         raise UnpactError(f"unknown route(s) {sorted(set(routes) - set(ROUTES))}: use {','.join(ROUTES)}")
-    from unpact_mech.findings import CRITERIA
-
     bad = sorted(set(a.criteria.split(",")) - set(CRITERIA))
     if bad or a.draws < 1:
         raise UnpactError(f"unknown --criteria {bad}: use {','.join(CRITERIA)}" if bad else "--draws must be >= 1")
@@ -392,169 +374,3 @@ def _probes_from_args(a: argparse.Namespace) -> list[Any]:
     if not a.prompt or not a.answer:
         raise UnpactError("give --prompt and --answer, or --probes FILE")
     return [Probe(id="cli", prompt=a.prompt, answer=a.answer)]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from unpact_mech.attribution import ATTRIBUTION_METHODS
-
-    p = argparse.ArgumentParser(prog="unpact", description=__doc__)
-    p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
-    sub = p.add_subparsers(dest="cmd", required=True)
-
-    s = sub.add_parser("attribute", help="contribution of each prompt token to the answer; KeyTokens marked")
-    s.add_argument("--model", default="smollm2-135m", help="built-in name, local HF dir or hub id")
-    s.add_argument("--prompt", help="the question")
-    s.add_argument("--answer", help="the answer whose log-prob is attributed")
-    s.add_argument("--probes", help="JSON-lines probe file or benchmark name (instead of --prompt/--answer)")
-    s.add_argument("--method", default="loo", choices=sorted(ATTRIBUTION_METHODS))
-    s.add_argument("--out", help="write the table (.csv or .parquet)")
-    _output_args(s)
-    s.add_argument("--shard", help="i/n: only every n-th probe from the i-th (merge parts with `unpact merge`)")
-    _keytoken_args(s)
-    _model_args(s)
-
-    s = sub.add_parser("compare", help="base vs unlearned: KeyTokens, focus, contribution change per probe")
-    s.add_argument("--base", required=True)
-    s.add_argument("--unlearned", required=True)
-    s.add_argument("--probes", required=True, help="JSON-lines probe file or benchmark name, e.g. facts:forget")
-    s.add_argument("--out", default="compare.csv", help="per-probe table (.csv or .parquet)")
-    _output_args(s)
-    _keytoken_args(s)
-    _model_args(s)
-
-    from unpact_mech.demo import add_run_arguments
-
-    s = sub.add_parser("demo", help="the main job on the embedded default model")
-    add_run_arguments(s, "unpact_out/demo")
-    s.add_argument("--split", default=None)
-    s.add_argument("--n", type=int, default=12, help="number of built-in probes in the KeyToken table")
-    s.add_argument("--keytokens-only", action="store_true", help="only print the KeyToken table")
-    _keytoken_args(s)
-    _model_args(s)
-
-    for name, help_ in (("dla", "direct logit attribution per head, MLP and embedding"),
-                        ("paths", "attention paths: each head's contribution split by source token")):
-        s = sub.add_parser(name, help=help_)
-        s.add_argument("--model", default="smollm2-135m")
-        s.add_argument("--prompt")
-        s.add_argument("--answer")
-        s.add_argument("--probes", help="JSON-lines probe file or benchmark name")
-        s.add_argument("--target", default="logit", choices=["logit", "logit_diff"])
-        s.add_argument("--out", default=f"{name}.csv", help="table (.csv or .parquet)")
-        _output_args(s)
-        s.add_argument("--top", type=int, default=20, help="rows to print")
-        s.add_argument("--shard", help="i/n: only every n-th probe from the i-th (merge parts with `unpact merge`)")
-        _keytoken_args(s)
-        _model_args(s)
-
-    s = sub.add_parser("localise", help="where base -> unlearned changed: heads, layers x source tokens")
-    s.add_argument("--base", required=True)
-    s.add_argument("--unlearned", required=True)
-    s.add_argument("--probes", required=True)
-    s.add_argument("--out", default="localise", help="output directory for tables and figures")
-    _output_args(s)
-    s.add_argument("--top", type=int, default=5)
-    _keytoken_args(s)
-    _model_args(s)
-
-    from unpact_mech.unlearning import METHODS
-
-    s = sub.add_parser("unlearn", help="unlearn a forget set from a model; methods: " + ", ".join(sorted(METHODS)))
-    s.add_argument("--model", default="smollm2-135m")
-    s.add_argument("--method", required=True, choices=sorted(METHODS))
-    s.add_argument("--forget", required=True, help="JSON-lines probes or benchmark name, e.g. facts:forget")
-    s.add_argument("--retain", help="JSON-lines probes or benchmark name, e.g. facts:retain")
-    s.add_argument("--out", required=True, help="checkpoint directory")
-    _output_args(s)
-    s.add_argument("--steps", type=int)
-    s.add_argument("--lr", type=float)
-    s.add_argument("--seed", type=int)
-    s.add_argument("--batch-size", type=int)
-    s.add_argument("--target-forget-acc", type=float, help="stop once forget fact top-1 accuracy <= this")
-    s.add_argument("--loss-convention", choices=["open_unlearning", "unpact_v1"],
-                   help="GA/GD/KL reductions: open-unlearning's (default) or this toolkit's first forms")
-    s.add_argument("--format", default="auto", choices=["auto", "chat", "plain"])
-    _model_args(s)
-
-    s = sub.add_parser("emphasize", help="finding 2: recovery by emphasising KeyTokens (embed, attention, prompt)")
-    s.add_argument("--base", required=True)
-    s.add_argument("--unlearned", required=True)
-    s.add_argument("--probes", required=True)
-    s.add_argument("--factors", default="1,2,4,8", help="emphasis factors (with --sweep; else the last only)")
-    s.add_argument("--sweep", action="store_true", help="score every factor, not only the largest")
-    s.add_argument("--routes", default="embed,attention")
-    s.add_argument("--criteria", default="teacher_forced,generation",
-                   help="correctness criteria: teacher_forced (fact span top-1), generation (greedy answer, ROUGE-L)")
-    s.add_argument("--draws", type=int, default=3, help="seeded random-token control draws per probe")
-    s.add_argument("--out", default="emphasis")
-    _output_args(s)
-    _keytoken_args(s)
-    _model_args(s)
-
-    s = sub.add_parser("recover", help="recovery routes: emphasis, quantisation, relearning, in-context, with controls")
-    s.add_argument("--base", required=True)
-    s.add_argument("--unlearned", required=True)
-    s.add_argument("--probes", required=True, help="probes with splits: forget (tested), retain (relearning data), "
-                   "general (few-shot examples, then control facts)")
-    s.add_argument("--routes", default="emphasis,quantize,relearn,in_context")
-    s.add_argument("--criteria", default="teacher_forced,generation")
-    s.add_argument("--n", type=int, default=12, help="forget probes (and retain probes for relearning)")
-    s.add_argument("--n-control", type=int, default=24, help="general probes offered as control facts")
-    s.add_argument("--bits", default="8,4", help="quantisation bit widths (RTN, group 64)")
-    s.add_argument("--relearn-steps", default="1,2,4", help="relearning steps k at which to evaluate")
-    s.add_argument("--relearn-lr", type=float, default=1e-5)
-    s.add_argument("--shots", type=int, default=3, help="few-shot examples for the in-context route")
-    s.add_argument("--draws", type=int, default=3, help="random-token control draws for emphasis")
-    s.add_argument("--out", default="recovery")
-    _output_args(s)
-    _keytoken_args(s)
-    _model_args(s)
-
-    s = sub.add_parser("patch", help="activation patching base <-> unlearned per layer/position and per head")
-    s.add_argument("--base", required=True)
-    s.add_argument("--unlearned", required=True)
-    s.add_argument("--probes", required=True)
-    s.add_argument("--n", type=int, default=1, help="number of probes")
-    s.add_argument("--kinds", default="resid_pre,attn_out,mlp_out")
-    s.add_argument("--layer-step", type=int, default=1, help="patch every k-th layer")
-    s.add_argument("--direction", default="base->unlearned", help="base->unlearned, unlearned->base or both (comma)")
-    s.add_argument("--method", default="exact", help="exact (one forward per site) or atp (attribution patching: "
-                   "first-order estimate from one forward of each model and one backward)")
-    s.add_argument("--out", default="patching")
-    _output_args(s)
-    s.add_argument("--format", default="auto", choices=["auto", "chat", "plain"])
-    _model_args(s)
-
-    s = sub.add_parser("merge", help="merge the partial tables of a sharded run (order-independent)")
-    s.add_argument("out", help="merged table (.csv or .parquet)")
-    _output_args(s)
-    s.add_argument("parts", nargs="+", help="partial tables written with --shard i/n")
-
-    s = sub.add_parser("data", help="list benchmarks or show a few rows of one")
-    s.add_argument("action", choices=["list", "show"])
-    s.add_argument("name", nargs="?")
-    s.add_argument("--subset")
-    s.add_argument("--split")
-    s.add_argument("--source", help="local json/jsonl/parquet file in the dataset's schema (offline)")
-    s.add_argument("--n", type=int, default=3, help="rows to print")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run a command. Errors the user can fix (``UnpactError``, unreadable files) print one line and return 2
-    (``--debug``: with the traceback); anything else is an internal error and keeps its traceback."""
-    args = build_parser().parse_args(argv)
-    try:
-        if "alpha" in vars(args):
-            _params(args)  # KeyToken parameters are checked before any model loads
-        return COMMANDS[args.cmd](args)
-    except (UnpactError, OSError) as err:
-        if args.debug:
-            traceback.print_exc()
-        msg = f"{err.strerror}: {err.filename}" if isinstance(err, OSError) and err.filename else str(err)
-        print(f"unpact {args.cmd}: error: {msg}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

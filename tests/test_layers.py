@@ -1,0 +1,72 @@
+"""The architecture holds: layers import only downward (import-linter), hooks/ imports only errors, modules stay
+small, and only the CLI imports inside functions (optional heavy dependencies excepted)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LAZY_OK = {"nnsight", "nnsight.modeling.transformers", "datasets", "IPython", "matplotlib_inline.backend_inline"}
+
+
+def test_import_linter_layers_contract_holds():
+    lint = Path(sys.executable).with_name("lint-imports")
+    res = subprocess.run([str(lint), "--config", str(ROOT / "pyproject.toml")], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert "1 kept, 0 broken" in res.stdout
+
+
+def test_import_linter_fails_on_an_upward_import(tmp_path):
+    """The contract is not vacuous: an import of a finding from scoring breaks it."""
+    pkg = tmp_path / "unpact_mech"
+    import shutil
+
+    shutil.copytree(ROOT / "unpact_mech", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    scoring = pkg / "scoring.py"
+    scoring.write_text(scoring.read_text() + "\nfrom unpact_mech import findings  # noqa\n")
+    cfg = tmp_path / "pyproject.toml"
+    cfg.write_text((ROOT / "pyproject.toml").read_text())
+    lint = Path(sys.executable).with_name("lint-imports")
+    res = subprocess.run([str(lint), "--config", str(cfg), "--no-cache"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert res.returncode != 0 and "BROKEN" in res.stdout.upper(), res.stdout[-2000:]
+
+
+def _imports(path: Path, inside_functions: bool = False) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text())
+    out = []
+    scopes = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))] \
+        if inside_functions else [tree]
+    for scope in scopes:
+        for n in ast.walk(scope):
+            if isinstance(n, ast.ImportFrom) and n.level == 0 and n.module:
+                out.append((n.lineno, n.module))
+            elif isinstance(n, ast.Import):
+                out += [(n.lineno, a.name) for a in n.names]
+    return out
+
+
+def test_hooks_import_only_errors():
+    """hooks/ is installed as unpact_mech.hooks, between the bottom layers and backends."""
+    own = {m for _, m in _imports(ROOT / "hooks" / "__init__.py") if m.startswith("unpact_mech")}
+    assert own == {"unpact_mech.errors"}, own
+
+
+def test_only_the_cli_imports_inside_functions():
+    bad = []
+    for f in sorted((ROOT / "unpact_mech").rglob("*.py")):
+        if "cli" in f.relative_to(ROOT / "unpact_mech").parts:
+            continue
+        bad += [f"{f.relative_to(ROOT)}:{line} {m}" for line, m in _imports(f, inside_functions=True)
+                if m not in LAZY_OK]
+    assert not bad, bad
+
+
+def test_modules_stay_under_about_400_lines():
+    sizes = {str(f.relative_to(ROOT)): len(f.read_text().splitlines())
+             for f in [*(ROOT / "unpact_mech").rglob("*.py"), ROOT / "hooks" / "__init__.py"]}
+    assert max(sizes.values()) <= 420, sorted(sizes.items(), key=lambda x: -x[1])[:5]

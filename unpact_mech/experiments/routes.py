@@ -1,0 +1,52 @@
+"""The study's recovery-routes stage: how superficial the forgetting is, per method (``unpact_mech.routes``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pandas as pd
+
+from unpact_mech import models
+from unpact_mech.experiments.base import LazyBase
+from unpact_mech.experiments.settings import ROUTE_BUDGET, control_candidates
+from unpact_mech.experiments.unlearn import unlearn_stage
+from unpact_mech.io import read_table, write_table
+from unpact_mech.pipeline import announce, make_stamp, stage
+from unpact_mech.routes import recover
+
+CODE = ("unpact_mech.experiments.routes",)
+
+
+def routes_stage(lazy: LazyBase, method: str, data: dict[str, list], out: Path, steps: int | None, target: float,
+                 params: Any, findings_stamp: dict[str, Any], on_change: str = "recompute") -> pd.DataFrame:
+    """Recovery routes for one method (``OUT/METHOD/recovery_routes.csv``), stamped with the findings stage's
+    stamp (the emphasis route reads its cached recovery tables) and :data:`ROUTE_BUDGET`."""
+    f = out / method / "recovery_routes.csv"
+    stamp = make_stamp(CODE, findings=findings_stamp, routes=ROUTE_BUDGET)
+
+    def compute() -> pd.DataFrame:
+        announce(f"{method}: recovery routes {', '.join(ROUTE_BUDGET['routes'])}")
+        base = lazy.get()
+        forget, retain, general = data["forget"], data["retain"], data["general"]
+        an = lazy.analysis(forget + retain + general, params)
+        ckpt, _ = unlearn_stage(lazy, method, forget, retain, out, steps, target, on_change=on_change)
+        unl = models.load_model(str(ckpt), dtype=base.dtype, device=str(base.device)).memoize()
+        emph = SimpleNamespace(rates=read_table(out / method / "recovery_rates.csv"),
+                               control=read_table(out / method / "recovery_control.csv"))
+        shots = general[: ROUTE_BUDGET["shots"]]  # fewer when the general split is smaller
+        table = recover(an, unl, forget, control_candidates(lazy.pool, data, ROUTE_BUDGET["n_control"]), retain,
+                        shots, ROUTE_BUDGET["routes"],
+                        options={"emphasis": {"result": emph},
+                                 "quantize": {"bits": ROUTE_BUDGET["bits"], "group_size": ROUTE_BUDGET["group_size"],
+                                              "criteria": ROUTE_BUDGET["criteria"]},
+                                 "relearn": {"steps": ROUTE_BUDGET["relearn_steps"], "lr": ROUTE_BUDGET["relearn_lr"],
+                                             "criteria": ROUTE_BUDGET["criteria"], "progress": True},
+                                 "in_context": {"shots": len(shots), "criteria": ROUTE_BUDGET["criteria"]}},
+                        cache=lazy.route_cache, progress=True)
+        write_table(table, f)
+        return table
+
+    return stage(f"routes {method}", out / method / "recovery_routes.stamp.json", stamp, f.exists,
+                 lambda: read_table(f), compute, on_change)

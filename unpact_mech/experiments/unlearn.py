@@ -1,0 +1,71 @@
+"""The study's unlearning stage: one checkpoint per method, with its frontier points along the trajectory."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from unpact_mech import models
+from unpact_mech.experiments.base import LazyBase
+from unpact_mech.experiments.settings import BUDGET, method_settings, probe_key
+from unpact_mech.frontier import interpolated, snapshot_subject
+from unpact_mech.io import atomic_write_json
+from unpact_mech.models import data_hash, read_provenance
+from unpact_mech.pipeline import make_stamp, stage
+from unpact_mech.unlearning import unlearn
+
+# the frontier's measurements run inside this stage (experiments.findings builds them)
+CODE = ("unpact_mech.experiments.unlearn", "unpact_mech.experiments.findings")
+
+
+def unlearn_stage(lazy: LazyBase, method: str, forget: list, retain: list, out: Path, steps: int | None,
+                  target: float, progress: bool = True, on_change: str = "recompute",
+                  frontier: Callable[[str, Any, float], list[dict]] | None = None) -> tuple[Path, list[dict]]:
+    """``OUT/checkpoints/METHOD`` trained with the demo's settings, and its frontier points (``frontier(name,
+    subject, strength)`` at every snapshot along the trajectory); both reused while their stamp (model, data,
+    settings, seed) is unchanged."""
+    ckpt = out / "checkpoints" / method
+    points_file = out / "checkpoints" / f"{method}.frontier.json"
+    settings = method_settings(method, steps, target)
+    stamp = checkpoint_stamp(lazy, method, forget, retain, steps, target)
+
+    def train() -> tuple[Path, list[dict]]:
+        base = lazy.get()
+        points: list[dict] = []
+        every = BUDGET["frontier"]["every"]
+
+        def snap(step: int, model: Any) -> None:
+            if frontier is not None and method != "task_vector" and step % every == 0:
+                points.extend(frontier(f"{method}@{step}", snapshot_subject(model, base.tokenizer, f"{method}@{step}",
+                                                                            base.source), float(step)))
+
+        # no mid-run resume state for these short runs (saving it costs more than redoing them); the
+        # finished checkpoint is the resume point of the demo
+        path = unlearn(base, method, forget, retain, ckpt, progress=progress, overwrite=True, on_snapshot=snap,
+                       **settings)
+        prov = read_provenance(path)
+        if frontier is not None and method == "task_vector":  # strengths: fractions of the calibrated scale
+            a = prov.get("resolved", {}).get("tv_scale", settings.get("tv_scale", 1.0))
+            for frac in BUDGET["tv_fractions"]:
+                name = f"{method}@{frac:g}a"
+                subject = models.load_model(str(path), dtype=base.dtype) if frac == 1 else interpolated(base, path, frac, name)
+                points.extend(frontier(name, subject, float(frac * a)))
+        elif frontier is not None and prov["steps"] % every:  # the last snapshot: the checkpoint itself
+            points.extend(frontier(f"{method}@{prov['steps']}", models.load_model(str(path), dtype=base.dtype),
+                                   float(prov["steps"])))
+        atomic_write_json(points_file, points)
+        return path, points
+
+    return stage(f"unlearn {method}", out / "checkpoints" / f"{method}.stamp.json", stamp,
+                 lambda: (ckpt / "unpact.json").exists() and points_file.exists(),
+                 lambda: (ckpt, json.loads(points_file.read_text())), train, on_change)
+
+
+def checkpoint_stamp(lazy: LazyBase, method: str, forget: list, retain: list, steps: int | None,
+                      target: float) -> dict[str, Any]:
+    """What determines a method's checkpoint: model, method, its settings, the forget/retain data and the code."""
+    return make_stamp(CODE, model=lazy.key, method=method, settings=method_settings(method, steps, target),
+                      forget=data_hash([probe_key(p) for p in forget]),
+                      retain=data_hash([probe_key(p) for p in retain]), frontier=BUDGET["frontier"])

@@ -1,0 +1,66 @@
+"""Checkpoints: an HF directory (safetensors) with ``unpact.json`` provenance, written atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from unpact_mech.errors import ModelSpecError
+from unpact_mech.io import atomic_write_json, check_output, umask
+
+PROVENANCE_FILE = "unpact.json"
+
+
+def read_provenance(directory: str | Path) -> dict[str, Any]:
+    """The ``unpact.json`` of a checkpoint directory, or {} if absent (or a hub id)."""
+    path = Path(directory) / PROVENANCE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        prov = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ModelSpecError(f"'{path}' is not valid JSON ({err}); the checkpoint is damaged") from err
+    if not isinstance(prov, dict):
+        raise ModelSpecError(f"'{path}' must hold a JSON object; the checkpoint is damaged")
+    return prov
+
+
+def data_hash(records: Any) -> str:
+    """Stable short hash of JSON-serialisable data (used to record which data made a checkpoint)."""
+    return hashlib.sha256(json.dumps(records, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def save_checkpoint(hf_model: Any, tokenizer: Any, out_dir: str | Path, provenance: dict[str, Any],
+                    overwrite: bool = False) -> Path:
+    """Write an HF-format checkpoint (safetensors) with ``unpact.json`` atomically (temp dir, then rename).
+
+    An existing checkpoint is replaced only with ``overwrite``; an existing *file* at ``out_dir`` is never touched.
+    A kill at any moment leaves the old complete checkpoint (at ``out_dir`` or, between the two renames,
+    ``out_dir.old``) or the new one, never a half-written directory at ``out_dir``.
+    """
+    out = check_output(out_dir, kind="dir", overwrite=overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
+    os.chmod(tmp, 0o777 & ~umask())
+    try:
+        hf_model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        prov = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), **provenance}
+        atomic_write_json(tmp / PROVENANCE_FILE, prov)
+        old = out.with_name(out.name + ".old")
+        if out.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)  # also one left by a run killed between the two renames
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -1,0 +1,83 @@
+"""Result tables for the report and the CLI: the per-criterion summary, and rates formatted for reading.
+
+Numbers stay numbers until here: ``format_rates`` and ``route_table`` are the only places a rate becomes text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from unpact_mech.criteria import CRITERIA
+from unpact_mech.emphasis import EMPHASIS_NAMES
+
+
+def format_rates(table: pd.DataFrame) -> pd.DataFrame:
+    """For display only: each rate column as 'rate (k/n, low-high)' and each estimate with an interval (and
+    p-value) as 'est (low to high, p=..)', their count/interval columns dropped."""
+    out = table.copy()
+    for name in [c for c in table.columns if f"{c}_n" in table.columns]:
+        def fmt(r: Any, name: str = name) -> str:
+            n = r[f"{name}_n"]
+            if not n or n != n:
+                return "n/a"
+            k = r[f"{name}_k"]
+            ks = f"{int(k)}" if float(k).is_integer() else f"{k:.1f}"
+            return f"{r[name]:.2f} ({ks}/{int(n)}, {r[f'{name}_low']:.2f}-{r[f'{name}_high']:.2f})"
+
+        out[name] = table.apply(fmt, axis=1)
+        out = out.drop(columns=[f"{name}_{k}" for k in ("k", "n", "low", "high")])
+    for name in [c for c in table.columns if f"{c}_low" in table.columns and f"{c}_n" not in table.columns]:
+        def fmt_ci(r: Any, name: str = name) -> str:
+            if r[name] != r[name]:
+                return "n/a"
+            p = f", p={r[f'{name}_p']:.2f}" if f"{name}_p" in table.columns else ""
+            return f"{r[name]:+.2f} ({r[f'{name}_low']:+.2f} to {r[f'{name}_high']:+.2f}{p})"
+
+        out[name] = table.apply(fmt_ci, axis=1)
+        out = out.drop(columns=[c for c in (f"{name}_low", f"{name}_high", f"{name}_p") if c in out.columns])
+    return out
+
+
+def route_table(t: pd.DataFrame) -> pd.DataFrame:
+    """Readable route table: rates as 'rate (k/n, low-high)', excess as 'est (low to high)'."""
+
+    def rate(r: Any, name: str) -> str:
+        if not r[f"{name}_n"] == r[f"{name}_n"] or not r[f"{name}_n"]:
+            return "-"
+        return f"{r[name]:.2f} ({r[f'{name}_k']:g}/{int(r[f'{name}_n'])}, {r[f'{name}_low']:.2f}-{r[f'{name}_high']:.2f})"
+
+    out = pd.DataFrame({
+        "method": t["method"], "route": t["route"], "treatment": t["treatment"], "criterion": t["criterion"],
+        "recovered": [rate(r, "recovered") for _, r in t.iterrows()],
+        "control": [f"{c}: {rate(r, 'control')}" for c, (_, r) in zip(t.control_kind, t.iterrows())],
+        "excess": [f"{r.excess:+.2f} ({r.excess_low:+.2f} to {r.excess_high:+.2f})" if r.excess == r.excess else "-"
+                   for _, r in t.iterrows()],
+        "base kept": [rate(r, "base_kept") if "base_kept_n" in t and r.base_kept == r.base_kept else "-"
+                      for _, r in t.iterrows()],
+    })
+    return out
+
+
+
+
+def summary_columns(criterion: str) -> list[str]:
+    """The summary table's columns under one criterion (``teacher_forced`` or ``generation``)."""
+    sfx = CRITERIA[criterion].suffix
+    rec = [c for r in EMPHASIS_NAMES for c in (f"recovery_{r}{sfx}", f"recovery_{r}_random{sfx}", f"recovery_{r}_fw{sfx}",
+                                          f"specific_{r}{sfx}")]
+    return ["method", "steps", "target_reached", "tv_scale", "forget_acc", "forget_acc_gen", "forget_lp_before",
+            "forget_lp_after", "focus_before", "focus_after", "keytoken_jaccard", *rec, f"destructive_retain{sfx}",
+            f"destructive_general{sfx}", "fw_change", "keytoken_change", "content_change"]
+
+
+def summary_table(rows: list[dict[str, Any]], criterion: str | None = None) -> pd.DataFrame:
+    """One row per method: every number of the summary with its counts and interval columns (``criterion``:
+    only that criterion's columns; None: both)."""
+    # results read back from JSON hold null where a fresh run holds NaN (JSON has no NaN)
+    df = pd.DataFrame(rows).replace({None: float("nan")}).infer_objects()
+    names = list(dict.fromkeys(c for name in CRITERIA for c in summary_columns(name))) \
+        if criterion is None else summary_columns(criterion)
+    cols = [x for c in names for x in (c, *(f"{c}_{k}" for k in ("k", "n", "low", "high", "p")))]
+    return df[[c for c in cols if c in df.columns]]
