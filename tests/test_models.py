@@ -4,9 +4,8 @@ import pytest
 import torch
 
 from unpact_mech import models
-from unpact_mech.models import builtin
 from unpact_mech.errors import OutputError
-from unpact_mech.models import ModelSpecError, load_model, read_provenance, save_checkpoint
+from unpact_mech.models import ModelSpecError, builtin, load_model, read_provenance, save_checkpoint
 
 
 def test_unknown_spec_is_a_clear_error(tmp_path):

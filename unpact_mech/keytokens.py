@@ -14,7 +14,7 @@ with c_i > alpha (eq.4). The paper does not publish its constants; ours:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,9 +45,6 @@ class KeyTokenParams:
             raise UnpactError(f"beta must be >= 1, got {self.beta}")
         if self.max_keytokens is not None and self.max_keytokens < 1:
             raise UnpactError(f"max_keytokens must be >= 1 or None, got {self.max_keytokens}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def select_keytokens(

@@ -7,8 +7,6 @@ from typing import Any
 
 import pandas as pd
 
-from unpact_mech.errors import UnpactError
-
 COLUMNS = ["probe_id", "model", "method", "position", "token", "layer", "head", "component", "score"]
 _DTYPES = {
     "probe_id": "string",
@@ -31,11 +29,3 @@ def make_table(rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame
             df[col] = pd.NA
     extra = [c for c in df.columns if c not in COLUMNS]
     return df[COLUMNS + extra].astype(_DTYPES)
-
-
-def check_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Raise if a table lacks the shared columns."""
-    missing = [c for c in COLUMNS if c not in df.columns]
-    if missing:
-        raise UnpactError(f"not an attribution table: missing columns {missing}")
-    return df

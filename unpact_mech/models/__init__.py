@@ -165,8 +165,8 @@ def load_model(
 
     Weights are loaded once, in ``dtype`` ("float32", "bfloat16" or "float16"); scores are float64 after the
     forward. Placement: ``device`` ("cuda:0"), an HF ``device_map`` ("auto", "balanced", dict) or ``n_devices``
-    (balanced over the first n GPUs) for models larger than one device. Compatibility mode's weight folding
-    refuses CPU/disk-offloaded maps (TransformerLens limitation), so keep big models on GPUs.
+    (balanced over the first n GPUs) for models larger than one device. The bridge boots without weight
+    processing (``no_processing=True``): the weights are used as loaded, with no folded second copy.
     ``trust_remote_code`` runs Python code shipped with the model (off: such models are refused);
     ``allow_pickle`` accepts pickled ``.bin`` weights (off: safetensors only). Both run code a model's author wrote.
     """

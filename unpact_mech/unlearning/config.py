@@ -13,7 +13,13 @@ class UnlearningError(UnpactError):
 
 @dataclass
 class UnlearnConfig:
-    """Hyperparameters of every method; unused ones are ignored (and still recorded)."""
+    """Hyperparameters of every method; unused ones are ignored (and still recorded).
+
+    ``gamma``, ``alpha`` and ``beta`` keep open-unlearning's names (its trainer configs), so a published config
+    maps field for field: gamma weighs the forget term, alpha the retain term, beta is the inverse temperature of
+    NPO, SimNPO and IdkDPO. They are unrelated to the KeyToken constants ``KeyTokenParams.alpha/beta`` (paper
+    eq. 3-4), which live in ``unpact_mech.keytokens``.
+    """
 
     lr: float = 1e-5
     steps: int = 10
