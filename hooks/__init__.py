@@ -230,18 +230,11 @@ def patch_from_cache(
                 raise UnpactError(f"cannot patch {name}: source shape {tuple(src.shape)} vs target {tuple(act.shape)}")
             act = act.clone()
             s = src.to(act.dtype)
-            if not pos_rows and not head_rows:  # one patch for every row
-                s = s.expand_as(act) if s.shape[0] == 1 else s
-                pos, hsel = sel(positions, False, 0), sel(heads, False, 0)
-                if heads is None:
-                    act[:, pos] = s[:, pos]
-                else:
-                    a_sub = act[:, pos]
-                    a_sub[:, :, hsel] = s[:, pos][:, :, hsel]
-                    act[:, pos] = a_sub
-                return act
-            n_rows = len(cast(Sequence[Any], positions if pos_rows else heads))
-            for r in range(min(act.shape[0], n_rows)):
+            n_rows = act.shape[0]  # a shared patch applies to every row; per-row specs to their rows
+            for spec, per_row in ((positions, pos_rows), (heads, head_rows)):
+                if per_row:
+                    n_rows = min(n_rows, len(cast(Sequence[Any], spec)))
+            for r in range(n_rows):
                 sr = s[0 if s.shape[0] == 1 else r]
                 pos, hsel = sel(positions, pos_rows, r), sel(heads, head_rows, r)
                 if heads is None:

@@ -30,9 +30,7 @@ from unpact_mech.scoring import (
     generate_answers,
     memoized,
     probe_table,
-    score_probes,
 )
-from unpact_mech.scoring import fact_top1 as fact_top1
 from unpact_mech.subject import Subject
 
 Judge = Callable[[Subject, Sequence[TokenizedProbe], Emphasis | None], pd.DataFrame]
@@ -84,12 +82,7 @@ def check_criteria(names: Sequence[str]) -> list[Criterion]:
 
 @register_criterion("teacher_forced", extra="lp", suffix="")
 def _teacher_forced(subject: Subject, tprobes: Sequence[TokenizedProbe], emphasis: Emphasis | None) -> pd.DataFrame:
-    if emphasis is None:
-        return probe_table(subject, tprobes).rename(columns={"fact_top1": "correct"})
-    scores = score_probes(subject, tprobes, emphasis=emphasis)
-    return pd.DataFrame({"probe_id": [tp.probe.id for tp in tprobes], "split": [tp.probe.split for tp in tprobes],
-                         "model": subject.name, "lp": [s.lp for s in scores],
-                         "correct": [fact_top1(tp, s) for tp, s in zip(tprobes, scores)]})
+    return probe_table(subject, tprobes, emphasis=emphasis).rename(columns={"fact_top1": "correct"})
 
 
 @register_criterion("generation", extra="generated", suffix="_gen", costly=True)
@@ -120,5 +113,5 @@ def generation_table(subject: Subject, tprobes: Sequence[TokenizedProbe], hooks:
     })
 
 
-__all__ = ["CRITERIA", "GEN_EXTRA_TOKENS", "Criterion", "check_criteria", "criterion", "fact_top1",
-           "generation_table", "register_criterion"]
+__all__ = ["CRITERIA", "GEN_EXTRA_TOKENS", "Criterion", "check_criteria", "criterion", "generation_table",
+           "register_criterion"]

@@ -26,7 +26,7 @@ from unpact_mech.errors import UnpactError, check_finite_factor
 from unpact_mech.hooks import EMPHASIS_MODES, Emphasis
 from unpact_mech.keytokens import KeyTokenParams
 from unpact_mech.probes import Probe, TokenizedProbe, tokenize_probe
-from unpact_mech.scoring import check_emphasis, fact_top1, score_probes
+from unpact_mech.scoring import check_emphasis, emphasis_hooks, fact_top1, score_probes
 from unpact_mech.subject import Subject
 
 PROMPT_STYLES: tuple[str, ...] = ("repeat", "mark", "instruct")
@@ -72,9 +72,8 @@ def emphasize(
     if positions is None:
         positions = keytoken_positions(reference or subject, [tp], params)[0]
     check_positions(tp, positions)
-    emphasis = Emphasis.of(route, [positions], factor)
-    check_emphasis(subject, emphasis)
-    s = score_probes(subject, [tp], emphasis.hooks(subject.n_layers) if positions else [])[0]
+    hooks = emphasis_hooks(subject, Emphasis.of(route, [positions], factor))
+    s = score_probes(subject, [tp], hooks if positions else [])[0]
     return EmphasisResult(s.lp, fact_top1(tp, s), bool(s.top1.all()))
 
 

@@ -117,14 +117,13 @@ BACKEND_KINDS = ("transformer_lens", "hf")
 
 
 def wrap(hf_model: Any, tokenizer: Any, name: str, source: str, backend: str | Backend = "transformer_lens",
-         provenance: dict[str, Any] | None = None, from_like: Subject | None = None) -> Subject:
+         provenance: dict[str, Any] | None = None) -> Subject:
     """A Subject around an HF causal LM in memory (frozen, eval mode), with the backend ``backend``:
 
     * ``"transformer_lens"``: the TransformerLens bridge (hooks, caches, DLA; modifies ``hf_model`` in place);
     * ``"hf"``: the plain HF backend (scoring and generation only; cheaper than booting TransformerLens);
     * a ready :class:`~unpact_mech.backends.Backend` (e.g. nnsight's).
 
-    ``from_like``: a subject whose loader and load options the new one shares (it reloads the same ``source``).
     Every computation on the subject, the KV-cache fast path included, uses these in-memory weights.
     """
     if isinstance(backend, str):
@@ -132,7 +131,4 @@ def wrap(hf_model: Any, tokenizer: Any, name: str, source: str, backend: str | B
             raise UnpactError(f"unknown backend {backend!r}: use one of {BACKEND_KINDS}")
         backend = (BridgeBackend(boot_bridge(hf_model, tokenizer, source)) if backend == "transformer_lens"
                    else HFBackend(frozen(hf_model)))
-    subject = Subject(name, backend, tokenizer, source, provenance or {})
-    if from_like is not None:
-        subject.loader, subject.load_options = from_like.loader, dict(from_like.load_options)
-    return subject
+    return Subject(name, backend, tokenizer, source, provenance or {})

@@ -150,7 +150,7 @@ def _run_steps(m: Method, state: State, params: list[torch.nn.Parameter], opt: t
                gen: torch.Generator, f_ex: list[Example], r_ex: list[Example], pad_id: int, step: int,
                history: list[dict[str, Any]], progress: bool, on_step: Callable[[int, dict[str, float]], None] | None,
                on_snapshot: Callable[[int, Any], None] | None, save: Callable[[int], None] | None,
-               last_good: str) -> tuple[int, int | None, tuple[int, float]]:
+               last_good: Callable[[], str]) -> tuple[int, int | None, tuple[int, float]]:
     """The training loop shared by :func:`unlearn` and :func:`fit`: seeded batches, the method's loss, a
     non-finite-loss guard, AdamW with gradient clipping, a non-finite-weight guard, snapshots, calibration to the
     forget target and resume states. Returns (steps done, step stopped at the target or None, last check)."""
@@ -168,7 +168,7 @@ def _run_steps(m: Method, state: State, params: list[torch.nn.Parameter], opt: t
         loss = torch.stack(list(terms.values())).sum()
         if not torch.isfinite(loss):
             raise UnlearningError(
-                f"{method}: loss became {float(loss.detach())} at step {step + 1}; the last good state is {last_good} "
+                f"{method}: loss became {float(loss.detach())} at step {step + 1}; the last good state is {last_good()} "
                 "(lower lr or steps)"
             )
         opt.zero_grad()
@@ -237,7 +237,7 @@ def fit(subject: Subject, data: Sequence[Probe | str], method: Method | None = N
     f_ex = to_examples(tok, data, cfg.fmt)
     model, state, params, opt, gen = _prepare(subject, m, cfg, f_ex, [], data, tok, pad_id)
     _run_steps(m, state, params, opt, gen, f_ex, [], pad_id, 0, [], progress, None, on_snapshot, None,
-               "the starting model")
+               lambda: "the starting model")
     return model.eval()
 
 
@@ -303,7 +303,7 @@ def unlearn(
     step, stopped_at, checked = _run_steps(m, state, params, opt, gen, f_ex, r_ex, pad_id, step, history, progress,
                                            on_step, on_snapshot, lambda k: save_state(resume, model, opt, gen, k,
                                                                                        history, run_key),
-                                           f"{resume.meta if resume.exists() else 'the base model'}")
+                                           lambda: f"{resume.meta if resume.exists() else 'the base model'}")
     m.finish(state)
     model.eval()
     acc1 = checked[1] if checked[0] == step and m.calibrates else fact_accuracy(model, f_ex, pad_id)
