@@ -19,7 +19,7 @@ def main() -> None:
     add_run_arguments(ap, "unpact_out/dilemma")
     ap.add_argument("--no-patch", action="store_true")
     a = ap.parse_args()
-    t = run_demo(a.model, a.methods.split(","), a.out, a.steps, a.target, patch=not a.no_patch, on_change=a.on_change)
+    t = run_demo(a.model, a.methods, a.out, a.steps, a.target, patch=not a.no_patch, on_change=a.on_change)
     with pd.option_context("display.width", 250, "display.max_columns", 30):
         print(t.round(3).to_string(index=False))
 

@@ -30,7 +30,7 @@ def main() -> None:
     tf, tr = tokenize_probes(base, forget), tokenize_probes(base, retain)
     bf, br = probe_table(base, tf), probe_table(base, tr)
     rows = []
-    for m in a.methods.split(","):
+    for m in a.methods:
         t0 = time.perf_counter()
         ckpt = unlearn_stage(LazyBase(base), m, forget, retain, Path(a.out), a.steps, a.target, progress=False)
         prov = read_provenance(ckpt)

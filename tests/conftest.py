@@ -89,6 +89,12 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_llama_other_dir(tmp_path_factory) -> Path:
+    """A second tiny Llama (other seed, same tokenizer): a stand-in for an unlearned model that differs."""
+    return make_tiny(tmp_path_factory.mktemp("tiny_llama_other"), "llama", seed=1)
+
+
+@pytest.fixture(scope="session")
 def tiny_gpt2_dir(tmp_path_factory) -> Path:
     return make_tiny(tmp_path_factory.mktemp("tiny_gpt2"), "gpt2")
 

@@ -59,7 +59,7 @@ def test_dtype_reaches_the_model_and_scores_agree(tiny_llama_dir, capsys, tmp_pa
     assert diff.max() <= 8 * 2**-8 * 6 and diff.max() > 0  # bf16 really ran
 
 
-def test_recover_and_atp_patch_cli(tiny_llama_dir, tmp_path, capsys, tiny_probes):
+def test_recover_and_atp_patch_cli(tiny_llama_dir, tiny_llama_other_dir, tmp_path, capsys, tiny_probes):
     """`unpact recover` writes the route table; `unpact patch --method atp` writes the exact method's tables."""
     import dataclasses
 
@@ -75,11 +75,11 @@ def test_recover_and_atp_patch_cli(tiny_llama_dir, tmp_path, capsys, tiny_probes
     assert rc == 0, capsys.readouterr().err
     t = read_table(tmp_path / "rec" / "recovery_routes.csv")
     assert list(t.route) == ["quantize", "quantize", "in_context", "relearn"] and (t.n == 0).all()  # nothing forgotten
-    rc = main(["patch", "--base", str(tiny_llama_dir), "--unlearned", str(tiny_llama_dir), "--probes", str(pf),
+    rc = main(["patch", "--base", str(tiny_llama_dir), "--unlearned", str(tiny_llama_other_dir), "--probes", str(pf),
                "--format", "plain", "--method", "atp", "--out", str(tmp_path / "atp")])
     assert rc == 0, capsys.readouterr().err
     pos = read_table(tmp_path / "atp" / "patch_positions.csv")
     assert set(pos.method) == {"atp"} and len(pos) and pos.lp.notna().all()
-    assert main(["patch", "--base", str(tiny_llama_dir), "--unlearned", str(tiny_llama_dir), "--probes", str(pf),
-                 "--method", "guess", "--out", str(tmp_path / "bad")]) == 2
-    assert "methods: ['exact', 'atp']" in capsys.readouterr().err
+    assert main(["patch", "--base", str(tiny_llama_dir), "--unlearned", str(tiny_llama_other_dir), "--probes",
+                 str(pf), "--method", "guess", "--out", str(tmp_path / "bad")]) == 2
+    assert "invalid choice: 'guess'" in capsys.readouterr().err

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from unpact_mech.cli import main
+from unpact_mech.errors import UnpactError
 from unpact_mech.sharding import ShardError, canonical, merge_parts, parse_shard, take_shard
 
 
@@ -46,6 +47,6 @@ def test_merge_refuses_mismatched_or_missing(tiny_llama_dir, probe_file, tmp_pat
 def test_shard_parsing():
     assert parse_shard("1/4") == (1, 4) and parse_shard(None) is None
     assert take_shard(list(range(7)), (1, 3)) == [1, 4]
-    for bad in ("4/4", "x", "1/0"):
-        with pytest.raises(ShardError):
+    for bad in ("4/4", "x", "1/0", ""):
+        with pytest.raises(UnpactError, match="--shard"):
             parse_shard(bad)

@@ -12,6 +12,7 @@ from scipy.stats import spearmanr
 from unpact_mech.analysis import Analysis, as_analysis
 from unpact_mech.attribution.loo import LooResult, loo_contributions
 from unpact_mech.display import frame_html, loo_block, nb_html
+from unpact_mech.errors import UnpactError
 from unpact_mech.keytokens import KeyTokenParams, focus_share, select_keytokens
 from unpact_mech.probes import Probe, TokenizedProbe
 from unpact_mech.subject import Subject, TokenizerMismatch, check_same_tokenizer
@@ -49,6 +50,8 @@ def prepare_comparison(
     base: Analysis | Subject, unlearned: Subject, probes: Sequence[Probe | TokenizedProbe] | None, params: KeyTokenParams | None, fmt: str
 ) -> tuple[Analysis, list[TokenizedProbe]]:
     """Shared prologue of comparisons: the base side (an Analysis, given or built) and the same tokenizer."""
+    if probes is not None and not len(probes):
+        raise UnpactError("no probes to compare: give at least one probe")
     an, tps = as_analysis(base, probes, params, fmt)
     check_same_tokenizer(an.base, unlearned)
     return an, tps

@@ -8,6 +8,7 @@ refused; every message names the problem and the fix.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -30,15 +31,66 @@ class OutputError(UnpactError):
     """An output path that cannot or may not be written."""
 
 
-def check_finite_factor(factor: Any, what: str = "emphasis factor") -> float:
-    """``factor`` as a float if it is finite and > 0, else one clear error."""
+MAX_FACTOR = 1000.0  # emphasis scales embeddings by the factor: beyond this they overflow in half precision
+
+
+def _say(what: str, rule: str, got: Any) -> UnpactError:
+    return UnpactError(f"{what + ' ' if what else ''}must be {rule}, got {got!r}")
+
+
+def check_int(value: Any, what: str = "", lo: int = 1, hi: int | None = None) -> int:
+    """``value`` (an int, or its decimal text) as an int in ``[lo, hi]``; fractions, bools and text refused."""
+    rule = f"a whole number >= {lo}" if hi is None else f"a whole number in {lo}..{hi}"
+    if isinstance(value, bool) or isinstance(value, float):
+        raise _say(what, rule, value)
     try:
-        f = float(factor)
-    except (TypeError, ValueError) as err:
-        raise UnpactError(f"{what} must be a number, got {factor!r}") from err
-    if not math.isfinite(f) or f <= 0:
-        raise UnpactError(f"{what} must be finite and > 0, got {factor!r}")
+        n = int(value.strip()) if isinstance(value, str) else int(value)
+    except (TypeError, ValueError, AttributeError):
+        raise _say(what, rule, value) from None
+    if n < lo or (hi is not None and n > hi):
+        raise _say(what, rule, value)
+    return n
+
+
+def check_float(value: Any, what: str = "", lo: float = 0.0, hi: float = math.inf, lo_open: bool = True,
+                hi_open: bool = False) -> float:
+    """``value`` as a finite float in the interval ``lo..hi`` (each end open or closed); NaN and inf refused."""
+    rule = (f"a finite number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}" if math.isfinite(hi)
+            else f"a finite number {'>' if lo_open else '>='} {lo:g}")
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        f = float(value)
+    except (TypeError, ValueError):
+        raise _say(what, rule, value) from None
+    if not math.isfinite(f) or f < lo or f > hi or (lo_open and f == lo) or (hi_open and f == hi):
+        raise _say(what, rule, value)
     return f
+
+
+def check_unique(items: Sequence[Any], what: str = "") -> list[Any]:
+    """A non-empty list with no item twice (a repeated item would give every row twice)."""
+    items = list(items)
+    if not items:
+        raise UnpactError(f"{what + ' ' if what else ''}must name at least one value, got none")
+    twice = sorted({str(x) for x in items if items.count(x) > 1})
+    if twice:
+        raise UnpactError(f"{what + ' ' if what else ''}names {', '.join(twice)} more than once; give each once")
+    return items
+
+
+def check_choices(items: Sequence[str], choices: Sequence[str], what: str = "") -> list[str]:
+    """Unique, non-empty ``items``, each one of ``choices``."""
+    bad = [x for x in items if x not in choices]
+    if bad:
+        raise UnpactError(f"{what + ' ' if what else ''}has unknown value(s) {', '.join(map(repr, bad))}; choose "
+                          f"from {', '.join(choices)}")
+    return check_unique(items, what)
+
+
+def check_finite_factor(factor: Any, what: str = "emphasis factor") -> float:
+    """``factor`` as a float if it is finite, > 0 and <= MAX_FACTOR, else one clear error."""
+    return check_float(factor, what, 0.0, MAX_FACTOR)
 
 
 class ModelSpecError(UnpactError):

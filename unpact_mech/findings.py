@@ -17,6 +17,7 @@ from unpact_mech.criteria import check_criteria
 from unpact_mech.criteria import criterion as get_criterion
 from unpact_mech.display import frame_html, nb_html
 from unpact_mech.emphasis import emphasis_sweep
+from unpact_mech.errors import UnpactError, check_choices, check_finite_factor, check_int, check_unique
 from unpact_mech.hooks import EMPHASIS_MODES
 from unpact_mech.keytokens import KeyTokenParams, select_keytokens
 from unpact_mech.metrics import destructive_rate
@@ -111,9 +112,16 @@ def recovery(
     ``base``: an :class:`~unpact_mech.analysis.Analysis` (its KeyTokens and scores are reused) or a Subject.
     """
     check_criteria(criteria)
+    factors = check_unique([check_finite_factor(f, "each factor") for f in factors], "factors")
+    check_int(n_draws, "n_draws", 1)
+    if routes:
+        check_choices(list(routes), EMPHASIS_MODES, "routes")
+    emph = [f for f in factors if f != 1.0]
+    if (routes or prompt_styles) and not emph:
+        raise UnpactError(f"factors {list(factors)} hold no emphasis (1 is the unemphasised baseline, always scored); "
+                          "add a factor other than 1")
     an, tps = prepare_comparison(base, unlearned, probes, params, fmt)
     keys = dict(zip([tp.probe.id for tp in tps], an.keytoken_positions(tps)))
-    emph = [float(f) for f in factors if f != 1.0]
     gen_f = emph if gen_factors is None else [float(f) for f in gen_factors if f != 1.0]
     elig_rows, sweep_rows = [], []
     for crit in criteria:

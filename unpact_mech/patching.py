@@ -68,8 +68,16 @@ def _grid(base: Subject, tp: TokenizedProbe, kinds: Sequence[str], layers: Seque
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         raise UnpactError(f"unknown patch kind(s) {unknown}: use {sorted(KINDS)}")
-    layers = list(range(base.cfg.n_layers)) if layers is None else list(layers)
-    return layers, list(range(min(tp.attributable), len(tp.ids) - 1)) if positions is None else list(positions)
+    n_layers, n_pos = base.cfg.n_layers, len(tp.ids) - 1  # the last token predicts nothing
+    layers = list(range(n_layers)) if layers is None else list(layers)
+    positions = list(range(min(tp.attributable), n_pos)) if positions is None else list(positions)
+    bad_l = [x for x in layers if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < n_layers]
+    bad_p = [x for x in positions if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < n_pos]
+    if bad_l or bad_p or not layers or not positions:
+        raise UnpactError(f"probe '{tp.probe.id}': patching needs layers in 0..{n_layers - 1} and positions in "
+                          f"0..{n_pos - 1}, got layers {bad_l or layers[:0] or 'none'} and positions "
+                          f"{bad_p or positions[:0] or 'none'}")
+    return layers, positions
 
 
 def patch_positions(
@@ -194,6 +202,12 @@ def patch(
     """(per-position table, per-head table) of restorations by ``method`` (``exact`` or ``atp``)."""
     if method not in PATCH_METHODS:
         raise UnpactError(f"unknown patching method {method!r}: use one of {PATCH_METHODS}")
+    _grid(base, tp, kinds, layers, positions)
+    lp_base, lp_unl = (score_sequences(m, [(tp.ids, tp.prompt_len)])[0].lp for m in (base, unlearned))
+    if lp_base == lp_unl:
+        raise UnpactError(f"probe '{tp.probe.id}': the two models give the answer the same log-prob ({lp_base:.4f}), "
+                          "so there is nothing to restore (every restoration would be 0/0); are --base and "
+                          "--unlearned the same model?")
     if method == "atp":
         return atp(base, unlearned, tp, kinds, layers, positions, direction)
     pos = patch_positions(base, unlearned, tp, kinds, layers, positions, direction)

@@ -27,6 +27,9 @@ class ProbeError(UnpactError):
     """A probe that cannot be used (empty text, too long, fact not inside the answer...)."""
 
 
+SPLITS = ("forget", "retain", "general")  # what the analyses do with a probe: test forgetting, keep, control
+
+
 @dataclass(frozen=True)
 class Probe:
     """One question/answer pair. ``fact`` is the span of ``answer`` that carries the fact (default: all)."""
@@ -53,6 +56,8 @@ class Probe:
             raise ProbeError(f"probe '{self.id}': 'keywords' must be a list of strings")
         if not str(self.id):
             raise ProbeError("probe has an empty id")
+        if self.split not in SPLITS:
+            raise ProbeError(f"probe '{self.id}': unknown split {self.split!r}; splits are {', '.join(SPLITS)}")
         if not self.prompt or not self.prompt.strip():
             raise ProbeError(f"probe '{self.id}': empty prompt")
         if not self.answer or not self.answer.strip():
@@ -99,6 +104,8 @@ class Probe:
 def load_probes(path: str | Path) -> list[Probe]:
     """Read probes from a JSON-lines file (fields: id, prompt, answer; optional split, fact, domain)."""
     path = Path(path)
+    if path.is_dir():
+        raise ProbeError(f"probe file '{path}' is a directory; give a JSON-lines file")
     if not path.is_file():
         raise ProbeError(f"probe file '{path}' does not exist")
     try:
@@ -107,7 +114,7 @@ def load_probes(path: str | Path) -> list[Probe]:
         raise ProbeError(f"probe file '{path}' is not UTF-8 text ({err.reason} at byte {err.start}); "
                          "save it as UTF-8") from err
     probes = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text.split("\n"), 1):  # JSON lines end at \n only: U+2028 may sit inside a string
         if not line.strip():
             continue
         try:

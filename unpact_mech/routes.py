@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from unpact_mech.analysis import Analysis
 from unpact_mech.backends.hf import HFBackend
 from unpact_mech.criteria import check_criteria
-from unpact_mech.errors import UnknownNameError, UnpactError
+from unpact_mech.errors import UnknownNameError, UnpactError, check_unique
 from unpact_mech.findings import CRITERIA, judge, recovery
 from unpact_mech.hooks import EMPHASIS_MODES
 from unpact_mech.probes import Probe, TokenizedProbe, tokenize_probes
@@ -125,16 +125,16 @@ def route_data(probes: Sequence[Probe], n: int, shots: int, n_control: int
     return by["forget"][:n], by["retain"][:n], by["general"][:shots], by["general"][shots : shots + n_control]
 
 
-def recover(base: Analysis, unlearned: Subject, forget: Sequence[Probe], unknown: Sequence[Probe] = (),
-            retain: Sequence[Probe] = (), shots: Sequence[Probe] = (), routes: Sequence[str] = ("emphasis",),
-            criteria: Sequence[str] = CRITERIA, options: dict[str, dict[str, Any]] | None = None,
-            cache: dict[Any, Any] | None = None, progress: bool = False) -> pd.DataFrame:
-    """The "how superficial is the forgetting" table: one row per (route, treatment, criterion); see the module
-    docstring for the columns. ``cache`` may be shared across unlearned models (it keeps the quantised base)."""
+def check_route_data(routes: Sequence[str], forget: Sequence[Probe], unknown: Sequence[Probe] = (),
+                     retain: Sequence[Probe] = (), shots: Sequence[Probe] = ()) -> None:
+    """Everything about the routes' data that needs no model: known, unrepeated routes; forget probes; data
+    disjoint from the forget set; control facts apart from training data and shots; each route's own data."""
     unknown_routes = [r for r in routes if r not in RECOVERY_ROUTES]
     if unknown_routes:
         raise UnknownNameError(f"unknown recovery route(s) {unknown_routes}; available: {sorted(RECOVERY_ROUTES)}")
-    check_criteria(criteria)
+    check_unique(list(routes), "routes")
+    if not forget:
+        raise UnpactError("no forget probes: the recovery routes test forget probes")
     forget_ids = {p.id for p in forget}
     overlap = sorted(forget_ids & {p.id for p in [*retain, *shots, *unknown]})
     if overlap:
@@ -146,6 +146,20 @@ def recover(base: Analysis, unlearned: Subject, forget: Sequence[Probe], unknown
         raise UnpactError("the relearn route needs retain probes (data disjoint from the forget set)")
     if "in_context" in routes and not shots:
         raise UnpactError("the in_context route needs shot probes (other facts for the few-shot prompt)")
+    needs_control = [r for r in routes if r != "emphasis"]
+    if needs_control and not unknown:
+        raise UnpactError(f"the {', '.join(needs_control)} route(s) compare with control facts (general probes after "
+                          "the shots, which the base does not know), and there are none: add general probes")
+
+
+def recover(base: Analysis, unlearned: Subject, forget: Sequence[Probe], unknown: Sequence[Probe] = (),
+            retain: Sequence[Probe] = (), shots: Sequence[Probe] = (), routes: Sequence[str] = ("emphasis",),
+            criteria: Sequence[str] = CRITERIA, options: dict[str, dict[str, Any]] | None = None,
+            cache: dict[Any, Any] | None = None, progress: bool = False) -> pd.DataFrame:
+    """The "how superficial is the forgetting" table: one row per (route, treatment, criterion); see the module
+    docstring for the columns. ``cache`` may be shared across unlearned models (it keeps the quantised base)."""
+    check_route_data(routes, forget, unknown, retain, shots)
+    check_criteria(criteria)
     ctx = RouteContext(base, unlearned, base.add(list(forget)), base.add(list(unknown)) if unknown else [],
                        list(retain), list(shots), tuple(criteria), options or {}, {} if cache is None else cache)
     rows = []

@@ -15,8 +15,11 @@ from typing import Any, TypeVar
 import pandas as pd
 
 from unpact_mech.errors import UnpactError
-from unpact_mech.io import atomic_write_json, read_table, write_table
+from unpact_mech.io import atomic_write_json, read_table, sha256_file, write_table
 from unpact_mech.models import data_hash
+from unpact_mech.options import parse_shard
+
+__all__ = ["ShardError", "canonical", "merge_parts", "parse_shard", "run_key", "take_shard", "write_part"]
 
 T = TypeVar("T")
 SORT_KEYS = ["probe_id", "model", "method", "component", "layer", "head", "position"]
@@ -24,19 +27,6 @@ SORT_KEYS = ["probe_id", "model", "method", "component", "layer", "head", "posit
 
 class ShardError(UnpactError):
     """Parts that cannot be merged into one table."""
-
-
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """'i/n' -> (i, n) with 0 <= i < n."""
-    if not text:
-        return None
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError as err:
-        raise ShardError(f"--shard takes 'i/n' (e.g. 0/4), got {text!r}") from err
-    if not (n >= 1 and 0 <= i < n):
-        raise ShardError(f"--shard {text}: need 0 <= i < n")
-    return i, n
 
 
 def take_shard(items: Sequence[T], shard: tuple[int, int] | None) -> list[T]:
@@ -68,7 +58,8 @@ def write_part(df: pd.DataFrame, path: str | Path, key: str, shard: tuple[int, i
     if shard is None:
         sidecar(path).unlink(missing_ok=True)
     else:
-        atomic_write_json(sidecar(path), {"run": key, "shard": shard[0], "n_shards": shard[1]})
+        atomic_write_json(sidecar(path), {"run": key, "shard": shard[0], "n_shards": shard[1], "rows": len(df),
+                                          "columns": list(df.columns), "sha256": sha256_file(path)})
     return path
 
 
@@ -89,9 +80,13 @@ def merge_parts(parts: Sequence[str | Path], out: str | Path) -> pd.DataFrame:
             raise ShardError(f"{p} has no {side.name}: not written with --shard")
         try:
             meta = json.loads(side.read_text())
-            metas.append({"run": str(meta["run"]), "shard": int(meta["shard"]), "n_shards": int(meta["n_shards"])})
-        except (ValueError, KeyError, TypeError) as err:
+            metas.append({"run": str(meta["run"]), "shard": int(meta["shard"]), "n_shards": int(meta["n_shards"]),
+                          "sha256": meta.get("sha256"), "columns": meta.get("columns")})
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise ShardError(f"{side} is damaged ({err}); re-create the part") from err
+        if metas[-1]["sha256"] is not None and sha256_file(p) != metas[-1]["sha256"]:
+            raise ShardError(f"part {p} has changed since it was written (its SHA-256 differs from {side.name}: "
+                             "truncated or edited?); re-create the part")
     runs = {m["run"] for m in metas}
     if len(runs) > 1:
         raise ShardError(f"parts come from different runs ({len(runs)} run keys): same command, model, options "
@@ -100,7 +95,13 @@ def merge_parts(parts: Sequence[str | Path], out: str | Path) -> pd.DataFrame:
     got = sorted(m["shard"] for m in metas)
     if any(m["n_shards"] != n for m in metas) or got != list(range(n)):
         raise ShardError(f"need shards 0..{n - 1} exactly once, got {got}")
-    merged = canonical(pd.concat([read_table(p) for p in parts], ignore_index=True))
+    tables = [read_table(p) for p in parts]
+    for p, t, m in zip(parts, tables, metas):
+        want = m["columns"] or list(tables[0].columns)
+        if list(t.columns) != want:
+            raise ShardError(f"part {p} has columns {list(t.columns)[:8]}, expected {want[:8]}: it is damaged or from "
+                             "another command; re-create it")
+    merged = canonical(pd.concat(tables, ignore_index=True))
     write_table(merged, out)
     sidecar(out).unlink(missing_ok=True)
     return merged

@@ -55,10 +55,23 @@ def _load_probes_arg(spec: str, split: str | None = None) -> list[Any]:
     return load_probes(spec)
 
 
+def _same_path(x: str, y: str) -> bool:
+    return x == y or (Path(x).expanduser().exists() and Path(x).expanduser().resolve() == Path(y).expanduser().resolve())
+
+
+def _models(a: argparse.Namespace) -> tuple[Any, Any]:
+    """The base (--base) and unlearned (--unlearned) models, both specs checked before either loads."""
+    from unpact_mech.models import check_spec
+
+    check_spec(a.base)
+    check_spec(a.unlearned)
+    return _load(a, a.base), _load(a, a.unlearned)
+
+
 def _base_and_unlearned(a: argparse.Namespace) -> tuple[list[Any], Any, Any]:
     """Probes (--probes), base model (--base) and unlearned model (--unlearned) of a comparison command."""
     probes = _load_probes_arg(a.probes)
-    return probes, _load(a, a.base), _load(a, a.unlearned)
+    return (probes, *_models(a))
 
 
 def _print_df(df: pd.DataFrame) -> None:
@@ -70,9 +83,9 @@ def _print_df(df: pd.DataFrame) -> None:
 def cmd_attribute(a: argparse.Namespace) -> int:
     from unpact_mech.attribution import attribute, method_info
     from unpact_mech.probes import tokenize_probes
-    from unpact_mech.sharding import parse_shard, run_key, take_shard, write_part
+    from unpact_mech.sharding import run_key, take_shard, write_part
 
-    probes, shard = _probes_from_args(a), parse_shard(a.shard)
+    probes, shard = _probes_from_args(a), a.shard
     if a.out:
         _check_out(a)
     subject = _load(a, a.model)
@@ -133,7 +146,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     if a.keytokens_only:
         show(keytoken_stage(LazyBase(a.model), Path(a.out), kprobes, _params(a)))
         return 0
-    table = run_demo(_load(a, a.model) if a.dtype != "float32" or a.device else a.model, a.methods.split(","),
+    table = run_demo(_load(a, a.model) if a.dtype != "float32" or a.device else a.model, a.methods,
                      a.out, steps=a.steps, target=a.target, on_keytokens=show, keytoken_probes=kprobes,
                      params=_params(a), on_change=a.on_change)
     print("\nSummary (one row per unlearning method):")
@@ -145,9 +158,9 @@ def _mech_table(a: argparse.Namespace) -> Any:
     """Shared body of ``unpact dla`` / ``unpact paths``: load, shard, attribute, write; returns the table."""
     from unpact_mech.attribution import attribute
     from unpact_mech.probes import tokenize_probes
-    from unpact_mech.sharding import parse_shard, run_key, take_shard, write_part
+    from unpact_mech.sharding import run_key, take_shard, write_part
 
-    probes, shard = _probes_from_args(a), parse_shard(a.shard)
+    probes, shard = _probes_from_args(a), a.shard
     _check_out(a)
     subject = _load(a, a.model)
     key = run_key(a.cmd, {"model": a.model, "target": a.target, "format": a.format}, [p.id for p in probes])
@@ -202,25 +215,24 @@ def cmd_localise(a: argparse.Namespace) -> int:
     return 0
 
 
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError as err:
-        raise UnpactError(f"expected comma-separated numbers, got {text!r}") from err
-
-
 @command("unlearn")
 def cmd_unlearn(a: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from unpact_mech.models import read_provenance
     from unpact_mech.unlearning import resolve_config, unlearn
+    from unpact_mech.unlearning.resume import ResumeFiles, check_resume, refuse_legacy
 
     forget = _load_probes_arg(a.forget)
     retain = _load_probes_arg(a.retain) if a.retain else []
     over = {k: v for k, v in (("steps", a.steps), ("lr", a.lr), ("seed", a.seed), ("batch_size", a.batch_size),
                               ("target_forget_acc", a.target_forget_acc), ("loss_convention", a.loss_convention))
             if v is not None}
-    resolve_config(a.method, bool(retain), fmt=a.format, **over)  # settings and retain need, before the load
+    _, cfg = resolve_config(a.method, bool(retain), fmt=a.format, **over)  # settings, retain need: before the load
     _check_out(a, "dir")
+    resume = ResumeFiles.beside(Path(a.out))
+    refuse_legacy(resume)
+    check_resume(resume, {"method": a.method, "hyperparameters": asdict(cfg)}, cfg.steps)  # schema and settings
     subject = _load(a, a.model)
     out = unlearn(subject, a.method, forget, retain, a.out, fmt=a.format, overwrite=a.overwrite, **over)
     prov = read_provenance(out)
@@ -232,24 +244,18 @@ def cmd_unlearn(a: argparse.Namespace) -> int:
 
 @command("emphasize")
 def cmd_emphasize(a: argparse.Namespace) -> int:
-    from unpact_mech.errors import check_finite_factor
-    from unpact_mech.findings import CRITERIA, destruction, recovery
-    from unpact_mech.hooks import EMPHASIS_MODES as ROUTES
+    from unpact_mech.findings import destruction, recovery
     from unpact_mech.io import write_table
 
-    factors = _floats(a.factors) if a.sweep else [1.0, _floats(a.factors)[-1]]
-    for f in factors:
-        check_finite_factor(f)
-    routes = a.routes.split(",")
-    if not set(routes) <= set(ROUTES):
-        raise UnpactError(f"unknown route(s) {sorted(set(routes) - set(ROUTES))}: use {','.join(ROUTES)}")
-    bad = sorted(set(a.criteria.split(",")) - set(CRITERIA))
-    if bad or a.draws < 1:
-        raise UnpactError(f"unknown --criteria {bad}: use {','.join(CRITERIA)}" if bad else "--draws must be >= 1")
+    factors = sorted({1.0, *a.factors}) if a.sweep else [1.0, max(a.factors)]
+    routes, criteria = a.routes, a.criteria
     out = _check_out(a, "dir")
-    probes, base, unl = _base_and_unlearned(a)
-    forget = [p for p in probes if p.split == "forget"] or probes
-    criteria = a.criteria.split(",")
+    probes = _load_probes_arg(a.probes)
+    forget = [p for p in probes if p.split == "forget"]
+    if not forget:
+        raise UnpactError(f"{a.probes} holds no probes with split 'forget'; emphasis tests forget probes (splits: "
+                          f"{sorted({p.split for p in probes})})")
+    base, unl = _models(a)
     res = recovery(base, unl, forget, factors, routes, params=_params(a), fmt=a.format, criteria=criteria,
                    n_draws=a.draws)
     write_table(res.sweep, out / "emphasis_sweep.csv")
@@ -274,21 +280,15 @@ def cmd_emphasize(a: argparse.Namespace) -> int:
 @command("recover")
 def cmd_recover(a: argparse.Namespace) -> int:
     from unpact_mech.analysis import Analysis
-    from unpact_mech.findings import CRITERIA
     from unpact_mech.io import write_table
-    from unpact_mech.routes import RECOVERY_ROUTES, recover, route_data
+    from unpact_mech.routes import check_route_data, recover, route_data
 
-    routes, criteria = a.routes.split(","), a.criteria.split(",")
-    bad = sorted(set(routes) - set(RECOVERY_ROUTES)) + sorted(set(criteria) - set(CRITERIA))
-    if bad:
-        raise UnpactError(f"unknown --routes/--criteria {bad}: routes {','.join(RECOVERY_ROUTES)}; criteria "
-                          f"{','.join(CRITERIA)}")
-    bits, steps = [int(b) for b in a.bits.split(",")], [int(k) for k in a.relearn_steps.split(",")]
-    if a.n < 1 or a.shots < 1 or min(steps) < 1 or not all(2 <= b <= 16 for b in bits):
-        raise UnpactError("--n, --shots and --relearn-steps must be >= 1 and --bits in 2..16")
+    routes, criteria, bits, steps = a.routes, a.criteria, a.bits, a.relearn_steps
     out = _check_out(a, "dir")
-    probes, base, unl = _base_and_unlearned(a)
+    probes = _load_probes_arg(a.probes)
     forget, retain, shots, unknown = route_data(probes, a.n, a.shots, a.n_control)
+    check_route_data(routes, forget, unknown, retain, shots)  # before the models load
+    base, unl = _models(a)
     options = {"quantize": {"bits": bits}, "relearn": {"steps": steps, "lr": a.relearn_lr},
                "in_context": {"shots": a.shots}, "emphasis": {"factors": (1.0, 8.0), "n_draws": a.draws}}
     table = recover(Analysis(base, forget, _params(a), a.format), unl, forget, unknown, retain, shots,
@@ -305,24 +305,21 @@ def cmd_recover(a: argparse.Namespace) -> int:
 @command("patch")
 def cmd_patch(a: argparse.Namespace) -> int:
     from unpact_mech.io import write_table
-    from unpact_mech.patching import DIRECTIONS, KINDS, PATCH_METHODS, patch
+    from unpact_mech.patching import patch
     from unpact_mech.probes import tokenize_probes
     from unpact_mech.report.figures import patch_heatmap, save_figure
 
-    bad = [k for k in a.kinds.split(",") if k not in KINDS] + [d for d in a.direction.split(",") if d not in DIRECTIONS]
-    bad += [a.method] if a.method not in PATCH_METHODS else []
-    if bad or a.n < 1 or a.layer_step < 1:
-        raise UnpactError(f"bad --kinds/--direction/--method {bad} (kinds: {sorted(KINDS)}; directions: "
-                          f"{list(DIRECTIONS)}; methods: {list(PATCH_METHODS)})" if bad
-                          else "--n and --layer-step must be >= 1")
+    if _same_path(a.base, a.unlearned):
+        raise UnpactError(f"--base and --unlearned are the same model ({a.base}); patching needs two models that "
+                          "differ (every restoration would be 0/0)")
     out = _check_out(a, "dir")
-    probes, base, unl = _base_and_unlearned(a)
-    probes = probes[: a.n]
+    probes = _load_probes_arg(a.probes)[: a.n]
+    base, unl = _models(a)
     layers = list(range(0, base.cfg.n_layers, a.layer_step))
     frames, heads = [], []
-    for d in a.direction.split(","):
+    for d in a.direction:
         for tp in tokenize_probes(base, probes, a.format):
-            pos_t, head_t = patch(base, unl, tp, a.method, a.kinds.split(","), layers, direction=d)
+            pos_t, head_t = patch(base, unl, tp, a.method, a.kinds, layers, direction=d)
             frames.append(pos_t)
             heads.append(head_t)
     pos, hd = pd.concat(frames, ignore_index=True), pd.concat(heads, ignore_index=True)

@@ -5,20 +5,47 @@ from __future__ import annotations
 import argparse
 
 from unpact_mech.keytokens import ALPHA, BETA
+from unpact_mech.options import (
+    MAX_RELEARN_STEPS,
+    MAX_STEPS,
+    choice_list,
+    device,
+    factor_list,
+    int_list,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    route,
+    shard,
+    unit_float,
+)
+from unpact_mech.probes import SPLITS
+
+POS = positive_int()
 
 
 def _keytoken_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--alpha", type=float, default=ALPHA, help=f"eq.4 threshold on normalised contribution ({ALPHA})")
-    p.add_argument("--beta", type=int, default=BETA, help=f"eq.3: keep all positives if fewer than beta ({BETA})")
-    p.add_argument("--max-keytokens", type=int, default=None, help="cap N on KeyTokens per probe (none)")
+    p.add_argument("--alpha", type=unit_float(hi_open=True), default=ALPHA,
+                   help=f"eq.4 threshold on normalised contribution, in [0, 1) ({ALPHA})")
+    p.add_argument("--beta", type=POS, default=BETA, help=f"eq.3: keep all positives if fewer than beta ({BETA})")
+    p.add_argument("--max-keytokens", type=POS, default=None, help="cap N on KeyTokens per probe (none)")
     p.add_argument("--format", default="auto", choices=["auto", "chat", "plain"], help="prompt format")
+
+
+def _prompt_args(p: argparse.ArgumentParser, cmd: str) -> None:
+    """One probe from the command line, or a probe file: never both."""
+    p.add_argument("--prompt", help="the question")
+    p.add_argument("--answer", help="the answer whose log-prob is attributed")
+    p.add_argument("--probes", help="JSON-lines probe file or benchmark name (instead of --prompt/--answer)")
+    for flag in ("--prompt", "--answer"):
+        route(p, cmd, flag, lambda a: a.probes is None, "runs without --probes (give --probes or --prompt/--answer)")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     """How every command that loads a model loads it (declared once)."""
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="weight dtype (bfloat16/float16 halve memory; scores are float64 either way)")
-    p.add_argument("--device", default=None, help="e.g. cuda:0 (default: the CPU)")
+    p.add_argument("--device", default=None, type=device(), help="e.g. cuda:0 (default: the CPU)")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="run Python code shipped with the model (RISK: it runs with your permissions)")
     p.add_argument("--allow-pickle", action="store_true",
@@ -30,7 +57,7 @@ def _output_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from unpact_mech.attribution import ATTRIBUTION_METHODS
+    from unpact_mech.attribution import ATTRIBUTION_METHODS, method_info
 
     p = argparse.ArgumentParser(prog="unpact", description="Look inside unlearned language models: KeyTokens, direct "
                                 "logit attribution, attention paths, emphasis, patching and the unlearning dilemma.")
@@ -39,14 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("attribute", help="contribution of each prompt token to the answer; KeyTokens marked")
     s.add_argument("--model", default="smollm2-135m", help="built-in name, local HF dir or hub id")
-    s.add_argument("--prompt", help="the question")
-    s.add_argument("--answer", help="the answer whose log-prob is attributed")
-    s.add_argument("--probes", help="JSON-lines probe file or benchmark name (instead of --prompt/--answer)")
+    _prompt_args(s, "attribute")
     s.add_argument("--method", default="loo", choices=sorted(ATTRIBUTION_METHODS))
     s.add_argument("--out", help="write the table (.csv or .parquet)")
     _output_args(s)
-    s.add_argument("--shard", help="i/n: only every n-th probe from the i-th (merge parts with `unpact merge`)")
+    s.add_argument("--shard", type=shard(), help="i/n: only every n-th probe from the i-th (merge parts with "
+                   "`unpact merge`)")
     _keytoken_args(s)
+    for flag in ("--alpha", "--beta", "--max-keytokens"):
+        route(s, "attribute", flag, lambda a: method_info(a.method).level == "token",
+              "token-level methods (KeyTokens are prompt tokens): " + ", ".join(
+                  sorted(m for m in ATTRIBUTION_METHODS if method_info(m).level == "token")))
     _model_args(s)
 
     s = sub.add_parser("compare", help="base vs unlearned: KeyTokens, focus, contribution change per probe")
@@ -62,9 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="the main job on the embedded default model")
     add_run_arguments(s, "unpact_out/demo")
-    s.add_argument("--split", default=None)
-    s.add_argument("--n", type=int, default=12, help="number of built-in probes in the KeyToken table")
+    s.add_argument("--split", default=None, choices=SPLITS, help="built-in facts of one split in the KeyToken table")
+    s.add_argument("--n", type=POS, default=12, help="number of built-in probes in the KeyToken table")
     s.add_argument("--keytokens-only", action="store_true", help="only print the KeyToken table")
+    for flag in ("--methods", "--steps", "--target", "--on-change"):
+        route(s, "demo", flag, lambda a: not a.keytokens_only, "the full demo (without --keytokens-only)")
     _keytoken_args(s)
     _model_args(s)
 
@@ -72,15 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
                         ("paths", "attention paths: each head's contribution split by source token")):
         s = sub.add_parser(name, help=help_)
         s.add_argument("--model", default="smollm2-135m")
-        s.add_argument("--prompt")
-        s.add_argument("--answer")
-        s.add_argument("--probes", help="JSON-lines probe file or benchmark name")
+        _prompt_args(s, name)
         s.add_argument("--target", default="logit", choices=["logit", "logit_diff"])
         s.add_argument("--out", default=f"{name}.csv", help="table (.csv or .parquet)")
         _output_args(s)
-        s.add_argument("--top", type=int, default=20, help="rows to print")
-        s.add_argument("--shard", help="i/n: only every n-th probe from the i-th (merge parts with `unpact merge`)")
-        _keytoken_args(s)
+        if name == "dla":
+            s.add_argument("--top", type=POS, default=20, help="rows to print")
+        s.add_argument("--shard", type=shard(), help="i/n: only every n-th probe from the i-th (merge parts with "
+                       "`unpact merge`)")
+        s.add_argument("--format", default="auto", choices=["auto", "chat", "plain"], help="prompt format")
         _model_args(s)
 
     s = sub.add_parser("localise", help="where base -> unlearned changed: heads, layers x source tokens")
@@ -89,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--probes", required=True)
     s.add_argument("--out", default="localise", help="output directory for tables and figures")
     _output_args(s)
-    s.add_argument("--top", type=int, default=5)
+    s.add_argument("--top", type=POS, default=5, help="rows per split to print")
     _keytoken_args(s)
     _model_args(s)
 
@@ -102,26 +134,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--retain", help="JSON-lines probes or benchmark name, e.g. facts:retain")
     s.add_argument("--out", required=True, help="checkpoint directory")
     _output_args(s)
-    s.add_argument("--steps", type=int)
-    s.add_argument("--lr", type=float)
-    s.add_argument("--seed", type=int)
-    s.add_argument("--batch-size", type=int)
-    s.add_argument("--target-forget-acc", type=float, help="stop once forget fact top-1 accuracy <= this")
+    s.add_argument("--steps", type=positive_int(MAX_STEPS), help=f"training steps, 1..{MAX_STEPS} (progress shown)")
+    s.add_argument("--lr", type=positive_float(), help="learning rate (finite, > 0)")
+    s.add_argument("--seed", type=nonneg_int())
+    s.add_argument("--batch-size", type=POS)
+    s.add_argument("--target-forget-acc", type=unit_float(), help="stop once forget fact top-1 accuracy <= this")
     s.add_argument("--loss-convention", choices=["open_unlearning", "unpact_v1"],
                    help="GA/GD/KL reductions: open-unlearning's (default) or this toolkit's first forms")
     s.add_argument("--format", default="auto", choices=["auto", "chat", "plain"])
     _model_args(s)
 
-    s = sub.add_parser("emphasize", help="finding 2: recovery by emphasising KeyTokens (embed, attention, prompt)")
+    from unpact_mech.criteria import CRITERIA
+    from unpact_mech.hooks import EMPHASIS_MODES
+
+    s = sub.add_parser("emphasize", help="finding 2: recovery by emphasising KeyTokens (" + ", ".join(EMPHASIS_MODES)
+                       + ")")
     s.add_argument("--base", required=True)
     s.add_argument("--unlearned", required=True)
     s.add_argument("--probes", required=True)
-    s.add_argument("--factors", default="1,2,4,8", help="emphasis factors (with --sweep; else the last only)")
-    s.add_argument("--sweep", action="store_true", help="score every factor, not only the largest")
-    s.add_argument("--routes", default="embed,attention")
-    s.add_argument("--criteria", default="teacher_forced,generation",
+    s.add_argument("--factors", default="1,2,4,8", type=factor_list(),
+                   help="emphasis factors in (0, 1000]; without --sweep only the largest is scored, and factor 1 (no "
+                   "emphasis) is always scored as the baseline")
+    s.add_argument("--sweep", action="store_true", help="score every factor of --factors")
+    route(s, "emphasize", "--factors", lambda a: a.sweep or len([f for f in a.factors if f != 1.0]) == 1,
+          "--sweep when it lists several factors (without --sweep give one)")
+    s.add_argument("--routes", default="embed,attention", type=choice_list(EMPHASIS_MODES),
+                   help="emphasis routes: " + ", ".join(EMPHASIS_MODES))
+    s.add_argument("--criteria", default="teacher_forced,generation", type=choice_list(list(CRITERIA)),
                    help="correctness criteria: teacher_forced (fact span top-1), generation (greedy answer, ROUGE-L)")
-    s.add_argument("--draws", type=int, default=3, help="seeded random-token control draws per probe")
+    s.add_argument("--draws", type=POS, default=3, help="seeded random-token control draws per probe")
     s.add_argument("--out", default="emphasis")
     _output_args(s)
     _keytoken_args(s)
@@ -132,15 +173,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--unlearned", required=True)
     s.add_argument("--probes", required=True, help="probes with splits: forget (tested), retain (relearning data), "
                    "general (few-shot examples, then control facts)")
-    s.add_argument("--routes", default="emphasis,quantize,relearn,in_context")
-    s.add_argument("--criteria", default="teacher_forced,generation")
-    s.add_argument("--n", type=int, default=12, help="forget probes (and retain probes for relearning)")
-    s.add_argument("--n-control", type=int, default=24, help="general probes offered as control facts")
-    s.add_argument("--bits", default="8,4", help="quantisation bit widths (RTN, group 64)")
-    s.add_argument("--relearn-steps", default="1,2,4", help="relearning steps k at which to evaluate")
-    s.add_argument("--relearn-lr", type=float, default=1e-5)
-    s.add_argument("--shots", type=int, default=3, help="few-shot examples for the in-context route")
-    s.add_argument("--draws", type=int, default=3, help="random-token control draws for emphasis")
+    from unpact_mech.routes import RECOVERY_ROUTES
+
+    s.add_argument("--routes", default="emphasis,quantize,relearn,in_context", type=choice_list(list(RECOVERY_ROUTES)),
+                   help="recovery routes: " + ", ".join(RECOVERY_ROUTES))
+    s.add_argument("--criteria", default="teacher_forced,generation", type=choice_list(list(CRITERIA)))
+    s.add_argument("--n", type=POS, default=12, help="forget probes (and retain probes for relearning)")
+    s.add_argument("--n-control", type=POS, default=24, help="general probes offered as control facts")
+    s.add_argument("--bits", default="8,4", type=int_list(2, 16), help="quantisation bit widths in 2..16 (RTN, group 64)")
+    s.add_argument("--relearn-steps", default="1,2,4", type=int_list(1, MAX_RELEARN_STEPS),
+                   help=f"relearning steps k at which to evaluate, in 1..{MAX_RELEARN_STEPS}")
+    s.add_argument("--relearn-lr", type=positive_float(), default="1e-5", help="relearning learning rate (> 0)")
+    s.add_argument("--shots", type=POS, default=3, help="few-shot examples for the in-context route")
+    s.add_argument("--draws", type=POS, default=3, help="random-token control draws for emphasis")
+    for flag, r in (("--bits", "quantize"), ("--relearn-steps", "relearn"), ("--relearn-lr", "relearn"),
+                    ("--shots", "in_context"), ("--draws", "emphasis")):
+        route(s, "recover", flag, lambda a, r=r: r in a.routes, f"the {r} route (add it to --routes)")
     s.add_argument("--out", default="recovery")
     _output_args(s)
     _keytoken_args(s)
@@ -150,12 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--base", required=True)
     s.add_argument("--unlearned", required=True)
     s.add_argument("--probes", required=True)
-    s.add_argument("--n", type=int, default=1, help="number of probes")
-    s.add_argument("--kinds", default="resid_pre,attn_out,mlp_out")
-    s.add_argument("--layer-step", type=int, default=1, help="patch every k-th layer")
-    s.add_argument("--direction", default="base->unlearned", help="base->unlearned, unlearned->base or both (comma)")
-    s.add_argument("--method", default="exact", help="exact (one forward per site) or atp (attribution patching: "
-                   "first-order estimate from one forward of each model and one backward)")
+    from unpact_mech.patching import DIRECTIONS, KINDS, PATCH_METHODS
+
+    s.add_argument("--n", type=POS, default=1, help="number of probes")
+    s.add_argument("--kinds", default="resid_pre,attn_out,mlp_out", type=choice_list(KINDS),
+                   help="sites per (layer, position): " + ", ".join(KINDS))
+    s.add_argument("--layer-step", type=POS, default=1, help="patch every k-th layer")
+    s.add_argument("--direction", default="base->unlearned", type=choice_list(DIRECTIONS),
+                   help="base->unlearned, unlearned->base, or both comma-separated")
+    s.add_argument("--method", default="exact", choices=PATCH_METHODS, help="exact (one forward per site) or atp "
+                   "(attribution patching: first-order estimate from one forward of each model and one backward)")
     s.add_argument("--out", default="patching")
     _output_args(s)
     s.add_argument("--format", default="auto", choices=["auto", "chat", "plain"])
@@ -172,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--subset")
     s.add_argument("--split")
     s.add_argument("--source", help="local json/jsonl/parquet file in the dataset's schema (offline)")
-    s.add_argument("--n", type=int, default=3, help="rows to print")
+    s.add_argument("--n", type=POS, default=3, help="rows to print")
+    for flag in ("--subset", "--split", "--source", "--n"):
+        route(s, "data", flag, lambda a: a.action == "show", "`unpact data show NAME`")
     return p
 
 

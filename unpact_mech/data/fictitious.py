@@ -6,7 +6,7 @@ import random
 from typing import Any
 
 from unpact_mech.data import register_benchmark
-from unpact_mech.errors import UnpactError
+from unpact_mech.errors import UnpactError, check_int
 from unpact_mech.probes import Probe
 
 _SYL = ["ka", "lo", "mi", "ren", "tas", "vo", "zel", "dri", "nu", "pha", "sor", "bel", "qui", "mar", "tev", "osh"]
@@ -24,15 +24,20 @@ def _name(rng: random.Random) -> str:
     return f"{first} {last}"
 
 
+MAX_PEOPLE = 10_000  # TOFU has 200; the name space holds about a million, drawn without repeats
+
+
 def generate(n_people: int = 20, seed: int = 0, forget_share: float = 0.25) -> list[Probe]:
     """Three facts (birthplace, profession, book) per invented person; whole people go to forget or retain."""
-    if n_people < 1:
-        raise UnpactError("n_people must be >= 1")
+    check_int(n_people, "the number of invented people", 1, MAX_PEOPLE)
+    check_int(seed, "the seed", 0)
     rng = random.Random(seed)
     names: list[str] = []
+    seen: set[str] = set()
     while len(names) < n_people:
         n = _name(rng)
-        if n not in names:
+        if n not in seen:
+            seen.add(n)
             names.append(n)
     n_forget = max(1, round(n_people * forget_share))
     probes = []
@@ -53,10 +58,15 @@ def generate(n_people: int = 20, seed: int = 0, forget_share: float = 0.25) -> l
 
 @register_benchmark("fictitious")
 def fictitious(subset: str | None = None, split: str | None = None, source: Any = None) -> list[Probe]:
-    """Invented people (``subset`` = "N" people or "N:seed"; default 20 people, seed 0)."""
+    """Invented people (``subset`` = "N" people or "N:seed"; default 20 people, seed 0; N <= 10,000)."""
     n, seed = 20, 0
-    if subset:
+    if subset is not None:
         a, _, b = subset.partition(":")
-        n, seed = int(a), int(b or 0)
+        try:
+            n = check_int(a, "", 1, MAX_PEOPLE)
+            seed = check_int(b or "0", "", 0)
+        except UnpactError:
+            raise UnpactError(f"fictitious: subset must be 'N' or 'N:seed' (N people in 1..{MAX_PEOPLE}, seed >= 0), "
+                              f"got {subset!r}") from None
     probes = generate(n, seed)
     return [p for p in probes if split is None or p.split == split]

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from unpact_mech.data import load_benchmark
+from unpact_mech.errors import UnpactError, check_choices, check_float, check_int
 from unpact_mech.experiments.base import LazyBase
 from unpact_mech.experiments.data import data_stage, keytoken_stage
 from unpact_mech.experiments.findings import findings_stamp, method_stage
@@ -27,6 +28,7 @@ from unpact_mech.io import write_table
 from unpact_mech.keytokens import KeyTokenParams
 from unpact_mech.report.sections import build_report
 from unpact_mech.report.tables import summary_table
+from unpact_mech.unlearning import METHODS
 
 
 def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS, out: str | Path = "unpact_out/demo",
@@ -40,6 +42,12 @@ def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS
     ``model`` is a model spec or a loaded Subject. ``on_keytokens`` receives the base model's KeyToken table
     of ``keytoken_probes`` (default: the first 12 probes) before the unlearning stages; the CLI prints it.
     """
+    methods = check_choices(list(methods), sorted(METHODS), "methods")  # before any stage runs
+    if steps is not None:
+        check_int(steps, "steps", 1)
+    check_float(target, "target", 0.0, 1.0, lo_open=False)
+    if on_change not in ("recompute", "stop"):
+        raise UnpactError(f"on_change must be 'recompute' or 'stop', got {on_change!r}")
     out = Path(out)
     params = params or KeyTokenParams()
     t0 = time.perf_counter()

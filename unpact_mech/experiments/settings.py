@@ -10,6 +10,9 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+from unpact_mech.options import MAX_STEPS, choice_list, positive_int, unit_float
+from unpact_mech.unlearning import METHODS
+
 PAPER_METHODS = ("ga_gdr", "ga_klr", "npo_gdr", "npo_klr", "task_vector", "rmu")
 # CPU-sized learning rates, fixed by one rule before any finding was measured: starting from the rates used
 # under the first loss forms, lr * 2^(-k/2) with the smallest k at which the method needs at least 3 steps
@@ -50,13 +53,16 @@ def method_settings(method: str, steps: int | None, target: float) -> dict[str, 
 
 
 def add_run_arguments(ap: Any, out: str) -> None:
-    """The options every demo-like script shares (model, methods, output directory, steps, forget target)."""
+    """The options every demo-like script shares (model, methods, output directory, steps, forget target), with
+    their values checked when parsed (``args.methods`` is a list)."""
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--methods", default=",".join(PAPER_METHODS))
+    ap.add_argument("--methods", default=",".join(PAPER_METHODS), type=choice_list(sorted(METHODS)),
+                    help="unlearning methods, comma-separated")
     ap.add_argument("--out", default=out, help="output directory (reruns reuse its checkpoints)")
-    ap.add_argument("--steps", type=int, default=None, help="max unlearning steps per method (default: 10, Task "
-                    "Vector 6; an explicit value applies to every method)")
-    ap.add_argument("--target", type=float, default=0.25, help="stop when forget fact top-1 accuracy <= target")
+    ap.add_argument("--steps", type=positive_int(MAX_STEPS), default=None, help="max unlearning steps per method "
+                    "(default: 10, Task Vector 6; an explicit value applies to every method)")
+    ap.add_argument("--target", type=unit_float(), default=0.25, help="stop when forget fact top-1 accuracy <= "
+                    "target, in [0, 1]")
     ap.add_argument("--on-change", default="recompute", choices=["recompute", "stop"],
                     help="a cached stage made with other inputs: recompute it, or stop and say what changed")
 

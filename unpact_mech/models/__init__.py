@@ -24,12 +24,47 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from unpact_mech.backends import frozen, resolve_dtype
 from unpact_mech.backends.nnsight import NNsightBackend
 from unpact_mech.errors import ModelSpecError, UnpactError
-from unpact_mech.models.builtin import BUILTIN_MODELS, cache_dir, quiet_transformers
+from unpact_mech.models.builtin import (
+    BUILTIN_MODELS,
+    builtin_ready,
+    cache_dir,
+    check_cache_writable,
+    quiet_transformers,
+)
 from unpact_mech.models.checkpoints import PROVENANCE_FILE, data_hash, read_provenance, save_checkpoint
+from unpact_mech.options import check_device
 from unpact_mech.subject import Subject, wrap
 
-__all__ = ["BUILTIN_MODELS", "PROVENANCE_FILE", "ModelSpecError", "Subject", "cache_dir", "data_hash", "load_model",
-           "load_hf", "load_nnsight", "read_provenance", "save_checkpoint"]
+__all__ = ["BUILTIN_MODELS", "PROVENANCE_FILE", "ModelSpecError", "Subject", "cache_dir", "check_device", "check_spec",
+           "data_hash", "load_model", "load_hf", "load_nnsight", "read_provenance", "save_checkpoint"]
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "tokenizer_config.json")
+
+
+def _read_config(source: str) -> dict[str, Any]:
+    try:
+        cfg = json.loads((Path(source) / "config.json").read_text() or "{}")
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ModelSpecError(f"'{source}/config.json' is not valid JSON ({err}); the model directory is damaged") from err
+    if not isinstance(cfg, dict):
+        raise ModelSpecError(f"'{source}/config.json' holds a JSON {type(cfg).__name__}, not an object; the model "
+                             "directory is damaged")
+    return cfg
+
+
+def check_spec(spec: str) -> None:
+    """Everything about a model spec that can be checked without loading it: a known built-in name (whose cache
+    can be built), or a directory with an object ``config.json`` and tokenizer files, or a hub id."""
+    if spec in BUILTIN_MODELS:
+        if not builtin_ready(spec):
+            check_cache_writable(cache_dir() / "models" / spec)
+        return
+    _, source = _resolve(spec)
+    if Path(source).is_dir():
+        _read_config(source)
+        if not any((Path(source) / f).exists() for f in TOKENIZER_FILES):
+            raise ModelSpecError(f"'{source}' has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); copy "
+                                 "the tokenizer of the model it came from into it (tokenizer.save_pretrained)")
 
 
 def placement_kwargs(device: str | None = None, device_map: Any = None, n_devices: int | None = None) -> dict[str, Any]:
@@ -117,11 +152,10 @@ def _load_parts(spec: str, dtype: str | torch.dtype, trust_remote_code: bool, al
     """(name, source, HF model, tokenizer) of a spec, with one clear error if it cannot be loaded."""
     resolve_dtype(dtype)  # a bad dtype fails before any loading
     model_name, source = _resolve(spec)
+    if Path(source).is_dir():
+        check_spec(str(source))
     if not trust_remote_code and Path(source).is_dir():
-        try:
-            cfg = json.loads((Path(source) / "config.json").read_text() or "{}")
-        except (ValueError, UnicodeDecodeError) as err:
-            raise ModelSpecError(f"'{source}/config.json' is not valid JSON ({err}); the model directory is damaged") from err
+        cfg = _read_config(source)
         if cfg.get("auto_map"):
             raise ModelSpecError(
                 f"'{source}' asks to run its own Python code (config.json has auto_map); that code would run with "
@@ -171,6 +205,8 @@ def load_model(
     ``allow_pickle`` accepts pickled ``.bin`` weights (off: safetensors only). Both run code a model's author wrote.
     """
     t0 = time.perf_counter()
+    if device is not None:
+        check_device(device)
     placement = placement_kwargs(device, device_map, n_devices)
     model_name, source, hf, tok = _load_parts(spec, dtype, trust_remote_code, allow_pickle, placement)
     prov = read_provenance(source)

@@ -50,6 +50,7 @@ def register_builtin(name: str) -> Callable[[Callable[[], Path]], Callable[[], P
 
 def _gguf_to_hf_dir(gguf_path: Path, out_dir: Path) -> Path:
     """Dequantise a GGUF file into a float32 HF safetensors directory, atomically."""
+    check_cache_writable(out_dir)
     quiet_transformers()
     print(f"[unpact] dequantising {gguf_path.name} once into {out_dir} (about 30 s) ...", flush=True)
     tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
@@ -80,6 +81,21 @@ def _gguf_to_hf_dir(gguf_path: Path, out_dir: Path) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def check_cache_writable(out_dir: Path) -> None:
+    """Refuse, before the 30 s of dequantisation, a cache location that cannot be written."""
+    parent = out_dir
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ModelSpecError(f"the built-in model cache {out_dir} cannot be written ({parent} is not writable); set "
+                             "UNPACT_CACHE to a writable directory")
+
+
+def builtin_ready(name: str) -> bool:
+    """Whether a built-in model is already dequantised in the cache (else its first load builds it)."""
+    return _model_cache(name)[1]
 
 
 def _model_cache(name: str) -> tuple[Path, bool]:

@@ -31,6 +31,10 @@ def read_provenance(directory: str | Path) -> dict[str, Any]:
     return prov
 
 
+OLD_PREFIX = ".unpact-old-"
+OLD_MARK = ".unpact-old"
+
+
 def data_hash(records: Any) -> str:
     """Stable short hash of JSON-serialisable data (used to record which data made a checkpoint)."""
     return hashlib.sha256(json.dumps(records, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -41,25 +45,33 @@ def save_checkpoint(hf_model: Any, tokenizer: Any, out_dir: str | Path, provenan
     """Write an HF-format checkpoint (safetensors) with ``unpact.json`` atomically (temp dir, then rename).
 
     An existing checkpoint is replaced only with ``overwrite``; an existing *file* at ``out_dir`` is never touched.
-    A kill at any moment leaves the old complete checkpoint (at ``out_dir`` or, between the two renames,
-    ``out_dir.old``) or the new one, never a half-written directory at ``out_dir``.
+    The old checkpoint is moved aside to a directory this call makes itself (``<out>.unpact-old-XXXX``, marked by
+    an ``OLD_MARK`` file), so a directory the user made (``<out>.old``, say) is never touched. A kill at any moment
+    leaves the old complete checkpoint (at ``out_dir`` or, between the two renames, in that marked directory) or
+    the new one, never a half-written directory at ``out_dir``. Every file follows the umask.
     """
     out = check_output(out_dir, kind="dir", overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
     os.chmod(tmp, 0o777 & ~umask())
+    old: Path | None = None
     try:
         hf_model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         prov = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), **provenance}
         atomic_write_json(tmp / PROVENANCE_FILE, prov)
-        old = out.with_name(out.name + ".old")
+        for f in tmp.rglob("*"):  # safetensors writes 0600; outputs follow the user's umask
+            os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask())
         if out.exists():
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(out, old)
+            old = Path(tempfile.mkdtemp(prefix=out.name + OLD_PREFIX, dir=out.parent))
+            os.replace(out, old)  # onto the empty directory made just now
+            (old / OLD_MARK).write_text(f"moved aside by unpact while replacing {out}; safe to delete\n")
         os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)  # also one left by a run killed between the two renames
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        for left in out.parent.glob(out.name + OLD_PREFIX + "*"):  # left by a run killed between the renames
+            if (left / OLD_MARK).is_file():
+                shutil.rmtree(left, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

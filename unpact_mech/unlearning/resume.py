@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from unpact_mech.errors import UnpactError
-from unpact_mech.io import atomic_write, atomic_write_json, sha256_file
+from unpact_mech.io import atomic_write, atomic_write_json, json_safe, sha256_file
 
 FORMAT = "unpact-resume-v1"
 
@@ -62,7 +62,7 @@ def _dedupe(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], 
 
 
 def save_state(files: ResumeFiles, model: Any, opt: torch.optim.Optimizer, gen: torch.Generator, step: int,
-               history: list[dict[str, Any]], run_key: str) -> None:
+               history: list[dict[str, Any]], run_key: str, settings: dict[str, Any] | None = None) -> None:
     """Write the training state atomically (tensor file, then the JSON that vouches for it)."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     osd = opt.state_dict()
@@ -74,6 +74,7 @@ def save_state(files: ResumeFiles, model: Any, opt: torch.optim.Optimizer, gen: 
     atomic_write_json(files.meta, {
         "format": FORMAT,
         "run_key": run_key,
+        "settings": settings or {},
         "step": step,
         "history": history,
         "generator_state": gen.get_state().tolist(),
@@ -91,24 +92,93 @@ def refuse_legacy(files: ResumeFiles) -> None:
         )
 
 
-def load_state(files: ResumeFiles, run_key: str, model: Any, opt: torch.optim.Optimizer,
-               gen: torch.Generator) -> tuple[int, list[dict[str, Any]]] | None:
-    """Restore the state into model, optimizer and generator; None when it belongs to another run."""
+# key -> (type, what it must be): the schema every resume JSON is held to before anything is restored
+SCHEMA: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "format": (str, f"'{FORMAT}'"),
+    "run_key": (str, "a run key"),
+    "settings": (dict, "the run's settings"),
+    "step": (int, "the steps done"),
+    "history": (list, "one loss record per step"),
+    "generator_state": (list, "the data RNG state (bytes)"),
+    "param_groups": (list, "the optimizer's groups"),
+    "aliases": (dict, "tied-weight aliases"),
+    "tensors_sha256": (str, "the tensor file's SHA-256"),
+}
+
+
+def _start_over(files: ResumeFiles) -> str:
+    return f"to start this run over: rm '{files.meta}' '{files.tensors}'"
+
+
+def read_meta(files: ResumeFiles, steps: int | None = None) -> dict[str, Any]:
+    """The resume JSON, checked against :data:`SCHEMA` (every key, its type, one history record per step, and
+    step <= ``steps``) before any model loads or any tensor is restored."""
     try:
         meta = json.loads(files.meta.read_text())
-        ok = isinstance(meta, dict) and meta.get("format") == FORMAT
     except (OSError, ValueError) as err:
-        raise ResumeError(f"resume file {files.meta} is unreadable ({err}); delete it and "
-                          f"{files.tensors.name} to start over") from err
-    if not ok:
-        raise ResumeError(f"resume file {files.meta} is not an {FORMAT} file; delete it to start over")
-    if meta["run_key"] != run_key:
+        raise ResumeError(f"resume file {files.meta} is unreadable ({err}); {_start_over(files)}") from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ResumeError(f"resume file {files.meta} is not an {FORMAT} file; {_start_over(files)}")
+    problems = [f"'{k}' is missing" for k in SCHEMA if k not in meta]
+    problems += [f"'{k}' must be {what}, got {type(meta[k]).__name__}" for k, (t, what) in SCHEMA.items()
+                 if k in meta and (not isinstance(meta[k], t) or isinstance(meta[k], bool))]
+    if not problems:
+        step, hist = meta["step"], meta["history"]
+        if step < 0 or (steps is not None and step > steps):
+            problems.append(f"'step' is {step}, outside 0..{steps if steps is not None else 'steps'}")
+        if len(hist) != step or not all(isinstance(h, dict) and h.get("step") == i + 1 for i, h in enumerate(hist)):
+            problems.append(f"'history' must hold one record per step (steps 1..{step}), got {len(hist)} records")
+        if not all(isinstance(b, int) and 0 <= b <= 255 for b in meta["generator_state"]):
+            problems.append("'generator_state' must be a list of bytes")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta["aliases"].items()):
+            problems.append("'aliases' must map names to names")
+    if problems:
+        raise ResumeError(f"resume file {files.meta} is damaged: {'; '.join(problems)}; {_start_over(files)}")
+    return meta
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resume(files: ResumeFiles, settings: dict[str, Any], steps: int | None = None) -> dict[str, Any] | None:
+    """The resume state beside a run's output, if there is one, checked against the schema and against this run's
+    ``settings`` (any subset of what the state records: a differing value is refused, naming each setting and
+    the command that starts over; a state is never silently discarded). None when there is no state."""
+    if not files.exists():
         return None
+    meta = read_meta(files, steps)
+    mine, theirs = _flat(json.loads(json.dumps(json_safe(settings), default=str))), _flat(meta["settings"])
+    differ = [f"{k}: {theirs[k]!r} there, {mine[k]!r} now" for k in sorted(mine) if k in theirs and theirs[k] != mine[k]]
+    if differ or not meta["settings"]:
+        why = "; ".join(differ[:6]) if differ else "its settings are not recorded"
+        raise ResumeError(f"{files.meta} is the resume state of another run ({why}). Rerun with the same settings "
+                          f"to resume it, or, {_start_over(files)}")
+    return meta
+
+
+def load_state(files: ResumeFiles, run_key: str, model: Any, opt: torch.optim.Optimizer,
+               gen: torch.Generator, settings: dict[str, Any] | None = None,
+               steps: int | None = None) -> tuple[int, list[dict[str, Any]]]:
+    """Restore the state into model, optimizer and generator (checked by :func:`check_resume` first)."""
+    meta = check_resume(files, settings or {}, steps)
+    assert meta is not None
+    if meta["run_key"] != run_key:
+        raise ResumeError(f"{files.meta} is the resume state of another run (the data or model differ); "
+                          f"{_start_over(files)}")
     if not files.tensors.exists() or sha256_file(files.tensors) != meta["tensors_sha256"]:
         raise ResumeError(f"resume tensors {files.tensors} are missing or do not match {files.meta.name}; "
-                          "delete both to start over")
+                          f"{_start_over(files)}")
     flat = load_file(str(files.tensors))
     for alias, name in meta["aliases"].items():
+        if name not in flat:
+            raise ResumeError(f"resume tensors {files.tensors} lack '{name}'; {_start_over(files)}")
         flat[alias] = flat[name]
     model.load_state_dict({k[len("model."):]: v for k, v in flat.items() if k.startswith("model.")})
     state: dict[int, dict[str, torch.Tensor]] = {}

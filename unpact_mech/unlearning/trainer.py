@@ -44,7 +44,14 @@ from unpact_mech.unlearning import losses as L
 from unpact_mech.unlearning.config import UnlearnConfig, UnlearningError
 from unpact_mech.unlearning.data import Example, collate, to_examples
 from unpact_mech.unlearning.methods import METHODS, Method, State
-from unpact_mech.unlearning.resume import ResumeError, ResumeFiles, load_state, refuse_legacy, save_state
+from unpact_mech.unlearning.resume import (
+    ResumeError,
+    ResumeFiles,
+    check_resume,
+    load_state,
+    refuse_legacy,
+    save_state,
+)
 
 
 def _reference(m: Method, model: Any, subject: Subject) -> Any:
@@ -286,6 +293,10 @@ def unlearn(
         "n_retain": len(r_ex),
     }
     run_key = data_hash(prov)
+    try:
+        check_resume(resume, prov, cfg.steps)  # before the model is copied: a foreign or damaged state is refused
+    except ResumeError as err:
+        raise UnlearningError(str(err)) from err
 
     model, state, params, opt, gen = _prepare(subject, m, cfg, f_ex, r_ex, forget, tok, pad_id)
     history: list[dict[str, Any]] = []  # step (int) and losses (float)
@@ -293,16 +304,14 @@ def unlearn(
     acc0 = fact_accuracy(model, f_ex, pad_id)
     if resume.exists():
         try:
-            restored = load_state(resume, run_key, model, opt, gen)
+            step, history = load_state(resume, run_key, model, opt, gen, prov, cfg.steps)
         except ResumeError as err:
             raise UnlearningError(str(err)) from err
-        if restored is not None:
-            step, history = restored
-            print(f"[unpact] resuming {method} from step {step}", flush=True)
+        print(f"[unpact] resuming {method} from step {step} of {cfg.steps} ({resume.meta})", flush=True)
     t0 = time.perf_counter()
     step, stopped_at, checked = _run_steps(m, state, params, opt, gen, f_ex, r_ex, pad_id, step, history, progress,
                                            on_step, on_snapshot, lambda k: save_state(resume, model, opt, gen, k,
-                                                                                       history, run_key),
+                                                                                       history, run_key, prov),
                                            lambda: f"{resume.meta if resume.exists() else 'the base model'}")
     m.finish(state)
     model.eval()
