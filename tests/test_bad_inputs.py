@@ -79,6 +79,21 @@ def assets(tmp_path_factory, tiny_llama_dir, tiny_gemma2_dir, tiny_llama_other_d
     (d / "nosidecar.csv").write_text((d / "part0.csv").read_text())
     shutil.copy(d / "part0.csv", d / "damaged.csv")
     (d / "damaged.csv.shard.json").write_text("{")
+    arraycfg = d / "arraycfg_ckpt"
+    shutil.copytree(tiny_llama_dir, arraycfg)
+    (arraycfg / "config.json").write_text("[1, 2]")
+    notok = d / "notok_ckpt"
+    shutil.copytree(tiny_llama_dir, notok)
+    for f in notok.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")):
+            f.unlink()
+    (d / "probe_dir").mkdir()
+    _jsonl(d / "forgett.jsonl", [{**GOOD[0], "split": "forgett"}, GOOD[1]])
+    _jsonl(d / "no_general.jsonl", [GOOD[0], GOOD[1]])
+    _jsonl(d / "no_retain.jsonl", [GOOD[0], GOOD[2], {**GOOD[2], "id": "p3"}])
+    shutil.copy(d / "part0.csv", d / "trunc.csv")
+    shutil.copy(d / "part0.csv.shard.json", d / "trunc.csv.shard.json")
+    (d / "trunc.csv").write_bytes((d / "part0.csv").read_bytes()[:20])
     (d / "empty_source.jsonl").write_text("")
     (d / "bad_source.jsonl").write_text("{nope\n")
     (d / "source.txt").write_text("x\n")
@@ -102,6 +117,8 @@ CMP = ["compare", "--base", T, "--unlearned", T, "--format", "plain"]
 UNL = ["unlearn", "--model", T, "--format", "plain", "--forget", P, "--retain", P]
 EMPH = ["emphasize", "--base", T, "--unlearned", T, "--probes", P]
 PATCH = ["patch", "--base", T, "--unlearned", "{other}", "--probes", P, "--format", "plain"]
+REC_BASE = ["recover", "--base", T, "--unlearned", "{other}", "--format", "plain", "--out", "{w}/r"]
+REC = [*REC_BASE, "--probes", P]
 
 CASES = [
     # models
@@ -246,7 +263,88 @@ CASES = [
     Case("data-source-malformed", ["data", "show", "tofu", "--source", f"{A}/bad_source.jsonl"], "cannot read local source"),
     Case("data-facts-unknown-split", ["data", "show", "facts", "--split", "nosplit"], "no split 'nosplit'"),
     Case("data-muse-unknown-subset", ["data", "show", "muse-news", "--subset", "nosub"], "unknown subset 'nosub'"),
+    # --- round 3 (issue 26): each case named there, by class; ids say the class -----------------------------
+    # raw tracebacks before
+    Case("tb-recover-bits-fraction", [*REC, "--bits", "8.5", "--routes", "quantize"],
+         "argument --bits: each value must be a whole number in 2..16, got '8.5'"),
+    Case("tb-recover-bits-empty", [*REC, "--bits", "", "--routes", "quantize"], "argument --bits: must list at least one"),
+    Case("tb-relearn-steps-text", [*REC, "--relearn-steps", "1,two", "--routes", "relearn"],
+         "argument --relearn-steps: each value must be a whole number in 1..1000, got 'two'"),
+    Case("tb-relearn-lr-nan", [*REC, "--relearn-lr", "nan", "--routes", "relearn"],
+         "argument --relearn-lr: must be a finite number > 0, got 'nan'"),
+    Case("tb-relearn-lr-negative", [*REC, "--relearn-lr=-1", "--routes", "relearn"],
+         "argument --relearn-lr: must be a finite number > 0, got '-1'"),
+    Case("tb-emphasize-factors-empty", [*EMPH, "--factors", "", "--out", "{w}/e"], "argument --factors: must list at least one"),
+    Case("tb-emphasize-factors-overflow", [*EMPH, "--factors", "1e308", "--out", "{w}/e"],
+         "each factor must be a finite number in (0, 1000], got '1e308'"),
+    Case("tb-config-json-array", ["attribute", "--model", f"{A}/arraycfg_ckpt", "--prompt", "q", "--answer", "a"],
+         "config.json' holds a JSON list, not an object"),
+    Case("tb-resume-missing-key", [*UNL, "--method", "ga_gdr", "--steps", "1", "--out", "{w}/ck"],
+         "is damaged: 'run_key' is missing", setup="resume_missing_key", absent=["ck"]),
+    Case("tb-device-meta", [*ATTR, "--probes", P, "--device", "meta"], "device 'meta' holds tensor shapes but no numbers"),
+    Case("tb-data-fictitious-subset", ["data", "show", "fictitious", "--subset", "abc"],
+         "subset must be 'N' or 'N:seed'"),
+    # wrong results with exit 0 before
+    Case("wrong-probes-and-prompt", [*ATTR, "--probes", P, "--prompt", "q ?"], "--prompt is used only by runs without --probes"),
+    Case("wrong-probes-and-answer", ["dla", "--model", T, "--probes", P, "--answer", "a", "--out", "{w}/d.csv"], "--answer is used only by"),
+    Case("wrong-top-negative", ["dla", "--model", T, "--probes", P, "--top", "-1", "--out", "{w}/d.csv"], "argument --top: must be a whole number >= 1"),
+    Case("wrong-n-negative", [*REC, "--n", "-1"], "argument --n: must be a whole number >= 1, got '-1'"),
+    Case("wrong-demo-n-negative", ["demo", "--n", "-1"], "argument --n: must be a whole number >= 1"),
+    Case("wrong-routes-twice", [*REC, "--routes", "in_context,in_context"], "names in_context more than once"),
+    Case("wrong-direction-twice", [*PATCH, "--direction", "base->unlearned,base->unlearned", "--out", "{w}/pt"],
+         "names base->unlearned more than once", absent=["pt"]),
+    Case("wrong-recover-draws-zero", [*REC, "--draws", "0"], "argument --draws: must be a whole number >= 1"),
+    Case("wrong-recover-n-control-negative", [*REC, "--n-control", "-1"], "argument --n-control: must be a whole number"),
+    Case("wrong-emphasize-factor-one", [*EMPH, "--factors", "1", "--out", "{w}/e"], "must hold a factor other than 1"),
+    Case("wrong-emphasize-factors-without-sweep", [*EMPH, "--factors", "2,4", "--out", "{w}/e"],
+         "--factors is used only by --sweep when it lists several factors"),
+    Case("wrong-patch-same-model", ["patch", "--base", T, "--unlearned", T, "--probes", P, "--out", "{w}/pt"],
+         "--base and --unlearned are the same model", absent=["pt"]),
+    Case("wrong-misspelt-split", [*EMPH, "--probes", f"{A}/forgett.jsonl", "--out", "{w}/e"],
+         "unknown split 'forgett'; splits are forget, retain, general"),
+    Case("wrong-merge-truncated-part", ["merge", "{w}/m.csv", f"{A}/trunc.csv", f"{A}/part1.csv"],
+         "has changed since it was written", absent=["m.csv"]),
+    Case("wrong-resume-step-beyond-steps", [*UNL, "--method", "ga_gdr", "--steps", "1", "--out", "{w}/ck"],
+         "'step' is 99, outside 0..1", setup="resume_step_beyond", absent=["ck"]),
+    Case("wrong-unused-route-option", [*REC, "--bits", "4", "--routes", "emphasis"], "--bits is used only by the quantize route"),
+    Case("wrong-unused-keytoken-option", [*ATTR, "--probes", P, "--method", "dla", "--alpha", "0.2"],
+         "--alpha is used only by token-level methods"),
+    Case("wrong-keytokens-only-with-methods", ["demo", "--keytokens-only", "--methods", "ga"],
+         "--methods is used only by the full demo"),
+    Case("wrong-data-list-with-subset", ["data", "list", "--subset", "x"], "--subset is used only by `unpact data show NAME`"),
+    # data loss before
+    Case("loss-foreign-resume", [*UNL, "--method", "ga_gdr", "--steps", "1", "--out", "{w}/ck"],
+         "is the resume state of another run (hyperparameters.lr: 0.5 there", setup="foreign_resume", absent=["ck"]),
+    # late before (after minutes of work, or after the models loaded)
+    Case("late-demo-methods", ["demo", "--methods", "ga_gdr,nosuch"], "argument --methods: has unknown value(s) 'nosuch'"),
+    Case("late-demo-steps", ["demo", "--steps", "0"], "argument --steps: must be a whole number in 1..100000"),
+    Case("late-demo-target", ["demo", "--target", "2"], "argument --target: must be a finite number in [0, 1]"),
+    Case("late-recover-no-retain", [*REC_BASE, "--probes", f"{A}/no_retain.jsonl", "--routes", "relearn"],
+         "the relearn route needs retain probes"),
+    Case("late-recover-no-shots", [*REC_BASE, "--probes", f"{A}/no_general.jsonl", "--routes", "in_context"],
+         "the in_context route needs shot probes"),
+    Case("late-compare-missing-unlearned", ["compare", "--base", T, "--unlearned", f"{A}/nope", "--probes", P, "--out",
+                                            "{w}/c.csv"], "unknown model spec", absent=["c.csv"]),
+    Case("late-cold-cache-read-only", ["attribute", "--prompt", "q", "--answer", "a"], "cannot be written",
+         setup="cache_unwritable"),
+    Case("late-relearn-steps-huge", [*REC, "--relearn-steps", "100000", "--routes", "relearn"], "in 1..1000"),
+    Case("late-fictitious-huge", ["data", "show", "fictitious", "--subset", "2000000"], "N people in 1..10000"),
+    Case("late-unlearn-steps-huge", [*UNL, "--method", "ga", "--steps", "10000000", "--out", "{w}/ck"], "in 1..100000"),
+    # misleading before
+    Case("misl-probes-directory", [*ATTR, "--probes", f"{A}/probe_dir"], "is a directory; give a JSON-lines file"),
+    Case("misl-no-tokenizer-files", ["attribute", "--model", f"{A}/notok_ckpt", "--prompt", "q", "--answer", "a"],
+         "has no tokenizer files"),
+    Case("misl-device-unknown", [*ATTR, "--probes", P, "--device", "gpu9"], "unknown device 'gpu9'"),
 ]
+
+RESUME_OK = {"format": "unpact-resume-v1", "run_key": "x", "step": 0, "history": [], "generator_state": [0] * 8,
+             "param_groups": [], "aliases": {}, "tensors_sha256": "0" * 64}
+RESUME_SETUPS = {
+    "resume_missing_key": {k: v for k, v in RESUME_OK.items() if k not in ("run_key", "settings")},
+    "resume_step_beyond": {**RESUME_OK, "settings": {"method": "ga_gdr"}, "step": 99,
+                           "history": [{"step": i + 1, "loss": 0.0} for i in range(99)]},
+    "foreign_resume": {**RESUME_OK, "settings": {"method": "ga_gdr", "hyperparameters": {"lr": 0.5}}},
+}
 
 
 def _fmt(x: str, assets: dict, w: Path) -> str:
@@ -272,6 +370,11 @@ def test_bad_input(case: Case, assets, tmp_path, capsys, monkeypatch):
         (w / "ck.resume.pt").write_bytes(b"\x80\x04K\x01.")
     elif case.setup == "corrupt_resume":
         (w / "ck.resume.json").write_text("{truncated")
+    elif case.setup in RESUME_SETUPS:
+        (w / "ck.resume.json").write_text(json.dumps(RESUME_SETUPS[case.setup]))
+        before = (w / "ck.resume.json").read_bytes()
+    elif case.setup == "cache_unwritable":
+        monkeypatch.setenv("UNPACT_CACHE", str(Path(assets["d"]) / "a_file" / "cache"))
     if case.before_load:
         def refuse(*a, **k):
             raise AssertionError("the model was loaded before the input was checked")
@@ -286,8 +389,8 @@ def test_bad_input(case: Case, assets, tmp_path, capsys, monkeypatch):
     for rel in case.absent:
         assert not (w / rel).exists(), rel
     assert not [p for p in w.rglob("*") if ".tmp" in p.name], list(w.rglob("*"))
-    if before is not None:
-        assert (w / "out.csv").read_bytes() == before
+    if before is not None:  # what the user had is there, byte for byte
+        assert (w / ("ck.resume.json" if case.setup in RESUME_SETUPS else "out.csv")).read_bytes() == before
     if case.setup == "out_exists_dir":
         assert (w / "out" / "keep.txt").read_text() == "old"
     if case.setup == "out_is_file":

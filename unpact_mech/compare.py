@@ -50,10 +50,10 @@ def prepare_comparison(
     base: Analysis | Subject, unlearned: Subject, probes: Sequence[Probe | TokenizedProbe] | None, params: KeyTokenParams | None, fmt: str
 ) -> tuple[Analysis, list[TokenizedProbe]]:
     """Shared prologue of comparisons: the base side (an Analysis, given or built) and the same tokenizer."""
-    if probes is not None and not len(probes):
-        raise UnpactError("no probes to compare: give at least one probe")
     an, tps = as_analysis(base, probes, params, fmt)
     check_same_tokenizer(an.base, unlearned)
+    if not tps:
+        raise UnpactError("no probes to compare: give at least one probe")
     return an, tps
 
 

@@ -8,6 +8,7 @@ refused; every message names the problem and the fix.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +35,10 @@ class OutputError(UnpactError):
 MAX_FACTOR = 1000.0  # emphasis scales embeddings by the factor: beyond this they overflow in half precision
 
 
+_DECIMAL = re.compile(r"\s*[+-]?[0-9]+\s*")  # ASCII digits only: int() would also take "1_0" and "١"
+_NUMBER = re.compile(r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*")  # finite decimal notation
+
+
 def _say(what: str, rule: str, got: Any) -> UnpactError:
     return UnpactError(f"{what + ' ' if what else ''}must be {rule}, got {got!r}")
 
@@ -41,11 +46,11 @@ def _say(what: str, rule: str, got: Any) -> UnpactError:
 def check_int(value: Any, what: str = "", lo: int = 1, hi: int | None = None) -> int:
     """``value`` (an int, or its decimal text) as an int in ``[lo, hi]``; fractions, bools and text refused."""
     rule = f"a whole number >= {lo}" if hi is None else f"a whole number in {lo}..{hi}"
-    if isinstance(value, bool) or isinstance(value, float):
+    if isinstance(value, (bool, float)) or (isinstance(value, str) and not _DECIMAL.fullmatch(value)):
         raise _say(what, rule, value)
     try:
-        n = int(value.strip()) if isinstance(value, str) else int(value)
-    except (TypeError, ValueError, AttributeError):
+        n = int(value)
+    except (TypeError, ValueError):
         raise _say(what, rule, value) from None
     if n < lo or (hi is not None and n > hi):
         raise _say(what, rule, value)
@@ -58,7 +63,7 @@ def check_float(value: Any, what: str = "", lo: float = 0.0, hi: float = math.in
     rule = (f"a finite number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}" if math.isfinite(hi)
             else f"a finite number {'>' if lo_open else '>='} {lo:g}")
     try:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or (isinstance(value, str) and not _NUMBER.fullmatch(value)):
             raise TypeError
         f = float(value)
     except (TypeError, ValueError):

@@ -28,6 +28,7 @@ Routes (``RECOVERY_ROUTES``; add one with ``@register_route``):
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -126,9 +127,10 @@ def route_data(probes: Sequence[Probe], n: int, shots: int, n_control: int
 
 
 def check_route_data(routes: Sequence[str], forget: Sequence[Probe], unknown: Sequence[Probe] = (),
-                     retain: Sequence[Probe] = (), shots: Sequence[Probe] = ()) -> None:
+                     retain: Sequence[Probe] = (), shots: Sequence[Probe] = (), need_control: bool = True) -> None:
     """Everything about the routes' data that needs no model: known, unrepeated routes; forget probes; data
-    disjoint from the forget set; control facts apart from training data and shots; each route's own data."""
+    disjoint from the forget set; control facts apart from training data and shots; each route's own data; and
+    (``need_control``) control facts for the routes that compare with them, without which their excess is NaN."""
     unknown_routes = [r for r in routes if r not in RECOVERY_ROUTES]
     if unknown_routes:
         raise UnknownNameError(f"unknown recovery route(s) {unknown_routes}; available: {sorted(RECOVERY_ROUTES)}")
@@ -147,7 +149,7 @@ def check_route_data(routes: Sequence[str], forget: Sequence[Probe], unknown: Se
     if "in_context" in routes and not shots:
         raise UnpactError("the in_context route needs shot probes (other facts for the few-shot prompt)")
     needs_control = [r for r in routes if r != "emphasis"]
-    if needs_control and not unknown:
+    if needs_control and not unknown and need_control:
         raise UnpactError(f"the {', '.join(needs_control)} route(s) compare with control facts (general probes after "
                           "the shots, which the base does not know), and there are none: add general probes")
 
@@ -158,8 +160,11 @@ def recover(base: Analysis, unlearned: Subject, forget: Sequence[Probe], unknown
             cache: dict[Any, Any] | None = None, progress: bool = False) -> pd.DataFrame:
     """The "how superficial is the forgetting" table: one row per (route, treatment, criterion); see the module
     docstring for the columns. ``cache`` may be shared across unlearned models (it keeps the quantised base)."""
-    check_route_data(routes, forget, unknown, retain, shots)
+    check_route_data(routes, forget, unknown, retain, shots, need_control=False)
     check_criteria(criteria)
+    if not unknown and any(r != "emphasis" for r in routes):
+        print("[unpact] recovery routes: no control facts were given, so every excess over control is undefined "
+              "(NaN)", file=sys.stderr, flush=True)
     ctx = RouteContext(base, unlearned, base.add(list(forget)), base.add(list(unknown)) if unknown else [],
                        list(retain), list(shots), tuple(criteria), options or {}, {} if cache is None else cache)
     rows = []

@@ -7,6 +7,7 @@ follows them and positions start at 0 in every row, so a batched score equals th
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -263,9 +264,12 @@ def greedy_batch(
     seqs = [list(p) for p in prompts]
     new: list[list[int]] = [[] for _ in prompts]
     pad = pad_token_id(subject.tokenizer)
+    long = max(limit, default=0) > LONG_GENERATION
+    bar = tqdm(total=sum(limit), desc="greedy tokens", unit="tok", disable=not long, leave=False)
     for chunk in chunk_by_tokens([len(p) + m for p, m in zip(prompts, limit)], batch_tokens):
         active = [i for i in chunk if limit[i] > 0]
         while active:
+            bar.update(len(active))
             batch = right_pad([seqs[i] for i in active], pad, subject.device)
             logits = forward_logits(subject, batch, hooks(active) if callable(hooks) else hooks)
             last = torch.tensor([len(seqs[i]) - 1 for i in active], device=logits.device)
@@ -279,10 +283,12 @@ def greedy_batch(
                 if len(new[i]) < limit[i]:
                     still.append(i)
             active = still
+    bar.close()
     return new
 
 
 GEN_EXTRA_TOKENS = 8  # generation budget beyond the gold answer's length
+LONG_GENERATION = 256  # answers longer than this are announced, with their cost, and show progress
 
 
 def generate_answers(subject: Subject, tprobes: Sequence[TokenizedProbe], hooks: HookSource = (),
@@ -300,6 +306,11 @@ def generate_answers(subject: Subject, tprobes: Sequence[TokenizedProbe], hooks:
     prompts = [tp.prompt_ids for tp in tprobes]
     limits = [tp.n_answer + GEN_EXTRA_TOKENS for tp in tprobes]
     stops = stop_token_ids(subject.tokenizer)
+    if max(limits, default=0) > LONG_GENERATION:
+        longest = max(range(len(tprobes)), key=lambda i: limits[i])
+        print(f"[unpact] generation: up to {sum(limits)} greedy tokens for {len(tprobes)} probe(s); probe "
+              f"'{tprobes[longest].probe.id}' has a {tprobes[longest].n_answer}-token answer, and each generated token "
+              "is one forward pass (progress shown)", file=sys.stderr, flush=True)
     if emphasis is not None:
         check_emphasis(subject, emphasis)
     kvb = fast_path(subject.backend, hooks, max((len(p) + m for p, m in zip(prompts, limits)), default=0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from unpact_mech.keytokens import ALPHA, BETA
 from unpact_mech.options import (
@@ -30,6 +31,10 @@ def _keytoken_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beta", type=POS, default=BETA, help=f"eq.3: keep all positives if fewer than beta ({BETA})")
     p.add_argument("--max-keytokens", type=POS, default=None, help="cap N on KeyTokens per probe (none)")
     p.add_argument("--format", default="auto", choices=["auto", "chat", "plain"], help="prompt format")
+
+
+def _uses_route(name: str) -> Callable[[argparse.Namespace], bool]:
+    return lambda a: name in a.routes
 
 
 def _prompt_args(p: argparse.ArgumentParser, cmd: str) -> None:
@@ -188,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--draws", type=POS, default=3, help="random-token control draws for emphasis")
     for flag, r in (("--bits", "quantize"), ("--relearn-steps", "relearn"), ("--relearn-lr", "relearn"),
                     ("--shots", "in_context"), ("--draws", "emphasis")):
-        route(s, "recover", flag, lambda a, r=r: r in a.routes, f"the {r} route (add it to --routes)")
+        route(s, "recover", flag, _uses_route(r), f"the {r} route (add it to --routes)")
     s.add_argument("--out", default="recovery")
     _output_args(s)
     _keytoken_args(s)
@@ -205,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sites per (layer, position): " + ", ".join(KINDS))
     s.add_argument("--layer-step", type=POS, default=1, help="patch every k-th layer")
     s.add_argument("--direction", default="base->unlearned", type=choice_list(DIRECTIONS),
-                   help="base->unlearned, unlearned->base, or both comma-separated")
+                   help="one or more of " + ", ".join(DIRECTIONS) + " (comma-separated)")
     s.add_argument("--method", default="exact", choices=PATCH_METHODS, help="exact (one forward per site) or atp "
                    "(attribution patching: first-order estimate from one forward of each model and one backward)")
     s.add_argument("--out", default="patching")

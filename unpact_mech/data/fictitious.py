@@ -68,5 +68,7 @@ def fictitious(subset: str | None = None, split: str | None = None, source: Any 
         except UnpactError:
             raise UnpactError(f"fictitious: subset must be 'N' or 'N:seed' (N people in 1..{MAX_PEOPLE}, seed >= 0), "
                               f"got {subset!r}") from None
+    if split is not None and split not in ("forget", "retain"):
+        raise UnpactError(f"fictitious: no split {split!r}; splits are forget, retain")
     probes = generate(n, seed)
     return [p for p in probes if split is None or p.split == split]

@@ -42,7 +42,7 @@ def text_example(tokenizer: Any, text: str, max_len: int = 256) -> Example:
 
 def to_examples(tokenizer: Any, data: Sequence[Probe | str], fmt: str = "auto") -> list[Example]:
     if not data:
-        raise UnlearningError("empty data set")
+        raise UnlearningError("no training examples: give at least one probe or text (an empty forget or retain set)")
     return [qa_example(tokenizer, d, fmt) if isinstance(d, Probe) else text_example(tokenizer, d) for d in data]
 
 

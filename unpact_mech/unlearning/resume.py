@@ -107,7 +107,7 @@ SCHEMA: dict[str, tuple[type | tuple[type, ...], str]] = {
 
 
 def _start_over(files: ResumeFiles) -> str:
-    return f"to start this run over: rm '{files.meta}' '{files.tensors}'"
+    return f"to start over: rm '{files.meta}' '{files.tensors}'"
 
 
 def read_meta(files: ResumeFiles, steps: int | None = None) -> dict[str, Any]:
