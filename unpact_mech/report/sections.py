@@ -31,6 +31,7 @@ from unpact_mech.report.figures import (
 )
 from unpact_mech.report.html import image, write_report
 from unpact_mech.report.tables import format_rates, route_table, summary_table
+from unpact_mech.report.verdicts import verdicts
 
 
 @dataclass
@@ -96,6 +97,31 @@ def build_report(out: Path, rows: list[dict[str, Any]], data: dict[str, list], m
         elif body is not None:
             parts.append((sec.title, body))
     return write_report(ctx.out / "report.html", "unPact: the unlearning dilemma, mechanistically", parts)
+
+
+def _route_frame(ctx: ReportContext) -> pd.DataFrame | None:
+    frames = [ctx.table(r["method"], "recovery_routes").assign(method=r["method"]) for r in ctx.rows
+              if ctx.has(r["method"], "recovery_routes")]
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+FINDINGS = {"1": "Finding 1: focus on KeyTokens", "2": "Finding 2: recovery by emphasis, against random tokens",
+            "3": "Finding 3: destruction of facts not in the forget set", "routes": "Recovery routes"}
+
+
+@section(-1, "Key results")
+def _key_results(ctx: ReportContext) -> Body:
+    """One verdict per finding and method, computed from the numbers by the rules in ``report.verdicts``."""
+    vs = verdicts(ctx.rows, _route_frame(ctx))
+    parts = ["<div class='keyres' id='key-results-box'><p>Computed from the numbers below by stated rules: an "
+             "effect is claimed only where its 95% interval excludes 0 (see <i>report/verdicts.py</i>).</p>"]
+    for key, title in FINDINGS.items():
+        items = [v for v in vs if v.finding == key]
+        if items:
+            parts.append(f"<h3>{html.escape(title)}</h3><ul>" + "".join(
+                f"<li class='{'effect' if v.positive else 'null'}'>{'<b>' if v.positive else ''}"
+                f"{html.escape(v.text)}{'</b>' if v.positive else ''}</li>" for v in items) + "</ul>")
+    return "".join(parts) + "</div>"
 
 
 @section(0, "Summary")
@@ -188,11 +214,10 @@ def _frontier(ctx: ReportContext) -> Body:
 
 @section(7, "How superficial is the forgetting: recovery routes")
 def _routes(ctx: ReportContext) -> Body:
-    frames = [ctx.table(r["method"], "recovery_routes").assign(method=r["method"]) for r in ctx.rows
-              if ctx.has(r["method"], "recovery_routes")]
-    if not frames:
+    routes = _route_frame(ctx)
+    if routes is None:
         return "<p>No recovery routes were run.</p>"
-    t = route_table(pd.concat(frames, ignore_index=True))
+    t = route_table(routes)
     intro = ("<p>Forget probes the base model answers and the unlearned one does not (n), brought back without the "
              "forget set: emphasis (best factor), weights rounded to 8/4-bit integers (RTN, group 64), k fine-tuning "
              f"steps on the retain facts, a {ctx.settings['route_budget']['shots']}-shot prompt of other facts. "
@@ -200,6 +225,27 @@ def _routes(ctx: ReportContext) -> Body:
              "the same treatment of the unlearned model. <i>excess</i> = recovered - control (95% interval). "
              "<i>base kept</i>: the same treatment of the base model still answers.</p>")
     return intro + "<div class='scroll'>" + t.to_html(index=False) + "</div>"
+
+
+@section(99, "Settings")
+def _settings(ctx: ReportContext) -> Body:
+    """What the run was: model, data sizes, each method's steps as trained, the budgets, the versions."""
+    import importlib.metadata as md
+
+    def ver(pkg: str) -> str:
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return "not installed"
+
+    rows = [("model", ctx.model), *((f"{k} facts", str(len(v))) for k, v in ctx.data.items())]
+    rows += [(f"method {r['method']}", f"steps {r.get('steps')}, target reached {r.get('target_reached')}")
+             for r in ctx.rows]
+    rows += [(f"{group} {k}", str(v)) for group in ("budget", "route_budget") for k, v in ctx.settings.get(group, {}).items()]
+    rows += [(f"version {p}", ver(p)) for p in ("unpact_mech", "torch", "transformers", "transformer-lens")]
+    return ("<div class='scroll'><table class='settings'><tr><th>setting</th><th>value</th></tr>"
+            + "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in rows)
+            + "</table></div>")
 
 
 def _pre(text: str) -> str:
