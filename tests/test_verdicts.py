@@ -57,6 +57,14 @@ def test_destruction_rule_counts_and_all():
     assert "destroys 3/8 retain facts" in v.text
 
 
+def test_untestable_findings_say_so():
+    row = {"method": "m", "destructive_retain": None, "destructive_retain_k": 0, "destructive_retain_n": 0}
+    v = destruction_verdicts([row])
+    assert len(v) == 1 and "not measurable" in v[0].text and "m retain/teacher_forced" in v[0].text
+    v = recovery_verdicts([{"method": "m", "specific_embed": None}])
+    assert len(v) == 1 and v[0].text.startswith("Recovery could not be tested")
+
+
 def test_route_rule():
     t = pd.DataFrame({"method": ["m", "m"], "route": ["relearn", "quantize"], "treatment": ["k=4", "4-bit"],
                       "criterion": ["generation", "teacher_forced"], "excess": [0.36, 0.0],

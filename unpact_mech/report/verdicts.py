@@ -78,17 +78,22 @@ def recovery_verdicts(rows: list[dict[str, Any]]) -> list[Verdict]:
     if tested and not any(v.positive for v in out):
         out.insert(0, Verdict("2", "", False, f"No emphasis route is KeyToken-specific: of {tested} paired "
                               "KeyTokens-minus-random intervals (method x route x criterion), none lies above 0"))
+    if rows and not tested:
+        out.append(Verdict("2", "", False, "Recovery could not be tested: no forget probe was eligible (answered by "
+                           "the base and not by the unlearned model) for any method and criterion"))
     return out
 
 
 def destruction_verdicts(rows: list[dict[str, Any]]) -> list[Verdict]:
-    out = []
+    out: list[Verdict] = []
+    untestable = []
     for crit in CRITERIA.values():
         for r in rows:
             for split in ("retain", "general"):
                 key = f"destructive_{split}{crit.suffix}"
                 rate, k, n, lo = _num(r, key), _num(r, f"{key}_k"), _num(r, f"{key}_n"), _num(r, f"{key}_low")
                 if math.isnan(rate) or math.isnan(n) or n == 0:
+                    untestable.append(f"{r['method']} {split}/{crit.name}")
                     continue
                 ks = f"{k:g}/{n:g}"
                 if lo > 0:
@@ -98,6 +103,9 @@ def destruction_verdicts(rows: list[dict[str, Any]]) -> list[Verdict]:
                 else:
                     out.append(Verdict("3", r["method"], False, f"{r['method']}: no clear destruction of {split} "
                                        f"facts under {crit.name} ({ks}; the interval includes 0)"))
+    if untestable:
+        out.append(Verdict("3", "", False, f"Destruction not measurable (the base answers none of the facts, n = 0) "
+                           f"for: {', '.join(untestable)}"))
     return out
 
 
