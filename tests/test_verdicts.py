@@ -92,3 +92,13 @@ def test_report_has_a_table_of_contents_whose_links_resolve(tmp_path):
     links = re.findall(r"href='#([^']+)'", page)
     ids = re.findall(r"id='([^']+)'", page)
     assert links == ["key-results", "finding-1", "finding-1-2"] and set(links) <= set(ids)
+
+
+def test_rates_are_rounded_once():
+    """0.5/11 = 0.04545...: shown as 0.05 everywhere (rounding to 3 places first would show 0.04)."""
+    from unpact_mech.report.tables import format_rates
+
+    t = pd.DataFrame({"recovery": [0.5 / 11], "recovery_k": [0.5], "recovery_n": [11], "recovery_low": [0.0],
+                      "recovery_high": [0.3], "steps": [3.14159]})
+    out = format_rates(t).round(3)
+    assert out.recovery[0] == "0.05 (0.5/11, 0.00-0.30)" and out.steps[0] == 3.142

@@ -150,7 +150,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
                      a.out, steps=a.steps, target=a.target, on_keytokens=show, keytoken_probes=kprobes,
                      params=_params(a), on_change=a.on_change)
     print("\nSummary (one row per unlearning method):")
-    _print_df(format_rates(table.round(3)))
+    _print_df(format_rates(table).round(3))  # rates rounded once, by format_rates
     return 0
 
 

@@ -143,12 +143,12 @@ def _summary(ctx: ReportContext) -> Body:
 
 @section(1, "Summary table: teacher forced")
 def _summary_tf(ctx: ReportContext) -> Body:
-    return format_rates(summary_table(ctx.rows, "teacher_forced").round(3))
+    return format_rates(summary_table(ctx.rows, "teacher_forced")).round(3)
 
 
 @section(2, "Summary table: generation")
 def _summary_gen(ctx: ReportContext) -> Body:
-    return format_rates(summary_table(ctx.rows, "generation").round(3))
+    return format_rates(summary_table(ctx.rows, "generation")).round(3)
 
 
 @section(3, "Finding 1: focus on KeyTokens before and after")
@@ -209,7 +209,7 @@ def _frontier(ctx: ReportContext) -> Body:
             "fractions of Task Vector's calibrated scale. Recovery is among the probes eligible at that "
             "strength (n varies); the dashed line is the random-token control.</p>"
             + "".join(parts) + "<div class='scroll'>"
-            + format_rates(fdf.drop(columns=["criterion"]).round(3)).to_html(index=False) + "</div>")
+            + format_rates(fdf.drop(columns=["criterion"])).round(3).to_html(index=False) + "</div>")
 
 
 @section(7, "How superficial is the forgetting: recovery routes")
