@@ -37,11 +37,13 @@ def test_recovery_rule_null_then_positive_then_negative():
     assert len(null) == 1 and not null[0].positive
     assert null[0].text.startswith("No emphasis route is KeyToken-specific: of 1 paired")
     pos = recovery_verdicts([_row(specific_attention=0.3, specific_attention_low=0.1, specific_attention_high=0.5)])
-    assert [v.positive for v in pos] == [True]
-    assert pos[0].text == ("m: emphasis by attention is KeyToken-specific under teacher_forced: KeyTokens - random "
+    assert [v.positive for v in pos] == [False, True]
+    assert pos[0].text.startswith("1 of 1 paired KeyTokens-minus-random intervals lie above 0; with no effect "
+                                  "anywhere, about 0.0 would by chance")
+    assert pos[1].text == ("m: emphasis by attention is KeyToken-specific under teacher_forced: KeyTokens - random "
                            "+0.30 (+0.10 to +0.50)")
     neg = recovery_verdicts([_row(specific_attention=-0.3, specific_attention_low=-0.5, specific_attention_high=-0.1)])
-    assert "worse than random tokens" in neg[1].text and not any(v.positive for v in neg)
+    assert "worse than random tokens" in neg[-1].text and not any(v.positive for v in neg)
     # a generation-criterion column is read under its own suffix
     gen = recovery_verdicts([_row(specific_embed_gen=0.4, specific_embed_gen_low=0.2, specific_embed_gen_high=0.6)])
     assert any(v.positive and "embed" in v.text and "generation" in v.text for v in gen)
@@ -70,8 +72,8 @@ def test_route_rule():
                       "criterion": ["generation", "teacher_forced"], "excess": [0.36, 0.0],
                       "excess_low": [0.07, -0.2], "excess_high": [0.65, 0.2]})
     v = route_verdicts(t)
-    assert len(v) == 1 and v[0].positive and "relearn (k=4, generation) recovers beyond its control: excess " \
-        "+0.36 (+0.07 to +0.65)" in v[0].text
+    assert len(v) == 2 and v[1].positive and "relearn (k=4, generation) recovers beyond its control: excess " \
+        "+0.36 (+0.07 to +0.65)" in v[1].text and v[0].text.startswith("1 of 2 route treatments")
     t.loc[0, "excess_low"] = -0.01
     assert route_verdicts(t)[0].text.startswith("No recovery route recovers beyond its control: all 2")
 

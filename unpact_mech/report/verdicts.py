@@ -78,6 +78,11 @@ def recovery_verdicts(rows: list[dict[str, Any]]) -> list[Verdict]:
     if tested and not any(v.positive for v in out):
         out.insert(0, Verdict("2", "", False, f"No emphasis route is KeyToken-specific: of {tested} paired "
                               "KeyTokens-minus-random intervals (method x route x criterion), none lies above 0"))
+    elif tested:
+        k = sum(v.positive for v in out)
+        out.insert(0, Verdict("2", "", False, f"{k} of {tested} paired KeyTokens-minus-random intervals lie above 0; "
+                              f"with no effect anywhere, about {tested / 40:.1f} would by chance (each 95% interval "
+                              "misses 0 upwards 2.5% of the time), so read single positives with care"))
     if rows and not tested:
         out.append(Verdict("2", "", False, "Recovery could not be tested: no forget probe was eligible (answered by "
                            "the base and not by the unlearned model) for any method and criterion"))
@@ -118,6 +123,9 @@ def route_verdicts(routes: pd.DataFrame | None) -> list[Verdict]:
                    f"beyond its control: excess {_fmt(r.excess, r.excess_low, r.excess_high)}")
            for r in ok.itertuples()]
     n = int(routes.excess.notna().sum())
+    if n and not ok.empty:
+        out.insert(0, Verdict("routes", "", False, f"{len(ok)} of {n} route treatments recover beyond their control; "
+                              f"about {n / 40:.1f} would by chance alone"))
     if n and ok.empty:
         out.append(Verdict("routes", "", False, f"No recovery route recovers beyond its control: all {n} excess "
                            "intervals include 0 or lie below it"))
