@@ -69,9 +69,11 @@ def test_sigkill_during_checkpoint_writes(tiny_llama_dir, tmp_path):
             seen.append(prov["i"])
             assert (out / "config.json").exists() and json.loads((out / "config.json").read_text())
             assert load_model(str(out)).n_layers == 3
-        else:  # only between the two renames: then the previous checkpoint is complete at .old
-            old = out.with_name("ckpt.old")
-            assert old.exists() and "i" in read_provenance(old)
+        else:  # only between the two renames: then the previous checkpoint is complete in the directory that
+            # save_checkpoint made itself to move it aside (never a user's ckpt.old)
+            olds = [d for d in out.parent.glob("ckpt.unpact-old-*") if (d / "unpact.json").exists()]
+            assert olds and all("i" in read_provenance(d) for d in olds)
+            assert not out.with_name("ckpt.old").exists()
 
     _kill_at_random(CKPT_LOOP, [str(tiny_llama_dir), str(out), str(tmp_path / "flag")], tmp_path / "flag", check)
     assert seen, "no kill left a checkpoint at all"

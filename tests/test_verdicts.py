@@ -104,3 +104,14 @@ def test_rates_are_rounded_once():
                       "recovery_high": [0.3], "steps": [3.14159]})
     out = format_rates(t).round(3)
     assert out.recovery[0] == "0.05 (0.5/11, 0.00-0.30)" and out.steps[0] == 3.142
+
+
+def test_headline_table_takes_the_best_specific_recovery():
+    from unpact_mech.report.tables import headline_table
+
+    row = {**_row(), "steps": 3, "forget_acc": 0.25, "forget_acc_k": 3, "forget_acc_n": 12, "forget_acc_low": 0.09,
+           "forget_acc_high": 0.53, "specific_embed": 0.2, "specific_embed_low": 0.01, "specific_embed_high": 0.4}
+    t = headline_table([row])
+    assert t["forget acc (teacher forced)"][0] == "0.25 (3/12, 0.09-0.53)"
+    assert t["best specific recovery"][0] == "+0.20 (+0.01 to +0.40)" and t["route, criterion"][0] == "embed, teacher_forced"
+    assert headline_table([{"method": "m"}])["route, criterion"][0] == "no eligible probes"

@@ -72,6 +72,8 @@ def save_checkpoint(hf_model: Any, tokenizer: Any, out_dir: str | Path, provenan
         for left in out.parent.glob(out.name + OLD_PREFIX + "*"):  # left by a run killed between the renames
             if (left / OLD_MARK).is_file():
                 shutil.rmtree(left, ignore_errors=True)
+            elif left.is_dir() and not any(left.iterdir()):  # made, then killed before anything moved in
+                left.rmdir()
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -18,7 +18,9 @@ REPORT_CSS = (".toc{border:1px solid #ccc;padding:.5em 1em;margin:1em 0;max-widt
               ".keyres{border:2px solid #4a7;background:#f4fbf6;padding:.5em 1em;max-width:70em}"
               ".keyres li.effect{color:#063}.keyres li.null{color:#444}"
               "pre{white-space:pre-wrap;overflow-wrap:anywhere;max-width:100%}img{max-width:100%;height:auto}"
-              "table.settings td{vertical-align:top;padding:0 .6em}")
+              "table.settings td{vertical-align:top;padding:0 .6em}"
+              ".pinned td:first-child,.pinned th:first-child{position:sticky;left:0;background:#fff;z-index:1}"
+              "td{white-space:nowrap;max-width:none}dl.glossary{columns:2 28em;font-size:90%}dl.glossary dd{margin:0 0 .4em 1em}")
 
 
 def image(path: str | Path, caption: str = "") -> str:

@@ -9,6 +9,7 @@ settings, so the report can be rebuilt without loading a model.
 from __future__ import annotations
 
 import html
+import importlib.metadata as md
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from unpact_mech.report.figures import (
     save_figure,
 )
 from unpact_mech.report.html import image, write_report
-from unpact_mech.report.tables import format_rates, route_table, summary_table
+from unpact_mech.report.tables import GLOSSARY, format_rates, headline_table, route_table, summary_table
 from unpact_mech.report.verdicts import verdicts
 
 
@@ -141,14 +142,27 @@ def _summary(ctx: ReportContext) -> Body:
             "paired bootstrap interval and sign-flip p-value.</p>")
 
 
+@section(0.5, "Headline table")
+def _headline(ctx: ReportContext) -> Body:
+    return headline_table(ctx.rows)
+
+
+def _full_table(ctx: ReportContext, criterion: str) -> str:
+    t = format_rates(summary_table(ctx.rows, criterion)).round(3).rename(columns=lambda c: str(c).replace("_", " "))
+    gloss = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in GLOSSARY.items())
+    return (f"<details><summary>all {len(t.columns)} columns, one row per method (click to open)</summary>"
+            "<div class='scroll pinned'>" + t.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="")
+            + f"</div><dl class='glossary'>{gloss}</dl></details>")
+
+
 @section(1, "Summary table: teacher forced")
 def _summary_tf(ctx: ReportContext) -> Body:
-    return format_rates(summary_table(ctx.rows, "teacher_forced")).round(3)
+    return _full_table(ctx, "teacher_forced")
 
 
 @section(2, "Summary table: generation")
 def _summary_gen(ctx: ReportContext) -> Body:
-    return format_rates(summary_table(ctx.rows, "generation")).round(3)
+    return _full_table(ctx, "generation")
 
 
 @section(3, "Finding 1: focus on KeyTokens before and after")
@@ -230,8 +244,6 @@ def _routes(ctx: ReportContext) -> Body:
 @section(99, "Settings")
 def _settings(ctx: ReportContext) -> Body:
     """What the run was: model, data sizes, each method's steps as trained, the budgets, the versions."""
-    import importlib.metadata as md
-
     def ver(pkg: str) -> str:
         try:
             return md.version(pkg)

@@ -5,6 +5,7 @@ Numbers stay numbers until here: ``format_rates`` and ``route_table`` are the on
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pandas as pd
@@ -81,3 +82,58 @@ def summary_table(rows: list[dict[str, Any]], criterion: str | None = None) -> p
         if criterion is None else summary_columns(criterion)
     cols = [x for c in names for x in (c, *(f"{c}_{k}" for k in ("k", "n", "low", "high", "p")))]
     return df[[c for c in cols if c in df.columns]]
+
+
+GLOSSARY = {
+    "method": "unlearning method",
+    "steps": "unlearning steps taken (stops at the forget target or at max steps)",
+    "target reached": "whether forget fact top-1 accuracy reached the target",
+    "tv scale": "Task Vector's calibrated negation scale (other methods: empty)",
+    "forget acc": "forget facts still answered after unlearning: rate (k/n, Wilson 95% CI)",
+    "forget lp before / after": "mean teacher-forced log-prob of the forget answers, base / unlearned",
+    "focus before / after": "share of positive leave-one-out contribution on the base KeyTokens (95% bootstrap CI)",
+    "keytoken jaccard": "overlap of base and unlearned KeyTokens",
+    "recovery ROUTE": "eligible forget probes (base right, unlearned wrong) recovered by emphasising the KeyTokens",
+    "recovery ROUTE random / fw": "the same emphasis on random non-KeyTokens / on function words (controls)",
+    "specific ROUTE": "KeyTokens minus random, paired per probe: mean (95% bootstrap CI, sign-flip p)",
+    "destructive retain / general": "retain / general facts the base answers that the unlearned model fails",
+    "fw / keytoken / content change": "mean contribution change on retain probes, unlearned minus base, by word kind",
+    "... gen": "the same under the generation criterion (greedy answer, ROUGE-L recall of the fact span)",
+    "best specific recovery": "headline: the largest KeyTokens-minus-random estimate over routes and criteria "
+                              "(95% CI); its interval must exclude 0 to count",
+}
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x
+
+
+def _best_specific(row: dict[str, Any]) -> tuple[str, str]:
+    """The largest KeyToken-specific estimate over emphasis routes and criteria: (estimate with interval, where)."""
+    best: tuple[float, str, str] | None = None
+    for crit in CRITERIA.values():
+        for name in EMPHASIS_NAMES:
+            key = f"specific_{name}{crit.suffix}"
+            vals = [row.get(k, math.nan) for k in (key, f"{key}_low", f"{key}_high")]
+            if not all(_finite(v) for v in vals):
+                continue
+            est, lo, hi = (float(v) for v in vals)
+            if best is None or est > best[0]:
+                best = (est, f"{est:+.2f} ({lo:+.2f} to {hi:+.2f})", f"{name}, {crit.name}")
+    return best[1:] if best else ("n/a", "no eligible probes")
+
+
+HEADLINE = {"method": "method", "steps": "steps", "forget_acc": "forget acc (teacher forced)",
+            "forget_acc_gen": "forget acc (generation)", "destructive_retain": "destroyed retain (tf)",
+            "destructive_general": "destroyed general (tf)", "destructive_retain_gen": "destroyed retain (gen)",
+            "destructive_general_gen": "destroyed general (gen)"}
+
+
+def headline_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per method: steps, forget accuracy and destruction under both criteria, and the best
+    KeyToken-specific recovery (KeyTokens minus random) with its interval: the numbers a reader wants first."""
+    full = format_rates(summary_table(rows))
+    t = full[[c for c in HEADLINE if c in full.columns]].rename(columns=HEADLINE)
+    best = [_best_specific(r) for r in rows]
+    t["best specific recovery"], t["route, criterion"] = [b[0] for b in best], [b[1] for b in best]
+    return t
