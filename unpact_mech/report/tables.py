@@ -14,6 +14,16 @@ from unpact_mech.criteria import CRITERIA
 from unpact_mech.emphasis import EMPHASIS_NAMES
 
 
+def ci_text(est: float, lo: float, hi: float, extra: str = "") -> str:
+    """An estimate with its interval, as every table and verdict shows it: '+0.30 (+0.10 to +0.50)'."""
+    return f"{est:+.2f} ({lo:+.2f} to {hi:+.2f}{extra})"
+
+
+def finite(x: Any) -> bool:
+    """A real, finite number (not None, NaN, inf or a bool)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def format_rates(table: pd.DataFrame) -> pd.DataFrame:
     """For display only: each rate column as 'rate (k/n, low-high)' and each estimate with an interval (and
     p-value) as 'est (low to high, p=..)', their count/interval columns dropped."""
@@ -34,7 +44,7 @@ def format_rates(table: pd.DataFrame) -> pd.DataFrame:
             if r[name] != r[name]:
                 return "n/a"
             p = f", p={r[f'{name}_p']:.2f}" if f"{name}_p" in table.columns else ""
-            return f"{r[name]:+.2f} ({r[f'{name}_low']:+.2f} to {r[f'{name}_high']:+.2f}{p})"
+            return ci_text(r[name], r[f"{name}_low"], r[f"{name}_high"], p)
 
         out[name] = table.apply(fmt_ci, axis=1)
         out = out.drop(columns=[c for c in (f"{name}_low", f"{name}_high", f"{name}_p") if c in out.columns])
@@ -53,7 +63,7 @@ def route_table(t: pd.DataFrame) -> pd.DataFrame:
         "method": t["method"], "route": t["route"], "treatment": t["treatment"], "criterion": t["criterion"],
         "recovered": [rate(r, "recovered") for _, r in t.iterrows()],
         "control": [f"{c}: {rate(r, 'control')}" for c, (_, r) in zip(t.control_kind, t.iterrows())],
-        "excess": [f"{r.excess:+.2f} ({r.excess_low:+.2f} to {r.excess_high:+.2f})" if r.excess == r.excess else "-"
+        "excess": [ci_text(r.excess, r.excess_low, r.excess_high) if r.excess == r.excess else "-"
                    for _, r in t.iterrows()],
         "base kept": [rate(r, "base_kept") if "base_kept_n" in t and r.base_kept == r.base_kept else "-"
                       for _, r in t.iterrows()],
@@ -104,10 +114,6 @@ GLOSSARY = {
 }
 
 
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x
-
-
 def _best_specific(row: dict[str, Any]) -> tuple[str, str]:
     """The largest KeyToken-specific estimate over emphasis routes and criteria: (estimate with interval, where)."""
     best: tuple[float, str, str] | None = None
@@ -115,11 +121,11 @@ def _best_specific(row: dict[str, Any]) -> tuple[str, str]:
         for name in EMPHASIS_NAMES:
             key = f"specific_{name}{crit.suffix}"
             vals = [row.get(k, math.nan) for k in (key, f"{key}_low", f"{key}_high")]
-            if not all(_finite(v) for v in vals):
+            if not all(finite(v) for v in vals):
                 continue
             est, lo, hi = (float(v) for v in vals)
             if best is None or est > best[0]:
-                best = (est, f"{est:+.2f} ({lo:+.2f} to {hi:+.2f})", f"{name}, {crit.name}")
+                best = (est, ci_text(est, lo, hi), f"{name}, {crit.name}")
     return best[1:] if best else ("n/a", "no eligible probes")
 
 

@@ -21,6 +21,7 @@ import pandas as pd
 
 from unpact_mech.criteria import CRITERIA
 from unpact_mech.emphasis import EMPHASIS_NAMES
+from unpact_mech.report.tables import ci_text, finite
 
 
 @dataclass(frozen=True)
@@ -32,16 +33,12 @@ class Verdict:
 
 
 def _num(row: dict[str, Any], key: str) -> float:
-    v = row.get(key)
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else math.nan
+    v = row.get(key, math.nan)
+    return float(v) if finite(v) else math.nan
 
 
 def _ci(row: dict[str, Any], key: str) -> tuple[float, float, float]:
     return _num(row, key), _num(row, f"{key}_low"), _num(row, f"{key}_high")
-
-
-def _fmt(est: float, lo: float, hi: float) -> str:
-    return f"{est:+.2f} ({lo:+.2f} to {hi:+.2f})"
 
 
 def focus_verdicts(rows: list[dict[str, Any]]) -> list[Verdict]:
@@ -74,7 +71,7 @@ def recovery_verdicts(rows: list[dict[str, Any]]) -> list[Verdict]:
                 if lo > 0 or hi < 0:
                     word = "KeyToken-specific" if lo > 0 else "worse than random tokens"
                     out.append(Verdict("2", r["method"], lo > 0, f"{r['method']}: emphasis by {name} is {word} "
-                                       f"under {crit.name}: KeyTokens - random {_fmt(est, lo, hi)}"))
+                                       f"under {crit.name}: KeyTokens - random {ci_text(est, lo, hi)}"))
     if tested and not any(v.positive for v in out):
         out.insert(0, Verdict("2", "", False, f"No emphasis route is KeyToken-specific: of {tested} paired "
                               "KeyTokens-minus-random intervals (method x route x criterion), none lies above 0"))
@@ -120,7 +117,7 @@ def route_verdicts(routes: pd.DataFrame | None) -> list[Verdict]:
         return []
     ok = routes[routes.excess_low > 0]
     out = [Verdict("routes", r.method, True, f"{r.method}: {r.route} ({r.treatment}, {r.criterion}) recovers "
-                   f"beyond its control: excess {_fmt(r.excess, r.excess_low, r.excess_high)}")
+                   f"beyond its control: excess {ci_text(r.excess, r.excess_low, r.excess_high)}")
            for r in ok.itertuples()]
     n = int(routes.excess.notna().sum())
     if n and not ok.empty:
