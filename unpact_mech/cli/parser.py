@@ -57,6 +57,14 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="accept pickled .bin weights (RISK: unpickling can run code); safetensors needs no flag")
 
 
+def _pair_args(p: argparse.ArgumentParser, probes_help: str = "JSON-lines probe file or benchmark name, e.g. "
+               "facts:forget") -> None:
+    """The two models of a comparison command and the probes they are compared on (declared once)."""
+    p.add_argument("--base", required=True, help="the model before unlearning: built-in name, local HF dir or hub id")
+    p.add_argument("--unlearned", required=True, help="the unlearned model (same tokenizer)")
+    p.add_argument("--probes", required=True, help=probes_help)
+
+
 def _output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out (refused otherwise)")
 
@@ -85,9 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(s)
 
     s = sub.add_parser("compare", help="base vs unlearned: KeyTokens, focus, contribution change per probe")
-    s.add_argument("--base", required=True)
-    s.add_argument("--unlearned", required=True)
-    s.add_argument("--probes", required=True, help="JSON-lines probe file or benchmark name, e.g. facts:forget")
+    _pair_args(s)
     s.add_argument("--out", default="compare.csv", help="per-probe table (.csv or .parquet)")
     _output_args(s)
     _keytoken_args(s)
@@ -121,9 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         _model_args(s)
 
     s = sub.add_parser("localise", help="where base -> unlearned changed: heads, layers x source tokens")
-    s.add_argument("--base", required=True)
-    s.add_argument("--unlearned", required=True)
-    s.add_argument("--probes", required=True)
+    _pair_args(s)
     s.add_argument("--out", default="localise", help="output directory for tables and figures")
     _output_args(s)
     s.add_argument("--top", type=POS, default=5, help="rows per split to print")
@@ -154,9 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("emphasize", help="finding 2: recovery by emphasising KeyTokens (" + ", ".join(EMPHASIS_MODES)
                        + ")")
-    s.add_argument("--base", required=True)
-    s.add_argument("--unlearned", required=True)
-    s.add_argument("--probes", required=True)
+    _pair_args(s)
     s.add_argument("--factors", default="1,2,4,8", type=factor_list(),
                    help="emphasis factors in (0, 1000]; without --sweep only the largest is scored, and factor 1 (no "
                    "emphasis) is always scored as the baseline")
@@ -174,10 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(s)
 
     s = sub.add_parser("recover", help="recovery routes: emphasis, quantisation, relearning, in-context, with controls")
-    s.add_argument("--base", required=True)
-    s.add_argument("--unlearned", required=True)
-    s.add_argument("--probes", required=True, help="probes with splits: forget (tested), retain (relearning data), "
-                   "general (few-shot examples, then control facts)")
+    _pair_args(s, "probes with splits: forget (tested), retain (relearning data), general (few-shot examples, then "
+               "control facts)")
     from unpact_mech.routes import RECOVERY_ROUTES
 
     s.add_argument("--routes", default="emphasis,quantize,relearn,in_context", type=choice_list(list(RECOVERY_ROUTES)),
@@ -200,9 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(s)
 
     s = sub.add_parser("patch", help="activation patching base <-> unlearned per layer/position and per head")
-    s.add_argument("--base", required=True)
-    s.add_argument("--unlearned", required=True)
-    s.add_argument("--probes", required=True)
+    _pair_args(s)
     from unpact_mech.patching import DIRECTIONS, KINDS, PATCH_METHODS
 
     s.add_argument("--n", type=POS, default=1, help="number of probes")
