@@ -4,7 +4,7 @@ Each type is an argparse ``type=`` built on the library's own checks (``unpact_m
 value is refused by argparse (one line, exit 2) before any model or data loads, and the library refuses the same
 value with an ``UnpactError`` when it is called from Python.
 
-Options that only some routes or modes use are declared with :func:`routed`: given where nothing would use them,
+Options that only some routes or modes use are marked with :func:`route`: given where nothing would use them,
 they are refused, naming what would (``recover --bits 4 --routes emphasis``); not given, they take their default.
 """
 

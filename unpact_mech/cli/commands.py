@@ -60,11 +60,7 @@ def _same_path(x: str, y: str) -> bool:
 
 
 def _models(a: argparse.Namespace) -> tuple[Any, Any]:
-    """The base (--base) and unlearned (--unlearned) models, both specs checked before either loads."""
-    from unpact_mech.models import check_spec
-
-    check_spec(a.base)
-    check_spec(a.unlearned)
+    """The base (--base) and unlearned (--unlearned) models (``main`` checked both specs before either loads)."""
     return _load(a, a.base), _load(a, a.unlearned)
 
 

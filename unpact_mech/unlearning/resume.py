@@ -163,12 +163,9 @@ def check_resume(files: ResumeFiles, settings: dict[str, Any], steps: int | None
     return meta
 
 
-def load_state(files: ResumeFiles, run_key: str, model: Any, opt: torch.optim.Optimizer,
-               gen: torch.Generator, settings: dict[str, Any] | None = None,
-               steps: int | None = None) -> tuple[int, list[dict[str, Any]]]:
-    """Restore the state into model, optimizer and generator (checked by :func:`check_resume` first)."""
-    meta = check_resume(files, settings or {}, steps)
-    assert meta is not None
+def load_state(files: ResumeFiles, meta: dict[str, Any], run_key: str, model: Any, opt: torch.optim.Optimizer,
+               gen: torch.Generator) -> tuple[int, list[dict[str, Any]]]:
+    """Restore the state into model, optimizer and generator; ``meta`` is what :func:`check_resume` returned."""
     if meta["run_key"] != run_key:
         raise ResumeError(f"{files.meta} is the resume state of another run (the data or model differ); "
                           f"{_start_over(files)}")

@@ -294,7 +294,7 @@ def unlearn(
     }
     run_key = data_hash(prov)
     try:
-        check_resume(resume, prov, cfg.steps)  # before the model is copied: a foreign or damaged state is refused
+        meta = check_resume(resume, prov, cfg.steps)  # before the model is copied: a foreign or damaged state is refused
     except ResumeError as err:
         raise UnlearningError(str(err)) from err
 
@@ -302,9 +302,9 @@ def unlearn(
     history: list[dict[str, Any]] = []  # step (int) and losses (float)
     step = 0
     acc0 = fact_accuracy(model, f_ex, pad_id)
-    if resume.exists():
+    if meta is not None:
         try:
-            step, history = load_state(resume, run_key, model, opt, gen, prov, cfg.steps)
+            step, history = load_state(resume, meta, run_key, model, opt, gen)
         except ResumeError as err:
             raise UnlearningError(str(err)) from err
         print(f"[unpact] resuming {method} from step {step} of {cfg.steps} ({resume.meta})", flush=True)
