@@ -52,6 +52,47 @@ def test_demo_runs_writes_report_and_resumes(tiny_llama_dir, demo_out, monkeypat
     assert not list(out.rglob("*.tmp"))
 
 
+def test_drill_down_lists_the_probes_behind_every_rate(demo_out):
+    """The per-probe tables, rebuilt from the sweep and destruction files, count what the rates count."""
+    from unpact_mech.report.drill import destruction_drill, eligibility_counts, forget_drill
+
+    out, _ = demo_out
+    ids = json.loads((out / "data.json").read_text())["ids"]
+    data = {s: [type("P", (), {"id": i, "prompt": f"prompt {i}", "answer": "a", "split": s})() for i in v]
+            for s, v in ids.items()}
+    for m in ("ga_gdr", "rmu"):
+        row = json.loads((out / m / "result.json").read_text())
+        rates = pd.read_csv(out / m / "recovery_rates.csv")
+        fd = forget_drill(out, m, data)
+        assert len(fd) == len(ids["forget"]) and list(fd.probe) == ids["forget"]
+        for crit, sfx in (("teacher_forced", "tf"), ("generation", "gen")):
+            best = rates[(rates.criterion == crit) & (rates.condition == "keytokens") & (rates.scope == "best")]
+            for r in best.itertuples():
+                got = fd[f"recovered by ({sfx})"].fillna("").str.split("; ").map(
+                    lambda parts, route=r.route: any(p.split(" ")[0] == route for p in parts))
+                assert int(got.sum()) == r.k, (m, crit, r.route)
+                assert int((fd[f"eligible ({sfx})"] == "yes").sum()) == r.n
+        dd = destruction_drill(out, m, data)
+        for split in ("retain", "general"):
+            for key, sfx in (("", "tf"), ("_gen", "gen")):
+                k = row.get(f"destructive_{split}{key}_k")
+                if k is not None:
+                    assert int((dd[dd.split == split][f"destroyed ({sfx})"] == "yes").sum()) == k
+        assert {"base generated", "unlearned generated"} <= set(dd.columns)
+        counts = eligibility_counts(out, [m])
+        assert set(counts.criterion) == {"teacher_forced", "generation"}
+    # token strips: chosen per method from its own results, forget and retain, labelled
+    for m in ("ga_gdr", "rmu"):
+        row = json.loads((out / m / "result.json").read_text())
+        focus = pd.read_csv(out / m / "keyword_focus.csv")
+        first = row["examples"][0]
+        assert first["split"] == "forget" and first["id"] == focus.probe_id[(-focus.lp_change).idxmax()]
+        assert "retain" in {e["split"] for e in row["examples"]} and all("LP drop" in e["why"] for e in row["examples"])
+    html = (out / "report.html").read_text()
+    assert "lr=0.001" in html and "KeyToken parameters" in html and "stage checkpoints/ga_gdr.stamp.json" in html
+    assert "Figure 1.</b>" in html and "probe by probe: forget probes" in html and "retain probe" in html
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 NEED_BROWSER = os.environ.get("UNPACT_BROWSER_TESTS") == "1"  # set by .ci/run, which installs Debian's chromium
 
@@ -60,7 +101,8 @@ NEED_BROWSER = os.environ.get("UNPACT_BROWSER_TESTS") == "1"  # set by .ci/run, 
 def test_report_in_a_real_browser(demo_out):
     """Headless Debian Chromium, driven by Playwright with ``executable_path`` (its own download cannot reach the
     internet): no page-wide horizontal scroll at 900 and 1400 px, every image decoded, every table-of-contents link
-    resolves to a section, and the key-results box is there and holds verdicts."""
+    resolves to a section, the key-results box is there and holds verdicts, every figure has a numbered caption,
+    and with every folded block open (full tables, drill-down) the page still does not scroll sideways."""
     from playwright.sync_api import sync_playwright
 
     assert CHROMIUM, "UNPACT_BROWSER_TESTS=1 but no chromium: apt-get install chromium"
@@ -80,6 +122,15 @@ def test_report_in_a_real_browser(demo_out):
                 assert len(links) >= 8 and not missing, missing
                 box = page.query_selector("#key-results-box")
                 assert box is not None and box.is_visible() and len(box.query_selector_all("li")) >= 3
+                caps = page.evaluate("[...document.querySelectorAll('figcaption')].map(c => c.innerText)")
+                assert len(caps) == len(images) and all(c.startswith(f"Figure {i + 1}. ") and len(c) > 40
+                                                        for i, c in enumerate(caps)), caps
+                for d in page.query_selector_all("details"):  # every folded block open: still no sideways scroll
+                    d.evaluate("el => el.open = true")
+                over = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+                assert over <= 0, f"with every block open the page scrolls sideways by {over} px at {width} px"
+                drill = page.query_selector("details.drill-forget table")
+                assert drill is not None and drill.is_visible() and len(drill.query_selector_all("tr")) > 1
                 page.close()
         finally:
             browser.close()

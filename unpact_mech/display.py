@@ -27,6 +27,26 @@ h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:1.6em}
 """
 
 
+WHITESPACE = {"\n": "\u23ce", "\t": "\u21e5", "\r": "\u240d"}
+
+
+def token_label(token: str) -> str:
+    """A token as a reader sees it: newline as \u23ce, tab as \u21e5, carriage return as \u240d, other control
+    characters escaped, an empty token as \u2205 (spaces stay spaces). One rule for chips, tables and axes."""
+    out = "".join(WHITESPACE.get(c, c if c.isprintable() or c == " " else repr(c)[1:-1]) for c in token)
+    return out or "\u2205"
+
+
+def colour_legend(scale: float, what: str = "contribution") -> str:
+    """The token strips' colour key: blue (negative) through white to red (positive), at +/- ``scale``."""
+    stops = [-1.0, -0.5, 0.0, 0.5, 1.0]
+    chips = "".join(f'<span class="tok" style="{_token_style(x * scale, scale)}">{x * scale:+.2f}</span>'
+                    for x in stops)
+    return (f"<div class='legend'>colour = {html.escape(what)}: {chips} &nbsp;"
+            "<span class='tok key'>outlined</span> = base KeyToken &nbsp; <span class='tok' "
+            "style='background:#f4f4f4'>grey</span> = not scored (template) &nbsp; \u23ce = newline</div>")
+
+
 def _colour(score: float, scale: float) -> str:
     """Red for positive contribution, blue for negative, white for zero."""
     x = max(-1.0, min(1.0, score / scale)) if scale > 0 else 0.0
@@ -48,17 +68,23 @@ def token_row(tokens: Sequence[str], scores: Sequence[float], keys: set[int], sc
     for i, (t, s) in enumerate(zip(tokens, scores)):
         title = "" if s != s else f' title="{s:+.3f}"'
         cls = "tok key" if i in keys else "tok"
-        spans.append(f'<span class="{cls}" style="{_token_style(s, scale)}"{title}>{html.escape(t) or "&nbsp;"}</span>')
+        spans.append(f'<span class="{cls}" style="{_token_style(s, scale)}"{title}>{html.escape(token_label(t))}</span>')
     return "".join(spans)
 
 
+def strip_scale(*rows: Sequence[float | None]) -> float:
+    """The colour scale of token strips shown together: the largest |score| among them (1 if none)."""
+    vals = [abs(v) for r in rows for v in r if v is not None and v == v]
+    return max(vals) if vals and max(vals) > 0 else 1.0
+
+
 def comparison_block(title: str, tokens: Sequence[str], base: Sequence[float | None], unlearned: Sequence[float | None],
-                     keys: set[int]) -> str:
-    """One probe: its prompt tokens coloured by contribution, base above unlearned (None: no score)."""
+                     keys: set[int], scale: float | None = None) -> str:
+    """One probe: its prompt tokens coloured by contribution, base above unlearned (None: no score), both on one
+    colour scale (``scale``, default :func:`strip_scale` of the two rows)."""
     b_vals = [math.nan if v is None else v for v in base]  # JSON stores a missing score as null
     u_vals = [math.nan if v is None else v for v in unlearned]
-    vals = [abs(v) for v in b_vals + u_vals if v == v]
-    scale = max(vals) if vals else 1.0
+    scale = strip_scale(b_vals, u_vals) if scale is None else scale
     return (f"<h4>{html.escape(title)}</h4><div class='pair'><div class='lbl'>base</div><div>"
             f"{token_row(tokens, b_vals, keys, scale)}</div><div class='lbl'>unlearned</div><div>"
             f"{token_row(tokens, u_vals, keys, scale)}</div></div>")
@@ -88,7 +114,7 @@ def token_cells(tokens: Sequence[str], scores: Sequence[float], keys: set[int], 
     for i, (t, s) in enumerate(zip(tokens, scores)):
         label = "" if s != s else f"{s:+.2f}"
         cls = "cell key" if i in keys else "cell"
-        out.append(f'<span class="{cls}"><span class="tok" style="{_token_style(s, scale)}">{html.escape(t) or "&nbsp;"}'
+        out.append(f'<span class="{cls}"><span class="tok" style="{_token_style(s, scale)}">{html.escape(token_label(t))}'
                    f'</span><span class="sc">{label or "&nbsp;"}</span></span>')
     return "".join(out)
 
@@ -121,7 +147,7 @@ def attention_html(tokens: Sequence[str], patterns: dict[str, Any], start: int, 
     ``patterns[name]`` is a [query, key] array of attention weights."""
     parts = []
     for name, pat in patterns.items():
-        cols = "".join(f"<th class='col'>{html.escape(repr(t)[1:-1])}</th>" for t in tokens[start:])
+        cols = "".join(f"<th class='col'>{html.escape(token_label(t))}</th>" for t in tokens[start:])
         rows = []
         for q in queries:
             before = float(pat[q][:start].sum())
@@ -130,7 +156,7 @@ def attention_html(tokens: Sequence[str], patterns: dict[str, Any], start: int, 
                 w = float(pat[q][k]) if k <= q else math.nan
                 cells.append("<td></td>" if w != w else
                              f"<td title='{w:.3f}' style='background:{_colour(w, 1.0)}'>{w:.2f}</td>")
-            rows.append(f"<tr><th>{html.escape(repr(tokens[q])[1:-1])}</th>{''.join(cells)}</tr>")
+            rows.append(f"<tr><th>{html.escape(token_label(tokens[q]))}</th>{''.join(cells)}</tr>")
         parts.append(f"<div class='hd'><b>{html.escape(name)}</b>: attention weight from each query (row) to each "
                      f"key (column)</div><table class='att'><tr><th></th><th class='col'>(earlier)</th>{cols}</tr>"
                      f"{''.join(rows)}</table>")

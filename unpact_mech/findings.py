@@ -22,7 +22,7 @@ from unpact_mech.hooks import EMPHASIS_MODES
 from unpact_mech.keytokens import KeyTokenParams, select_keytokens
 from unpact_mech.metrics import destructive_rate
 from unpact_mech.probes import Probe, TokenizedProbe
-from unpact_mech.stats import bootstrap_mean, paired_difference, wilson
+from unpact_mech.stats import draw_mean_rate, paired_difference, wilson
 from unpact_mech.subject import Subject
 from unpact_mech.words import function_word_positions, word_kind
 
@@ -125,9 +125,12 @@ def recovery(
     gen_f = emph if gen_factors is None else [float(f) for f in gen_factors if f != 1.0]
     elig_rows, sweep_rows = [], []
     for crit in criteria:
-        b_ok, u_ok = list(judge(an, tps, crit).correct), list(judge(unlearned, tps, crit).correct)
-        elig_rows += [{"probe_id": tp.probe.id, "criterion": crit, "base_correct": b, "unlearned_correct": u}
-                      for tp, b, u in zip(tps, b_ok, u_ok)]
+        b_tab, u_tab = judge(an, tps, crit), judge(unlearned, tps, crit)
+        b_ok, u_ok = list(b_tab.correct), list(u_tab.correct)
+        extra = get_criterion(crit).extra  # the criterion's evidence (LP, or the generated answer) travels along
+        elig_rows += [{"probe_id": tp.probe.id, "criterion": crit, "base_correct": b, "unlearned_correct": u,
+                       f"{extra}_base": eb, f"{extra}_unlearned": eu}
+                      for tp, b, u, eb, eu in zip(tps, b_ok, u_ok, b_tab[extra], u_tab[extra])]
         todo = [tp for tp, b, u in zip(tps, b_ok, u_ok) if (b and not u) or not eligible_only]
         if not todo:
             continue
@@ -164,8 +167,7 @@ def recovery(
                 share = got.groupby(level="probe_id").mean() if len(got) else pd.Series(dtype=float)
                 per[cond] = [float(share.get(i, 0.0)) for i in ids]
                 if cond == "random":
-                    m, lo, hi = bootstrap_mean(per[cond], seed=seed)
-                    r = {"k": float(sum(per[cond])), "n": len(ids), "rate": m, "low": lo, "high": hi}
+                    r = draw_mean_rate(per[cond], seed)
                 else:
                     r = wilson(int(round(sum(per[cond]))), len(ids)).to_dict()
                 rate_rows.append({"criterion": crit, "condition": cond, "route": route, "scope": scope,
@@ -192,8 +194,8 @@ def destruction(base: Analysis | Subject, unlearned: Subject, probes: Sequence[P
     b, u = judge(an, tps, crit.name), judge(unlearned, tps, crit.name)
     df = pd.DataFrame({"probe_id": [tp.probe.id for tp in tps], "split": [tp.probe.split for tp in tps],
                        "criterion": crit.name, "correct_base": list(b.correct), "correct_unlearned": list(u.correct)})
-    if crit.extra == "lp":  # a numeric extra travels with the table
-        df["lp_base"], df["lp_unlearned"] = list(b.lp), list(u.lp)
+    # the criterion's evidence travels with the table: lp_base/lp_unlearned, or generated_base/generated_unlearned
+    df[f"{crit.extra}_base"], df[f"{crit.extra}_unlearned"] = list(b[crit.extra]), list(u[crit.extra])
     rates = {split: destructive_rate(list(g.correct_base), list(g.correct_unlearned))
              for split, g in df.groupby("split")}
     return df, rates

@@ -49,11 +49,15 @@ def wilson(k: int, n: int, z: float = 1.96) -> Rate:
         raise ValueError(f"invalid counts k={k}, n={n}")
     if n == 0:
         return Rate(0, 0, math.nan, math.nan, math.nan)
-    p = k / n
+    return Rate(k, n, k / n, *wilson_bounds(k / n, n, z))
+
+
+def wilson_bounds(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson's score interval for a proportion p of n: (p + z^2/2n -/+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)."""
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return Rate(k, n, p, max(0.0, centre - half), min(1.0, centre + half))
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def bootstrap_mean(values: Sequence[float], n_boot: int = 10_000, seed: int = 0,
@@ -65,6 +69,23 @@ def bootstrap_mean(values: Sequence[float], n_boot: int = 10_000, seed: int = 0,
     means = v[np.random.default_rng(seed).integers(0, v.size, (n_boot, v.size))].mean(1)
     q = (1 - level) / 2
     return float(v.mean()), float(np.quantile(means, q)), float(np.quantile(means, 1 - q))
+
+
+def draw_mean_rate(shares: Sequence[float], seed: int = 0) -> dict[str, float]:
+    """A control rate averaged over random draws: ``shares[i]`` = the share of draws that recovered probe i.
+
+    rate = sum(shares) / n, with k = sum(shares) (a mean count). Interval: the hull of the percentile bootstrap
+    over probes and the Wilson interval at k/n. An averaged draw has at most a Bernoulli's variance, so Wilson is
+    conservative; the hull keeps the interval from collapsing to a point at 0/n or n/n, where every bootstrap
+    resample is the same (the bootstrap alone reads 0.00-0.00 for 0/11, Wilson 0.00-0.26).
+    """
+    n = len(shares)
+    m, lo, hi = bootstrap_mean(shares, seed=seed)
+    if n == 0:
+        return {"k": 0.0, "n": 0, "rate": m, "low": lo, "high": hi}
+    k = float(sum(shares))
+    w_lo, w_hi = wilson_bounds(k / n, n)  # Wilson's formula holds for a real k in [0, n]
+    return {"k": k, "n": n, "rate": m, "low": min(lo, w_lo), "high": max(hi, w_hi)}
 
 
 def sign_flip_p(diffs: Sequence[float], n_mc: int = 20_000, seed: int = 0) -> float:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from unpact_mech.experiments.base import LazyBase
 from unpact_mech.experiments.data import data_stage, keytoken_stage
 from unpact_mech.experiments.findings import findings_stamp, method_stage
 from unpact_mech.experiments.routes import routes_stage
-from unpact_mech.experiments.settings import BUDGET, PAPER_METHODS, ROUTE_BUDGET
+from unpact_mech.experiments.settings import BUDGET, FACTORS, PAPER_METHODS, ROUTE_BUDGET
 from unpact_mech.io import write_table
 from unpact_mech.keytokens import KeyTokenParams
 from unpact_mech.report.sections import build_report
@@ -71,7 +72,8 @@ def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS
         print(f"[unpact] {m} done in {time.perf_counter() - t:.0f} s", flush=True)
     table = summary_table(rows)
     write_table(table, out / "summary.csv")
-    report = build_report(out, rows, data, model_name, {"budget": BUDGET, "route_budget": ROUTE_BUDGET})
+    report = build_report(out, rows, data, model_name, {"budget": BUDGET, "route_budget": ROUTE_BUDGET,
+                                                        "factors": FACTORS, "keytoken_params": asdict(params)})
     print(f"[unpact] demo finished in {time.perf_counter() - t0:.0f} s "
           f"({'model loaded' if lazy.loaded else 'all stages cached, model not loaded'}); report: {report}", flush=True)
     return table

@@ -41,6 +41,39 @@ def findings_stamp(lazy: LazyBase, method: str, data: dict[str, list], steps: in
                       patch=patch, budget=BUDGET)
 
 
+def strip_choices(cmp_f: Any, cmp_r: Any) -> list[tuple[Any, int, str]]:
+    """The probes a method's token strips show, chosen from its own results: the forget probes whose LP fell
+    most and least, and the retain probe whose LP fell most ((comparison, index, why) each)."""
+    out: list[tuple[Any, int, str]] = []
+    for cmp, picks in ((cmp_f, (("largest", False), ("smallest", True))), (cmp_r, (("largest", False),))):
+        drop = -cmp.per_probe["lp_change"].reset_index(drop=True)
+        if drop.empty:
+            continue
+        for word, low in picks:
+            i = int(drop.idxmin() if low else drop.idxmax())
+            why = f"{word} LP drop among {len(drop)} {cmp.base[i].tprobe.probe.split} probes"
+            if all(j != i or c is not cmp for c, j, _ in out):
+                out.append((cmp, i, why))
+    return out
+
+
+def token_example(cmp: Any, i: int, why: str, params: KeyTokenParams) -> dict[str, Any]:
+    """One token strip: probe i's attributable tokens with base and unlearned leave-one-out contributions."""
+    rb, ru = cmp.base[i], cmp.unlearned[i]
+    tp = rb.tprobe
+    keys = {rb.positions[j] for j in select_keytokens(rb.contributions, params)}
+    b = [float("nan")] * tp.prompt_len
+    u = [float("nan")] * tp.prompt_len
+    for pos, cb, cu in zip(rb.positions, rb.contributions.tolist(), ru.contributions.tolist()):
+        b[pos], u[pos] = cb, cu
+    lo = min(tp.attributable)
+    pp = cmp.per_probe.iloc[i]
+    return {"id": tp.probe.id, "split": tp.probe.split, "why": why, "prompt": tp.probe.prompt,
+            "answer": tp.probe.answer, "lp_base": float(pp.lp_base), "lp_unlearned": float(pp.lp_unlearned),
+            "tokens": list(tp.tokens[lo : tp.prompt_len]), "base": b[lo:], "unlearned": u[lo:],
+            "keys": [k - lo for k in keys]}
+
+
 def method_stage(lazy: LazyBase, method: str, data: dict[str, list], out: Path, steps: int | None, target: float,
                  patch: bool, params: KeyTokenParams, on_change: str = "recompute") -> dict[str, Any]:
     """Unlearn with one method (cached) and measure the three findings under the KeyToken ``params``; results
@@ -80,12 +113,15 @@ def _measure(lazy: LazyBase, method: str, data: dict[str, list], out: Path, step
     rec = recovery(an, unl, forget, FACTORS, n_draws=BUDGET["n_draws"], gen_factors=BUDGET["gen_factors"],
                    gen_prompt_styles=BUDGET["gen_prompt_styles"])
     announce(f"{method}: finding 3 (destructive rates, function-word penalisation), localisation")
-    drates = {c: destruction(an, unl, retain + general, criterion=c)[1] for c in CRITERIA}
+    dest = {c: destruction(an, unl, retain + general, criterion=c) for c in CRITERIA}
+    drates = {c: d[1] for c, d in dest.items()}
     cmp_r = compare(an, unl, retain)  # token-level finding 3 on the retain split (the demo's time budget)
     fw = function_word_penalisation(cmp_r)
     loc = localise(an, unl, forget[:4] + retain[:2])
     d = out / method
     write_table(cmp_f.per_probe, d / "keyword_focus.csv")
+    write_table(cmp_r.per_probe, d / "retain_focus.csv")
+    write_table(pd.concat([t for t, _ in dest.values()], ignore_index=True), d / "destruction.csv")
     write_table(rec.sweep, d / "emphasis_sweep.csv")
     write_table(rec.rates, d / "recovery_rates.csv")
     write_table(rec.control, d / "recovery_control.csv")
@@ -97,18 +133,7 @@ def _measure(lazy: LazyBase, method: str, data: dict[str, list], out: Path, step
     write_table(loc.heads, d / "heads.csv")
     write_table(loc.keytoken_route, d / "keytoken_route.csv")
     write_table(loc.logit_lens, d / "logit_lens.csv")
-    examples = []
-    for rb, ru in list(zip(cmp_f.base, cmp_f.unlearned))[:3]:
-        tp = rb.tprobe
-        keys = {rb.positions[i] for i in select_keytokens(rb.contributions, params)}
-        b = [float("nan")] * tp.prompt_len
-        u = [float("nan")] * tp.prompt_len
-        for pos, cb, cu in zip(rb.positions, rb.contributions.tolist(), ru.contributions.tolist()):
-            b[pos], u[pos] = cb, cu
-        lo = min(tp.attributable)
-        examples.append({"id": tp.probe.id, "prompt": tp.probe.prompt, "answer": tp.probe.answer,
-                         "tokens": list(tp.tokens[lo : tp.prompt_len]), "base": b[lo:], "unlearned": u[lo:],
-                         "keys": [k - lo for k in keys]})
+    examples = [token_example(c, i, why, params) for c, i, why in strip_choices(cmp_f, cmp_r)]
     if patch:
         tp = an.probes.get(forget[0])
         # the residual stream every third layer (attn_out / mlp_out are one call away: unpact patch)
@@ -122,6 +147,8 @@ def _measure(lazy: LazyBase, method: str, data: dict[str, list], out: Path, step
         focus.update({name: est, f"{name}_low": low, f"{name}_high": high})
     row: dict[str, Any] = {
         "method": method,
+        "dtype": str(base.dtype).replace("torch.", ""),
+        "device": str(base.device),
         "steps": prov["steps"],
         "stopped_at": prov.get("stopped_at"),
         "target_reached": prov.get("target_reached"),

@@ -20,6 +20,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from unpact_mech.display import token_label
 from unpact_mech.errors import UnpactError
 from unpact_mech.io import atomic_write
 
@@ -54,17 +55,34 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=120, bbox_inches="tight"))
 
 
-def head_heatmap(heads: pd.DataFrame, value: str = "change", split: str | None = None, title: str = "") -> Figure:
-    """Layer x head heatmap of a per-head quantity (e.g. DLA change base -> unlearned)."""
+def legend_outside(ax: Any, **kw: Any) -> None:
+    """The legend to the right of the axes, where it cannot cover a point or an error bar."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize=8, **kw)
+
+
+def head_heatmap(heads: pd.DataFrame, value: str = "change", split: str | None = None, title: str = "",
+                 vlim: float | None = None) -> Figure:
+    """Layer x head heatmap of a per-head quantity (e.g. DLA change base -> unlearned), coloured on
+    [-vlim, vlim] (default: this grid's largest |value|; pass one ``vlim`` to compare several grids by eye)."""
     df = heads if split is None else heads[heads["split"] == split]
     grid = df.groupby(["layer", "head"])[value].mean().unstack("head")
-    lim = float(grid.abs().max().max()) or 1.0
+    lim = vlim if vlim is not None else (float(grid.abs().max().max()) or 1.0)
     fig, ax = subplots(figsize=(0.45 * grid.shape[1] + 2.5, 0.22 * grid.shape[0] + 1.5))
     sns.heatmap(grid, cmap="RdBu_r", center=0, vmin=-lim, vmax=lim, ax=ax, cbar_kws={"label": value})
     ax.set_title(title or f"{value} per head" + (f" ({split})" if split else ""))
     ax.invert_yaxis()
     fig.tight_layout()
     return fig
+
+
+def grid_limit(frames: Sequence[pd.DataFrame], value: str = "change", split: str | None = None) -> float:
+    """The shared colour limit of several head grids: the largest |mean value| of any (layer, head) cell."""
+    lims = [float((f if split is None else f[f["split"] == split]).groupby(["layer", "head"])[value].mean()
+                  .abs().max()) for f in frames]
+    lims = [v for v in lims if v == v]
+    return max(lims, default=1.0) or 1.0
 
 
 def source_heatmap(layer_source: pd.DataFrame, probe_id: str, value: str = "change", title: str = "") -> Figure:
@@ -75,7 +93,7 @@ def source_heatmap(layer_source: pd.DataFrame, probe_id: str, value: str = "chan
     grid = df.pivot_table(index="layer", columns="position", values=value, aggfunc="mean")
     labels = df.drop_duplicates("position").set_index("position")
     names = [
-        repr(labels.loc[p, "token"])[1:-1] + ("*" if bool(labels.loc[p].get("is_keytoken", False)) else "")
+        token_label(labels.loc[p, "token"]) + ("*" if bool(labels.loc[p].get("is_keytoken", False)) else "")
         for p in grid.columns
     ]
     lim = float(grid.abs().max().max()) or 1.0
@@ -89,31 +107,81 @@ def source_heatmap(layer_source: pd.DataFrame, probe_id: str, value: str = "chan
     return fig
 
 
-def logit_lens_curves(lens: pd.DataFrame, hue: str = "model", title: str = "Logit lens") -> Figure:
-    """Answer log-prob read from the residual stream at each layer, one curve per model (mean, 95% CI)."""
-    fig, ax = subplots(figsize=(6.5, 3.6))
-    sns.lineplot(data=lens, x="layer", y="score", hue=hue, ax=ax, errorbar=("ci", 95))
-    ax.set_ylabel("answer log-prob")
-    ax.set_title(title)
+def logit_lens_curves(lens: pd.DataFrame, hue: str = "model", title: str = "Logit lens",
+                      start: int | None = None) -> Figure:
+    """Answer log-prob read from the residual stream at each layer. (a) one curve per model (mean over probes,
+    95% bootstrap band) from layer ``start`` on (default: a third of the way in; the first layers sit far lower,
+    about -110 on SmolLM2, and would flatten the late layers where unlearning acts); (b) the second model minus
+    the first at every layer, paired per probe."""
+    names = list(dict.fromkeys(lens[hue]))
+    n_layers = int(lens["layer"].max()) + 1
+    start = n_layers // 3 if start is None else start
+    fig, (a, b) = subplots(1, 2, figsize=(10.5, 3.6))
+    sns.lineplot(data=lens[lens["layer"] >= start], x="layer", y="score", hue=hue, ax=a, errorbar=("ci", 95),
+                 seed=0)
+    a.set_ylabel("answer log-prob")
+    a.set_title(f"(a) layers {start}-{n_layers - 1}")
+    if a.get_legend() is not None:
+        a.get_legend().set_title("")
+    if len(names) >= 2:
+        wide = lens.pivot_table(index=["probe_id", "layer"], columns=hue, values="score").reset_index()
+        wide["diff"] = wide[names[1]] - wide[names[0]]
+        sns.lineplot(data=wide, x="layer", y="diff", ax=b, errorbar=("ci", 95), color="C3", seed=0)
+        b.axhline(0, color="black", lw=0.8)
+        b.set_ylabel("log-prob difference")
+        b.set_title(f"(b) {names[1]} minus {names[0]}, all layers")
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
-def line_sweep(df: pd.DataFrame, x: str, y: str, hue: str, title: str = "", style: str | None = None) -> Figure:
-    """A generic line plot (e.g. recovery over the emphasis factor)."""
-    fig, ax = subplots(figsize=(6.5, 3.6))
-    sns.lineplot(data=df, x=x, y=y, hue=hue, style=style, marker="o", ax=ax)
-    ax.set_title(title)
+def factor_curves(rates: pd.DataFrame, hue: str = "method", panel: str = "route", title: str = "") -> Figure:
+    """Recovery rate against the emphasis factor, one panel per ``panel`` level: KeyTokens as points with their
+    Wilson 95% interval (dodged so no series hides another) on a log2 factor axis, the random-token control of
+    the same colour dashed. ``rates``: rows of ``recovery_rates`` (scope "factor") with ``hue``, condition, factor,
+    rate, low, high, n."""
+    panels = list(dict.fromkeys(rates[panel]))
+    levels = list(dict.fromkeys(rates[hue]))
+    palette = dict(zip(levels, sns.color_palette(n_colors=max(len(levels), 1))))
+    fig, axes = subplots(1, len(panels), figsize=(4.6 * len(panels) + 2.2, 3.6), squeeze=False)
+    factors = sorted(rates["factor"].astype(float).unique())
+    for ax, pv in zip(axes[0], panels):
+        g = rates[rates[panel] == pv]
+        for j, lev in enumerate(levels):
+            h = g[g[hue] == lev]
+            shift = 2 ** (0.06 * (j - (len(levels) - 1) / 2))  # a dodge along the log axis
+            k = h[h.condition == "keytokens"].sort_values("factor")
+            if not k.empty:
+                n = int(k["n"].max())
+                ax.errorbar(k.factor * shift, k.rate, yerr=[(k.rate - k.low).clip(lower=0), (k.high - k.rate).clip(lower=0)],
+                            fmt="-o", ms=4, capsize=2, color=palette[lev], label=f"{lev} (n={n})")
+            r = h[h.condition == "random"].sort_values("factor")
+            if not r.empty:
+                ax.plot(r.factor * shift, r.rate, "--", color=palette[lev], alpha=0.6, lw=1)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(factors, [f"x{f:g}" for f in factors])
+        ax.minorticks_off()
+        ax.set_ylim(-0.03, max(1.03 * float(g["high"].max()) if g["high"].notna().any() else 1.0, 0.1))
+        ax.set_xlabel("emphasis factor")
+        ax.set_title(str(pv))
+    axes[0][0].set_ylabel("recovery rate (Wilson 95% CI)")
+    axes[0][-1].plot([], [], "--", color="grey", label="random-token control")
+    legend_outside(axes[0][-1])
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
-def bar(df: pd.DataFrame, x: str, y: str, hue: str | None = None, title: str = "", order: Sequence[str] | None = None) -> Figure:
-    """A bar chart (e.g. function-word vs KeyToken contribution change)."""
-    fig, ax = subplots(figsize=(6.5, 3.6))
-    sns.barplot(data=df, x=x, y=y, hue=hue, ax=ax, order=order)
+def bar(df: pd.DataFrame, x: str, y: str, hue: str | None = None, title: str = "", order: Sequence[str] | None = None,
+        ylabel: str = "") -> Figure:
+    """A bar chart of means with seaborn's 95% bootstrap interval (e.g. contribution change by word kind)."""
+    fig, ax = subplots(figsize=(7.5, 3.6))
+    sns.barplot(data=df, x=x, y=y, hue=hue, ax=ax, order=order, errorbar=("ci", 95), seed=0)
     ax.axhline(0, color="black", lw=0.8)
+    ax.set_ylabel(ylabel or y)
     ax.set_title(title)
+    legend_outside(ax)
     fig.tight_layout()
     return fig
 
@@ -127,7 +195,7 @@ def patch_heatmap(patch: pd.DataFrame, value: str = "restoration") -> Figure:
         grid = g.pivot_table(index="layer", columns="position", values=value, aggfunc="mean")
         names = g.drop_duplicates("position").set_index("position").loc[grid.columns, "token"]
         sns.heatmap(grid, cmap="RdBu_r", center=0, vmin=-1, vmax=1, ax=ax,
-                    xticklabels=[repr(t)[1:-1] for t in names])
+                    xticklabels=[token_label(t) for t in names])
         ax.set_title(f"{kind}: {value}")
         ax.invert_yaxis()
     fig.tight_layout()
@@ -135,9 +203,10 @@ def patch_heatmap(patch: pd.DataFrame, value: str = "restoration") -> Figure:
 
 
 def interval_points(df: pd.DataFrame, x: str, y: str, low: str, high: str, hue: str, title: str = "",
-                    ylabel: str = "") -> Figure:
-    """Point estimates with their interval as error bars, one colour per ``hue`` level, dodged along ``x``."""
-    fig, ax = subplots(figsize=(7.5, 3.8))
+                    ylabel: str = "", ylim: tuple[float, float] | None = None, zero_line: bool = False) -> Figure:
+    """Point estimates with their interval as error bars, one colour per ``hue`` level, dodged along ``x``;
+    ``ylim`` fixes the value axis (e.g. (0, 1) for a share, so a drop is not exaggerated)."""
+    fig, ax = subplots(figsize=(8.5, 3.8))
     levels = list(dict.fromkeys(df[hue]))
     xs = list(dict.fromkeys(df[x]))
     width = 0.7 / max(len(levels), 1)
@@ -148,27 +217,49 @@ def interval_points(df: pd.DataFrame, x: str, y: str, low: str, high: str, hue: 
         ax.errorbar(pos, g[y], yerr=yerr, fmt="o", capsize=3, label=str(lev))
     ax.set_xticks(range(len(xs)), [str(v) for v in xs], rotation=20)
     ax.set_ylabel(ylabel or y)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    if zero_line:
+        ax.axhline(0, color="black", lw=0.8)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    legend_outside(ax)
     fig.tight_layout()
     return fig
 
 
+def _axis_max(*cols: pd.Series) -> float:
+    """An axis end a little above the largest value (interval ends included), at least 0.1, at most 1.03."""
+    top = max((float(c.max()) for c in cols if c.notna().any()), default=1.0)
+    return min(max(1.1 * top, 0.1), 1.03)
+
+
 def frontier(df: pd.DataFrame, x: str = "destructive", y: str = "keytokens", control: str = "random",
-             hue: str = "method", title: str = "The dilemma frontier") -> Figure:
-    """One solid line per method through its unlearning strengths (``x`` against ``y``, in strength order) and
-    the same method's control recovery as a dashed line of the same colour."""
-    fig, ax = subplots(figsize=(6.8, 4.4))
+             hue: str = "method", title: str = "The dilemma frontier", strength_label: str = "step",
+             ylabel: str = "recovery rate (best over factors)") -> Figure:
+    """One solid line per method through its unlearning strengths (``x`` against ``y``, in strength order, each
+    point with its Wilson 95% intervals on both axes and labelled with its strength) and the same method's
+    control recovery as a dashed line of the same colour. Axes end just above the data."""
+    fig, ax = subplots(figsize=(8.6, 4.6))
     palette = sns.color_palette(n_colors=max(df[hue].nunique(), 1))
     for colour, (name, g) in zip(palette, df.groupby(hue, sort=False)):
         g = g.sort_values("strength")
-        ax.plot(g[x], g[y], "-o", color=colour, label=f"{name}: KeyTokens")
-        ax.plot(g[x], g[control], "--x", color=colour, alpha=0.8, label=f"{name}: {control} control")
-    ax.set_xlabel("destructive rate (retain + general)")
-    ax.set_ylabel("recovery rate (best over factors)")
-    ax.set_xlim(-0.03, 1.03)
-    ax.set_ylim(-0.03, 1.03)
+        xerr = [(g[x] - g[f"{x}_low"]).clip(lower=0), (g[f"{x}_high"] - g[x]).clip(lower=0)] \
+            if f"{x}_low" in g else None
+        yerr = [(g[y] - g[f"{y}_low"]).clip(lower=0), (g[f"{y}_high"] - g[y]).clip(lower=0)] \
+            if f"{y}_low" in g else None
+        ax.errorbar(g[x], g[y], xerr=xerr, yerr=yerr, fmt="-o", ms=4, capsize=2, elinewidth=0.6, color=colour,
+                    ecolor=(*colour[:3], 0.45),
+                    label=f"{name}: KeyTokens")
+        ax.plot(g[x], g[control], "--x", color=colour, alpha=0.7, label=f"{name}: {control} control")
+        for xv, yv, sv in zip(g[x], g[y], g["strength"]):
+            ax.annotate(f"{sv:g}", (xv, yv), textcoords="offset points", xytext=(3, 3), fontsize=6, color=colour)
+    hx = [df[c] for c in (x, f"{x}_high") if c in df]
+    hy = [df[c] for c in (y, f"{y}_high", control) if c in df]
+    ax.set_xlim(-0.02, _axis_max(*hx))
+    ax.set_ylim(-0.02, _axis_max(*hy))
+    ax.set_xlabel(f"destructive rate on retain + general facts (Wilson 95% CI)\npoint labels: {strength_label}")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2)
+    legend_outside(ax)
     fig.tight_layout()
     return fig

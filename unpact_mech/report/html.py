@@ -20,12 +20,19 @@ REPORT_CSS = (".toc{border:1px solid #ccc;padding:.5em 1em;margin:1em 0;max-widt
               "pre{white-space:pre-wrap;overflow-wrap:anywhere;max-width:100%}img{max-width:100%;height:auto}"
               "table.settings td{vertical-align:top;padding:0 .6em}"
               ".pinned td:first-child,.pinned th:first-child{position:sticky;left:0;background:#fff;z-index:1}"
+              "figcaption{max-width:60em;font-size:92%;color:#333}.legend{font-size:12px;margin:.3em 0 .8em}"
+              ".drill td{white-space:normal;max-width:22em;text-align:left}.drill{font-size:11px}"
+              "details>summary{cursor:pointer;color:#246}.defs{max-width:70em}"
               "td{white-space:nowrap;max-width:none}dl.glossary{columns:2 28em;font-size:90%}dl.glossary dd{margin:0 0 .4em 1em}")
 
 
-def image(path: str | Path, caption: str = "") -> str:
+def image(path: str | Path, caption: str = "", number: int | None = None) -> str:
+    """A PNG embedded as data, with its caption ("Figure N." first when numbered; the id ``fig-N`` to link)."""
     data = base64.b64encode(Path(path).read_bytes()).decode()
-    return f"<figure><img src='data:image/png;base64,{data}'/><figcaption>{html.escape(caption)}</figcaption></figure>"
+    fid = f" id='fig-{number}'" if number is not None else ""
+    head = f"<b>Figure {number}.</b> " if number is not None else ""
+    return (f"<figure{fid}><img src='data:image/png;base64,{data}'/><figcaption>{head}{html.escape(caption)}"
+            "</figcaption></figure>")
 
 
 def anchor(heading: str, taken: set[str]) -> str:

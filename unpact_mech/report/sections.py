@@ -9,30 +9,42 @@ settings, so the report can be rebuilt without loading a model.
 from __future__ import annotations
 
 import html
-import importlib.metadata as md
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
 import pandas as pd
+from matplotlib.figure import Figure
 
-from unpact_mech.display import comparison_block
+from unpact_mech.display import colour_legend, comparison_block, strip_scale
 from unpact_mech.io import read_table
 from unpact_mech.metrics import GEN_THRESHOLD
+from unpact_mech.report.drill import drill_down, eligibility_counts, settings_rows
 from unpact_mech.report.figures import (
-    bar,
+    factor_curves,
     frontier,
+    grid_limit,
     head_heatmap,
     interval_points,
-    line_sweep,
     logit_lens_curves,
     patch_heatmap,
     save_figure,
 )
 from unpact_mech.report.html import image, write_report
 from unpact_mech.report.tables import GLOSSARY, format_rates, headline_table, route_table, summary_table
-from unpact_mech.report.verdicts import verdicts
+from unpact_mech.report.verdicts import (
+    control_caption,
+    factor_caption,
+    focus_caption,
+    frontier_caption,
+    heads_caption,
+    lens_caption,
+    patch_caption,
+    verdicts,
+    word_kind_caption,
+)
+from unpact_mech.stats import bootstrap_mean
 
 
 @dataclass
@@ -60,6 +72,12 @@ class ReportContext:
 
     def has(self, method: str, name: str) -> bool:
         return (self.out / method / f"{name}.csv").exists()
+
+    def figure(self, fig: Figure, name: str, caption: str) -> str:
+        """Save ``fig`` as ``figures/NAME.png`` and return it embedded, numbered in report order, with its
+        computed ``caption``."""
+        self.cache["n_figures"] = self.cache.get("n_figures", 0) + 1
+        return image(save_figure(fig, self.figs / f"{name}.png"), caption, self.cache["n_figures"])
 
 
 Body = Union[str, pd.DataFrame, None]  # noqa: UP007  (a runtime alias: the X | Y form needs Python 3.10 types)
@@ -142,6 +160,10 @@ def _summary(ctx: ReportContext) -> Body:
             "paired bootstrap interval and sign-flip p-value.</p>")
 
 
+def _pre(text: str) -> str:
+    return f"<pre>{html.escape(text)}</pre>"
+
+
 @section(0.5, "Headline table")
 def _headline(ctx: ReportContext) -> Body:
     return headline_table(ctx.rows)
@@ -170,9 +192,12 @@ def _focus(ctx: ReportContext) -> Body:
     focus = pd.DataFrame([{"method": r["method"], "when": w, "focus": r[k], "low": r[f"{k}_low"],
                            "high": r[f"{k}_high"]} for r in ctx.rows
                           for w, k in (("before", "focus_before"), ("after", "focus_after"))])
-    return image(save_figure(interval_points(focus, "method", "focus", "low", "high", "when",
-                                             "Finding 1: focus on the base KeyTokens (share of positive contribution)",
-                                             "mean focus (95% bootstrap CI)"), ctx.figs / "focus.png"))
+    return ctx.figure(interval_points(focus, "method", "focus", "low", "high", "when",
+                                      "Finding 1: focus on the base KeyTokens (share of positive contribution)",
+                                      "mean focus (95% bootstrap CI)", ylim=(0.0, 1.0)), "focus", focus_caption(ctx.rows))
+
+
+CONTROL_ROUTES = ("embed", "attention", "prompt:instruct")
 
 
 @section(4, "Finding 2: recovery by emphasis, with controls")
@@ -187,23 +212,37 @@ def _recovery(ctx: ReportContext) -> Body:
         ctrl_frames.append(rates[rates.scope == "best"].assign(method=m))
     ctrl = pd.concat(ctrl_frames, ignore_index=True)
     ctrl["series"] = ctrl.criterion + " / " + ctrl.condition
-    ctrl_figs = "".join(image(save_figure(interval_points(
+    factors = ", ".join(f"x{f:g}" for f in ctx.settings.get("factors", ()) if f != 1)
+    ctrl_figs = "".join(ctx.figure(interval_points(
         ctrl[ctrl.route == rt], "method", "rate", "low", "high", "series",
-        f"Finding 2, route {rt}: recovery on KeyTokens vs controls (best over factors)", "recovery rate (95% CI)"),
-        ctx.figs / f"control_{rt.replace(':', '_')}.png")) for rt in ("embed", "attention", "prompt:instruct"))
+        f"Finding 2, route {rt}: recovery on KeyTokens vs controls (best over factors {factors})",
+        "recovery rate (95% CI)", ylim=(-0.03, 1.03)), f"control_{rt.replace(':', '_')}", control_caption(ctx.rows, rt))
+        for rt in CONTROL_ROUTES if (ctrl.route == rt).any())
     rec = pd.concat(rec_frames, ignore_index=True)
-    rec = rec[(rec.condition == "keytokens") & (rec.criterion == "teacher_forced")]
-    p = save_figure(line_sweep(rec, "factor", "rate", "method", "Recovery rate over emphasis factor (KeyTokens, "
-                               "teacher forced)", style="route"), ctx.figs / "recovery_curves.png")
-    return ctrl_figs + image(p)
+    rec = rec[rec.criterion == "teacher_forced"]
+    curves = ctx.figure(factor_curves(rec, title="Recovery over the emphasis factor (teacher forced)"),
+                        "recovery_curves", factor_caption(rec))
+    return ctrl_figs + curves
+
+
+def word_kind_table(fw: pd.DataFrame) -> pd.DataFrame:
+    """Mean contribution change per (method, word kind) with its 95% bootstrap interval over tokens."""
+    rows = []
+    for (m, kind), g in fw.groupby(["method", "kind"], sort=False):
+        est, lo, hi = bootstrap_mean(list(g["change"].dropna()))
+        rows.append({"method": m, "kind": kind, "change": est, "low": lo, "high": hi, "n": len(g)})
+    return pd.DataFrame(rows)
 
 
 @section(5, "Finding 3: what unlearning penalised on retain probes")
 def _destruction(ctx: ReportContext) -> Body:
     fw = pd.concat([ctx.table(r["method"], "function_words").assign(method=r["method"]) for r in ctx.rows],
                    ignore_index=True)
-    return image(save_figure(bar(fw, "method", "change", "kind", "Contribution change on retain probes, by word kind"),
-                             ctx.figs / "function_words.png"))
+    t = word_kind_table(fw)
+    return ctx.figure(interval_points(t, "method", "change", "low", "high", "kind",
+                                      "Contribution change on retain probes, by word kind",
+                                      "change, unlearned - base (< 0: penalised)", zero_line=True), "function_words",
+                      word_kind_caption(t))
 
 
 @section(6, "The dilemma frontier")
@@ -213,17 +252,22 @@ def _frontier(ctx: ReportContext) -> Body:
         return "<p>No frontier points.</p>"
     fdf = pd.concat(frames, ignore_index=True)
     fr = ctx.settings["budget"]["frontier"]
+    best = ", ".join(f"x{f:g}" for f in fr["factors"] if f != 1)
     parts = []
     for route in fr["routes"]:
         g = fdf[(fdf.route == route) & (fdf.criterion == "teacher_forced")]
-        parts.append(image(save_figure(frontier(g, title=f"Dilemma frontier ({route} x{fr['factors'][-1]:g}, "
-                                                "teacher forced)"), ctx.figs / f"frontier_{route}.png")))
+        parts.append(ctx.figure(frontier(g, title=f"Dilemma frontier, route {route} (teacher forced)",
+                                         ylabel=f"recovery rate (best over {best})",
+                                         strength_label="unlearning steps (Task Vector: fraction of its scale)"),
+                                f"frontier_{route}", frontier_caption(g)))
+    cols = [c for c in fdf.columns if c not in ("criterion", "model")]  # model repeats method@strength
     return ("<p>Each point is one unlearning strength: the snapshots every "
             f"{fr['every']} steps along a method's training and its last step, or "
             "fractions of Task Vector's calibrated scale. Recovery is among the probes eligible at that "
             "strength (n varies); the dashed line is the random-token control.</p>"
-            + "".join(parts) + "<div class='scroll'>"
-            + format_rates(fdf.drop(columns=["criterion"])).round(3).to_html(index=False) + "</div>")
+            + "".join(parts) + "<details><summary>frontier points (table)</summary><div class='scroll pinned'>"
+            + format_rates(fdf[cols][["method", *[c for c in cols if c != "method"]]]).round(3).to_html(index=False)
+            + "</div></details>")
 
 
 @section(7, "How superficial is the forgetting: recovery routes")
@@ -243,44 +287,62 @@ def _routes(ctx: ReportContext) -> Body:
 
 @section(99, "Settings")
 def _settings(ctx: ReportContext) -> Body:
-    """What the run was: model, data sizes, each method's steps as trained, the budgets, the versions."""
-    def ver(pkg: str) -> str:
-        try:
-            return md.version(pkg)
-        except md.PackageNotFoundError:
-            return "not installed"
-
-    rows = [("model", ctx.model), *((f"{k} facts", str(len(v))) for k, v in ctx.data.items())]
-    rows += [(f"method {r['method']}", f"steps {r.get('steps')}, target reached {r.get('target_reached')}")
-             for r in ctx.rows]
-    rows += [(f"{group} {k}", str(v)) for group in ("budget", "route_budget") for k, v in ctx.settings.get(group, {}).items()]
-    rows += [(f"version {p}", ver(p)) for p in ("unpact_mech", "torch", "transformers", "transformer-lens")]
-    return ("<div class='scroll'><table class='settings'><tr><th>setting</th><th>value</th></tr>"
-            + "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in rows)
-            + "</table></div>")
+    """What the run was: model, dtype, data sizes and why n differs per criterion, each method's settings as
+    trained, the KeyToken parameters, budgets, seeds, versions and every stage's stamp."""
+    rows = settings_rows(ctx.out, ctx.rows, ctx.data, ctx.model, ctx.settings)
+    counts = eligibility_counts(ctx.out, [r["method"] for r in ctx.rows])
+    why = ("<p>Why n differs: every split holds facts the base model answers under the teacher-forced criterion "
+           "(that is how they were drawn). Under generation the base must also generate the answer, so fewer "
+           "count; recovery is over forget probes the base answers and the unlearned model does not, per "
+           "criterion.</p>")
+    table = ("<div class='scroll'><table class='settings'><tr><th>setting</th><th>value</th></tr>"
+             + "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in rows)
+             + "</table></div>")
+    return why + ("<div class='scroll'>" + counts.to_html(index=False) + "</div>" if not counts.empty else "") + table
 
 
-def _pre(text: str) -> str:
-    return f"<pre>{html.escape(text)}</pre>"
+DEFINITIONS = (
+    "<div class='defs'><p><b>Token strips</b>: the leave-one-out contribution C(x_i, y) = LP(x, y) - LP(x without "
+    "x_i, y) of each prompt token to the answer's log-prob, base model above unlearned, one colour scale across "
+    "the report. <b>Head DLA</b> (direct logit attribution): each attention head's output, through the final "
+    "norm, dotted with the answer token's unembedding: its direct effect on the answer logit, mean over probes; "
+    "the heatmap shows unlearned minus base. <b>KeyToken route</b>: the same, restricted to attention paths from the "
+    "base KeyTokens. <b>Logit lens</b>: the answer log-prob read off the residual stream after each layer. "
+    "<b>Patching</b>: one base activation written into the unlearned model's run; restoration = the share of "
+    "the LP gap it closes.</p></div>")
+
+
+def _strip(e: dict[str, Any], scale: float) -> str:
+    title = (f"{e.get('split', 'forget')} probe {e['id']}: {e['prompt']} -> {e['answer']}"
+             + (f" ({e['why']}; LP {e['lp_base']:.2f} -> {e['lp_unlearned']:.2f})" if "why" in e else ""))
+    return comparison_block(title, e["tokens"], e["base"], e["unlearned"], set(e["keys"]), scale)
 
 
 @section(100)
 def _per_method(ctx: ReportContext) -> list[tuple[str, Body]]:
     out: list[tuple[str, Body]] = []
+    scale = strip_scale(*(v for r in ctx.rows for e in r["examples"] for v in (e["base"], e["unlearned"])))
+    heads = {r["method"]: ctx.table(r["method"], "heads") for r in ctx.rows}
+    lim = grid_limit(list(heads.values()), split="forget")
     for r in ctx.rows:
         m = r["method"]
-        body = "".join(comparison_block(f"{e['id']}: {e['prompt']} -> {e['answer']}", e["tokens"], e["base"],
-                                        e["unlearned"], set(e["keys"])) for e in r["examples"])
-        p1 = save_figure(head_heatmap(ctx.table(m, "heads"), "change", "forget", f"{m}: head DLA change on forget probes"),
-                         ctx.figs / f"{m}_heads_forget.png")
-        p2 = save_figure(logit_lens_curves(ctx.table(m, "logit_lens"), title=f"{m}: logit lens"),
-                         ctx.figs / f"{m}_logit_lens.png")
+        strips = (colour_legend(scale, "leave-one-out contribution C(x_i, y)")
+                  + "".join(_strip(e, scale) for e in r["examples"]))
+        hf = heads[m][heads[m]["split"] == "forget"]
+        p1 = ctx.figure(head_heatmap(hf, "change", None, f"{m}: head DLA change on forget probes", vlim=lim),
+                        f"{m}_heads_forget", heads_caption(hf, lim))
+        lens = ctx.table(m, "logit_lens")
+        p2 = ctx.figure(logit_lens_curves(lens, title=f"{m}: logit lens on forget and retain probes"),
+                        f"{m}_logit_lens", lens_caption(lens))
         patch = ""
         if ctx.has(m, "patch_positions"):
-            patch = image(save_figure(patch_heatmap(ctx.table(m, "patch_positions")), ctx.figs / f"{m}_patch.png"),
-                          f"{m}: restoration when patching base activations into the unlearned model")
-        out.append((f"{m}: contributions before and after (red = supports the answer; outlined = base KeyToken)",
-                    body + _pre(r["route_summary"]) + image(p1) + image(p2) + patch))
+            pp = ctx.table(m, "patch_positions")
+            patch = ctx.figure(patch_heatmap(pp), f"{m}_patch", patch_caption(pp))
+        route = (f"<p><b>KeyToken route</b> (heads that lost the most direct effect through paths from the base "
+                 f"KeyTokens; a different quantity from the heatmap, which counts every source):</p>"
+                 f"{_pre(r['route_summary'])}")
+        out.append((f"{m}: mechanism (token contributions, head DLA, logit lens, patching)",
+                    DEFINITIONS + strips + p1 + route + p2 + patch + drill_down(ctx.out, m, ctx.data)))
     return out
 
 

@@ -9,6 +9,9 @@ Rules, per method and criterion (95% intervals throughout):
 * **Finding 3 (destruction):** a method *destroys* retain (general) facts if the Wilson interval of the
   destructive rate excludes 0; "all" when k = n.
 * **Recovery routes:** a route treatment *recovers beyond its control* if the excess interval lies above 0.
+
+Figure captions state each figure's takeaway from the same numbers (``*_caption``): the extremes, counts and
+intervals it shows, never a fixed sentence.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class Verdict:
     method: str  # a method, or "" for a verdict over all methods
     positive: bool  # the rule found an effect
     text: str
+    tag: str = ""  # the rule's outcome in one word ("falls", "rises", "none", ...)
 
 
 def _num(row: dict[str, Any], key: str) -> float:
@@ -49,13 +53,13 @@ def focus_verdicts(rows: list[dict[str, Any]]) -> list[Verdict]:
         if any(math.isnan(x) for x in (b, bl, bh, a, al, ah)):
             continue
         if ah < bl:
-            word, pos = "falls", True
+            word, pos, tag = "falls", True, "falls"
         elif al > bh:
-            word, pos = "rises", True
+            word, pos, tag = "rises", True, "rises"
         else:
-            word, pos = "shows no clear change (the intervals overlap)", False
+            word, pos, tag = "shows no clear change (the intervals overlap)", False, "none"
         out.append(Verdict("1", r["method"], pos, f"{r['method']}: focus on the base KeyTokens {word}: "
-                           f"{b:.2f} ({bl:.2f} to {bh:.2f}) before, {a:.2f} ({al:.2f} to {ah:.2f}) after"))
+                           f"{b:.2f} ({bl:.2f} to {bh:.2f}) before, {a:.2f} ({al:.2f} to {ah:.2f}) after", tag))
     return out
 
 
@@ -132,3 +136,118 @@ def route_verdicts(routes: pd.DataFrame | None) -> list[Verdict]:
 def verdicts(rows: list[dict[str, Any]], routes: pd.DataFrame | None = None) -> list[Verdict]:
     """Every verdict of a study, in finding order."""
     return [*focus_verdicts(rows), *recovery_verdicts(rows), *destruction_verdicts(rows), *route_verdicts(routes)]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Figure captions: each figure's takeaway, computed from the numbers it plots.
+# ------------------------------------------------------------------------------------------------------------
+def _names(ms: list[str]) -> str:
+    return ", ".join(ms) if ms else "none"
+
+
+def focus_caption(rows: list[dict[str, Any]]) -> str:
+    """Finding 1's figure: how many methods' focus falls, rises or shows no clear change."""
+    vs = focus_verdicts(rows)
+    by = {t: [v.method for v in vs if v.tag == t] for t in ("falls", "rises", "none")}
+    return (f"Focus on the base KeyTokens before and after unlearning (mean share of positive contribution, 95% "
+            f"bootstrap CI; axis 0 to 1). Falls for {_names(by['falls'])}; rises for {_names(by['rises'])}; "
+            f"no clear change (intervals overlap) for {len(by['none'])} of {len(vs)} methods.")
+
+
+def control_caption(rows: list[dict[str, Any]], route: str) -> str:
+    """Finding 2's control figure of one route: the highest KeyToken recovery and how often KeyTokens beat
+    random tokens (paired interval above 0)."""
+    best: tuple[float, str] | None = None
+    tested = above = 0
+    for crit in CRITERIA.values():
+        for r in rows:
+            rate, k, n = (_num(r, f"recovery_{route}{crit.suffix}{x}") for x in ("", "_k", "_n"))
+            rr = _num(r, f"recovery_{route}_random{crit.suffix}")
+            if not math.isnan(rate) and n > 0 and (best is None or rate > best[0]):
+                best = (rate, f"{r['method']} under {crit.name}: {rate:.2f} ({k:g}/{n:g}; random control {rr:.2f})")
+            est, lo, hi = _ci(r, f"specific_{route}{crit.suffix}")
+            if not math.isnan(lo):
+                tested += 1
+                above += lo > 0
+    if best is None:
+        return f"Route {route}: no eligible forget probes, nothing to recover."
+    return (f"Route {route}, best over factors; points are rates with 95% intervals (Wilson; the random control's "
+            f"also covers its bootstrap over probes). Highest KeyToken recovery: {best[1]}. KeyTokens beat random "
+            f"tokens (paired interval above 0) in {above} of {tested} method x criterion pairs.")
+
+
+def factor_caption(rates: pd.DataFrame) -> str:
+    """The factor sweep: where KeyToken recovery peaks and what the random control reads there."""
+    k = rates[rates.condition == "keytokens"]
+    if k.empty or k.rate.isna().all():
+        return "Recovery over the emphasis factor: no eligible forget probes."
+    top = k.loc[k.rate.idxmax()]
+    ctrl = rates[(rates.condition == "random") & (rates.method == top.method) & (rates.route == top.route)
+                 & (rates.factor == top.factor)]
+    c = f"; the random control there reads {float(ctrl.rate.iloc[0]):.2f}" if len(ctrl) else ""
+    return (f"Teacher-forced recovery at each emphasis factor (points: KeyTokens with Wilson 95% CI, n = eligible "
+            f"forget probes; dashed: random tokens). It peaks at {top.rate:.2f} ({top.k:g}/{top.n:g}) for "
+            f"{top.method}, {top.route} x{top.factor:g}{c}.")
+
+
+def word_kind_caption(table: pd.DataFrame) -> str:
+    """Finding 3's figure: for which methods each word kind's mean change has an interval below 0.
+
+    ``table``: method, kind, change (mean), low, high (95% bootstrap over tokens)."""
+    parts = []
+    for kind, g in table.groupby("kind", sort=False):
+        down = list(g[g.high < 0].method)
+        parts.append(f"{kind}: below 0 for {_names(down)}")
+    return ("Contribution change on retain probes, unlearned minus base (negative: the unlearned model credits "
+            "the token less; points: mean with 95% bootstrap CI over tokens). Interval wholly " + "; ".join(parts) + ".")
+
+
+def frontier_caption(points: pd.DataFrame) -> str:
+    """The frontier of one route: the range, over methods, of the strongest point's destruction and recovery."""
+    last = points.sort_values("strength").groupby("method", sort=False).tail(1)
+    if last.empty:
+        return "No frontier points."
+
+    def span(col: str) -> str:
+        v = last[last[col].notna()] if col in last else last.iloc[:0]
+        if v.empty:
+            return "not defined (no eligible probes)"
+        lo, hi = v.loc[v[col].idxmin()], v.loc[v[col].idxmax()]
+        return f"{lo[col]:.2f} ({lo.method}) to {hi[col]:.2f} ({hi.method})"
+
+    return (f"Each method from weak to strong unlearning (labels: strength). At each method's strongest point the "
+            f"destructive rate runs {span('destructive')}, KeyToken recovery {span('keytokens')} and the random "
+            f"control {span('random')}. Intervals: Wilson 95%.")
+
+
+def heads_caption(heads: pd.DataFrame, lim: float, top_k: int = 3) -> str:
+    """A head-DLA heatmap: its largest |change| heads (the cells that stand out) and the shared colour scale."""
+    g = heads.groupby(["layer", "head"])["change"].mean()
+    top = g.reindex(g.abs().sort_values(ascending=False).index).head(top_k)
+    cells = ", ".join(f"L{int(la)}.H{int(h)} ({v:+.2f})" for (la, h), v in top.items())
+    return (f"Direct logit attribution of each head to the answer logit, unlearned minus base, mean over forget "
+            f"probes. Largest |change|: {cells}. Colour scale +/-{lim:.2f}, the same for every method.")
+
+
+def lens_caption(lens: pd.DataFrame, hue: str = "model") -> str:
+    """The logit lens: the layer of the largest mean drop (second model minus first) and the final layer's."""
+    names = list(dict.fromkeys(lens[hue]))
+    if len(names) < 2:
+        return "Logit lens of one model."
+    wide = lens.pivot_table(index=["probe_id", "layer"], columns=hue, values="score").reset_index()
+    d = (wide[names[1]] - wide[names[0]]).groupby(wide.layer).mean()
+    worst, final = int(d.idxmin()), int(d.index.max())
+    return (f"Answer log-prob read off the residual stream after each layer (shaded: 95% bootstrap CI over "
+            f"probes). (b) {names[1]} minus {names[0]}: the mean difference is lowest at layer {worst} "
+            f"({d[worst]:+.2f}) and reads {d[final]:+.2f} after the last layer.")
+
+
+def patch_caption(patch: pd.DataFrame) -> str:
+    """A patching heatmap: the layer and token where patching restores most of the LP gap."""
+    g = patch.groupby(["kind", "layer", "position"])["restoration"].mean()
+    if g.empty:
+        return "No patching results."
+    (kind, layer, pos), v = g.idxmax(), float(g.max())
+    tok = patch[patch.position == pos].token.iloc[0]
+    return (f"Share of the base-minus-unlearned LP gap restored by patching one base activation into the "
+            f"unlearned model (1 = fully restored). Largest: {kind} at layer {int(layer)}, token {tok!r} ({v:.2f}).")
