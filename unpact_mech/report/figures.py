@@ -252,7 +252,7 @@ def frontier(df: pd.DataFrame, x: str = "destructive", y: str = "keytokens", con
                     label=f"{name}: KeyTokens")
         ax.plot(g[x], g[control], "--x", color=colour, alpha=0.7, label=f"{name}: {control} control")
         for xv, yv, sv in zip(g[x], g[y], g["strength"]):
-            ax.annotate(f"{sv:g}", (xv, yv), textcoords="offset points", xytext=(3, 3), fontsize=6, color=colour)
+            ax.annotate(f"{sv:.2g}", (xv, yv), textcoords="offset points", xytext=(3, 3), fontsize=6, color=colour)
     hx = [df[c] for c in (x, f"{x}_high") if c in df]
     hy = [df[c] for c in (y, f"{y}_high", control) if c in df]
     ax.set_xlim(-0.02, _axis_max(*hx))

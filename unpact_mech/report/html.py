@@ -18,10 +18,11 @@ REPORT_CSS = (".toc{border:1px solid #ccc;padding:.5em 1em;margin:1em 0;max-widt
               ".keyres{border:2px solid #4a7;background:#f4fbf6;padding:.5em 1em;max-width:70em}"
               ".keyres li.effect{color:#063}.keyres li.null{color:#444}"
               "pre{white-space:pre-wrap;overflow-wrap:anywhere;max-width:100%}img{max-width:100%;height:auto}"
-              "table.settings td{vertical-align:top;padding:0 .6em}"
+              "table.settings td{vertical-align:top;padding:0 .6em;text-align:left;white-space:normal;max-width:60em}"
               ".pinned td:first-child,.pinned th:first-child{position:sticky;left:0;background:#fff;z-index:1}"
               "figcaption{max-width:60em;font-size:92%;color:#333}.legend{font-size:12px;margin:.3em 0 .8em}"
-              ".drill td{white-space:normal;max-width:22em;text-align:left}.drill{font-size:11px}"
+              ".drill td{white-space:normal;max-width:22em;min-width:3em;text-align:left}.drill{font-size:11px}"
+              ".drill td:nth-child(2),.drill td:nth-child(3){min-width:14em}.drill th{text-align:left}"
               "details>summary{cursor:pointer;color:#246}.defs{max-width:70em}"
               "td{white-space:nowrap;max-width:none}dl.glossary{columns:2 28em;font-size:90%}dl.glossary dd{margin:0 0 .4em 1em}")
 

@@ -17,6 +17,7 @@ from typing import Any, Union
 import pandas as pd
 from matplotlib.figure import Figure
 
+from unpact_mech.criteria import CRITERIA
 from unpact_mech.display import colour_legend, comparison_block, strip_scale
 from unpact_mech.io import read_table
 from unpact_mech.metrics import GEN_THRESHOLD
@@ -170,7 +171,16 @@ def _headline(ctx: ReportContext) -> Body:
 
 
 def _full_table(ctx: ReportContext, criterion: str) -> str:
-    t = format_rates(summary_table(ctx.rows, criterion)).round(3).rename(columns=lambda c: str(c).replace("_", " "))
+    """One criterion's summary table: the columns that criterion changes (after the first table, the shared ones
+    are not repeated), empty columns left out."""
+    t = format_rates(summary_table(ctx.rows, criterion)).round(3)
+    sfx = CRITERIA[criterion].suffix
+    if sfx:  # the second table keeps the method and its own criterion's columns
+        t = t[["method", *[c for c in t.columns if str(c).endswith(sfx)]]]
+    else:  # the first, every criterion-free column and none of another criterion's
+        other = [c.suffix for c in CRITERIA.values() if c.suffix]
+        t = t[[c for c in t.columns if not any(str(c).endswith(o) for o in other)]]
+    t = t.dropna(axis=1, how="all").rename(columns=lambda c: str(c).replace("_", " "))
     gloss = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in GLOSSARY.items())
     return (f"<details><summary>all {len(t.columns)} columns, one row per method (click to open)</summary>"
             "<div class='scroll pinned'>" + t.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="")
@@ -258,7 +268,7 @@ def _frontier(ctx: ReportContext) -> Body:
         g = fdf[(fdf.route == route) & (fdf.criterion == "teacher_forced")]
         parts.append(ctx.figure(frontier(g, title=f"Dilemma frontier, route {route} (teacher forced)",
                                          ylabel=f"recovery rate (best over {best})",
-                                         strength_label="unlearning steps (Task Vector: fraction of its scale)"),
+                                         strength_label="unlearning steps (Task Vector: its negation scale)"),
                                 f"frontier_{route}", frontier_caption(g)))
     cols = [c for c in fdf.columns if c not in ("criterion", "model")]  # model repeats method@strength
     return ("<p>Each point is one unlearning strength: the snapshots every "
@@ -342,7 +352,7 @@ def _per_method(ctx: ReportContext) -> list[tuple[str, Body]]:
                  f"KeyTokens; a different quantity from the heatmap, which counts every source):</p>"
                  f"{_pre(r['route_summary'])}")
         out.append((f"{m}: mechanism (token contributions, head DLA, logit lens, patching)",
-                    DEFINITIONS + strips + p1 + route + p2 + patch + drill_down(ctx.out, m, ctx.data)))
+                    (DEFINITIONS if not out else "") + strips + p1 + route + p2 + patch + drill_down(ctx.out, m, ctx.data)))
     return out
 
 
