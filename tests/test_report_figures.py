@@ -184,7 +184,8 @@ def test_captions_change_with_the_numbers():
     assert "in 0 of 1 method" in control_caption([{**r, "specific_embed_low": -0.1}], "embed")
     t = pd.DataFrame({"method": ["a", "b"], "kind": ["function word"] * 2, "change": [-0.2, 0.1],
                       "low": [-0.3, -0.1], "high": [-0.1, 0.2]})
-    assert "function word: below 0 for a." in word_kind_caption(t)
+    assert "wholly below 0, per word kind: function word: a." in word_kind_caption(t)
+    assert "function word: none." in word_kind_caption(t.assign(high=[0.1, 0.2]))
     patch = pd.DataFrame({"kind": "resid_pre", "layer": [0, 3, 3], "position": [1, 1, 2], "token": ["x", "x", "y"],
                           "restoration": [0.1, 0.2, 0.7]})
     assert "layer 3, token 'y' (0.70)" in patch_caption(patch)

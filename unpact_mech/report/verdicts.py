@@ -197,9 +197,10 @@ def word_kind_caption(table: pd.DataFrame) -> str:
     parts = []
     for kind, g in table.groupby("kind", sort=False):
         down = list(g[g.high < 0].method)
-        parts.append(f"{kind}: below 0 for {_names(down)}")
+        parts.append(f"{kind}: {_names(down)}")
     return ("Contribution change on retain probes, unlearned minus base (negative: the unlearned model credits "
-            "the token less; points: mean with 95% bootstrap CI over tokens). Interval wholly " + "; ".join(parts) + ".")
+            "the token less; points: mean with 95% bootstrap CI over tokens). Methods whose interval lies wholly "
+            "below 0, per word kind: " + "; ".join(parts) + ".")
 
 
 def frontier_caption(points: pd.DataFrame) -> str:
