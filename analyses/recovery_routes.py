@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(PAPER_METHODS))
     ap.add_argument("--out", default="unpact_out/routes")
     ap.add_argument("--bits", default="8,4,3")
+    ap.add_argument("--quantizers", default="rtn,nf4,fp4,int8", help="rtn (at --bits) and bitsandbytes nf4, fp4, int8")
     ap.add_argument("--relearn-steps", default="1,2,4,8")
     ap.add_argument("--shots", type=int, default=3)
     ap.add_argument("--n-control", type=int, default=48)
@@ -51,7 +52,7 @@ def main() -> None:
                 emph = SimpleNamespace(rates=read_table(demo / m / "recovery_rates.csv"),
                                        sweep=read_table(demo / m / "emphasis_sweep.csv"))
             opts = {"emphasis": {"result": emph} if emph is not None else {},
-                    "quantize": {"bits": [int(b) for b in a.bits.split(",")]},
+                    "quantize": {"bits": [int(b) for b in a.bits.split(",")], "quantizers": a.quantizers.split(",")},
                     "relearn": {"steps": [int(k) for k in a.relearn_steps.split(",")]},
                     "in_context": {"shots": a.shots}}
             write_table(recover(an, unl, data["forget"], control, data["retain"], data["general"][: a.shots],

@@ -7,7 +7,16 @@ import torch
 from unpact_mech.analysis import Analysis
 from unpact_mech.errors import UnpactError
 from unpact_mech.probes import tokenize_probes
-from unpact_mech.routes import RouteContext, few_shot, newcombe, quantize_rtn_, recover
+from unpact_mech.routes import (
+    RouteContext,
+    few_shot,
+    newcombe,
+    quantize_bnb_,
+    quantize_rtn_,
+    quantize_treatments,
+    quantized_subject,
+    recover,
+)
 from unpact_mech.stats import wilson
 
 
@@ -36,6 +45,76 @@ def test_rtn_equals_naive_loop(bits):
         assert all(len(set(got[r, c0 : c0 + 8].tolist())) <= 2**bits for r in range(5))
     err = (got - w).abs().max()
     assert 0 < err < (w.abs().max() * 2 / (2**bits - 1))
+
+
+# The 4-bit code books, written out: NF4 from the QLoRA paper (Dettmers et al. 2023, appendix E), FP4 as
+# bitsandbytes' functional.get_4bit_type("fp4") lists it (sign bit, 2 exponent bits, 1 mantissa bit, bias 3).
+NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+       -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+       0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0]
+FP4 = [0.0, 0.0052083333, 0.6666666667, 1.0, 0.3333333333, 0.5, 0.1666666667, 0.25]
+FP4 = FP4 + [-v for v in FP4]
+
+
+def _naive_4bit(w, codes, block=64):
+    """Blocks of 64 consecutive weights (row-major), each scaled by its absmax and rounded to the nearest code."""
+    flat, out = w.flatten().tolist(), []
+    for b0 in range(0, len(flat), block):
+        g = flat[b0 : b0 + block]
+        a = max(abs(x) for x in g) or 1.0
+        out += [a * min(codes, key=lambda c, x=x: abs(x / a - c)) for x in g]
+    return torch.tensor(out, dtype=w.dtype).reshape(w.shape)
+
+
+@pytest.mark.parametrize("kind,codes", [("nf4", NF4), ("fp4", FP4)])
+def test_bnb_4bit_equals_the_written_out_code_book(kind, codes):
+    torch.manual_seed(1)
+    w = torch.randn(6, 128)  # rows of 2 blocks each, as in every SmolLM2 / Gemma-3 linear layer (in_features % 64 == 0)
+    got = quantize_bnb_(w.clone(), kind)
+    assert torch.allclose(got, _naive_4bit(w, codes), atol=1e-5)
+    assert 0 < (got - w).abs().max() < w.abs().max()
+
+
+def test_bnb_int8_equals_row_absmax_rounding():
+    torch.manual_seed(2)
+    w = torch.randn(5, 40)
+    h = w.half().float()  # Int8Params quantises the fp16 weight
+    a = h.abs().amax(1, keepdim=True)
+    assert torch.allclose(quantize_bnb_(w.clone(), "int8"), torch.round(h * 127 / a) * a / 127, atol=1e-6)
+    with pytest.raises(UnpactError, match="unknown bitsandbytes format"):
+        quantize_bnb_(w.clone(), "int3")
+
+
+def test_quantized_subject_equals_bitsandbytes_own_layers(tiny_llama):
+    """Every decoder linear layer of the quantised copy equals what BitsAndBytesConfig's parameter classes store
+    (Params4bit without double quantisation, Int8Params), dequantised by bitsandbytes itself; the LM head and
+    embeddings stay as they were."""
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as bnb_f
+
+    base = tiny_llama.load_hf_model()
+    for kind in ("nf4", "int8"):
+        q = quantized_subject(tiny_llama, quantizer=kind).backend.model  # the quantised copy in memory
+        ours = dict(q.named_parameters())
+        n = 0
+        for name, mod in base.base_model.named_modules():
+            if not isinstance(mod, torch.nn.Linear):
+                continue
+            w = mod.weight.data
+            if kind == "nf4":
+                p = bnb.nn.Params4bit(w.clone(), requires_grad=False, quant_type="nf4", blocksize=64,
+                                      compress_statistics=False)._quantize("cpu")
+                ref = bnb_f.dequantize_4bit(p.data, p.quant_state)
+            else:
+                p = bnb.nn.Int8Params(w.clone().half(), requires_grad=False)._quantize("cpu")
+                ref = bnb_f.int8_vectorwise_dequant(p.CB, p.SCB)
+            key = next(k for k in ours if k.endswith(f"{name}.weight"))
+            assert torch.equal(ours[key].data, ref.to(w.dtype)), (kind, name)
+            n += 1
+        assert n >= 7  # q, k, v, o, gate, up, down of the tiny model's layers
+        assert torch.equal(q.get_output_embeddings().weight, base.get_output_embeddings().weight)
+    assert quantize_treatments(["rtn", "nf4"], [8, 4], 64) == [
+        ("rtn", 8, "int8 (RTN, group 64)"), ("rtn", 4, "int4 (RTN, group 64)"), ("nf4", 4, "bitsandbytes NF4, block 64")]
 
 
 def test_newcombe_interval():

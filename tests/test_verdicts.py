@@ -115,3 +115,16 @@ def test_headline_table_takes_the_best_specific_recovery():
     assert t["forget acc (teacher forced)"][0] == "0.25 (3/12, 0.09-0.53)"
     assert t["best specific recovery"][0] == "+0.20 (+0.01 to +0.40)" and t["route, criterion"][0] == "embed, teacher_forced"
     assert headline_table([{"method": "m"}])["route, criterion"][0] == "no eligible probes"
+
+
+def test_every_null_says_what_it_could_have_detected():
+    """The null verdicts carry the minimum detectable effect at their n, from unpact_mech.power."""
+    from unpact_mech.power import destruction_mde, specific_mde
+
+    row = _row(recovery_attention_n=11, recovery_attention_random=0.05)
+    v = recovery_verdicts([row], n_draws=2)[0]
+    assert f"{specific_mde(11, 0.05, 2):.2f} (n = 11) with 80% power" in v.text and "rate 0.05 with 2 draws" in v.text
+    v2 = recovery_verdicts([_row(recovery_attention_n=6, recovery_attention_random=0.05)])[0]
+    assert v2.text != v.text and f"{specific_mde(6, 0.05, 2):.2f} (n = 6)" in v2.text
+    d = destruction_verdicts([_row()])[0]
+    assert f"at n = 8 a destructive rate of {destruction_mde(8):.2f} would be found with 80% power" in d.text

@@ -16,10 +16,23 @@ criterion, on the forget probes the base model answers and the unlearned one doe
 Routes (``RECOVERY_ROUTES``; add one with ``@register_route``):
 
 * ``emphasis``: the paper's FocusOnKey (:func:`unpact_mech.findings.recovery`), best over factors per route.
-* ``quantize``: every linear layer of the decoder blocks round-tripped through b-bit integers, asymmetric
-  round-to-nearest per output channel in groups of ``group_size`` input columns:
-  s = (max - min) / (2^b - 1), z = round(-min / s), w' = s (clamp(round(w / s) + z, 0, 2^b - 1) - z)
-  (embeddings, final norm and LM head stay in float, as in weight-only RTN baselines).
+* ``quantize``: every linear layer of the decoder blocks round-tripped through a quantiser (``QUANTIZERS``;
+  embeddings, final norm and LM head stay in float, as ``BitsAndBytesConfig`` and weight-only RTN baselines
+  leave them):
+
+  - ``rtn``: b-bit integers, asymmetric round-to-nearest per output channel in groups of ``group_size`` input
+    columns: s = (max - min) / (2^b - 1), z = round(-min / s), w' = s (clamp(round(w / s) + z, 0, 2^b - 1) - z);
+  - ``nf4`` / ``fp4``: bitsandbytes' 4-bit formats as ``BitsAndBytesConfig(load_in_4bit=True,
+    bnb_4bit_quant_type=...)`` stores them (``Params4bit``: blocks of 64 consecutive weights, each scaled by its
+    absmax and rounded to the nearest of 16 code values; no double quantisation), dequantised back
+    (``bitsandbytes.functional.quantize_4bit`` / ``dequantize_4bit``). This is the quantiser of Zhang et al.,
+    "Catastrophic Failure of LLM Unlearning via Quantization" (ICLR 2025);
+  - ``int8``: bitsandbytes' LLM.int8 weight format (``Int8Params``: per output row, w' = round(127 w / absmax)
+    absmax / 127; ``int8_vectorwise_quant`` / ``int8_vectorwise_dequant``). LLM.int8's matmul also keeps
+    activation outlier columns (|x| > 6) in 16-bit, which a weight round-trip cannot; this is its weights only.
+
+  bitsandbytes 0.50's CPU 4-bit round trip departs from the flat-block definition when a row's length is not a
+  multiple of 64 (blocks then span rows); every linear layer of SmolLM2 and Gemma-3 has in_features % 64 == 0.
 * ``relearn``: k AdamW steps of next-token loss on retain facts (disjoint from the forget set); forget accuracy as
   a function of k.
 * ``in_context``: the question preceded by ``shots`` other facts as question/answer pairs.
@@ -227,27 +240,78 @@ def quantize_rtn_(weight: torch.Tensor, bits: int, group_size: int = 64) -> torc
     return weight
 
 
-def quantized_subject(subject: Subject, bits: int, group_size: int = 64) -> Subject:
-    """A fresh copy of ``subject``'s weights with every decoder-block linear layer RTN-quantised."""
+BNB_BLOCKSIZE = 64  # Params4bit's default block size, which BitsAndBytesConfig keeps
+
+
+def _bnb() -> Any:
+    try:
+        import bitsandbytes.functional as bnb_f
+    except ImportError as err:  # a dependency; a broken install says how to mend it
+        raise UnpactError(f"the bitsandbytes quantisers need bitsandbytes ({err}); pip install 'bitsandbytes>=0.50'"
+                          ) from err
+    return bnb_f
+
+
+@torch.no_grad()
+def quantize_bnb_(weight: torch.Tensor, kind: str) -> torch.Tensor:
+    """Round-trip a [out, in] weight through bitsandbytes' ``nf4``, ``fp4`` or ``int8`` format, in place (see the
+    module docstring)."""
+    f = _bnb()
+    w = weight.float()
+    if kind in ("nf4", "fp4"):
+        q, state = f.quantize_4bit(w, blocksize=BNB_BLOCKSIZE, quant_type=kind)
+        out = f.dequantize_4bit(q, state)
+    elif kind == "int8":
+        cb, scb, _ = f.int8_vectorwise_quant(w.half())  # Int8Params quantises the fp16 weight
+        out = f.int8_vectorwise_dequant(cb, scb)
+    else:
+        raise UnpactError(f"unknown bitsandbytes format {kind!r}; use nf4, fp4 or int8")
+    return weight.copy_(out.reshape(weight.shape).to(weight.dtype))
+
+
+QUANTIZERS = {"rtn": "b-bit RTN, group of columns", "nf4": "bitsandbytes NF4, block 64",
+              "fp4": "bitsandbytes FP4, block 64", "int8": "bitsandbytes LLM.int8 weights (row absmax)"}
+
+
+def quantized_subject(subject: Subject, bits: int = 4, group_size: int = 64, quantizer: str = "rtn") -> Subject:
+    """A fresh copy of ``subject``'s weights with every decoder-block linear layer round-tripped through
+    ``quantizer`` (``rtn`` at ``bits`` / ``group_size``, or a bitsandbytes format)."""
+    if quantizer not in QUANTIZERS:
+        raise UnpactError(f"unknown quantizer {quantizer!r}; use {', '.join(QUANTIZERS)}")
     hf = subject.load_hf_model()
     for mod in hf.base_model.modules():
         if isinstance(mod, torch.nn.Linear):
-            quantize_rtn_(mod.weight.data, bits, group_size)
-    return wrap(hf, subject.tokenizer, f"{subject.name}@int{bits}", subject.source, "hf").memoize()
+            if quantizer == "rtn":
+                quantize_rtn_(mod.weight.data, bits, group_size)
+            else:
+                quantize_bnb_(mod.weight.data, quantizer)
+    tag = f"int{bits}" if quantizer == "rtn" else quantizer
+    return wrap(hf, subject.tokenizer, f"{subject.name}@{tag}", subject.source, "hf").memoize()
+
+
+def quantize_treatments(quantizers: Sequence[str], bits: Sequence[int], group_size: int) -> list[tuple[str, int, str]]:
+    """(quantizer, bits, treatment label) per treatment: RTN once per bit width, each bitsandbytes format once."""
+    out = []
+    for q in quantizers:
+        if q == "rtn":
+            out += [("rtn", b, f"int{b} (RTN, group {group_size})") for b in bits]
+        else:
+            out.append((q, 4 if q in ("nf4", "fp4") else 8, QUANTIZERS[q]))
+    return out
 
 
 @register_route("quantize")
 def _quantize(ctx: RouteContext) -> list[dict[str, Any]]:
     bits_list, gs = ctx.opt("quantize", "bits", (8, 4)), ctx.opt("quantize", "group_size", 64)
     rows = []
-    for bits in bits_list:
-        key = ("quantized_base", ctx.analysis.base.name, bits, gs)
+    for q, bits, label in quantize_treatments(ctx.opt("quantize", "quantizers", ("rtn",)), bits_list, gs):
+        key = ("quantized_base", ctx.analysis.base.name, q, bits, gs)
         if key not in ctx.cache:
-            ctx.cache[key] = quantized_subject(ctx.analysis.base, bits, gs)
-        qb, qu = ctx.cache[key], quantized_subject(ctx.unlearned, bits, gs)
+            ctx.cache[key] = quantized_subject(ctx.analysis.base, bits, gs, q)
+        qb, qu = ctx.cache[key], quantized_subject(ctx.unlearned, bits, gs, q)
         for crit in ctx.route_criteria("quantize"):
             elig, unk = ctx.eligible(crit)
-            rows.append(route_row("quantize", f"int{bits} (RTN, group {gs})", crit, _flags(qu, elig, crit),
+            rows.append(route_row("quantize", label, crit, _flags(qu, elig, crit),
                                   "unknown facts", _flags(qu, unk, crit), _flags(qb, elig, crit)))
         del qu
     return rows

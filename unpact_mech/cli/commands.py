@@ -285,7 +285,7 @@ def cmd_recover(a: argparse.Namespace) -> int:
     forget, retain, shots, unknown = route_data(probes, a.n, a.shots, a.n_control)
     check_route_data(routes, forget, unknown, retain, shots)  # before the models load
     base, unl = _models(a)
-    options = {"quantize": {"bits": bits}, "relearn": {"steps": steps, "lr": a.relearn_lr},
+    options = {"quantize": {"bits": bits, "quantizers": a.quantizers}, "relearn": {"steps": steps, "lr": a.relearn_lr},
                "in_context": {"shots": a.shots}, "emphasis": {"factors": (1.0, 8.0), "n_draws": a.draws}}
     table = recover(Analysis(base, forget, _params(a), a.format), unl, forget, unknown, retain, shots,
                     routes, criteria, options, progress=True)

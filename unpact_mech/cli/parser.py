@@ -186,12 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=POS, default=12, help="forget probes (and retain probes for relearning)")
     s.add_argument("--n-control", type=POS, default=24, help="general probes offered as control facts")
     s.add_argument("--bits", default="8,4", type=int_list(2, 16), help="quantisation bit widths in 2..16 (RTN, group 64)")
+    from unpact_mech.routes import QUANTIZERS
+
+    s.add_argument("--quantizers", default="rtn,nf4", type=choice_list(list(QUANTIZERS)),
+                   help="quantisers of the quantize route: " + "; ".join(f"{k}: {v}" for k, v in QUANTIZERS.items()))
     s.add_argument("--relearn-steps", default="1,2,4", type=int_list(1, MAX_RELEARN_STEPS),
                    help=f"relearning steps k at which to evaluate, in 1..{MAX_RELEARN_STEPS}")
     s.add_argument("--relearn-lr", type=positive_float(), default="1e-5", help="relearning learning rate (> 0)")
     s.add_argument("--shots", type=POS, default=3, help="few-shot examples for the in-context route")
     s.add_argument("--draws", type=POS, default=3, help="random-token control draws for emphasis")
-    for flag, r in (("--bits", "quantize"), ("--relearn-steps", "relearn"), ("--relearn-lr", "relearn"),
+    for flag, r in (("--bits", "quantize"), ("--quantizers", "quantize"), ("--relearn-steps", "relearn"), ("--relearn-lr", "relearn"),
                     ("--shots", "in_context"), ("--draws", "emphasis")):
         route(s, "recover", flag, _uses_route(r), f"the {r} route (add it to --routes)")
     s.add_argument("--out", default="recovery")

@@ -263,3 +263,24 @@ def frontier(df: pd.DataFrame, x: str = "destructive", y: str = "keytokens", con
     legend_outside(ax)
     fig.tight_layout()
     return fig
+
+
+def power_curves(curve: pd.DataFrame, title: str = "Power of the KeyToken-specific test (paired bootstrap, 95%)",
+                 target: float = 0.8) -> Figure:
+    """Simulated power against the planted effect, one line per n, with the Wilson interval over replicates and
+    the target power dashed. ``curve``: rows of :func:`unpact_mech.power.power_curve`."""
+    fig, ax = subplots(figsize=(7.5, 4.0))
+    for n, g in curve.groupby("n"):
+        ax.errorbar(g.effect, g.power, yerr=[g.power - g.power_low, g.power_high - g.power], fmt="-o", ms=3,
+                    capsize=2, label=f"n = {n}")
+    ax.axhline(target, color="grey", ls="--", lw=0.8)
+    p = float(curve.p_random.iloc[0]) if len(curve) else 0.0
+    reps = int(curve.reps.iloc[0]) if len(curve) else 0
+    ax.set_xlabel(f"planted effect: KeyToken recovery rate minus the random control's ({p:g})")
+    ax.set_ylabel(f"power (share of {reps} studies; Wilson 95% CI)")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title(title)
+    legend_outside(ax)
+    fig.tight_layout()
+    return fig
+

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -21,6 +22,7 @@ from unpact_mech.criteria import CRITERIA
 from unpact_mech.display import colour_legend, comparison_block, strip_scale
 from unpact_mech.io import read_table
 from unpact_mech.metrics import GEN_THRESHOLD
+from unpact_mech.power import REPS, power_curve, specific_mde
 from unpact_mech.report.drill import drill_down, eligibility_counts, settings_rows
 from unpact_mech.report.figures import (
     factor_curves,
@@ -30,10 +32,17 @@ from unpact_mech.report.figures import (
     interval_points,
     logit_lens_curves,
     patch_heatmap,
+    power_curves,
     save_figure,
 )
 from unpact_mech.report.html import image, write_report
-from unpact_mech.report.tables import GLOSSARY, format_rates, headline_table, route_table, summary_table
+from unpact_mech.report.tables import (
+    GLOSSARY,
+    format_rates,
+    headline_table,
+    route_table,
+    summary_table,
+)
 from unpact_mech.report.verdicts import (
     control_caption,
     factor_caption,
@@ -42,6 +51,8 @@ from unpact_mech.report.verdicts import (
     heads_caption,
     lens_caption,
     patch_caption,
+    power_rate,
+    specific_tests,
     verdicts,
     word_kind_caption,
 )
@@ -132,7 +143,7 @@ FINDINGS = {"1": "Finding 1: focus on KeyTokens", "2": "Finding 2: recovery by e
 @section(-1, "Key results")
 def _key_results(ctx: ReportContext) -> Body:
     """One verdict per finding and method, computed from the numbers by the rules in ``report.verdicts``."""
-    vs = verdicts(ctx.rows, _route_frame(ctx))
+    vs = verdicts(ctx.rows, _route_frame(ctx), int(ctx.settings.get("budget", {}).get("n_draws", 2)))
     parts = ["<div class='keyres' id='key-results-box'><p>Computed from the numbers below by stated rules: an "
              "effect is claimed only where its 95% interval excludes 0 (see <i>report/verdicts.py</i>).</p>"]
     for key, title in FINDINGS.items():
@@ -233,6 +244,32 @@ def _recovery(ctx: ReportContext) -> Body:
     curves = ctx.figure(factor_curves(rec, title="Recovery over the emphasis factor (teacher forced)"),
                         "recovery_curves", factor_caption(rec))
     return ctrl_figs + curves
+
+
+POWER_NS = (24, 48, 100)  # beside the study's own n: what more probes would buy (every known built-in fact: ~60-80)
+
+
+@section(4.5, "What a null could have detected: power")
+def _power(ctx: ReportContext) -> Body:
+    """The KeyToken-specific test's simulated power at the study's smallest and largest n of eligible probes and
+    at larger n, at the observed random-control rate (``unpact_mech.power``)."""
+    ns, p_random = specific_tests(ctx.rows)
+    if not ns:
+        return None
+    p = power_rate(p_random)
+    draws = int(ctx.settings.get("budget", {}).get("n_draws", 2))
+    sizes = sorted({min(ns), max(ns), *POWER_NS})
+    effects = [round(e, 2) for e in np.arange(0.1, 1 - p + 1e-9, 0.1)]
+    curve = power_curve(sizes, effects, p, draws)
+    mde = {n: specific_mde(n, p, draws) for n in sizes}
+    cap = (f"Share of {REPS} simulated studies in which the study's rule (the paired KeyTokens-minus-random 95% "
+           f"interval lies above 0) finds a planted effect, at the observed random-control rate {p:.2f} with {draws} "
+           "draws. Effect found with 80% power: " + "; ".join(f"n = {n}: {mde[n]:.2f}" if mde[n] == mde[n]
+                                                               else f"n = {n}: none" for n in sizes) + ".")
+    return ("<p>This study has " + (f"{min(ns)} to {max(ns)}" if min(ns) != max(ns) else f"{min(ns)}")
+            + " eligible probes per test. A null here excludes only effects at least as large as the 80%-power "
+            "effect at that n (unpact_mech/power.py; analyses/power.py runs the full curve).</p>"
+            + ctx.figure(power_curves(curve), "power", cap))
 
 
 def word_kind_table(fw: pd.DataFrame) -> pd.DataFrame:

@@ -9,6 +9,9 @@ Rules, per method and criterion (95% intervals throughout):
 * **Finding 3 (destruction):** a method *destroys* retain (general) facts if the Wilson interval of the
   destructive rate excludes 0; "all" when k = n.
 * **Recovery routes:** a route treatment *recovers beyond its control* if the excess interval lies above 0.
+* **Every null says what it could have detected** (``unpact_mech.power``): Finding 2's summary gives the
+  minimum KeyToken-specific effect found with 80% power at the n seen; each null destruction verdict the smallest
+  destructive rate found with 80% power at its n.
 
 Figure captions state each figure's takeaway from the same numbers (``*_caption``): the extremes, counts and
 intervals it shows, never a fixed sentence.
@@ -24,6 +27,7 @@ import pandas as pd
 
 from unpact_mech.criteria import CRITERIA
 from unpact_mech.emphasis import EMPHASIS_NAMES
+from unpact_mech.power import destruction_mde, specific_mde
 from unpact_mech.report.tables import ci_text, finite
 
 
@@ -63,7 +67,44 @@ def focus_verdicts(rows: list[dict[str, Any]]) -> list[Verdict]:
     return out
 
 
-def recovery_verdicts(rows: list[dict[str, Any]]) -> list[Verdict]:
+def power_rate(p_random: float) -> float:
+    """The random-control rate the power is simulated at: the observed one, to 2 places, at most 0.9."""
+    return min(max(round(p_random, 2), 0.0), 0.9)
+
+
+def power_note(ns: list[int], p_random: float, n_draws: int) -> str:
+    """What the KeyToken-specific test could have detected at the n seen: the minimum detectable effect with 80%
+    power at the smallest and largest n (``unpact_mech.power``, simulated at the observed random-control rate)."""
+    sizes = sorted({int(n) for n in ns if n >= 1})
+    if not sizes:
+        return ""
+    p = power_rate(p_random)
+    mde = {n: specific_mde(n, p, n_draws) for n in (sizes[0], sizes[-1])}
+    txt = " to ".join(dict.fromkeys(f"{mde[n]:.2f} (n = {n})" if mde[n] == mde[n] else f"none reachable (n = {n})"
+                                    for n in (sizes[-1], sizes[0])))
+    return (f". What a null could have detected: at these n of eligible probes, the test finds a KeyToken-specific "
+            f"effect (KeyTokens recovering that much more often than random tokens) of {txt} with 80% power, "
+            f"at the observed random-control rate {p:.2f} with {n_draws} draws (simulated, unpact_mech/power.py)")
+
+
+def specific_tests(rows: list[dict[str, Any]]) -> tuple[list[int], float]:
+    """The KeyToken-specific tests a study ran: each one's n of eligible probes, and the mean random-control rate
+    over them (the inputs of its power)."""
+    ns, randoms = [], []
+    for crit in CRITERIA.values():
+        for r in rows:
+            for name in EMPHASIS_NAMES:
+                if math.isnan(_num(r, f"specific_{name}{crit.suffix}_low")):
+                    continue
+                n, rr = _num(r, f"recovery_{name}{crit.suffix}_n"), _num(r, f"recovery_{name}_random{crit.suffix}")
+                if n >= 1:
+                    ns.append(int(n))
+                if not math.isnan(rr):
+                    randoms.append(rr)
+    return ns, (sum(randoms) / len(randoms) if randoms else 0.0)
+
+
+def recovery_verdicts(rows: list[dict[str, Any]], n_draws: int = 2) -> list[Verdict]:
     out, tested = [], 0
     for crit in CRITERIA.values():
         for r in rows:
@@ -76,14 +117,16 @@ def recovery_verdicts(rows: list[dict[str, Any]]) -> list[Verdict]:
                     word = "KeyToken-specific" if lo > 0 else "worse than random tokens"
                     out.append(Verdict("2", r["method"], lo > 0, f"{r['method']}: emphasis by {name} is {word} "
                                        f"under {crit.name}: KeyTokens - random {ci_text(est, lo, hi)}"))
+    note = power_note(*specific_tests(rows), n_draws)
     if tested and not any(v.positive for v in out):
         out.insert(0, Verdict("2", "", False, f"No emphasis route is KeyToken-specific: of {tested} paired "
-                              "KeyTokens-minus-random intervals (method x route x criterion), none lies above 0"))
+                              "KeyTokens-minus-random intervals (method x route x criterion), none lies above 0"
+                              + note))
     elif tested:
         k = sum(v.positive for v in out)
         out.insert(0, Verdict("2", "", False, f"{k} of {tested} paired KeyTokens-minus-random intervals lie above 0; "
                               f"with no effect anywhere, about {tested / 40:.1f} would by chance (each 95% interval "
-                              "misses 0 upwards 2.5% of the time), so read single positives with care"))
+                              "misses 0 upwards 2.5% of the time), so read single positives with care" + note))
     if rows and not tested:
         out.append(Verdict("2", "", False, "Recovery could not be tested: no forget probe was eligible (answered by "
                            "the base and not by the unlearned model) for any method and criterion"))
@@ -108,7 +151,9 @@ def destruction_verdicts(rows: list[dict[str, Any]]) -> list[Verdict]:
                                        f"under {crit.name} (rate {rate:.2f}, {ks}, 95% CI from {lo:.2f})"))
                 else:
                     out.append(Verdict("3", r["method"], False, f"{r['method']}: no clear destruction of {split} "
-                                       f"facts under {crit.name} ({ks}; the interval includes 0)"))
+                                       f"facts under {crit.name} ({ks}; the interval includes 0; at n = {n:g} a "
+                                       f"destructive rate of {destruction_mde(int(n)):.2f} would be found with 80% "
+                                       "power)"))
     if untestable:
         out.append(Verdict("3", "", False, f"Destruction not measurable (the base answers none of the facts, n = 0) "
                            f"for: {', '.join(untestable)}"))
@@ -133,9 +178,10 @@ def route_verdicts(routes: pd.DataFrame | None) -> list[Verdict]:
     return out
 
 
-def verdicts(rows: list[dict[str, Any]], routes: pd.DataFrame | None = None) -> list[Verdict]:
-    """Every verdict of a study, in finding order."""
-    return [*focus_verdicts(rows), *recovery_verdicts(rows), *destruction_verdicts(rows), *route_verdicts(routes)]
+def verdicts(rows: list[dict[str, Any]], routes: pd.DataFrame | None = None, n_draws: int = 2) -> list[Verdict]:
+    """Every verdict of a study, in finding order (``n_draws``: the random control's draws, for the power note)."""
+    return [*focus_verdicts(rows), *recovery_verdicts(rows, n_draws), *destruction_verdicts(rows),
+            *route_verdicts(routes)]
 
 
 # ------------------------------------------------------------------------------------------------------------
