@@ -41,6 +41,7 @@ Routes (``RECOVERY_ROUTES``; add one with ``@register_route``):
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -244,11 +245,18 @@ BNB_BLOCKSIZE = 64  # Params4bit's default block size, which BitsAndBytesConfig 
 
 
 def _bnb() -> Any:
+    # bitsandbytes warns at import that its optional CPU matmul kernel package is absent; we only round-trip
+    # weights, which does not use it, so that one logger is quieted for the import
+    quiet = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
         import bitsandbytes.functional as bnb_f
     except ImportError as err:  # a dependency; a broken install says how to mend it
         raise UnpactError(f"the bitsandbytes quantisers need bitsandbytes ({err}); pip install 'bitsandbytes>=0.50'"
                           ) from err
+    finally:
+        quiet.setLevel(level)
     return bnb_f
 
 
