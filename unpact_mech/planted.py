@@ -64,7 +64,7 @@ def planted_recovery(an: Analysis, planted: Subject, recoverable: Sequence[Probe
                 sw = res.sweep[(res.sweep.criterion == crit) & (res.sweep.route == route)]
                 # restored at some factor, per draw (the rates' "best over factors"), then K and the draws' share R
                 got = sw.groupby(["condition", "draw"]).correct.any()
-                k = float(got.get("keytokens", pd.Series(dtype=bool)).mean()) if "keytokens" in got else math.nan
+                k = float(got["keytokens"].mean()) if "keytokens" in got else math.nan
                 r = float(got["random"].mean()) if "random" in got else math.nan
                 rows.append({"probe_id": p.id, "kind": kind, "criterion": crit, "strength": strength,
                              "base_correct": bool(e.base_correct), "planted_correct": bool(e.unlearned_correct),

@@ -19,6 +19,7 @@ where the interval's end is within Monte Carlo error of 0.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -64,6 +65,7 @@ def specific_power(n: int, effect: float, p_random: float = 0.05, n_draws: int =
     return float((bootstrap_lower(diffs, n_boot, seed) > 0).mean())
 
 
+@functools.lru_cache(maxsize=256)  # a pure function of its numbers: the report asks for the same n twice
 def specific_mde(n: int, p_random: float = 0.05, n_draws: int = 2, power: float = TARGET_POWER, reps: int = REPS,
                  seed: int = 0, step: float = 0.01) -> float:
     """The smallest effect (on a grid of ``step``) whose simulated power reaches ``power``, by bisection (power
