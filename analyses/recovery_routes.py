@@ -57,14 +57,14 @@ def main() -> None:
                     "in_context": {"shots": a.shots}}
             write_table(recover(an, unl, data["forget"], control, data["retain"], data["general"][: a.shots],
                                 ("emphasis", "quantize", "relearn", "in_context"), options=opts, cache=cache,
-                                progress=True).assign(method=m), f)
+                                progress=True, collateral=data["general"][a.shots:]).assign(method=m), f)
         frames.append(read_table(f))
         print(f"[routes] {m} done", flush=True)
     import pandas as pd
 
     table = pd.concat(frames, ignore_index=True)
     write_table(table, out / "routes.csv")
-    cols = ["method", "route", "treatment", "criterion", "n", "recovered_k", "control_k", "control_n", "excess",
+    cols = ["method", "route", "treatment", "criterion", "n", "recovered_k", "control_kind", "control_k", "control_n", "excess",
             "excess_low", "excess_high", "base_kept_k"]
     print(table[cols].round(3).to_string(index=False))
 

@@ -2,6 +2,11 @@
 unlearning method with the three findings' numbers and the localisation of the change (exact DLA with the
 post-sublayer norms frozen), through the same library calls as the SmolLM2 demo.
 
+The learning rate follows the demo's rule (``experiments.unlearn.calibrate_lr``: from the method's starting rate,
+lr * 2^(-k/2) with the smallest k that needs at least 3 steps to reach the forget target), so the findings
+describe a model that was unlearned, not one that was broken in a step or two. The retain loss (open-unlearning's
+per-token mean NLL on the retain answers) is reported before and after.
+
     python analyses/second_model.py --model gemma3-270m --method npo_gdr --out unpact_out/gemma
 """
 
@@ -14,17 +19,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from unpact_mech.attribution.dla import decompose
 from unpact_mech.attribution.loo import loo_contributions
 from unpact_mech.compare import compare
 from unpact_mech.data import filter_known, load_benchmark
+from unpact_mech.experiments.settings import START_LR
+from unpact_mech.experiments.unlearn import calibrate_lr
 from unpact_mech.findings import destruction, function_word_penalisation, recovery
 from unpact_mech.io import atomic_write_json, write_table
 from unpact_mech.keytokens import keytoken_table
 from unpact_mech.localise import localise
 from unpact_mech.models import load_model, read_provenance
 from unpact_mech.probes import tokenize_probes
-from unpact_mech.unlearning import unlearn
+from unpact_mech.scoring import pad_token_id
+from unpact_mech.subject import Subject
+from unpact_mech.unlearning import collate, losses, to_examples
 
 
 def peak_rss_gb() -> float:
@@ -32,8 +43,17 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def run(model: str = "gemma3-270m", method: str = "npo_gdr", out: str = "unpact_out/gemma", steps: int = 8,
-        target: float = 0.25, fmt: str = "plain", lr: float = 1e-4, max_forget: int = 12) -> dict[str, Any]:
+def retain_nll(subject: Subject, probes: list, fmt: str) -> float:
+    """Per-token mean NLL over the retain examples' labelled tokens (open-unlearning's ``outputs.loss``)."""
+    tok = subject.tokenizer
+    batch = collate(to_examples(tok, probes, fmt), pad_token_id(tok), subject.device)
+    model = subject.load_hf_model().eval()
+    with torch.no_grad():
+        return round(float(losses.nll(model, batch)), 4)
+
+
+def run(model: str = "gemma3-270m", method: str = "npo_gdr", out: str = "unpact_out/gemma", target: float = 0.25,
+        fmt: str = "plain", lr0: float | None = None, max_forget: int = 12) -> dict[str, Any]:
     """Load, attribute, unlearn with one method, and measure findings 1-3; writes ``OUT/second_model.json``."""
     o = Path(out)
     t0 = time.perf_counter()
@@ -53,14 +73,19 @@ def run(model: str = "gemma3-270m", method: str = "npo_gdr", out: str = "unpact_
     write_table(kt, o / "keytokens.csv")
     print(kt.to_string(index=False), flush=True)
     ckpt = o / "checkpoints" / method
-    if not (ckpt / "unpact.json").exists():
-        unlearn(base, method, data["forget"], data["retain"], ckpt, steps=steps, lr=lr, target_forget_acc=target,
-                check_every=2, fmt=fmt)
+    cal_file = o / "calibration.json"
+    if not (ckpt / "unpact.json").exists() or not cal_file.exists():
+        cal = calibrate_lr(base, method, data["forget"], data["retain"], lr0 or START_LR[method], target, keep=ckpt,
+                           fmt=fmt)
+        atomic_write_json(cal_file, cal)
+    cal = json.loads(cal_file.read_text())
     prov = read_provenance(ckpt)
     unl = load_model(str(ckpt)).memoize()
-    res.update({"method": method, "lr": lr, "steps": prov["steps"], "stopped_at": prov.get("stopped_at"),
-                "train_s": prov.get("train_seconds"),
-                "forget_acc": f"{prov['forget_fact_acc_before']:.2f}->{prov['forget_fact_acc_after']:.2f}"})
+    res.update({"method": method, "lr": cal["lr"], "calibration_k": cal["k"],
+                "calibration": [f"lr {t['lr']:g}: {t['steps_to_target']} steps" for t in cal["tries"]],
+                "steps": prov["steps"], "stopped_at": prov.get("stopped_at"), "train_s": prov.get("train_seconds"),
+                "forget_acc": f"{prov['forget_fact_acc_before']:.2f}->{prov['forget_fact_acc_after']:.2f}",
+                "retain_nll": f"{retain_nll(base, data['retain'], fmt)}->{retain_nll(unl, data['retain'], fmt)}"})
     cmp_f = compare(base, unl, data["forget"], fmt=fmt)
     res["finding1"] = {k: round(v, 3) for k, v in cmp_f.summary.items()}
     rates = recovery(base, unl, data["forget"], fmt=fmt).rates
@@ -93,12 +118,12 @@ def main() -> None:
     ap.add_argument("--model", default="gemma3-270m")
     ap.add_argument("--method", default="npo_gdr")
     ap.add_argument("--out", default="unpact_out/gemma")
-    ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr0", type=float, default=None, help="the rule's starting rate (default: the demo's for the "
+                    "method, experiments.settings.START_LR)")
     ap.add_argument("--target", type=float, default=0.25)
     ap.add_argument("--format", default="plain", help="probe format: plain (base models) or chat")
     a = ap.parse_args()
-    print(json.dumps(run(a.model, a.method, a.out, a.steps, a.target, a.format, a.lr), indent=1))
+    print(json.dumps(run(a.model, a.method, a.out, a.target, a.format, a.lr0), indent=1))
 
 
 if __name__ == "__main__":

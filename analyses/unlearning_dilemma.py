@@ -3,6 +3,7 @@ then measure forgetting, keyword focus (finding 1), recovery by emphasis (findin
 localisation and patching; writes tables, figures and report.html.
 
     python analyses/unlearning_dilemma.py --methods ga_gdr,npo_gdr --out unpact_out/dilemma
+    python analyses/unlearning_dilemma.py --per-split all --out unpact_out/full     # every known fact (hours)
 """
 
 from __future__ import annotations
@@ -11,15 +12,24 @@ import argparse
 
 import pandas as pd
 
-from unpact_mech.experiments import add_run_arguments, run_demo
+from unpact_mech.experiments import BUDGET, add_run_arguments, run_demo
+from unpact_mech.options import positive_int
+
+
+def per_split(text: str) -> int | None:
+    """``all`` (every known fact of the pool) or a positive number of probes per split."""
+    return None if text == "all" else positive_int()(text)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     add_run_arguments(ap, "unpact_out/dilemma")
     ap.add_argument("--no-patch", action="store_true")
+    ap.add_argument("--per-split", type=per_split, default=BUDGET["per_split"],
+                    help=f"known facts per split (default {BUDGET['per_split']}, the demo's), or 'all'")
     a = ap.parse_args()
-    t = run_demo(a.model, a.methods, a.out, a.steps, a.target, patch=not a.no_patch, on_change=a.on_change)
+    t = run_demo(a.model, a.methods, a.out, a.steps, a.target, patch=not a.no_patch, on_change=a.on_change,
+                 per_split=a.per_split)
     with pd.option_context("display.width", 250, "display.max_columns", 30):
         print(t.round(3).to_string(index=False))
 

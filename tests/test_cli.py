@@ -74,7 +74,9 @@ def test_recover_and_atp_patch_cli(tiny_llama_dir, tiny_llama_other_dir, tmp_pat
                "--shots", "1", "--relearn-steps", "1", "--out", str(tmp_path / "rec")])
     assert rc == 0, capsys.readouterr().err
     t = read_table(tmp_path / "rec" / "recovery_routes.csv")
-    assert list(t.route) == ["quantize"] * 3 + ["in_context", "relearn"] and (t.n == 0).all()  # nothing forgotten
+    # nothing forgotten; relearning has both controls: unknown facts and collateral damage (general facts lost)
+    assert list(t.route) == ["quantize"] * 3 + ["in_context", "relearn", "relearn"] and (t.n == 0).all()
+    assert list(t.control_kind[-2:]) == ["unknown facts", "collateral damage"] and t.control_n.iloc[-1] == 0
     assert list(t.treatment[:3]) == ["int8 (RTN, group 64)", "int4 (RTN, group 64)", "bitsandbytes NF4, block 64"]
     rc = main(["patch", "--base", str(tiny_llama_dir), "--unlearned", str(tiny_llama_other_dir), "--probes", str(pf),
                "--format", "plain", "--method", "atp", "--out", str(tmp_path / "atp")])

@@ -183,10 +183,14 @@ def test_relearn_route_trains_on_retain_only(tiny_llama, tiny_probes, everything
     assert torch.equal(answer_lp(tiny_llama, tps), before)  # trained a fresh copy, not the subject
 
 
-def test_relearn_route_equals_an_independent_training_loop(tiny_llama, tiny_probes, everything_eligible):
+def test_relearn_route_equals_an_independent_training_loop(tiny_llama, tiny_probes, everything_eligible,
+                                                           monkeypatch):
     """The route's flags after k steps equal a hand-written loop: a fresh copy, AdamW at the same rate, full-batch
-    loss = sum of -log p over every retain answer token / number of those tokens, each sequence run unpadded. The
-    retain set holds the forget question under another id, so relearning can restore it (not a test of zeros)."""
+    loss = sum of -log p over every retain answer token and the EOS after it (open-unlearning's labels) / number
+    of those tokens, each sequence run unpadded. The retain set holds the forget question under another id, so
+    relearning can restore it (not a test of zeros). Both controls (unknown facts; collateral damage, every
+    collateral fact counted as lost here) are the same loop's flags on their facts."""
+    monkeypatch.setattr(RouteContext, "collateral_lost", lambda self, crit: self.collateral)
     import dataclasses
 
     from transformers import AutoModelForCausalLM
@@ -195,27 +199,34 @@ def test_relearn_route_equals_an_independent_training_loop(tiny_llama, tiny_prob
     retain = [dataclasses.replace(forget, id="t0-again", split="retain"), tiny_probes[1]]
     an = Analysis(tiny_llama, [forget], fmt="plain")
     table = recover(an, tiny_llama, [forget], unknown=tiny_probes[3:], retain=retain, routes=["relearn"],
-                    criteria=["teacher_forced"], options={"relearn": {"steps": (1, 4, 5), "lr": 3e-2}})
+                    criteria=["teacher_forced"], options={"relearn": {"steps": (1, 4, 5), "lr": 3e-2}},
+                    collateral=tiny_probes[2:3])
     hf = AutoModelForCausalLM.from_pretrained(tiny_llama.source)
     opt = torch.optim.AdamW(hf.parameters(), lr=3e-2)
     train = tokenize_probes(tiny_llama, retain, "plain")
-    f_tp, c_tp = tokenize_probes(tiny_llama, [forget, tiny_probes[3]], "plain")
-    flags = {}
+    f_tp, c_tp, g_tp = tokenize_probes(tiny_llama, [forget, tiny_probes[3], tiny_probes[2]], "plain")
+    eos = tiny_llama.tokenizer.eos_token_id
+    flags, collateral = {}, {}
     for k in range(1, 6):
         opt.zero_grad()
         total, count = 0.0, 0
         for tp in train:
-            logp = torch.log_softmax(hf(torch.tensor([tp.ids])).logits[0].float(), -1)
-            for p in range(tp.prompt_len, len(tp.ids)):
-                total = total - logp[p - 1, tp.ids[p]]
+            ids = list(tp.ids) + [eos]
+            logp = torch.log_softmax(hf(torch.tensor([ids])).logits[0].float(), -1)
+            for p in range(tp.prompt_len, len(ids)):
+                total = total - logp[p - 1, ids[p]]
                 count += 1
         (total / count).backward()
         opt.step()
         flags[k] = (_top1(hf.eval(), f_tp), _top1(hf, c_tp))
+        collateral[k] = (flags[k][0], _top1(hf, g_tp))
         hf.train()
-    got = {int(r.treatment.split()[0]): (bool(r.recovered_k), bool(r.control_k)) for r in table.itertuples()}
-    assert got == {k: flags[k] for k in (1, 4, 5)}
-    assert not flags[1][0] and flags[4][0]  # restored between 1 and 4 steps: the comparison is not between zeros
+    assert set(table.control_kind) == {"unknown facts", "collateral damage"}
+    for kind, want in (("unknown facts", flags), ("collateral damage", collateral)):
+        got = {int(r.treatment.split()[0]): (bool(r.recovered_k), bool(r.control_k))
+               for r in table[table.control_kind == kind].itertuples()}
+        assert got == {k: want[k] for k in (1, 4, 5)}, kind
+    assert not flags[4][0] and flags[5][0]  # restored between 4 and 5 steps: the comparison is not between zeros
 
 
 def test_routes_refuse_bad_input(tiny_llama, tiny_probes):
@@ -226,3 +237,6 @@ def test_routes_refuse_bad_input(tiny_llama, tiny_probes):
         recover(an, tiny_llama, tiny_probes[:1], routes=["prayer"])
     with pytest.raises(UnpactError, match="needs retain probes"):
         recover(an, tiny_llama, tiny_probes[:1], routes=["relearn"])
+    with pytest.raises(UnpactError, match="collateral-damage facts must not be trained on"):
+        recover(an, tiny_llama, tiny_probes[:1], retain=tiny_probes[1:3], routes=["relearn"],
+                collateral=tiny_probes[2:])

@@ -324,3 +324,108 @@ def test_reference_model_only_for_methods_that_need_one(tiny_llama, tiny_probes,
     assert all(p.data_ptr() in shared for p in view.parameters())
     unlearn(tiny_llama, "task_vector", tiny_probes[:2], [], tmp_path / "tv", steps=1, progress=False, fmt="plain")
     assert len(copies) == 1  # Task Vector needs the starting parameters themselves
+
+
+def reference_labels(tokenizer, prompt, answer, chat):
+    """open-unlearning's labelling, written out from ``src/data/utils.py`` (``preprocess_chat_instance``): the
+    whole conversation tokenised, the prompt with the generation prompt tokenised, EOS appended unless last, and
+    every token after the prompt labelled. Plain (no chat template): prompt tag + answer, then EOS."""
+    if chat:
+        conv = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+        chat_ids = list(tokenizer.apply_chat_template(conv, tokenize=True, return_dict=False))
+        prompt_ids = list(tokenizer.apply_chat_template(conv[:1], tokenize=True, add_generation_prompt=True,
+                                                        return_dict=False))
+    else:
+        wrapped = f"Question: {prompt}\nAnswer:"
+        chat_ids = tokenizer(wrapped + " " + answer, add_special_tokens=False)["input_ids"]
+        prompt_ids = tokenizer(wrapped, add_special_tokens=False)["input_ids"]
+    if chat_ids[-1] != tokenizer.eos_token_id:
+        chat_ids = chat_ids + [tokenizer.eos_token_id]
+    return chat_ids, [-100] * len(prompt_ids) + chat_ids[len(prompt_ids):]
+
+
+def test_open_unlearning_labels_answer_closing_tokens_and_eos(smol, smol_probes, tiny_llama, tiny_probes):
+    """Labels under loss_convention="open_unlearning" equal open-unlearning's on SmolLM2's chat template (answer,
+    <|im_end|>, newline, EOS) and on the plain format (answer, EOS); "unpact_v1" labels the answer only."""
+    from unpact_mech.unlearning import qa_example
+
+    tok = smol.tokenizer
+    for p in smol_probes[:25]:
+        ids, labels = reference_labels(tok, p.prompt, p.answer, chat=True)
+        ex = qa_example(tok, p, "chat")
+        assert ex.ids == ids and ex.labels == labels, p.id
+        tail = [t for t in ex.labels[-3:]]
+        assert tok.convert_ids_to_tokens(tail) == ["<|im_end|>", "Ċ", "<|im_end|>"]
+        v1 = qa_example(tok, p, "chat", convention="unpact_v1")
+        n_answer = sum(x != -100 for x in v1.labels)
+        assert v1.ids == ids[: len(v1.ids)] and sum(x != -100 for x in ex.labels) == n_answer + 3
+        assert ex.fact_positions == v1.fact_positions and ex.content == v1.content
+    for p in tiny_probes:
+        ids, labels = reference_labels(tiny_llama.tokenizer, p.prompt, p.answer, chat=False)
+        ex = qa_example(tiny_llama.tokenizer, p, "plain")
+        assert ex.ids == ids and ex.labels == labels and ex.labels[-1] == tiny_llama.tokenizer.eos_token_id
+
+
+def test_example_without_labelled_token_is_one_clear_error(hf_pair, batch, tiny_llama, tiny_probes):
+    """open-unlearning divides by a zero label count (NaN); a clamp would shift the mean: refused instead."""
+    from unpact_mech.unlearning import Example
+
+    model, ref = hf_pair
+    empty = Example([1, 5, 6], [-100, -100, -100])
+    with pytest.raises(UnlearningError, match=r"example\(s\) \[1\] have no labelled token"):
+        collate([to_examples(tiny_llama.tokenizer, tiny_probes[:1], "plain")[0], empty], 0)
+    bad = {k: v.clone() for k, v in batch.items()}
+    bad["labels"][1] = -100
+    for loss in (lambda: L.ga(model, bad), lambda: L.simnpo(model, bad, 4.5, 0.0), lambda: L.npo(model, ref, bad, 0.1)):
+        with pytest.raises(UnlearningError, match=r"row\(s\) \[1\] have no labelled token"):
+            loss()
+    control = torch.ones(model.config.hidden_size)
+    with pytest.raises(UnlearningError, match="no position to average over"):
+        L.rmu(model, ref, bad, batch, 1, control, 1.0, form="open_unlearning")
+
+
+def test_simnpo_defaults_follow_open_unlearning_and_rmu_form_is_checked():
+    """configs/trainer/SimNPO.yaml: beta 4.5, gamma 0.125, delta 0, alpha 1 (explicit settings still win)."""
+    from unpact_mech.unlearning import resolve_config
+
+    _, cfg = resolve_config("simnpo", True)
+    assert (cfg.beta, cfg.gamma, cfg.delta, cfg.alpha) == (4.5, 0.125, 0.0, 1.0)
+    assert resolve_config("simnpo", True, beta=2.5)[1].beta == 2.5
+    assert resolve_config("rmu", True)[1].rmu_form == "wmdp"
+    with pytest.raises(UnlearningError, match="rmu_form must be one of"):
+        resolve_config("rmu", True, rmu_form="pooled")
+
+
+def test_rmu_open_unlearning_form_matches_reference(hf_pair, batch, tiny_probes, tiny_llama, tmp_path):
+    """open-unlearning's RMU (src/trainer/unlearn/rmu.py, compute_activation_loss): per sequence, the mean over
+    its labelled positions (labels != -100, unshifted) of the feature-mean squared difference, then the mean over
+    sequences; on a padded batch (rows unpadded here one by one) and on an unpadded one-row batch. It differs from
+    the pooled WMDP form on the same batch."""
+    model, ref = hf_pair
+    retain = collate(to_examples(tiny_llama.tokenizer, tiny_probes[3:] + tiny_probes[:1], "plain"), 0)
+    control = 3.0 * torch.ones(model.config.hidden_size) / model.config.hidden_size**0.5
+    layer = 1
+
+    def hidden(m, b, row):
+        n = int(b["attention_mask"][row].sum())
+        return m(input_ids=b["input_ids"][row : row + 1, :n], output_hidden_states=True).hidden_states[layer + 1][0]
+
+    def reference(b, target):
+        per_seq = []
+        for row in range(b["input_ids"].shape[0]):
+            h, t = hidden(model, b, row), target(b, row)
+            pos = [i for i in range(h.shape[0]) if b["labels"][row, i] != -100]
+            per_seq.append(sum(float(((h[i] - t[i]) ** 2).mean()) for i in pos) / len(pos))
+        return sum(per_seq) / len(per_seq)
+
+    with torch.no_grad():
+        for fb, rb in ((batch, retain), ({k: v[:1, : int(batch["attention_mask"][0].sum())] for k, v in batch.items()},
+                                         {k: v[:1, : int(retain["attention_mask"][0].sum())] for k, v in retain.items()})):
+            f, r = L.rmu(model, ref, fb, rb, layer, control, 10.0, form="open_unlearning")
+            assert abs(float(f) - reference(fb, lambda b, row: control.expand(int(b["attention_mask"][row].sum()), -1))) < 1e-4
+            assert abs(float(r) - 10.0 * reference(rb, lambda b, row: hidden(ref, b, row))) < 1e-4
+        f_wmdp, _ = L.rmu(model, ref, batch, retain, layer, control, 10.0)
+        assert abs(float(f_wmdp) - float(L.rmu(model, ref, batch, retain, layer, control, 10.0, "open_unlearning")[0])) > 1e-3
+    out = unlearn(tiny_llama, "rmu", tiny_probes[:2], tiny_probes[2:4], tmp_path / "r", steps=1, progress=False,
+                  rmu_layer=1, rmu_form="open_unlearning")
+    assert read_provenance(out)["hyperparameters"]["rmu_form"] == "open_unlearning"

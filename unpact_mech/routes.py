@@ -34,7 +34,10 @@ Routes (``RECOVERY_ROUTES``; add one with ``@register_route``):
   bitsandbytes 0.50's CPU 4-bit round trip departs from the flat-block definition when a row's length is not a
   multiple of 64 (blocks then span rows); every linear layer of SmolLM2 and Gemma-3 has in_features % 64 == 0.
 * ``relearn``: k AdamW steps of next-token loss on retain facts (disjoint from the forget set); forget accuracy as
-  a function of k.
+  a function of k. Besides the unknown-facts control it has a second one, **collateral damage**: general facts
+  (``collateral``) the base answers and the unlearned model lost without being asked to forget them. If relearning
+  brings forgotten facts back no faster than those, it restores the model, not specifically hidden forget
+  knowledge.
 * ``in_context``: the question preceded by ``shots`` other facts as question/answer pairs.
 """
 
@@ -79,6 +82,7 @@ class RouteContext:
     criteria: tuple[str, ...] = CRITERIA
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     cache: dict[Any, Any] = field(default_factory=dict)
+    collateral: list[TokenizedProbe] = field(default_factory=list)
 
     def opt(self, route: str, name: str, default: Any) -> Any:
         return self.options.get(route, {}).get(name, default)
@@ -97,6 +101,15 @@ class RouteContext:
             uu = list(judge(self.unlearned, self.unknown, criterion).correct) if self.unknown else []
             self.cache[key] = ([tp for tp, x, y in zip(self.forget, b, u) if x and not y],
                                [tp for tp, x, y in zip(self.unknown, ub, uu) if not x and not y])
+        return self.cache[key]
+
+    def collateral_lost(self, criterion: str) -> list[TokenizedProbe]:
+        """Collateral-damage probes: ``collateral`` facts the base answers and the unlearned model does not."""
+        key = ("collateral", criterion, self.unlearned.name)
+        if key not in self.cache:
+            b = _flags(self.analysis.base, self.collateral, criterion)
+            u = _flags(self.unlearned, self.collateral, criterion)
+            self.cache[key] = [tp for tp, x, y in zip(self.collateral, b, u) if x and not y]
         return self.cache[key]
 
 
@@ -141,7 +154,8 @@ def route_data(probes: Sequence[Probe], n: int, shots: int, n_control: int
 
 
 def check_route_data(routes: Sequence[str], forget: Sequence[Probe], unknown: Sequence[Probe] = (),
-                     retain: Sequence[Probe] = (), shots: Sequence[Probe] = (), need_control: bool = True) -> None:
+                     retain: Sequence[Probe] = (), shots: Sequence[Probe] = (), need_control: bool = True,
+                     collateral: Sequence[Probe] = ()) -> None:
     """Everything about the routes' data that needs no model: known, unrepeated routes; forget probes; data
     disjoint from the forget set; control facts apart from training data and shots; each route's own data; and
     (``need_control``) control facts for the routes that compare with them, without which their excess is NaN."""
@@ -152,12 +166,16 @@ def check_route_data(routes: Sequence[str], forget: Sequence[Probe], unknown: Se
     if not forget:
         raise UnpactError("no forget probes: the recovery routes test forget probes")
     forget_ids = {p.id for p in forget}
-    overlap = sorted(forget_ids & {p.id for p in [*retain, *shots, *unknown]})
+    overlap = sorted(forget_ids & {p.id for p in [*retain, *shots, *unknown, *collateral]})
     if overlap:
         raise UnpactError(f"recovery-route data must be disjoint from the forget set; shared probes: {overlap[:5]}")
     overlap = sorted({p.id for p in unknown} & {p.id for p in [*retain, *shots]})
     if overlap:
         raise UnpactError(f"control facts must not be trained on or shown as shots; shared probes: {overlap[:5]}")
+    overlap = sorted({p.id for p in collateral} & {p.id for p in [*retain, *shots]})
+    if overlap:  # (they may be the unknown-control candidates: the base knows one kind and not the other)
+        raise UnpactError(f"collateral-damage facts must not be trained on or shown as shots; shared probes: "
+                          f"{overlap[:5]}")
     if "relearn" in routes and not retain:
         raise UnpactError("the relearn route needs retain probes (data disjoint from the forget set)")
     if "in_context" in routes and not shots:
@@ -171,16 +189,19 @@ def check_route_data(routes: Sequence[str], forget: Sequence[Probe], unknown: Se
 def recover(base: Analysis, unlearned: Subject, forget: Sequence[Probe], unknown: Sequence[Probe] = (),
             retain: Sequence[Probe] = (), shots: Sequence[Probe] = (), routes: Sequence[str] = ("emphasis",),
             criteria: Sequence[str] = CRITERIA, options: dict[str, dict[str, Any]] | None = None,
-            cache: dict[Any, Any] | None = None, progress: bool = False) -> pd.DataFrame:
-    """The "how superficial is the forgetting" table: one row per (route, treatment, criterion); see the module
-    docstring for the columns. ``cache`` may be shared across unlearned models (it keeps the quantised base)."""
-    check_route_data(routes, forget, unknown, retain, shots, need_control=False)
+            cache: dict[Any, Any] | None = None, progress: bool = False,
+            collateral: Sequence[Probe] = ()) -> pd.DataFrame:
+    """The "how superficial is the forgetting" table: one row per (route, treatment, criterion, control); see the
+    module docstring for the columns. ``collateral``: general facts for the relearning route's collateral-damage
+    control. ``cache`` may be shared across unlearned models (it keeps the quantised base)."""
+    check_route_data(routes, forget, unknown, retain, shots, need_control=False, collateral=collateral)
     check_criteria(criteria)
     if not unknown and any(r != "emphasis" for r in routes):
         print("[unpact] recovery routes: no control facts were given, so every excess over control is undefined "
               "(NaN)", file=sys.stderr, flush=True)
     ctx = RouteContext(base, unlearned, base.add(list(forget)), base.add(list(unknown)) if unknown else [],
-                       list(retain), list(shots), tuple(criteria), options or {}, {} if cache is None else cache)
+                       list(retain), list(shots), tuple(criteria), options or {}, {} if cache is None else cache,
+                       base.add(list(collateral)) if collateral else [])
     rows = []
     for name in tqdm(routes, desc="recovery routes", disable=not progress):
         t0 = time.perf_counter()
@@ -347,8 +368,12 @@ def _relearn(ctx: RouteContext) -> list[dict[str, Any]]:
                     HFBackend(model)).memoize()
         for crit in ctx.route_criteria("relearn"):
             elig, unk = ctx.eligible(crit)
-            rows.append(route_row("relearn", f"{k} step{'s' * (k != 1)} on retain (lr {lr:g})", crit,
-                                  _flags(snap, elig, crit), "unknown facts", _flags(snap, unk, crit)))
+            treatment = f"{k} step{'s' * (k != 1)} on retain (lr {lr:g})"
+            recovered = _flags(snap, elig, crit)
+            rows.append(route_row("relearn", treatment, crit, recovered, "unknown facts", _flags(snap, unk, crit)))
+            if ctx.collateral:
+                rows.append(route_row("relearn", treatment, crit, recovered, "collateral damage",
+                                      _flags(snap, ctx.collateral_lost(crit), crit)))
 
     fit(ctx.unlearned, ctx.retain, steps=max(steps), lr=lr, full_batch=True, check_every=1,
         seed=int(ctx.opt("relearn", "seed", 0)), fmt=ctx.analysis.probes.fmt, on_snapshot=evaluate,

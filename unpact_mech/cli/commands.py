@@ -288,7 +288,7 @@ def cmd_recover(a: argparse.Namespace) -> int:
     options = {"quantize": {"bits": bits, "quantizers": a.quantizers}, "relearn": {"steps": steps, "lr": a.relearn_lr},
                "in_context": {"shots": a.shots}, "emphasis": {"factors": (1.0, 8.0), "n_draws": a.draws}}
     table = recover(Analysis(base, forget, _params(a), a.format), unl, forget, unknown, retain, shots,
-                    routes, criteria, options, progress=True)
+                    routes, criteria, options, progress=True, collateral=unknown)
     write_table(table, out / "recovery_routes.csv")
     print("how superficial is the forgetting: forget probes the base answers and the unlearned model does not, "
           "brought back by each route; control = what the same treatment gives without forgotten knowledge")

@@ -45,7 +45,7 @@ def routes_stage(lazy: LazyBase, method: str, data: dict[str, list], out: Path, 
                                  "relearn": {"steps": ROUTE_BUDGET["relearn_steps"], "lr": ROUTE_BUDGET["relearn_lr"],
                                              "criteria": ROUTE_BUDGET["criteria"], "progress": True},
                                  "in_context": {"shots": len(shots), "criteria": ROUTE_BUDGET["criteria"]}},
-                        cache=lazy.route_cache, progress=True)
+                        cache=lazy.route_cache, progress=True, collateral=general[len(shots):])
         write_table(table, f)
         return table
 

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from unpact_mech import models
 from unpact_mech.experiments.base import LazyBase
-from unpact_mech.experiments.settings import BUDGET, method_settings, probe_key
+from unpact_mech.experiments.settings import BUDGET, CALIBRATION, method_settings, probe_key
 from unpact_mech.frontier import interpolated, snapshot_subject
 from unpact_mech.io import atomic_write_json
 from unpact_mech.models import data_hash, read_provenance
 from unpact_mech.pipeline import make_stamp, stage
-from unpact_mech.unlearning import unlearn
+from unpact_mech.subject import Subject
+from unpact_mech.unlearning import UnlearningError, unlearn
 
 # the frontier's measurements run inside this stage (experiments.findings builds them)
 CODE = ("unpact_mech.experiments.unlearn", "unpact_mech.experiments.findings")
@@ -69,3 +71,28 @@ def checkpoint_stamp(lazy: LazyBase, method: str, forget: list, retain: list, st
     return make_stamp(CODE, model=lazy.key, method=method, settings=method_settings(method, steps, target),
                       forget=data_hash([probe_key(p) for p in forget]),
                       retain=data_hash([probe_key(p) for p in retain]), frontier=BUDGET["frontier"])
+
+
+def calibrate_lr(base: Subject, method: str, forget: Sequence[Any], retain: Sequence[Any], lr0: float,
+                 target: float = 0.25, min_steps: int = CALIBRATION["min_steps"], max_k: int = CALIBRATION["max_k"],
+                 keep: Path | None = None, **settings: Any) -> dict[str, Any]:
+    """The demo's learning-rate rule: lr_k = lr0 * 2^(-k/2) for the smallest k >= 0 at which the method needs at
+    least ``min_steps`` steps (forget accuracy checked after each) to reach ``target`` (not reaching it within
+    the step budget counts as needing more). Each try trains a checkpoint with the demo's settings (thrown away,
+    or the chosen one left at ``keep``); returns ``lr``, ``k``, ``steps`` (steps to target, None if not
+    reached) and every try."""
+    tries = []
+    for k in range(max_k + 1):
+        lr = float(f"{lr0 * 2 ** (-k / 2):.3g}")
+        cfg = {**method_settings(method, None, target), **settings, "lr": lr}
+        with tempfile.TemporaryDirectory() as tmp:
+            prov = read_provenance(unlearn(base, method, list(forget), list(retain), keep or Path(tmp) / "c",
+                                           progress=False, overwrite=keep is not None, **cfg))
+        needed = prov["stopped_at"]
+        tries.append({"k": k, "lr": lr, "steps_to_target": needed, "forget_acc": prov["forget_fact_acc_after"],
+                      "final_losses": prov["final_losses"]})
+        print(f"[calibrate] {method} k={k} lr={lr:g}: {needed if needed is not None else 'target not reached in'} "
+              f"{'steps' if needed is not None else cfg['steps']}", flush=True)
+        if needed is None or needed >= min_steps:
+            return {"method": method, "lr": lr, "k": k, "steps": needed, "tries": tries}
+    raise UnlearningError(f"{method}: even lr0 * 2^(-{max_k}/2) reaches the target in fewer than {min_steps} steps")

@@ -166,7 +166,8 @@ def route_verdicts(routes: pd.DataFrame | None) -> list[Verdict]:
         return []
     ok = routes[routes.excess_low > 0]
     out = [Verdict("routes", r.method, True, f"{r.method}: {r.route} ({r.treatment}, {r.criterion}) recovers "
-                   f"beyond its control: excess {ci_text(r.excess, r.excess_low, r.excess_high)}")
+                   f"beyond its control{f' ({r.control_kind})' if isinstance(getattr(r, 'control_kind', None), str) else ''}"
+                   f": excess {ci_text(r.excess, r.excess_low, r.excess_high)}")
            for r in ok.itertuples()]
     n = int(routes.excess.notna().sum())
     if n and not ok.empty:

@@ -39,10 +39,14 @@ class UnlearnConfig:
     rmu_coeff_scale: float = 4.0
     rmu_alpha: float = 100.0
     rmu_param_layers: tuple[int, ...] | None = None  # default: rmu_layer-2 .. rmu_layer
+    # "wmdp" (WMDP's pooled MSE, the default: RMU is WMDP's method, and its forget term acts on the question
+    # tokens that the KeyToken analysis reads) or "open_unlearning" (per-sequence mean over labelled tokens)
+    rmu_form: str = "wmdp"
     target_forget_acc: float | None = None  # calibration: stop once forget fact top-1 <= this
     check_every: int = 1
     checkpoint_every: int = 5
     fmt: str = "auto"
-    # how GA/GD/KL reduce over tokens: "open_unlearning" (their per-token mean NLL, KL(ref || current)) or
-    # "unpact_v1" (summed NLL per sequence, KL(current || ref)); see unpact_mech.unlearning.losses
+    # which tokens are labelled and how GA/GD/KL reduce over them: "open_unlearning" (answer + the template's
+    # closing tokens + EOS; per-token mean NLL, KL(ref || current)) or "unpact_v1" (answer tokens only; summed NLL
+    # per sequence, KL(current || ref)); see unpact_mech.unlearning.data and .losses
     loss_convention: str = "open_unlearning"

@@ -1,4 +1,13 @@
-"""Unlearning data: probes (QA: loss on the answer tokens) or raw text (loss on all tokens) -> padded batches."""
+"""Unlearning data: probes (QA) or raw text (loss on all tokens) -> padded batches.
+
+Which QA tokens carry a label depends on ``loss_convention``:
+
+* ``"open_unlearning"`` (default): the answer, then the chat template's closing tokens of the assistant turn,
+  then EOS unless the sequence already ends with it, as open-unlearning's ``preprocess_chat_instance``
+  (``src/data/utils.py``) labels ``chat_ids[len(prompt_ids):]``. On SmolLM2: answer, ``<|im_end|>``, ``\n``,
+  ``<|im_end|>``. The plain format has no closing tag, so it labels the answer and EOS.
+* ``"unpact_v1"``: the answer tokens only (this toolkit's first form).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +17,9 @@ from typing import Any
 
 import torch
 
-from unpact_mech.probes import Probe, tokenize_probe
+from unpact_mech.probes import Probe, TokenizedProbe, render_prompt, tokenize_probe
 from unpact_mech.unlearning.config import UnlearningError
-from unpact_mech.unlearning.losses import Batch
+from unpact_mech.unlearning.losses import Batch, check_convention
 
 REFUSALS = ("I don't know.", "I'm not sure about that.", "I cannot answer that.", "I have no idea.")
 
@@ -25,12 +34,39 @@ class Example:
     content: tuple[int, ...] = ()
 
 
-def qa_example(tokenizer: Any, probe: Probe, fmt: str = "auto", answer: str | None = None) -> Example:
+def closing_ids(tokenizer: Any, tp: TokenizedProbe) -> list[int]:
+    """The labelled tokens open-unlearning puts after the answer: the chat template's text after the assistant
+    answer (``apply_chat_template(..., add_generation_prompt=False)`` minus the rendered prompt and the answer),
+    then EOS unless the sequence already ends with it (``src/data/utils.py``, ``preprocess_chat_instance``)."""
+    tail: list[int] = []
+    if tp.format == "chat":
+        prompt = render_prompt(tokenizer, tp.probe.prompt, "chat")[0]
+        full = tokenizer.apply_chat_template([{"role": "user", "content": tp.probe.prompt},
+                                              {"role": "assistant", "content": tp.probe.answer}], tokenize=False)
+        at = full.find(tp.probe.answer, len(prompt)) if full.startswith(prompt) else -1
+        if at < 0:
+            raise UnlearningError(
+                f"probe '{tp.probe.id}': the chat template does not render the answer turn as the prompt followed by "
+                "the answer, so its closing tokens cannot be found; use loss_convention='unpact_v1' (answer tokens "
+                "only) or fmt='plain'")
+        tail = list(tokenizer(full[at + len(tp.probe.answer):], add_special_tokens=False)["input_ids"])
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is not None and (list(tp.ids) + tail)[-1] != eos:
+        tail.append(eos)
+    return tail
+
+
+def qa_example(tokenizer: Any, probe: Probe, fmt: str = "auto", answer: str | None = None,
+               convention: str = "open_unlearning") -> Example:
+    """One QA example; labels per ``convention`` (module docstring). RMU's ``content`` is the question and the
+    answer, never the template (shared with every other example)."""
+    check_convention(convention)
     p = probe if answer is None else replace(probe, answer=answer, fact=None)
     tp = tokenize_probe(tokenizer, p, fmt)
-    labels = [-100] * tp.prompt_len + list(tp.answer_ids)
+    tail = closing_ids(tokenizer, tp) if convention == "open_unlearning" else []
+    labels = [-100] * tp.prompt_len + list(tp.answer_ids) + tail
     content = tuple(tp.attributable) + tuple(range(tp.prompt_len, len(tp.ids)))
-    return Example(list(tp.ids), labels, tp.fact_positions, content)
+    return Example(list(tp.ids) + tail, labels, tp.fact_positions, content)
 
 
 def text_example(tokenizer: Any, text: str, max_len: int = 256) -> Example:
@@ -40,13 +76,20 @@ def text_example(tokenizer: Any, text: str, max_len: int = 256) -> Example:
     return Example(ids, list(ids), (), tuple(range(1, len(ids))))
 
 
-def to_examples(tokenizer: Any, data: Sequence[Probe | str], fmt: str = "auto") -> list[Example]:
+def to_examples(tokenizer: Any, data: Sequence[Probe | str], fmt: str = "auto",
+                convention: str = "open_unlearning") -> list[Example]:
     if not data:
         raise UnlearningError("no training examples: give at least one probe or text (an empty forget or retain set)")
-    return [qa_example(tokenizer, d, fmt) if isinstance(d, Probe) else text_example(tokenizer, d) for d in data]
+    return [qa_example(tokenizer, d, fmt, convention=convention) if isinstance(d, Probe) else text_example(tokenizer, d)
+            for d in data]
 
 
 def collate(examples: Sequence[Example], pad_id: int, device: Any = None) -> Batch:
+    """Right-padded batch; an example with no labelled target token is refused (its loss would be undefined)."""
+    empty = [r for r, e in enumerate(examples) if all(x == -100 for x in e.labels[1:])]
+    if empty:
+        raise UnlearningError(f"training example(s) {empty} have no labelled token to train on (every label after "
+                              "the first is -100); give each example at least one answer token")
     width = max(len(e.ids) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), -100, dtype=torch.long)

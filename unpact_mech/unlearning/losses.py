@@ -1,17 +1,21 @@
 """Unlearning losses on padded batches (``input_ids``, ``attention_mask``, ``labels`` with -100 = ignored).
 
-Per-sequence NLL = sum of the NLL of the labelled tokens (answer tokens for QA, all tokens for raw text).
+Per-sequence NLL = sum of the NLL of the labelled tokens (for QA: the answer, plus the template's closing tokens and
+EOS under ``open_unlearning``, see ``unpact_mech.unlearning.data``; raw text: all tokens). A sequence with no
+labelled token is refused (:func:`n_labelled`): open-unlearning's per-sequence means divide by its zero count
+(NaN), and a clamp to 1 would silently shift a batch mean.
 
 Two loss conventions (``UnlearnConfig.loss_convention``, registry ``CONVENTIONS``):
 
-* ``"open_unlearning"`` (default), as open-unlearning and MUSE compute them:
+* ``"open_unlearning"`` (default), as open-unlearning and MUSE compute them, on open-unlearning's labels (answer,
+  closing template tokens, EOS):
   GA = -NLL and GD = NLL as the **per-token mean** over the batch's labelled tokens (``outputs.loss``);
   KL retain = **KL(pi_ref || pi_theta)** summed over the vocabulary and averaged over the batch's positions
   (``F.kl_div(current_logp, ref_logp, log_target=True, reduction="batchmean")`` on the flattened logits).
   Positions are the ones the attention mask keeps; open-unlearning's flattening also averages over padding
   positions, which makes the loss depend on how a batch happens to be padded, so we leave those out
   (identical on unpadded batches).
-* ``"unpact_v1"`` (this toolkit's first forms, kept to reproduce old runs): GA/GD = mean over sequences of the
+* ``"unpact_v1"`` (this toolkit's first forms, kept to reproduce old runs; answer tokens labelled): GA/GD = mean over sequences of the
   **summed** answer NLL; KL retain = KL(pi_theta || pi_ref) per labelled answer token.
 
 NPO, DPO/IdkDPO and SimNPO use per-sequence sums (SimNPO: divided by the answer length) in both, as
@@ -28,6 +32,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from unpact_mech.backends.kernel import AnswerIndex, OutputTransform, answer_logprobs, per_sequence, unembed
+from unpact_mech.unlearning.config import UnlearningError
 
 Batch = dict[str, Tensor]
 
@@ -46,13 +51,20 @@ def labelled_logits(model: Any, batch: Batch) -> tuple[Float[Tensor, "n vocab"],
 
 def sequence_nll(model: Any, batch: Batch) -> Float[Tensor, " batch"]:
     """Sum of labelled-token NLL per sequence (float64, from the answer-log-prob kernel)."""
+    n_labelled(batch)
     logits, labels, rows = labelled_logits(model, batch)
     lp, _ = answer_logprobs(logits, labels)
     return -per_sequence(lp, rows, batch["input_ids"].shape[0])
 
 
 def n_labelled(batch: Batch) -> Tensor:
-    return (batch["labels"][:, 1:] != -100).sum(-1).clamp(min=1)
+    """Labelled target tokens per sequence (labels after the first); a sequence with none is one clear error."""
+    n = (batch["labels"][:, 1:] != -100).sum(-1)
+    if bool((n == 0).any()):
+        rows = (n == 0).nonzero().flatten().tolist()
+        raise UnlearningError(f"batch row(s) {rows} have no labelled token (every label after the first is -100): "
+                              "their loss is undefined; give each example at least one answer token")
+    return n
 
 
 CONVENTIONS: tuple[str, ...] = ("open_unlearning", "unpact_v1")
@@ -154,16 +166,45 @@ def hidden_at(model: Any, batch: Batch, layer: int) -> Float[Tensor, "batch pos 
 
 
 def masked_mse(a: Tensor, b: Tensor, mask: Tensor) -> Tensor:
+    """Pooled: sum over masked positions and features of (a - b)^2 / (#masked positions * d)."""
     m = mask[..., None].to(a.dtype)
     return (((a - b) ** 2) * m).sum() / (m.sum() * a.shape[-1]).clamp(min=1)
 
 
-def rmu(model: Any, ref: Any, forget: Batch, retain: Batch, layer: int, control: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
-    """RMU: MSE(h(x_f), c*u) on the forget examples' own tokens (``content_mask``: question and answer, not the
-    chat template they share with retain examples), and alpha * MSE(h(x_r), h_ref(x_r)) on all retain tokens."""
+def sequence_mse(a: Tensor, b: Tensor, mask: Tensor) -> Tensor:
+    """Per sequence, then averaged: mean_r [ sum_{t in mask_r} mean_d (a - b)^2 / |mask_r| ] (open-unlearning's
+    ``RMU.compute_activation_loss``, ``src/trainer/unlearn/rmu.py``)."""
+    m = mask.to(a.dtype)
+    per_pos = ((a - b) ** 2).mean(-1) * m
+    n = m.sum(-1)
+    if bool((n == 0).any()):
+        raise UnlearningError("RMU: a sequence has no position to average over (no labelled token)")
+    return (per_pos.sum(-1) / n).mean()
+
+
+RMU_FORMS: tuple[str, ...] = ("wmdp", "open_unlearning")
+
+
+def rmu(model: Any, ref: Any, forget: Batch, retain: Batch, layer: int, control: Tensor, alpha: float,
+        form: str = "wmdp") -> tuple[Tensor, Tensor]:
+    """RMU's two terms, forget MSE(h(x_f), c*u) and alpha * MSE(h(x_r), h_ref(x_r)), in one of two forms:
+
+    * ``"wmdp"`` (default): WMDP's pooled ``F.mse_loss`` (centerforaisafety/wmdp, ``rmu/unlearn.py``), a mean over
+      every token and feature of the batch: the forget term on each forget example's own tokens
+      (``content_mask``: question and answer, not the chat template it shares with retain examples), the retain
+      term on every attention-mask token (padding left out);
+    * ``"open_unlearning"``: open-unlearning's per-sequence mean over the labelled positions (``labels != -100``,
+      unshifted) of both batches, averaged over sequences (``src/trainer/unlearn/rmu.py``,
+      ``compute_activation_loss`` with ``retain_loss_type: EMBED_DIFF``).
+    """
+    if form not in RMU_FORMS:
+        raise UnlearningError(f"unknown RMU form {form!r}; use one of {RMU_FORMS}")
     hf = hidden_at(model, forget, layer)
-    f = masked_mse(hf, control.expand_as(hf), forget["content_mask"])
     hr = hidden_at(model, retain, layer)
     with torch.no_grad():
         hr_ref = hidden_at(ref, retain, layer)
+    if form == "open_unlearning":
+        f = sequence_mse(hf, control.expand_as(hf), forget["labels"] != -100)
+        return f, alpha * sequence_mse(hr, hr_ref, retain["labels"] != -100)
+    f = masked_mse(hf, control.expand_as(hf), forget["content_mask"])
     return f, alpha * masked_mse(hr, hr_ref, retain["attention_mask"])

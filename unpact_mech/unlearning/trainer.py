@@ -6,14 +6,15 @@ writes an HF checkpoint with ``unpact.json`` provenance. Methods: ga, ga_gdr, ga
 simnpo, idk_dpo, task_vector, rmu (each one class with a ``loss``; see ``METHODS``).
 
 Defaults (scaled from MUSE / open-unlearning to a 135M model on CPU): AdamW lr 1e-5, 10 steps, batch 4,
-gradient clipping 1.0, gamma (forget weight) 1, alpha (retain weight) 1, NPO beta 0.1, SimNPO beta 2.5 and
-delta 0, IdkDPO beta 0.1, Task Vector: fine-tune at lr 1e-4 then subtract with a = 1, RMU: layer 7
+gradient clipping 1.0, gamma (forget weight) 1, alpha (retain weight) 1, NPO beta 0.1, SimNPO beta 4.5, gamma
+0.125 and delta 0 (open-unlearning's ``configs/trainer/SimNPO.yaml``), IdkDPO beta 0.1, Task Vector: fine-tune at lr 1e-4 then subtract with a = 1, RMU: layer 7
 (of 30; MLP down-projections of layers 5-7 train), retain alpha 100, lr 1e-2, and a steering coefficient
 c = 4 x the mean norm of the forget tokens' activations at that layer (SmolLM2: 4 x 129 = 516). RMU's paper
 constant (c = 6.5 on Zephyr-7B) assumes small activations; with c = 20 against SmolLM2's norms of ~145 the
 forget term shrank activations instead of scrambling them and nothing was forgotten. RMU's forget term acts on
 each forget example's own tokens (question and answer), not on the chat template it shares with every retain
-example, where the two terms would cancel.
+example, where the two terms would cancel (``rmu_form="wmdp"``; open-unlearning's per-sequence form is
+``rmu_form="open_unlearning"``, see :func:`unpact_mech.unlearning.losses.rmu`).
 
 :func:`fit` runs the same loop without a checkpoint (the relearning recovery route trains through it with the
 :class:`Finetune` method: gradient descent on the given data).
@@ -138,6 +139,7 @@ def resolve_config(method: str | Method, has_retain: bool, config: UnlearnConfig
         (cfg.beta > 0, f"beta must be > 0, got {cfg.beta}"),
         (cfg.loss_convention in L.CONVENTIONS,
          f"loss_convention must be one of {L.CONVENTIONS}, got {cfg.loss_convention!r}"),
+        (cfg.rmu_form in L.RMU_FORMS, f"rmu_form must be one of {L.RMU_FORMS}, got {cfg.rmu_form!r}"),
         (has_retain or not m.needs_retain, f"method '{method}' needs retain data (--retain)"),
     ]
     for ok, msg in checks:
@@ -241,7 +243,7 @@ def fit(subject: Subject, data: Sequence[Probe | str], method: Method | None = N
     m, cfg = resolve_config(method or Finetune(), False, None, **overrides)
     tok = subject.tokenizer
     pad_id = pad_token_id(tok)
-    f_ex = to_examples(tok, data, cfg.fmt)
+    f_ex = to_examples(tok, data, cfg.fmt, cfg.loss_convention)
     model, state, params, opt, gen = _prepare(subject, m, cfg, f_ex, [], data, tok, pad_id)
     _run_steps(m, state, params, opt, gen, f_ex, [], pad_id, 0, [], progress, None, on_snapshot, None,
                lambda: "the starting model")
@@ -273,8 +275,8 @@ def unlearn(
     check_output(out_dir, kind="dir", overwrite=overwrite)
     tok = subject.tokenizer
     pad_id = pad_token_id(tok)
-    f_ex = to_examples(tok, forget, cfg.fmt)
-    r_ex = to_examples(tok, retain, cfg.fmt) if retain else []
+    f_ex = to_examples(tok, forget, cfg.fmt, cfg.loss_convention)
+    r_ex = to_examples(tok, retain, cfg.fmt, cfg.loss_convention) if retain else []
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     resume = ResumeFiles.beside(out)

@@ -25,7 +25,8 @@ class IdkDPO(Method):
         probes = state.extra["forget_probes"]
         if not all(isinstance(p, Probe) for p in probes):
             raise UnlearningError("idk_dpo needs question/answer probes as forget data, not raw text")
-        state.extra["idk"] = [qa_example(tokenizer, p, state.cfg.fmt, REFUSALS[i % len(REFUSALS)])
+        state.extra["idk"] = [qa_example(tokenizer, p, state.cfg.fmt, REFUSALS[i % len(REFUSALS)],
+                                         state.cfg.loss_convention)
                               for i, p in enumerate(probes)]
 
     def forget_loss(self, s: State, forget: L.Batch, idx: list[int]) -> torch.Tensor:

@@ -36,11 +36,13 @@ class NPOKLR(NPO):
 
 @register_method
 class SimNPO(Method):
-    """SimNPO with a GD retain term: no reference model, beta 2.5 by default."""
+    """SimNPO with a GD retain term, no reference model: -(2/beta) log sigmoid(beta (NLL/|y| - delta)), weighted
+    gamma; defaults beta 4.5, gamma 0.125, delta 0, alpha 1 as open-unlearning's ``configs/trainer/SimNPO.yaml``
+    (from SimNPO's TOFU config)."""
 
     name = "simnpo"
     reference = "none"
-    defaults = {"beta": 2.5}
+    defaults = {"beta": 4.5, "gamma": 0.125, "delta": 0.0}
     retain_loss_type = "gdr"
 
     def forget_loss(self, s: State, forget: L.Batch, idx: list[int]) -> torch.Tensor:

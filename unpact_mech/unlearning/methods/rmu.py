@@ -38,11 +38,13 @@ class RMU(Method):
         if coeff is None:  # scale c to this model's activations (SmolLM2 layer 7: ~145 on question tokens)
             batch = collate(forget, state.extra["pad_id"], state.extra["device"])
             with torch.no_grad():
-                h = L.hidden_at(state.ref, batch, cfg.rmu_layer)[batch["content_mask"].bool()]  # [n_content, d_model]
+                mask = batch["content_mask"].bool() if cfg.rmu_form == "wmdp" else batch["labels"] != -100
+                h = L.hidden_at(state.ref, batch, cfg.rmu_layer)[mask]  # [n positions the forget term acts on, d_model]
             coeff = cfg.rmu_coeff_scale * float(h.norm(dim=-1).mean()) if len(h) else 20.0
         state.extra["resolved"] = {"rmu_coeff": round(coeff, 4)}
         state.extra["control"] = coeff * u / u.norm()
 
     def loss(self, s: State, forget: L.Batch, retain: L.Batch, idx: list[int]) -> dict[str, torch.Tensor]:
-        f, r = L.rmu(s.model, s.ref, forget, retain, s.cfg.rmu_layer, s.extra["control"], s.cfg.rmu_alpha)
+        f, r = L.rmu(s.model, s.ref, forget, retain, s.cfg.rmu_layer, s.extra["control"], s.cfg.rmu_alpha,
+                     s.cfg.rmu_form)
         return {"forget": s.cfg.gamma * f, "retain": r}

@@ -1,0 +1,44 @@
+"""The demo's learning-rate rule, applied: for each method, lr0 * 2^(-k/2) with the smallest k at which the method
+needs at least 3 steps to reach the forget target on the demo's forget set (``experiments.unlearn.calibrate_lr``).
+
+Run it after a change to the losses or the labelled tokens, then copy the printed rates into
+``experiments.settings.SETTINGS``; the rule and its starting rates (``START_LR``) were fixed before any finding
+was measured, so the rates follow from it and not from the findings.
+
+    python analyses/calibrate.py [--methods ga_gdr,ga_klr,npo_gdr,npo_klr,rmu] [--out unpact_out/calibrate]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from unpact_mech.data import load_benchmark
+from unpact_mech.experiments import BUDGET, LazyBase, data_stage
+from unpact_mech.experiments.settings import START_LR
+from unpact_mech.experiments.unlearn import calibrate_lr
+from unpact_mech.io import atomic_write_json, check_output
+from unpact_mech.options import choice_list
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--methods", default="ga_gdr,ga_klr,npo_gdr,npo_klr,rmu", type=choice_list(sorted(START_LR)))
+    ap.add_argument("--out", default="unpact_out/calibrate")
+    ap.add_argument("--target", type=float, default=0.25)
+    ap.add_argument("--overwrite", action="store_true")
+    a = ap.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    check_output(out / "calibration.json", overwrite=a.overwrite)
+    lazy = LazyBase(a.model)
+    data, _ = data_stage(lazy, out, load_benchmark("facts"), True, BUDGET["per_split"])
+    rows = [calibrate_lr(lazy.get(), m, data["forget"], data["retain"], START_LR[m], a.target) for m in a.methods]
+    atomic_write_json(out / "calibration.json", rows)
+    for r in rows:
+        print(f"{r['method']:8s} lr {r['lr']:.3g} (k={r['k']}, {r['steps']} steps to the target)")
+
+
+if __name__ == "__main__":
+    main()
