@@ -18,6 +18,7 @@ from typing import Any
 from unpact_mech import models
 from unpact_mech.data import filter_known, load_benchmark
 from unpact_mech.experiments import SETTINGS, budget_order, control_candidates
+from unpact_mech.pipeline import code_fingerprint
 from unpact_mech.probes import Probe
 from unpact_mech.unlearning import unlearn
 
@@ -80,7 +81,8 @@ def unlearned_model(base: Any, data: dict[str, list[Probe]], s: Settings) -> Any
         return models.load_model(given)
     lr = 1e-3 if s.tiny else SETTINGS[s.method]["lr"]
     key = json.dumps([s.model, s.fmt, s.method, s.max_steps, s.target, lr,
-                      [[p.id, p.prompt, p.answer] for p in data["forget"] + data["retain"]]])
+                      [[p.id, p.prompt, p.answer] for p in data["forget"] + data["retain"]],
+                      code_fingerprint("unpact_mech.unlearning")])  # retrained when the losses or labels change
     out = models.cache_dir() / "tutorial" / f"{s.method}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     if not (Path(out) / "unpact.json").exists():
         unlearn(base, s.method, data["forget"], data["retain"], out, steps=s.max_steps, lr=lr,
