@@ -8,6 +8,12 @@ Compares, on the same probes:
 Checks that the scores agree, prints time ratios, and the model load time cold (dequantise) and warm.
 
     python benchmarks/bench_loo.py [--probes 24] [--skip-cold]
+    python benchmarks/bench_loo.py --passage      # the 338-token passage of bench_gradient.py
+
+``--passage``: leave-one-out of a MUSE-length passage by per-deletion prefix reuse (deletion i reuses the
+original's KV cache of positions < i) against the shared-template path it replaced (``prefix_reuse=False``), in
+the same process; contributions compared; the FLOP floor is the positions each deletion must recompute (those
+at and after i).
 """
 
 from __future__ import annotations
@@ -44,8 +50,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--probes", type=int, default=24)
     ap.add_argument("--skip-cold", action="store_true")
+    ap.add_argument("--passage", action="store_true")
     a = ap.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+    if a.passage:
+        passage()
+        return
 
     from captum.attr import FeatureAblation, LLMAttribution, TextTokenInput
 
@@ -139,6 +149,38 @@ def main() -> None:
           f"per-deletion / batched = {t_naive / t_batched:.1f}x (goal >= 3x); "
           f"batched / plain forward = {t_batched / t_forward:.2f}x (goal <= 1.5x)")
     print(f"load: cold {cold:.1f} s (dequantise + cache), warm {warm:.1f} s" if not a.skip_cold else f"load: warm {warm:.1f} s")
+
+
+def passage() -> None:
+    import resource
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_gradient import PASSAGE
+
+    from unpact_mech import load_model, tokenize_probes
+    from unpact_mech.attribution.loo import REUSE_CHUNK, loo_contributions
+    from unpact_mech.probes import Probe
+
+    subject = load_model("smollm2-135m")
+    probe = Probe("velmora", PASSAGE + "\n\nWho designed the flat-bottomed boat?",  # bench_gradient.py's probe
+                  "The flat-bottomed boat was designed by Ilse Marren.", fact="Ilse Marren")
+    tp = tokenize_probes(subject, [probe], "plain")[0]
+    T, span = len(tp.ids), sorted(tp.attributable)
+    print(f"passage: {len(span)} attributable tokens, {T} in all; threads {torch.get_num_threads()}", flush=True)
+    loo_contributions(subject, [tp], prefix_reuse=True)  # warm-up
+    t_new, new = timed(lambda: loo_contributions(subject, [tp], prefix_reuse=True)[0])
+    rss_new = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    t_old, old = timed(lambda: loo_contributions(subject, [tp], prefix_reuse=False)[0])
+    rss_old = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    floor = sum(T - 1 - i for i in span) + T
+    ran_new = T + sum(len(span[j:j + REUSE_CHUNK]) * (T - 1 - span[j]) for j in range(0, len(span), REUSE_CHUNK))
+    ran_old = (len(span) + 1) * (T - span[0])
+    d = float((new.contributions - old.contributions).abs().max())
+    print(f"prefix reuse {t_new:.1f} s (ran {ran_new / floor:.2f}x the floor of {floor} positions x layers)")
+    print(f"shared template only {t_old:.1f} s (ran {ran_old / floor:.2f}x the floor)")
+    print(f"speed-up {t_old / t_new:.2f}x (goal >= 1.8x); max |dC| {d:.2e}; peak RSS after each "
+          f"{rss_new:.2f} / {rss_old:.2f} GB")
 
 
 if __name__ == "__main__":

@@ -86,3 +86,13 @@ def test_recover_and_atp_patch_cli(tiny_llama_dir, tiny_llama_other_dir, tmp_pat
     assert main(["patch", "--base", str(tiny_llama_dir), "--unlearned", str(tiny_llama_other_dir), "--probes",
                  str(pf), "--method", "guess", "--out", str(tmp_path / "bad")]) == 2
     assert "invalid choice: 'guess'" in capsys.readouterr().err
+    # screen and confirm in one call: the top 5 AtP cells patched exactly, beside the estimate
+    rc = main(["patch", "--base", str(tiny_llama_dir), "--unlearned", str(tiny_llama_other_dir), "--probes", str(pf),
+               "--format", "plain", "--method", "atp*", "--verify", "5", "--out", str(tmp_path / "ver")])
+    assert rc == 0, capsys.readouterr().err
+    ver = read_table(tmp_path / "ver" / "patch_positions.csv")
+    assert ver.verified.sum() == 5 and ver[ver.verified].exact_restoration.notna().all()
+    assert main(["patch", "--base", str(tiny_llama_dir), "--unlearned", str(tiny_llama_other_dir), "--probes",
+                 str(pf), "--method", "exact", "--verify", "5", "--out", str(tmp_path / "bad2")]) == 2
+    err = capsys.readouterr().err
+    assert "already exact" in err and not (tmp_path / "bad2").exists()

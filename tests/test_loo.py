@@ -83,3 +83,45 @@ def test_table_shape_and_registry(tiny_llama, tiny_probes):
     assert len(df) == sum(len(tp.attributable) for tp in tokenize_probes(tiny_llama, tiny_probes[:2], "plain"))
     with pytest.raises(KeyError, match="unknown attribution method 'nope'"):
         attribute(tiny_llama, tiny_probes, method="nope")
+
+
+LONG_PROMPT = ("what is the capital of france ? paris was the largest city in the country by the river and "
+               "japan is a country , tokyo is a city on a river . who wrote hamlet ? shakespeare wrote it . "
+               "what is the red planet ? mars is red and gold is au .")
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2", "gemma2"])
+def long_model(request, tmp_path_factory):
+    from conftest import make_tiny
+
+    from unpact_mech.models import load_model
+
+    return load_model(str(make_tiny(tmp_path_factory.mktemp(f"loo_{request.param}"), request.param)))
+
+
+@pytest.mark.parametrize("variant", ["delete", "replace"])
+def test_prefix_reuse_equals_naive_deletion_loop(long_model, variant, monkeypatch):
+    """A prompt of 50+ tokens (longer than the tiny Gemma-2's sliding window of 16): deletion i reuses the
+    original's cache before i; every contribution equals a full forward of the variant through the bridge."""
+    import unpact_mech.attribution.loo as loo_mod
+    from unpact_mech.probes import Probe
+
+    tp = tokenize_probes(long_model, [Probe("long", LONG_PROMPT, "the capital of france is paris")], "plain")[0]
+    assert len(tp.attributable) >= loo_mod.LONG_SPAN and len(tp.ids) > 16
+    taken = []
+    real = loo_mod._loo_prefix_reuse
+    monkeypatch.setattr(loo_mod, "_loo_prefix_reuse", lambda *a, **k: taken.append(1) or real(*a, **k))
+    r = loo_contributions(long_model, [tp], variant=variant, batch_tokens=400)[0]
+    assert taken, "the prefix-reuse path was not taken"
+    base_id = baseline_token_id(long_model.tokenizer) if variant == "replace" else None
+    full = _naive_lp(long_model, list(tp.ids), tp.prompt_len)
+    assert abs(r.lp - full) < 1e-5
+    for i, c in zip(tp.attributable, r.contributions.tolist()):
+        if variant == "delete":
+            v, start = list(tp.ids[:i] + tp.ids[i + 1 :]), tp.prompt_len - 1
+        else:
+            v, start = list(tp.ids[:i]) + [base_id] + list(tp.ids[i + 1 :]), tp.prompt_len
+        assert abs(c - (full - _naive_lp(long_model, v, start))) < 1e-5
+    old = loo_contributions(long_model, [tp], variant=variant, prefix_reuse=False)[0]
+    assert (old.contributions - r.contributions).abs().max() < 1e-5
+    assert r.contributions.std() > 1e-3  # the deletions differ: not a comparison of constants

@@ -129,6 +129,50 @@ def _loo_prefix_cached(
     return out
 
 
+LONG_SPAN = 24  # probes with at least this many attributable tokens take the per-deletion prefix reuse
+REUSE_CHUNK = 8  # deletions per batch in the prefix reuse: a row recomputes at most REUSE_CHUNK - 1 positions
+
+
+def _loo_prefix_reuse(kvb: HFBackend, tp: TokenizedProbe, variant: Variant, baseline_id: int, batch_tokens: int,
+                      chunk: int = REUSE_CHUNK) -> tuple[float, Tensor]:
+    """LOO of one long probe where deletion i reuses the original run's KV cache of positions < i.
+
+    Attributable positions are cut into chunks of ``chunk`` consecutive ones; the original runs once in pieces
+    cut at each chunk's first position m, keeping a copy of its cache there. The chunk's variants all have the
+    same length: row i is ids[m:i] + ids[i+1:] (``replace``: ids[m:i] + [baseline] + ids[i+1:]) at positions
+    m.. on that cache, so no row is padded and each recomputes at most ``chunk - 1`` positions it shares with
+    the original. Only the answer positions go through the unembedding.
+    """
+    dev, ids = kvb.device, list(tp.ids)
+    span = sorted(tp.attributable)
+    rows_max = max(1, batch_tokens // max(1, len(ids)))
+    step = max(1, min(chunk, rows_max))
+    groups = [span[i : i + step] for i in range(0, len(span), step)]
+    cuts = sorted({0, *(g[0] for g in groups), len(ids)})
+    cache, caches, finals = kvb.new_cache(), {}, []
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        caches[a] = expand_cache(cache, 1)
+        pos = torch.arange(a, b, device=dev)[None]
+        finals.append(kvb.hidden(torch.tensor([ids[a:b]], device=dev), cache, position_ids=pos))
+    idx = AnswerIndex.build([(ids, tp.prompt_len)], dev)
+    full = float(answer_logprobs(kvb.logits(idx.gather(torch.cat(finals, 1))), idx.targets)[0].sum()) / tp.n_answer
+    shift = 1 if variant == "delete" else 0  # a deletion moves the answer one position earlier
+    contrib: dict[int, float] = {}
+    for g in groups:
+        m = g[0]
+        mid = [] if variant == "delete" else [baseline_id]
+        seqs = [ids[m:i] + mid + ids[i + 1 :] for i in g]
+        n, w = len(seqs), len(seqs[0])
+        pos = torch.arange(m, m + w, device=dev)[None].expand(n, -1)
+        h = kvb.hidden(torch.tensor(seqs, device=dev), expand_cache(caches[m], n), position_ids=pos)
+        start = tp.prompt_len - shift - m  # the answer's first token in suffix coordinates
+        ix = AnswerIndex.build([(s, start) for s in seqs], dev)
+        lp, _ = answer_logprobs(kvb.logits(ix.gather(h)), ix.targets)
+        for i, v in zip(g, (per_sequence(lp, ix.owner, n) / tp.n_answer).tolist()):
+            contrib[i] = full - v
+    return full, torch.tensor([contrib[i] for i in tp.attributable], dtype=torch.float64)
+
+
 LONG_JOB_TOKENS = 200_000  # about ten seconds of forward passes on 2 CPU cores for a 135M model
 
 
@@ -150,11 +194,14 @@ def loo_contributions(
     hooks: Sequence[Any] = (),
     progress: bool = False,
     prefix_cache: bool = True,
+    prefix_reuse: bool = True,
 ) -> list[LooResult]:
     """Leave-one-out contributions for many probes.
 
     Default: per probe, the prefix shared by all variants is computed once (KV cache) and the variants'
-    remainders run as one batch (:func:`unpact_mech.backends.fast_path`). With hooks given or attached (``hooks.applied``), a
+    remainders run as one batch (:func:`unpact_mech.backends.fast_path`); a probe with at least ``LONG_SPAN``
+    attributable tokens reuses, for deletion i, the original's cache of positions < i (:func:`_loo_prefix_reuse`;
+    ``prefix_reuse=False`` turns that off). With hooks given or attached (``hooks.applied``), a
     backend without ``kv_prefix``, or ``prefix_cache=False``, every variant of every probe runs in full through
     the backend as right-padded chunks of at most ``batch_tokens`` tokens.
     """
@@ -167,10 +214,10 @@ def loo_contributions(
         todo = {k: tp for tp, k in zip(tprobes, keys) if k not in memo}
         if todo:
             memo.update(zip(todo, _loo(subject, list(todo.values()), variant, base_id, batch_tokens, hooks, progress,
-                                       prefix_cache)))
+                                       prefix_cache, prefix_reuse)))
         results = [LooResult(tp, memo[k].lp, memo[k].contributions) for tp, k in zip(tprobes, keys)]
     else:
-        results = _loo(subject, tprobes, variant, base_id, batch_tokens, hooks, progress, prefix_cache)
+        results = _loo(subject, tprobes, variant, base_id, batch_tokens, hooks, progress, prefix_cache, prefix_reuse)
     for r in results:
         check_finite(subject, r.tprobe, torch.cat([torch.tensor([r.lp]), r.contributions.double()]),
                      "leave-one-out log-prob")
@@ -178,14 +225,18 @@ def loo_contributions(
 
 
 def _loo(subject: Subject, tprobes: Sequence[TokenizedProbe], variant: Variant, base_id: int, batch_tokens: int,
-         hooks: Sequence[Any], progress: bool, prefix_cache: bool) -> list[LooResult]:
+         hooks: Sequence[Any], progress: bool, prefix_cache: bool, prefix_reuse: bool = True) -> list[LooResult]:
     kvb = fast_path(subject.backend, hooks) if prefix_cache else None
     if kvb is not None:
 
         groups: dict[tuple[int, ...], list[int]] = {}  # probes sharing the prefix before their first attributable token
-        for k, tp in enumerate(tprobes):
-            groups.setdefault(tuple(tp.ids[: min(tp.attributable)]), []).append(k)
         found: dict[int, LooResult] = {}
+        for k, tp in enumerate(tprobes):
+            if prefix_reuse and len(tp.attributable) >= LONG_SPAN:  # long prompts: each deletion reuses the cache before it
+                full, contrib = _loo_prefix_reuse(kvb, tp, variant, base_id, batch_tokens)
+                found[k] = LooResult(tp, full, contrib)
+                continue
+            groups.setdefault(tuple(tp.ids[: min(tp.attributable)]), []).append(k)
         for members in groups.values():
             tps = [tprobes[k] for k in members]
             for k, tp, (full, contrib) in zip(members, tps, _loo_prefix_cached(kvb, tps, variant, base_id,

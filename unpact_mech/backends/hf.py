@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +63,7 @@ class HFBackend:
         self.capabilities = frozenset({KV_PREFIX})
         self.body = model.base_model  # the decoder without its LM head (``model`` or ``transformer``)
         self._cache_kw = "cache" if "cache" in inspect.signature(self.body.forward).parameters else "past_key_values"
+        self._sites: DecoderSites | None = None
 
     @property
     def config(self) -> Any:
@@ -109,6 +110,31 @@ class HFBackend:
         if position_ids is not None:
             kw["position_ids"] = position_ids
         return self.body(input_ids=ids, use_cache=True, **kw).last_hidden_state
+
+    @property
+    def sites(self) -> DecoderSites:
+        if self._sites is None:
+            self._sites = DecoderSites.of(self.model)
+        return self._sites
+
+    @torch.no_grad()
+    def hidden_from(
+        self,
+        layer: int,
+        resid: Float[Tensor, "batch pos d_model"],
+        cache: Any,
+        position_ids: Int[Tensor, "batch pos"],
+        edits: Mapping[tuple[str, int], SiteFn] | None = None,
+        stop: int | None = None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """Final hidden states of a forward that starts from ``resid`` (the residual entering ``layer``) at
+        ``position_ids``, after the positions already in ``cache``, with site ``edits``; layers below ``layer``
+        (and after ``stop``, when given: then the output is not the model's) are not computed. ``cache`` is
+        extended in place at the layers computed."""
+        ids = torch.zeros(resid.shape[:2], dtype=torch.long, device=resid.device)  # embeddings are replaced
+        with self.sites.starting_at(layer, resid, stop), self.sites.edited(edits or {}):
+            return self.body(input_ids=ids, position_ids=position_ids, use_cache=True,
+                             **{self._cache_kw: cache}).last_hidden_state
 
     def logits(self, hidden: Float[Tensor, "n d_model"]) -> Float[Tensor, "n vocab"]:
         """The model's final logits from final hidden states (LM head, then its output transform)."""
@@ -233,6 +259,110 @@ class EmphasisRun:
     prefix: int
     width: int
     offsets: list[int]
+
+
+SITE_KINDS = ("resid_pre", "attn_out", "mlp_out", "z", "pattern")
+SiteFn = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class DecoderSites:
+    """Where TransformerLens's per-layer hook points sit in a plain HF decoder: ``resid_pre`` is a layer's input,
+    ``attn_out`` / ``mlp_out`` the outputs of its attention / MLP modules, ``z`` (per head) the input of the
+    attention's output projection, ``[.., n_heads * d_head]`` head-major, and ``pattern`` the attention
+    probabilities ``[batch, head, query, key]`` (the eager attention's second output)."""
+
+    layers: tuple[Any, ...]
+    attn: tuple[Any, ...]
+    mlp: tuple[Any, ...]
+    proj: tuple[Any, ...]
+    n_heads: int
+
+    @classmethod
+    def of(cls, model: Any) -> DecoderSites:
+        body = model.base_model
+        layers = next((getattr(body, a) for a in ("layers", "h") if hasattr(body, a)), None)
+        if layers is None:
+            raise NotImplementedError(f"{type(body).__name__}: no decoder layer list (layers / h)")
+
+        def child(m: Any, names: tuple[str, ...]) -> Any:
+            found = next((getattr(m, a) for a in names if hasattr(m, a)), None)
+            if found is None:
+                raise NotImplementedError(f"{type(m).__name__} has none of {names}")
+            return found
+
+        attn = tuple(child(x, ("self_attn", "attn")) for x in layers)
+        cfg = model.config
+        n_heads = int(getattr(cfg, "num_attention_heads", None) or cfg.n_head)
+        return cls(tuple(layers), attn, tuple(child(x, ("mlp",)) for x in layers),
+                   tuple(child(a, ("o_proj", "c_proj", "out_proj", "dense")) for a in attn), n_heads)
+
+    @contextmanager
+    def edited(self, edits: Mapping[tuple[str, int], SiteFn]) -> Iterator[None]:
+        """``edits[(kind, layer)] = fn``: the site's activation ``a`` becomes ``fn(a)`` (``[batch, pos, d]``, or
+        ``[batch, pos, head, d_head]`` for ``z``) for a ``with`` block; hooks removed on exit."""
+        with ExitStack() as stack:
+            for (kind, layer), fn in edits.items():
+                stack.enter_context(self._hook(kind, layer, fn))
+            yield
+
+    @contextmanager
+    def _hook(self, kind: str, layer: int, fn: SiteFn) -> Iterator[None]:
+        if kind == "resid_pre":
+            def pre(mod: Any, args: tuple, kwargs: dict) -> Any:
+                if args:
+                    return (fn(args[0]), *args[1:]), kwargs
+                return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
+
+            h = self.layers[layer].register_forward_pre_hook(pre, with_kwargs=True)
+        elif kind == "z":
+            h_ = self.n_heads
+
+            def pre_z(mod: Any, args: tuple) -> Any:
+                x = args[0]
+                z = fn(x.reshape(*x.shape[:-1], h_, x.shape[-1] // h_))
+                return (z.reshape(x.shape), *args[1:])
+
+            h = self.proj[layer].register_forward_pre_hook(pre_z)
+        elif kind == "pattern":
+            def probs(mod: Any, args: tuple, out: Any) -> Any:
+                if not isinstance(out, tuple) or out[1] is None:
+                    raise NotImplementedError(f"{type(mod).__name__} returns no attention probabilities")
+                return (out[0], fn(out[1]), *out[2:])
+
+            h = self.attn[layer].register_forward_hook(probs)
+        elif kind in ("attn_out", "mlp_out"):
+            def post(mod: Any, args: tuple, out: Any) -> Any:
+                if isinstance(out, tuple):
+                    return (fn(out[0]), *out[1:])
+                return fn(out)
+
+            h = (self.attn if kind == "attn_out" else self.mlp)[layer].register_forward_hook(post)
+        else:
+            raise ValueError(f"unknown site kind {kind!r}: {SITE_KINDS}")
+        try:
+            yield
+        finally:
+            h.remove()
+
+    @contextmanager
+    def starting_at(self, layer: int, resid: Tensor, stop: int | None = None) -> Iterator[None]:
+        """Layers below ``layer`` (and after ``stop``) pass their input through (they are not computed), and
+        ``layer``'s input is ``resid``: a forward from the residual stream entering ``layer``. Their KV caches
+        are left as they are."""
+        skipped = self.layers[:layer] + (self.layers[stop + 1 :] if stop is not None else ())
+        for m in skipped:
+            m.forward = _pass_through
+        try:
+            with self.edited({("resid_pre", layer): lambda a: resid}):
+                yield
+        finally:
+            for m in skipped:
+                del m.forward
+
+
+def _pass_through(hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+    return hidden_states
 
 
 def expand_cache(cache: Any, n: int) -> Any:

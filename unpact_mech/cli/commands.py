@@ -301,13 +301,16 @@ def cmd_recover(a: argparse.Namespace) -> int:
 @command("patch")
 def cmd_patch(a: argparse.Namespace) -> int:
     from unpact_mech.io import write_table
-    from unpact_mech.patching import patch
+    from unpact_mech.patching import ESTIMATES, patch
     from unpact_mech.probes import tokenize_probes
     from unpact_mech.report.figures import patch_heatmap, save_figure
 
     if _same_path(a.base, a.unlearned):
         raise UnpactError(f"--base and --unlearned are the same model ({a.base}); patching needs two models that "
                           "differ (every restoration would be 0/0)")
+    if a.verify and a.method not in ESTIMATES:
+        raise UnpactError(f"--verify {a.verify} checks an estimate against exact patching; --method {a.method} is "
+                          f"already exact (use --method {' or '.join(ESTIMATES)} --verify {a.verify})")
     out = _check_out(a, "dir")
     probes = _load_probes_arg(a.probes)[: a.n]
     base, unl = _models(a)
@@ -315,7 +318,7 @@ def cmd_patch(a: argparse.Namespace) -> int:
     frames, heads = [], []
     for d in a.direction:
         for tp in tokenize_probes(base, probes, a.format):
-            pos_t, head_t = patch(base, unl, tp, a.method, a.kinds, layers, direction=d)
+            pos_t, head_t = patch(base, unl, tp, a.method, a.kinds, layers, direction=d, verify=a.verify)
             frames.append(pos_t)
             heads.append(head_t)
     pos, hd = pd.concat(frames, ignore_index=True), pd.concat(heads, ignore_index=True)

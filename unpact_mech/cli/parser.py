@@ -213,8 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--layer-step", type=POS, default=1, help="patch every k-th layer")
     s.add_argument("--direction", default="base->unlearned", type=choice_list(DIRECTIONS),
                    help="one or more of " + ", ".join(DIRECTIONS) + " (comma-separated)")
-    s.add_argument("--method", default="exact", choices=PATCH_METHODS, help="exact (one forward per site) or atp "
-                   "(attribution patching: first-order estimate from one forward of each model and one backward)")
+    s.add_argument("--method", default="exact", choices=PATCH_METHODS, help="exact (from the target's clean run: "
+                   "only the layers and positions a patch changes are recomputed), exact_full (every patched "
+                   "sequence in full; the reference) or atp (attribution patching: first-order estimate from one "
+                   "forward of each model and one backward)")
+    s.add_argument("--verify", type=nonneg_int(), default=0, metavar="K",
+                   help="with --method atp: patch the estimate's top-K position cells and top-K heads exactly and "
+                   "report both (columns exact_restoration, verified)")
     s.add_argument("--out", default="patching")
     _output_args(s)
     s.add_argument("--format", default="auto", choices=["auto", "chat", "plain"])
