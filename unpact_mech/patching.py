@@ -219,18 +219,11 @@ def atp_star(
 
     Runs on the plain HF view of both subjects (no hooks attached)."""
     layers, positions = _grid(base, tp, kinds, layers, positions)
-    check_same_tokenizer(base, unlearned)
-    if direction not in DIRECTIONS:
-        raise UnpactError(f"unknown direction {direction!r}: 'base->unlearned' or 'unlearned->base'")
-    views = _views(base, unlearned, direction)
-    if views is None:
+    ends = _view_endpoints(base, unlearned, tp, direction)
+    if ends is None:
         raise UnpactError("atp* runs on the plain HF view of both models, which attached hooks would bypass; "
                           "detach them (or use method='atp')")
-    src, tgt = views
-    source, target = (base, unlearned) if direction == "base->unlearned" else (unlearned, base)
-    lp_src = score_sequences(source, [(tp.ids, tp.prompt_len)])[0].lp
-    lp_tgt = score_sequences(target, [(tp.ids, tp.prompt_len)])[0].lp
-    gap = lp_src - lp_tgt
+    src, tgt, lp_tgt, gap = ends
     n_layers = len(tgt.sites.layers)
     sites = [(k, layer) for k in kinds for layer in layers] + [("z", layer) for layer in layers]
     act = _record(src, tp.ids, sites)
@@ -455,6 +448,22 @@ def verified(base: Subject, unlearned: Subject, tp: TokenizedProbe, pos: pd.Data
     return pos, heads
 
 
+def _view_endpoints(base: Subject, unlearned: Subject, tp: TokenizedProbe,
+                    direction: str) -> tuple[HFBackend, HFBackend, float, float] | None:
+    """(source view, target view, LP of the target, LP_source - LP_target), or None when a subject cannot take
+    the HF view (hooks attached)."""
+    check_same_tokenizer(base, unlearned)
+    if direction not in DIRECTIONS:
+        raise UnpactError(f"unknown direction {direction!r}: 'base->unlearned' or 'unlearned->base'")
+    views = _views(base, unlearned, direction)
+    if views is None:
+        return None
+    source, target = (base, unlearned) if direction == "base->unlearned" else (unlearned, base)
+    lp_src = score_sequences(source, [(tp.ids, tp.prompt_len)])[0].lp
+    lp_tgt = score_sequences(target, [(tp.ids, tp.prompt_len)])[0].lp
+    return views[0], views[1], lp_tgt, lp_src - lp_tgt
+
+
 def _views(base: Subject, unlearned: Subject, direction: str) -> tuple[HFBackend, HFBackend] | None:
     """(source, target) HF views when both subjects may take the fast path (no hooks attached), else None."""
     source, target = (base, unlearned) if direction == "base->unlearned" else (unlearned, base)
@@ -548,17 +557,10 @@ def patch_fast(
     position p's ``resid_pre`` replaced (or its ``attn_out`` / ``mlp_out`` replaced inside layer l). Heads: row h
     runs layers >= l at every position, with head h's ``z`` replaced at every position."""
     layers, positions = _grid(base, tp, kinds, layers, positions)
-    check_same_tokenizer(base, unlearned)
-    if direction not in DIRECTIONS:
-        raise UnpactError(f"unknown direction {direction!r}: 'base->unlearned' or 'unlearned->base'")
-    views = _views(base, unlearned, direction)
-    if views is None:
+    ends = _view_endpoints(base, unlearned, tp, direction)
+    if ends is None:
         return None
-    src, tgt = views
-    source, target = (base, unlearned) if direction == "base->unlearned" else (unlearned, base)
-    lp_src = score_sequences(source, [(tp.ids, tp.prompt_len)])[0].lp
-    lp_tgt = score_sequences(target, [(tp.ids, tp.prompt_len)])[0].lp
-    gap = lp_src - lp_tgt
+    src, tgt, lp_tgt, gap = ends
     ordered = sorted(set(positions))
     groups = [ordered[i : i + chunk] for i in range(0, len(ordered), chunk)]
     clean = clean_run(tgt, tp.ids, tp.prompt_len, [g[0] for g in groups] if kinds else [])
