@@ -158,7 +158,8 @@ def _loo_prefix_reuse(kvb: HFBackend, tp: TokenizedProbe, variant: Variant, base
     full = float(answer_logprobs(kvb.logits(idx.gather(torch.cat(finals, 1))), idx.targets)[0].sum()) / tp.n_answer
     shift = 1 if variant == "delete" else 0  # a deletion moves the answer one position earlier
     contrib: dict[int, float] = {}
-    for g in groups:
+    for gi in long_job_bar(range(len(groups)), tp, len(span) + 1):  # progress shown for a long probe
+        g = groups[gi]
         m = g[0]
         mid = [] if variant == "delete" else [baseline_id]
         seqs = [ids[m:i] + mid + ids[i + 1 :] for i in g]
