@@ -37,6 +37,20 @@ def restoration_of(lp: float, lp_target: float, gap: float) -> float:
     return (lp - lp_target) / gap if gap != 0 else float("nan")
 
 
+def position_row(tp: TokenizedProbe, direction: str, kind: str, layer: int, p: int, lp: float, lp_target: float,
+                 gap: float, **extra: float) -> dict[str, Any]:
+    """One row of a per-(kind, layer, position) patching table (every method writes this schema)."""
+    return {"probe_id": tp.probe.id, "direction": direction, "kind": kind, "layer": layer, "position": p,
+            "token": tp.tokens[p], "lp": lp, "restoration": restoration_of(lp, lp_target, gap), **extra}
+
+
+def head_row(tp: TokenizedProbe, direction: str, layer: int, head: int, lp: float, lp_target: float, gap: float,
+             **extra: float) -> dict[str, Any]:
+    """One row of a per-(layer, head) patching table."""
+    return {"probe_id": tp.probe.id, "direction": direction, "layer": layer, "head": head, "lp": lp,
+            "restoration": restoration_of(lp, lp_target, gap), **extra}
+
+
 def _grid(base: Subject, tp: TokenizedProbe, kinds: Sequence[str], layers: Sequence[int] | None,
           positions: Sequence[int] | None) -> tuple[list[int], list[int]]:
     """(layers, positions) of a patching map: all layers, and the question's first token onwards, by default."""
@@ -126,14 +140,10 @@ def atp_star(
         kind, layer = site
         if kind == "z":
             for h, (eff, sc) in enumerate(zip(plain[site].tolist(), score.tolist())):
-                head_rows.append({"probe_id": tp.probe.id, "direction": direction, "layer": layer, "head": h,
-                                  "lp": lp_tgt + eff, "restoration": restoration_of(lp_tgt + eff, lp_tgt, gap),
-                                  "graddrop": sc})
+                head_rows.append(head_row(tp, direction, layer, h, lp_tgt + eff, lp_tgt, gap, graddrop=sc))
             continue
         for p, eff, sc in zip(positions, plain[site].tolist(), score.tolist()):
-            rows.append({"probe_id": tp.probe.id, "direction": direction, "kind": kind, "layer": layer,
-                         "position": p, "token": tp.tokens[p], "lp": lp_tgt + eff,
-                         "restoration": restoration_of(lp_tgt + eff, lp_tgt, gap), "graddrop": sc})
+            rows.append(position_row(tp, direction, kind, layer, p, lp_tgt + eff, lp_tgt, gap, graddrop=sc))
     return pd.DataFrame(rows).assign(method="atp*"), pd.DataFrame(head_rows).assign(method="atp*")
 
 
@@ -354,9 +364,7 @@ def patch_fast(
             edits = {(k, layer): _row_patch(act[(k, layer)][0], rp, q) for k, rp in rows_of.items()}
             for (k, p), lp in zip(cells, _suffix_lps(tgt, clean, tp, layer, q, resid, edits)):
                 found[(k, layer, p)] = lp
-    rows = [{"probe_id": tp.probe.id, "direction": direction, "kind": k, "layer": layer, "position": p,
-             "token": tp.tokens[p], "lp": found[(k, layer, p)],
-             "restoration": restoration_of(found[(k, layer, p)], lp_tgt, gap)}
+    rows = [position_row(tp, direction, k, layer, p, found[(k, layer, p)], lp_tgt, gap)
             for k in kinds for layer in layers for p in positions]
     head_rows = []
     n_heads = tgt.sites.n_heads
@@ -371,8 +379,7 @@ def patch_fast(
 
         resid = clean.resid[layer].repeat(n_heads, 1, 1)
         lps = _suffix_lps(tgt, clean, tp, layer, 0, resid, {("z", layer): heads_fn})
-        head_rows += [{"probe_id": tp.probe.id, "direction": direction, "layer": layer, "head": h, "lp": lp,
-                       "restoration": restoration_of(lp, lp_tgt, gap)} for h, lp in enumerate(lps)]
+        head_rows += [head_row(tp, direction, layer, h, lp, lp_tgt, gap) for h, lp in enumerate(lps)]
     return pd.DataFrame(rows), pd.DataFrame(head_rows)
 
 

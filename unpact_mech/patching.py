@@ -32,7 +32,17 @@ import torch
 from unpact_mech.backends.kernel import AnswerIndex, answer_logprobs
 from unpact_mech.errors import UnpactError
 from unpact_mech.hooks import act_name, applied, patch_from_cache
-from unpact_mech.patch_views import CHUNK, DIRECTIONS, KINDS, _grid, atp_star, patch_fast, restoration_of
+from unpact_mech.patch_views import (
+    CHUNK,
+    DIRECTIONS,
+    KINDS,
+    _grid,
+    atp_star,
+    head_row,
+    patch_fast,
+    position_row,
+    restoration_of,
+)
 from unpact_mech.probes import TokenizedProbe
 from unpact_mech.scoring import score_sequences
 from unpact_mech.subject import Subject, check_same_tokenizer
@@ -91,9 +101,7 @@ def patch_positions(
             name = act_name(kind, layer)  # row r patches position positions[r] only
             lps = _lp_batch(target, tp, len(positions), patch_from_cache(cache, name, [[p] for p in positions]))
             for p, lp in zip(positions, lps.tolist()):
-                rows.append({"probe_id": tp.probe.id, "direction": direction, "kind": kind, "layer": layer,
-                             "position": p, "token": tp.tokens[p], "lp": lp,
-                             "restoration": restoration_of(lp, lp_tgt, gap)})
+                rows.append(position_row(tp, direction, kind, layer, p, lp, lp_tgt, gap))
     return pd.DataFrame(rows)
 
 
@@ -117,8 +125,7 @@ def patch_heads(
         hooks = patch_from_cache(cache, act_name("z", layer), heads=[[h] for h in range(n_heads)])
         lps = _lp_batch(target, tp, n_heads, hooks)
         for h, lp in enumerate(lps.tolist()):
-            rows.append({"probe_id": tp.probe.id, "direction": direction, "layer": layer, "head": h, "lp": lp,
-                         "restoration": restoration_of(lp, lp_tgt, gap)})
+            rows.append(head_row(tp, direction, layer, h, lp, lp_tgt, gap))
     return pd.DataFrame(rows)
 
 
@@ -152,13 +159,10 @@ def atp(
         delta = (cache[name][0].double().cpu() - grads[name][1]) * grads[name][0]  # [pos, ...]
         if kind == "z":
             for h, eff in enumerate(delta.sum((0, 2)).tolist()):  # every position, per head
-                head_rows.append({"probe_id": tp.probe.id, "direction": direction, "layer": layer, "head": h,
-                                  "lp": lp_tgt + eff, "restoration": restoration_of(lp_tgt + eff, lp_tgt, gap)})
+                head_rows.append(head_row(tp, direction, layer, h, lp_tgt + eff, lp_tgt, gap))
             continue
         for p, eff in zip(positions, delta[pos_t].sum(-1).tolist()):
-            rows.append({"probe_id": tp.probe.id, "direction": direction, "kind": kind, "layer": layer,
-                         "position": p, "token": tp.tokens[p], "lp": lp_tgt + eff,
-                         "restoration": restoration_of(lp_tgt + eff, lp_tgt, gap)})
+            rows.append(position_row(tp, direction, kind, layer, p, lp_tgt + eff, lp_tgt, gap))
     return pd.DataFrame(rows).assign(method="atp"), pd.DataFrame(head_rows).assign(method="atp")
 
 
