@@ -2,6 +2,11 @@
 unlearned checkpoint of a demo run (the demo judges the new routes teacher forced only, for time).
 
     python analyses/recovery_routes.py [--demo-out unpact_out/demo] [--methods ga_gdr,...] [--out unpact_out/routes]
+    python analyses/recovery_routes.py --train all --demo-out unpact_out/full --out unpact_out/routes_full
+
+``--train PER_SPLIT`` (a number or ``all``) first writes the study's data split and checkpoints into
+``--demo-out`` with the demo's settings, without the findings (the checkpoints the full study trains, minutes
+instead of hours); the emphasis route is then measured here rather than read from the study's tables.
 
 Resumable: one table per method (``OUT/METHOD.csv``), skipped when present; the combined table is ``OUT/routes.csv``.
 """
@@ -17,10 +22,16 @@ from types import SimpleNamespace
 def main() -> None:
     from unpact_mech.analysis import Analysis
     from unpact_mech.data import load_benchmark
+    from unpact_mech.errors import check_choices
     from unpact_mech.experiments import PAPER_METHODS, budget_order
+    from unpact_mech.experiments.base import LazyBase
+    from unpact_mech.experiments.data import data_stage
+    from unpact_mech.experiments.unlearn import unlearn_stage
     from unpact_mech.io import read_table, write_table
     from unpact_mech.models import load_model
+    from unpact_mech.options import positive_int
     from unpact_mech.routes import recover
+    from unpact_mech.unlearning import METHODS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--demo-out", default="unpact_out/demo")
@@ -31,8 +42,19 @@ def main() -> None:
     ap.add_argument("--relearn-steps", default="1,2,4,8")
     ap.add_argument("--shots", type=int, default=3)
     ap.add_argument("--n-control", type=int, default=48)
+    ap.add_argument("--train", default=None, help="train the checkpoints first: known facts per split, or 'all'")
     a = ap.parse_args()
     demo, out = Path(a.demo_out), Path(a.out)
+    methods = check_choices(a.methods.split(","), sorted(METHODS), "methods")
+    if a.train is not None:
+        per_split = None if a.train == "all" else positive_int()(a.train)
+        lazy = LazyBase("smollm2-135m")
+        split, _ = data_stage(lazy, demo, load_benchmark("facts"), True, per_split)
+        for m in methods:
+            unlearn_stage(lazy, m, split["forget"], split["retain"], demo, None, 0.25)
+    elif not (demo / "data.json").exists():
+        raise SystemExit(f"{demo / 'data.json'} not found: run the demo (or unlearning_dilemma.py) with --out {demo} "
+                         "first, or pass --train N|all to train the checkpoints here")
     ids = json.loads((demo / "data.json").read_text())["ids"]
     pool = load_benchmark("facts")
     by_id = {p.id: p for p in pool}
@@ -43,7 +65,7 @@ def main() -> None:
     an = Analysis(base, data["forget"] + data["retain"] + data["general"])
     cache: dict = {}
     frames = []
-    for m in a.methods.split(","):
+    for m in methods:
         f = out / f"{m}.csv"
         if not f.exists():
             unl = load_model(str(demo / "checkpoints" / m)).memoize()

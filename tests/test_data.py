@@ -7,7 +7,7 @@ from unpact_mech.cli import main
 from unpact_mech.data import filter_known, load_benchmark
 from unpact_mech.data.fictitious import generate
 from unpact_mech.data.hub import SchemaError
-from unpact_mech.metrics import multiple_choice_accuracy
+from unpact_mech.multiple_choice import mc_accuracy, mc_table
 
 
 def _jsonl(path, rows):
@@ -48,8 +48,8 @@ def test_wmdp_and_tofu(tmp_path, tiny_llama):
                                           "choices": ["tokyo", "paris", "mars"], "answer": 1}])
     ps = load_benchmark("wmdp", "wmdp-chem", "test", source=w)
     assert ps[0].answer == "paris" and ps[0].meta["choices"][2] == "mars"
-    acc = multiple_choice_accuracy(tiny_llama, ps, fmt="plain")
-    assert acc.n == 1 and acc.k in (0, 1)
+    acc, chance = mc_accuracy(mc_table(tiny_llama, ps, "cloze"))
+    assert acc.n == 1 and acc.k in (0, 1) and chance == pytest.approx(1 / 3)
     t = _jsonl(tmp_path / "tofu.jsonl", [{"question": "q?", "answer": "a.", "paraphrased_answer": "b.",
                                           "perturbed_answer": ["c.", "d."]}])
     tp = load_benchmark("tofu", "forget05_perturbed", source=t)

@@ -5,17 +5,12 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Sequence
-from dataclasses import replace
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 from rouge_score import rouge_scorer
 
-from unpact_mech.errors import UnpactError
-from unpact_mech.probes import Probe, tokenize_probes
-from unpact_mech.scoring import score_probes
 from unpact_mech.stats import Rate, check_lengths, wilson
-from unpact_mech.subject import Subject
 
 Flags = Sequence[bool | np.bool_]  # per-probe correctness (Python or numpy booleans)
 
@@ -53,6 +48,12 @@ def rouge_l_recall(prediction: str, reference: str) -> float:
     return float(_scorer().score(reference, prediction)["rougeL"].recall)
 
 
+def rouge_l_f1(prediction: str, reference: str) -> float:
+    """ROUGE-L F1 (``rouge-score``, stemmed): the harmonic mean of LCS / len(prediction) and LCS / len(reference),
+    what open-unlearning's MUSE configs report (``rouge_type: rougeL_f1``)."""
+    return float(_scorer().score(reference, prediction)["rougeL"].fmeasure)
+
+
 def gold_short(probe: Any) -> str:
     """The short gold answer a generation is judged against: the probe's fact span, else its whole answer.
 
@@ -68,20 +69,3 @@ def generated_correct(prediction: str, probe: Any, threshold: float = GEN_THRESH
     if probe.fact and re.search(rf"(?<!\w){re.escape(probe.fact.lower())}(?!\w)", prediction.lower()):
         return True
     return rouge_l_recall(prediction, gold) >= threshold
-
-
-def multiple_choice_accuracy(subject: Subject, probes: Sequence[object], fmt: str = "auto") -> Rate:
-    """Accuracy of picking the right choice by answer log-likelihood (sum over the choice's tokens).
-
-    Each probe needs ``meta['choices']`` and ``meta['answer_index']`` (as WMDP probes have).
-    """
-    correct = []
-    for p in probes:
-        meta = getattr(p, "meta", {})
-        if "choices" not in meta or "answer_index" not in meta:
-            raise UnpactError(f"probe '{getattr(p, 'id', '?')}' has no meta['choices'] / meta['answer_index']")
-        variants = [replace(cast(Probe, p), answer=c, fact=None) for c in meta["choices"]]
-        scores = score_probes(subject, tokenize_probes(subject, variants, fmt))
-        totals = [float(s.logprobs.sum()) for s in scores]
-        correct.append(max(range(len(totals)), key=totals.__getitem__) == meta["answer_index"])
-    return accuracy(correct)

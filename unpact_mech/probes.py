@@ -1,7 +1,8 @@
 """Probes (a prompt and the answer whose log-prob we study) and their tokenised form.
 
 Formatting lives here: ``chat`` renders the prompt with the tokenizer's chat template (instruct models),
-``plain`` uses ``Question: ...\\nAnswer:``. Only the tokens of the user's prompt text are *attributable*
+``plain`` uses ``Question: ...\\nAnswer:`` and ``raw`` the prompt text as it is (a benchmark that writes its own
+prompt, as lm-evaluation-harness's WMDP task does; BOS added where the tokenizer adds one). Only the tokens of the user's prompt text are *attributable*
 (leave-one-out deletes them, emphasis scales them); template scaffolding, the system prompt and BOS are not,
 unless ``attribute_scaffolding=True``.
 """
@@ -19,7 +20,8 @@ from unpact_mech.io import atomic_write_text
 from unpact_mech.subject import Subject
 from unpact_mech.words import WORD
 
-Format = str  # "chat" | "plain" | "auto", checked at run time by _resolve_format
+Format = str  # "chat" | "plain" | "raw" | "auto", checked at run time by _resolve_format
+FORMATS = ("auto", "chat", "plain", "raw")
 PLAIN_TEMPLATE = "Question: {prompt}\nAnswer:"
 
 
@@ -180,8 +182,8 @@ def _resolve_format(tokenizer: Any, fmt: Format) -> str:
         return "chat" if getattr(tokenizer, "chat_template", None) else "plain"
     if fmt == "chat" and not getattr(tokenizer, "chat_template", None):
         raise ProbeError("format 'chat' asked for, but this tokenizer has no chat template; use 'plain'")
-    if fmt not in ("chat", "plain"):
-        raise ProbeError(f"unknown probe format {fmt!r}: use 'chat', 'plain' or 'auto'")
+    if fmt not in FORMATS:
+        raise ProbeError(f"unknown probe format {fmt!r}: use one of {', '.join(FORMATS)}")
     return fmt
 
 
@@ -192,8 +194,10 @@ def render_prompt(tokenizer: Any, prompt: str, fmt: Format = "auto") -> tuple[st
         text = tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
         )
-    else:
+    elif fmt == "plain":
         text = PLAIN_TEMPLATE.format(prompt=prompt)
+    else:
+        text = prompt
     start = text.rfind(prompt)
     if start < 0:
         raise ProbeError(f"the {fmt} template altered the prompt text {prompt!r}; cannot locate it")
@@ -230,7 +234,8 @@ def tokenize_probe(
         for i, (s, e) in enumerate(p_off)
         if p_ids[i] not in special and (attribute_scaffolding or (e > c0 and s < c1))
     ]
-    if fmt_r == "plain" and _adds_bos(tokenizer):
+    bos = fmt_r != "chat" and _adds_bos(tokenizer)
+    if bos:
         p_ids = [tokenizer.bos_token_id] + p_ids
         attributable = [i + 1 for i in attributable]
     answer_text = probe.answer if fmt_r == "chat" else " " + probe.answer.lstrip()
@@ -244,7 +249,7 @@ def tokenize_probe(
         raise ProbeError(
             f"probe '{probe.id}' is {len(ids)} tokens long, longer than the model context of {max_len}"
         )
-    words = _group_words(text, c0, c1, p_off, attributable, 1 if fmt_r == "plain" and _adds_bos(tokenizer) else 0)
+    words = _group_words(text, c0, c1, p_off, attributable, 1 if bos else 0)
     fact = probe.fact or probe.answer.strip()
     f0 = answer_text.find(fact)
     f1 = f0 + len(fact)

@@ -19,7 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from unpact_mech.backends import fast_path
-from unpact_mech.backends.kernel import AnswerIndex, answer_logprobs
+from unpact_mech.backends.kernel import AnswerIndex, answer_logprobs, logprob_moments
 from unpact_mech.errors import NonFiniteError, UnpactError
 from unpact_mech.hooks import EMPHASIS_MODES, Emphasis
 from unpact_mech.probes import TokenizedProbe
@@ -202,6 +202,41 @@ def score_probes(
     for tp, sc in zip(tprobes, scores):
         check_finite(subject, tp, sc.logprobs, "answer log-prob")
     return scores
+
+
+@dataclass(frozen=True)
+class TokenStats:
+    """Per answer token: the gold token's log-prob, whether it is the top-1, and the mean and variance of log p
+    over the vocabulary at that position (what open-unlearning's token-level metrics read)."""
+
+    logprobs: Float[Tensor, " n_answer"]
+    top1: Bool[Tensor, " n_answer"]
+    mu: Float[Tensor, " n_answer"]
+    var: Float[Tensor, " n_answer"]
+
+
+def token_stats(subject: Subject, tprobes: Sequence[TokenizedProbe], batch_tokens: int = DEFAULT_BATCH_TOKENS,
+                progress: bool | str = False) -> list[TokenStats]:
+    """:class:`TokenStats` of each probe's answer, teacher forced (right-padded batches, no hooks)."""
+    seqs = [(tp.ids, tp.prompt_len) for tp in tprobes]
+    out: list[TokenStats | None] = [None] * len(seqs)
+    pad = pad_token_id(subject.tokenizer)
+    chunks = chunk_by_tokens([len(ids) for ids, _ in seqs], batch_tokens)
+    for chunk in tqdm(chunks, desc=progress if isinstance(progress, str) else "token stats",
+                      disable=not progress or len(chunks) < 2, leave=False):
+        with torch.no_grad():
+            logits = forward_logits(subject, right_pad([seqs[i][0] for i in chunk], pad, subject.device))
+        idx = AnswerIndex.build([seqs[i] for i in chunk], logits.device)
+        at = idx.gather(logits)
+        lp, top = answer_logprobs(at, idx.targets)
+        mu, var = logprob_moments(at)
+        for r, i in enumerate(chunk):
+            m = idx.owner == r
+            out[i] = TokenStats(lp[m].cpu(), top[m].cpu(), mu[m].cpu(), var[m].cpu())
+    for tp, st in zip(tprobes, out):
+        assert st is not None
+        check_finite(subject, tp, st.logprobs, "answer log-prob")
+    return [s for s in out if s is not None]
 
 
 def check_finite(subject: Subject, tp: TokenizedProbe, values: Tensor, what: str) -> None:

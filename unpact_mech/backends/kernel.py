@@ -105,6 +105,15 @@ def answer_logprobs(
     return lp, top1
 
 
+def logprob_moments(logits: Float[Tensor, "n vocab"]) -> tuple[Float[Tensor, " n"], Float[Tensor, " n"]]:
+    """Mean and variance of log p(v) under the model's own next-token distribution, per row, in float64:
+    mu = sum_v p(v) log p(v), var = sum_v p(v) log^2 p(v) - mu^2 (Min-K%++'s normalisers)."""
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    p = logp.exp()
+    mu = (p * logp).sum(-1)
+    return mu, (p * logp.square()).sum(-1) - mu.square()
+
+
 def unembed(
     head: Callable[[Tensor], Tensor], hidden: Float[Tensor, "n d_model"], transform: OutputTransform
 ) -> Float[Tensor, "n vocab"]:

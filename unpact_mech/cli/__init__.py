@@ -26,10 +26,11 @@ def _check_specs(args: argparse.Namespace) -> None:
     --base loads)."""
     from unpact_mech.models import check_spec
 
-    for dest in ("model", "base", "unlearned"):
+    for dest in ("model", "base", "unlearned", "retain_model"):
         spec = getattr(args, dest, None)
-        if isinstance(spec, str):
-            check_spec(spec)
+        for one in spec if isinstance(spec, list) else [spec]:
+            if isinstance(one, str):
+                check_spec(one)
 
 
 def _interrupted(args: argparse.Namespace) -> str:

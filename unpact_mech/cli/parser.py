@@ -20,7 +20,7 @@ from unpact_mech.options import (
     shard,
     unit_float,
 )
-from unpact_mech.probes import SPLITS
+from unpact_mech.probes import FORMATS, SPLITS
 
 POS = positive_int()
 
@@ -30,7 +30,7 @@ def _keytoken_args(p: argparse.ArgumentParser) -> None:
                    help=f"eq.4 threshold on normalised contribution, in [0, 1) ({ALPHA})")
     p.add_argument("--beta", type=POS, default=BETA, help=f"eq.3: keep all positives if fewer than beta ({BETA})")
     p.add_argument("--max-keytokens", type=POS, default=None, help="cap N on KeyTokens per probe (none)")
-    p.add_argument("--format", default="auto", choices=["auto", "chat", "plain"], help="prompt format")
+    p.add_argument("--format", default="auto", choices=list(FORMATS), help="prompt format")
 
 
 def _uses_route(name: str) -> Callable[[argparse.Namespace], bool]:
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--top", type=POS, default=20, help="rows to print")
         s.add_argument("--shard", type=shard(), help="i/n: only every n-th probe from the i-th (merge parts with "
                        "`unpact merge`)")
-        s.add_argument("--format", default="auto", choices=["auto", "chat", "plain"], help="prompt format")
+        s.add_argument("--format", default="auto", choices=list(FORMATS), help="prompt format")
         _model_args(s)
 
     s = sub.add_parser("localise", help="where base -> unlearned changed: heads, layers x source tokens")
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target-forget-acc", type=unit_float(), help="stop once forget fact top-1 accuracy <= this")
     s.add_argument("--loss-convention", choices=["open_unlearning", "unpact_v1"],
                    help="GA/GD/KL reductions: open-unlearning's (default) or this toolkit's first forms")
-    s.add_argument("--format", default="auto", choices=["auto", "chat", "plain"])
+    s.add_argument("--format", default="auto", choices=list(FORMATS))
     _model_args(s)
 
     from unpact_mech.criteria import CRITERIA
@@ -222,13 +222,36 @@ def build_parser() -> argparse.ArgumentParser:
                    "report both (columns exact_restoration, verified)")
     s.add_argument("--out", default="patching")
     _output_args(s)
-    s.add_argument("--format", default="auto", choices=["auto", "chat", "plain"])
+    s.add_argument("--format", default="auto", choices=list(FORMATS))
     _model_args(s)
 
     s = sub.add_parser("merge", help="merge the partial tables of a sharded run (order-independent)")
     s.add_argument("out", help="merged table (.csv or .parquet)")
     _output_args(s)
     s.add_argument("parts", nargs="+", help="partial tables written with --shard i/n")
+
+    from unpact_mech.multiple_choice import FORMULATIONS
+    from unpact_mech.tasks import TASKS
+
+    s = sub.add_parser("evaluate", help="a benchmark's own metrics (WMDP multiple choice, TOFU, MUSE; open-unlearning's "
+                       "definitions) for one or more models")
+    s.add_argument("--task", required=True, choices=sorted(TASKS))
+    s.add_argument("--model", required=True, action="append", help="model spec; repeat for several (base, unlearned...)")
+    s.add_argument("--probes", required=True, help="benchmark name (wmdp, tofu, muse-news, ...) or a probe file")
+    s.add_argument("--subset", help="the benchmark's subset, e.g. wmdp-bio, forget10_perturbed, knowmem")
+    s.add_argument("--split", help="the benchmark's split")
+    s.add_argument("--source", help="local json/jsonl/parquet file in the benchmark's schema (offline)")
+    s.add_argument("--formulations", type=choice_list(FORMULATIONS), default=",".join(FORMULATIONS),
+                   help="multiple-choice formulations to score")
+    s.add_argument("--retain-model", help="TOFU: the retain-only model, for forget quality (KS test)")
+    s.add_argument("--max-new-tokens", type=POS, help="generation budget (TOFU 200, MUSE KnowMem 32, VerbMem 128)")
+    s.add_argument("--out", help="write the metrics table (.csv or .parquet)")
+    _output_args(s)
+    _model_args(s)
+    route(s, "evaluate", "--formulations", lambda a: a.task == "wmdp", "--task wmdp")
+    route(s, "evaluate", "--retain-model", lambda a: a.task == "tofu", "--task tofu")
+    route(s, "evaluate", "--max-new-tokens", lambda a: a.task in ("tofu", "muse-knowmem", "muse-verbmem"),
+          "--task tofu / muse-knowmem / muse-verbmem")
 
     s = sub.add_parser("data", help="list benchmarks or show a few rows of one")
     s.add_argument("action", choices=["list", "show"])

@@ -31,7 +31,9 @@ def unlearn_stage(lazy: LazyBase, method: str, forget: list, retain: list, out: 
     ckpt = out / "checkpoints" / method
     points_file = out / "checkpoints" / f"{method}.frontier.json"
     settings = method_settings(method, steps, target)
-    stamp = checkpoint_stamp(lazy, method, forget, retain, steps, target)
+    # whether the trajectory was measured is part of the stage: a checkpoint trained without its frontier points
+    # (analyses/recovery_routes.py --train) is retrained, not reused with no points, by a study that wants them
+    stamp = {**checkpoint_stamp(lazy, method, forget, retain, steps, target), "frontier": frontier is not None}
 
     def train() -> tuple[Path, list[dict]]:
         base = lazy.get()

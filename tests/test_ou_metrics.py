@@ -1,0 +1,161 @@
+"""open-unlearning's metrics against their formulas written out here (loops over the reference files' steps),
+scipy where it has the statistic, and a naive per-probe forward for the subject-level numbers."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as sps
+
+from unpact_mech import ou_metrics as om
+from unpact_mech.errors import UnpactError
+from unpact_mech.probes import Probe, tokenize_probes
+from unpact_mech.scoring import token_stats
+
+RNG = np.random.default_rng(0)
+
+
+def test_registry_names_each_reference_file():
+    assert {"probability", "truth_ratio", "forget_quality", "model_utility", "extraction_strength", "min_k",
+            "min_k_plus_plus", "mia_auc", "privleak", "rouge_l_recall"} <= set(om.OU_METRICS)
+    assert all(m.reference.startswith("locuslab/open-unlearning src/evals/metrics/") and ".py" in m.reference
+               for m in om.OU_METRICS.values())
+
+
+def test_probability_and_options():
+    nll = RNG.uniform(0.1, 3, 7)
+    assert np.allclose(om.probability(nll), [math.exp(-x) for x in nll])
+    pc, pw = RNG.uniform(0, 1, 5), RNG.uniform(0, 1, (5, 3))
+    want = [pc[i] / (pc[i] + sum(pw[i]) + 1e-10) for i in range(5)]
+    assert np.allclose(om.probability_w_options(pc, pw), want)
+
+
+@pytest.mark.parametrize("agg", ["closer_to_1_better", "true_better", "prob_mean"])
+def test_truth_ratio_written_out(agg):
+    c, w = RNG.uniform(0.2, 3, 6), RNG.uniform(0.2, 3, (6, 5))
+    trs = []
+    for i in range(6):
+        p_c = math.exp(-c[i])
+        p_w = math.exp(-sum(w[i]) / 5)  # aggregate_to_1D: mean of the perturbed answers' avg losses
+        trs.append(p_c / (p_c + p_w + 1e-10) if agg == "prob_mean" else p_w / (p_c + 1e-10))
+    if agg == "closer_to_1_better":
+        want = sum(min(t, 1 / (t + 1e-10)) for t in trs) / 6
+    elif agg == "true_better":
+        want = sum(max(0.0, 1 - t) for t in trs) / 6
+    else:
+        want = sum(trs) / 6
+    tr, value = om.truth_ratio(c, w, agg)
+    assert np.allclose(tr, trs) and value == pytest.approx(want)
+    with pytest.raises(UnpactError, match="unknown aggregator"):
+        om.truth_ratio(c, w, "mean")
+
+
+def test_forget_quality_is_the_ks_p_value():
+    a, b = RNG.lognormal(0, 1, 40), RNG.lognormal(0.8, 1, 30)
+    # the KS statistic written out: the largest gap between the two empirical CDFs
+    grid = np.concatenate([a, b])
+    d = max(abs((a <= x).mean() - (b <= x).mean()) for x in grid)
+    res = sps.ks_2samp(a, b)
+    assert res.statistic == pytest.approx(d)
+    assert om.forget_quality(a, b) == pytest.approx(res.pvalue)
+    # utils.py's get_forget_quality tests 1/TR; KS is invariant under the monotone map
+    assert om.forget_quality(a, b) == pytest.approx(sps.ks_2samp(1 / a, 1 / b).pvalue)
+    assert om.forget_quality(a, a) == pytest.approx(1.0)
+    assert om.forget_quality(a, a + 100) < 1e-6
+
+
+def test_model_utility_harmonic_mean():
+    v = [0.5, 0.8, 0.2, 0.9]
+    assert om.model_utility(v) == pytest.approx(len(v) / sum(1 / x for x in v))
+    with pytest.raises(UnpactError, match="non-negative"):
+        om.model_utility([0.5, -0.1])
+
+
+def _es_reference(top1):
+    n = len(top1)
+    for k in range(n):  # memorization.py's loop, with its break
+        if all(top1[k:]):
+            break
+    return 1 - k / n
+
+
+def test_exact_memorization_and_extraction_strength():
+    for _ in range(50):
+        t = RNG.random(int(RNG.integers(1, 12))) < 0.6
+        assert om.extraction_strength(t) == pytest.approx(_es_reference(list(t)))
+        assert om.exact_memorization(t) == pytest.approx(sum(t) / len(t))
+    assert om.extraction_strength([True] * 4) == 1.0
+    assert om.extraction_strength([False] * 4) == pytest.approx(0.25)  # the reference's k = n - 1
+    assert om.extraction_strength([False, True, True, True]) == pytest.approx(0.75)
+
+
+def test_min_k_and_min_k_plus_plus_written_out():
+    lp = -RNG.exponential(2, 11)
+    mu, var = -RNG.exponential(2, 11), RNG.uniform(0, 3, 11)
+    var[3] = 0.0  # clamped to 1e-6
+    for k in (0.2, 0.4, 1.0):
+        num = max(1, int(11 * k))
+        assert om.min_k(lp, k) == pytest.approx(-sum(sorted(lp)[:num]) / num)
+        z = [(lp[i] - mu[i]) / math.sqrt(max(var[i], 1e-6)) for i in range(11)]
+        assert om.min_k_plus_plus(lp, mu, var, k) == pytest.approx(-sum(sorted(z)[:num]) / num)
+    assert om.min_k([-1.0], 0.4) == 1.0  # at least one token
+    with pytest.raises(UnpactError, match="k must be"):
+        om.min_k(lp, 0)
+
+
+def test_mia_auc_pairwise_and_privleak():
+    f, h = RNG.normal(0, 1, 17).round(1), RNG.normal(0.5, 1, 13).round(1)  # rounded: ties occur
+    pairs = sum(1.0 if y > x else 0.5 if y == x else 0.0 for x in f for y in h)
+    auc = om.mia_auc(f, h)
+    assert auc == pytest.approx(pairs / (17 * 13))
+    assert auc == pytest.approx(sps.mannwhitneyu(h, f).statistic / (17 * 13))
+    assert om.privleak(auc) == pytest.approx(((1 - auc) - 0.5) / (0.5 + 1e-10) * 100)
+    assert om.privleak(0.7, 0.7) == pytest.approx(0.0)
+
+
+def test_token_stats_against_a_naive_forward(tiny_llama, tiny_probes):
+    tps = tokenize_probes(tiny_llama, tiny_probes, "plain")
+    for tp, st in zip(tps, token_stats(tiny_llama, tps, batch_tokens=20)):
+        with torch.no_grad():
+            logits = tiny_llama.backend.forward(torch.tensor([tp.ids]), ())[0].double()
+        for j, pos in enumerate(range(tp.prompt_len, len(tp.ids))):
+            row = logits[pos - 1]
+            logp = [float(x) for x in torch.log_softmax(row, -1)]
+            p = [math.exp(x) for x in logp]
+            mu = sum(pi * li for pi, li in zip(p, logp))
+            var = sum(pi * li * li for pi, li in zip(p, logp)) - mu * mu
+            assert float(st.logprobs[j]) == pytest.approx(logp[tp.ids[pos]], abs=1e-5)
+            assert bool(st.top1[j]) == (int(row.argmax()) == tp.ids[pos])
+            assert float(st.mu[j]) == pytest.approx(mu, abs=1e-5)
+            assert float(st.var[j]) == pytest.approx(var, abs=1e-5)
+
+
+def test_truth_ratio_of_a_subject(tiny_llama):
+    probes = [Probe("q0", "what is the capital of france ?", "paris", meta={
+                  "paraphrased_answer": "the capital is paris", "perturbed_answer": ["tokyo", "mars", "gold"]}),
+              Probe("q1", "who wrote hamlet ?", "shakespeare", meta={
+                  "paraphrased_answer": "shakespeare wrote it", "perturbed_answer": ["paris", "a city", "au"]})]
+    tr, value = om.truth_ratio_of(tiny_llama, probes, "true_better", fmt="plain")
+
+    def nll(prompt, answer):  # one probe at a time
+        st = token_stats(tiny_llama, tokenize_probes(tiny_llama, [Probe("x", prompt, answer)], "plain"))[0]
+        return -float(st.logprobs.mean())
+
+    want = []
+    for p in probes:
+        pc = math.exp(-nll(p.prompt, p.meta["paraphrased_answer"]))
+        pw = math.exp(-sum(nll(p.prompt, a) for a in p.meta["perturbed_answer"]) / 3)
+        want.append(pw / (pc + 1e-10))
+    assert np.allclose(tr, want, rtol=1e-6)
+    assert value == pytest.approx(sum(max(0, 1 - t) for t in want) / 2)
+    with pytest.raises(UnpactError, match="paraphrased_answer"):
+        om.truth_ratio_of(tiny_llama, [Probe("q", "what ?", "a")], fmt="plain")
+
+
+def test_mia_scores_of_a_subject(tiny_llama, tiny_probes):
+    st = token_stats(tiny_llama, tokenize_probes(tiny_llama, tiny_probes, "raw"))
+    got = om.mia_scores_of(tiny_llama, tiny_probes, "min_k", k=0.5)
+    assert np.allclose(got, [om.min_k(s.logprobs.numpy(), 0.5) for s in st])
+    with pytest.raises(UnpactError, match="unknown MIA attack"):
+        om.mia_scores_of(tiny_llama, tiny_probes, "zlib")

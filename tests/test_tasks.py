@@ -1,0 +1,123 @@
+"""Each task end to end on fixture files in its benchmark's schema (written here), against the metrics computed
+step by step from naive per-probe scoring."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from unpact_mech.data import load_benchmark
+from unpact_mech.errors import UnknownNameError, UnpactError
+from unpact_mech.metrics import rouge_l_f1
+from unpact_mech.ou_metrics import extraction_strength
+from unpact_mech.probes import Probe, tokenize_probes
+from unpact_mech.scoring import score_probes
+from unpact_mech.tasks import TASKS, greedy_texts, task, task_metrics
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _lcs(a, b):
+    t = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i, x in enumerate(a):
+        for j, y in enumerate(b):
+            t[i + 1][j + 1] = t[i][j] + 1 if x == y else max(t[i][j + 1], t[i + 1][j])
+    return t[-1][-1]
+
+
+def test_rouge_l_f1_written_out():
+    pred, ref = "the cat sat on the mat", "a cat was on the mat today"
+    lcs = _lcs(pred.split(), ref.split())
+    p, r = lcs / 6, lcs / 7
+    assert rouge_l_f1(pred, ref) == pytest.approx(2 * p * r / (p + r))
+
+
+def test_registry():
+    assert {"wmdp", "tofu", "muse-knowmem", "muse-verbmem", "facts"} <= set(TASKS)
+    with pytest.raises(UnknownNameError, match="unknown task"):
+        task("mmlu")
+
+
+def test_wmdp_task(tmp_path, tiny_llama):
+    f = _jsonl(tmp_path / "w.jsonl", [{"question": "what is the capital of france ?", "choices": ["tokyo", "paris", "mars"],
+                                       "answer": 1}, {"question": "who wrote hamlet ?", "choices": ["shakespeare", "au"],
+                                                      "answer": 0}])
+    t = task_metrics("wmdp", tiny_llama, load_benchmark("wmdp", "wmdp-bio", "test", source=f), formulations=["cloze"])
+    row = t.iloc[0]
+    lls = [[float(score_probes(tiny_llama, tokenize_probes(tiny_llama, [Probe("x", q, c)], "plain"))[0].logprobs.sum())
+            for c in cs] for q, cs in [("what is the capital of france ?", ["tokyo", "paris", "mars"]),
+                                      ("who wrote hamlet ?", ["shakespeare", "au"])]]
+    k = int(np.argmax(lls[0]) == 1) + int(np.argmax(lls[1]) == 0)
+    assert row.metric == "accuracy_cloze" and row.k == k and row.n == 2
+    assert row.chance == pytest.approx((1 / 3 + 1 / 2) / 2) and row.above_chance == (row.low > row.chance)
+
+
+def test_tofu_task_with_forget_quality(tmp_path, tiny_llama, tiny_llama_other_dir):
+    from unpact_mech.models import load_model
+
+    rows = [{"question": "what is the capital of france ?", "answer": "paris", "paraphrased_answer": "the capital is paris",
+             "perturbed_answer": ["tokyo", "mars"]},
+            {"question": "who wrote hamlet ?", "answer": "shakespeare", "paraphrased_answer": "shakespeare wrote it",
+             "perturbed_answer": ["au", "a city"]}]
+    ps = load_benchmark("tofu", "forget05_perturbed", source=_jsonl(tmp_path / "t.jsonl", rows))
+    other = load_model(str(tiny_llama_other_dir))
+    t = task_metrics("tofu", tiny_llama, ps, retain_model=other, max_new_tokens=4, fmt="plain").set_index("metric")
+    nll = [-float(score_probes(tiny_llama, tokenize_probes(tiny_llama, [p], "plain"))[0].logprobs.mean()) for p in ps]
+    assert t.loc["probability", "value"] == pytest.approx(np.mean([math.exp(-x) for x in nll]))
+    assert {"rouge_l_recall", "truth_ratio_closer_to_1_better", "forget_quality"} <= set(t.index)
+    assert 0 <= t.loc["forget_quality", "value"] <= 1 and t.loc["forget_quality", "against"] == other.name
+    with pytest.raises(UnpactError, match="perturbed splits"):
+        task_metrics("tofu", tiny_llama, [Probe("q", "what ?", "a")], retain_model=other, fmt="plain")
+
+
+def test_muse_tasks(tmp_path, tiny_llama):
+    qa = _jsonl(tmp_path / "qa.jsonl", [{"question": "what is the capital of france ?", "answer": "paris"},
+                                        {"question": "who wrote hamlet ?", "answer": "shakespeare"}])
+    ps = load_benchmark("muse-news", "knowmem", "forget_qa", source=qa)
+    t = task_metrics("muse-knowmem", tiny_llama, ps, max_new_tokens=3, fmt="plain")
+    gens = greedy_texts(tiny_llama, ps, "plain", 3)
+    assert t.iloc[0].value == pytest.approx(np.mean([rouge_l_f1(g, p.answer) for g, p in zip(gens, ps)]))
+    vm = tmp_path / "verbmem.parquet"
+    pd.DataFrame({"prompt": ["the capital of france is paris and the red planet", "who wrote hamlet ? it was"],
+                  "gt": ["is mars and gold is au", "shakespeare"]}).to_parquet(vm)
+    vps = load_benchmark("muse-books", "verbmem", "forget", source=vm)
+    t = task_metrics("muse-verbmem", tiny_llama, vps, max_new_tokens=4).set_index("metric")
+    es = []
+    for p in vps:  # naive: one forward per probe, greedy tokens against the gold continuation
+        tp = tokenize_probes(tiny_llama, [p], "raw")[0]
+        with torch.no_grad():
+            logits = tiny_llama.backend.forward(torch.tensor([tp.ids]), ())[0]
+        top = [int(logits[i - 1].argmax()) == tp.ids[i] for i in range(tp.prompt_len, len(tp.ids))]
+        es.append(extraction_strength(top))
+    assert t.loc["extraction_strength", "value"] == pytest.approx(np.mean(es))
+    assert 0 <= t.loc["rouge_l_f1", "value"] <= 1
+
+
+def test_facts_task(tiny_llama, tiny_probes):
+    t = task_metrics("facts", tiny_llama, tiny_probes, criteria=["teacher_forced"])
+    assert t.iloc[0].metric == "accuracy_teacher_forced" and t.iloc[0].n == 4
+
+
+def test_cli_evaluate(tmp_path, tiny_llama_dir, tiny_llama_other_dir, capsys):
+    from unpact_mech.cli import main
+
+    f = _jsonl(tmp_path / "w.jsonl", [{"question": "what is the capital of france ?", "choices": ["tokyo", "paris"],
+                                       "answer": 1}])
+    out = tmp_path / "m.csv"
+    assert main(["evaluate", "--task", "wmdp", "--probes", "wmdp", "--source", str(f), "--formulations", "cloze",
+                 "--model", str(tiny_llama_dir), "--model", str(tiny_llama_other_dir), "--out", str(out)]) == 0
+    t = pd.read_csv(out)
+    assert list(t.metric) == ["accuracy_cloze"] * 2 and t.model.nunique() == 2 and (t.chance == 0.5).all()
+    assert main(["evaluate", "--task", "wmdp", "--probes", "wmdp", "--source", str(f), "--model", str(tiny_llama_dir),
+                 "--out", str(out)]) == 2  # no silent overwrite
+    assert main(["evaluate", "--task", "wmdp", "--probes", "wmdp", "--source", str(f), "--model", str(tiny_llama_dir),
+                 "--retain-model", str(tiny_llama_dir)]) == 2
+    assert "--retain-model" in capsys.readouterr().err
+    assert main(["evaluate", "--task", "tofu", "--probes", "tofu", "--source", str(f), "--model",
+                 str(tmp_path / "missing")]) == 2
