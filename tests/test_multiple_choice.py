@@ -67,3 +67,17 @@ def test_mc_refuses_probes_without_choices(tiny_llama):
         mc_table(tiny_llama, [Probe("p", "what ?", "a", meta={"choices": ["a", "b"], "answer_index": 5})])
     with pytest.raises(UnpactError, match="formulation"):
         mc_table(tiny_llama, [Probe("p", "what ?", "a", meta={"choices": ["a", "b"], "answer_index": 0})], "letters")
+
+
+def test_as_multiple_choice():
+    from unpact_mech.multiple_choice import as_multiple_choice
+
+    facts = [Probe(f"g{i}", f"q{i} ?", f"answer {c}", fact=c, domain="geo") for i, c in enumerate("abcdef")]
+    facts.append(Probe("x0", "other ?", "zz", domain="other"))
+    mc = as_multiple_choice(facts[:6], 4, seed=1)
+    assert mc == as_multiple_choice(facts[:6], 4, seed=1)  # seeded
+    for p, q in zip(facts, mc):
+        ch = q.meta["choices"]
+        assert len(ch) == 4 == len(set(ch)) and ch[q.meta["answer_index"]] == p.fact and set(ch) <= set("abcdef")
+    with pytest.raises(UnpactError, match="distractors"):
+        as_multiple_choice(facts, 4)

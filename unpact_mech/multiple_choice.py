@@ -58,6 +58,25 @@ def choice_variants(p: Probe, formulation: str, description: str = "") -> list[P
     return [replace(p, answer=c, fact=None) for c in choices]
 
 
+def as_multiple_choice(probes: Sequence[Probe], n_choices: int = 4, seed: int = 0) -> list[Probe]:
+    """Question-answer probes as ``n_choices``-way multiple choice: the choices are the probe's fact span (else its
+    answer) and those of ``n_choices - 1`` other probes of the same domain, drawn and ordered with ``seed``
+    (probes whose domain has too few distinct answers are refused)."""
+    rng = np.random.default_rng(seed)
+    gold = {p.id: (p.fact or p.answer).strip() for p in probes}
+    out = []
+    for p in probes:
+        pool = sorted({gold[q.id] for q in probes if q.domain == p.domain and gold[q.id] != gold[p.id]})
+        if len(pool) < n_choices - 1:
+            raise UnpactError(f"probe '{p.id}': its domain {p.domain!r} has {len(pool)} other distinct answers, "
+                              f"fewer than the {n_choices - 1} distractors asked for")
+        choices = [gold[p.id], *rng.choice(pool, n_choices - 1, replace=False).tolist()]
+        order = rng.permutation(n_choices)
+        out.append(replace(p, meta={**p.meta, "choices": [choices[i] for i in order],
+                                    "answer_index": int(np.argmax(order == 0))}))
+    return out
+
+
 def check_formulation(formulation: str) -> str:
     if formulation not in FORMULATIONS:
         raise UnpactError(f"unknown multiple-choice formulation {formulation!r}; use one of {', '.join(FORMULATIONS)}")
