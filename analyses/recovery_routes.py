@@ -30,7 +30,7 @@ def main() -> None:
     from unpact_mech.io import read_table, write_table
     from unpact_mech.models import load_model
     from unpact_mech.options import positive_int
-    from unpact_mech.routes import recover
+    from unpact_mech.routes import RECOVERY_ROUTES, recover
     from unpact_mech.unlearning import METHODS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,10 +42,13 @@ def main() -> None:
     ap.add_argument("--relearn-steps", default="1,2,4,8")
     ap.add_argument("--shots", type=int, default=3)
     ap.add_argument("--n-control", type=int, default=48)
+    ap.add_argument("--routes", default="emphasis,quantize,relearn,in_context",
+                    help="routes to run (emphasis at full size is also the study's finding 2)")
     ap.add_argument("--train", default=None, help="train the checkpoints first: known facts per split, or 'all'")
     a = ap.parse_args()
     demo, out = Path(a.demo_out), Path(a.out)
     methods = check_choices(a.methods.split(","), sorted(METHODS), "methods")
+    routes = tuple(check_choices(a.routes.split(","), sorted(RECOVERY_ROUTES), "routes"))
     if a.train is not None:
         per_split = None if a.train == "all" else positive_int()(a.train)
         lazy = LazyBase("smollm2-135m")
@@ -78,7 +81,7 @@ def main() -> None:
                     "relearn": {"steps": [int(k) for k in a.relearn_steps.split(",")]},
                     "in_context": {"shots": a.shots}}
             write_table(recover(an, unl, data["forget"], control, data["retain"], data["general"][: a.shots],
-                                ("emphasis", "quantize", "relearn", "in_context"), options=opts, cache=cache,
+                                routes, options=opts, cache=cache,
                                 progress=True, collateral=data["general"][a.shots:]).assign(method=m), f)
         frames.append(read_table(f))
         print(f"[routes] {m} done", flush=True)

@@ -13,12 +13,7 @@ import argparse
 import pandas as pd
 
 from unpact_mech.experiments import BUDGET, add_run_arguments, run_demo
-from unpact_mech.options import positive_int
-
-
-def per_split(text: str) -> int | None:
-    """``all`` (every known fact of the pool) or a positive number of probes per split."""
-    return None if text == "all" else positive_int()(text)
+from unpact_mech.options import per_split
 
 
 def main() -> None:

@@ -134,3 +134,55 @@ def test_report_in_a_real_browser(demo_out):
                 page.close()
         finally:
             browser.close()
+
+
+def test_given_checkpoints_are_analysed_as_released_ones(tiny_llama, tiny_llama_dir, tmp_path, monkeypatch):
+    """run_demo(unlearned=...) on two checkpoints written by `unlearn` and loaded as released ones: nothing is
+    trained, each gets the findings, routes and its one frontier point, and a rerun is cached."""
+    from unpact_mech.errors import UnpactError
+    from unpact_mech.unlearning import unlearn
+
+    monkeypatch.setattr("unpact_mech.experiments.settings.SETTINGS", SETTINGS)
+    ps = demo_probes()
+    given = {}
+    for name, method in (("released_ga", "ga_klr"), ("released_npo", "npo_klr")):
+        given[name] = str(unlearn(tiny_llama, method, ps[:2], ps[2:4], tmp_path / name, steps=1, lr=1e-3,
+                                  progress=False, fmt="plain"))
+    out = tmp_path / "study"
+    t = run_demo(str(tiny_llama_dir), (), out, probes=ps, known_only=False, patch=False, unlearned=given)
+    assert list(t.method) == ["released_ga", "released_npo"]
+    assert not (out / "checkpoints" / "released_ga").exists()  # not retrained
+    res = json.loads((out / "released_ga" / "result.json").read_text())
+    assert res["checkpoint"] == given["released_ga"] and res["steps"] == 1
+    front = json.loads((out / "checkpoints" / "released_ga.frontier.json").read_text())
+    assert front and {p["strength"] for p in front} == {1.0}  # one point: the checkpoint itself
+    assert (out / "released_npo" / "recovery_routes.csv").exists() and (out / "report.html").exists()
+    mtime = (out / "released_ga" / "result.json").stat().st_mtime_ns
+    assert run_demo(str(tiny_llama_dir), (), out, probes=ps, known_only=False, patch=False, unlearned=given).equals(t)
+    assert (out / "released_ga" / "result.json").stat().st_mtime_ns == mtime
+    with pytest.raises(UnpactError, match="name"):
+        run_demo(str(tiny_llama_dir), (), out, probes=ps, unlearned={"../x": given["released_ga"]})
+    with pytest.raises(Exception, match="missing"):
+        run_demo(str(tiny_llama_dir), (), out, probes=ps, unlearned={"x": str(tmp_path / "missing")})
+
+
+def test_cli_study_on_given_checkpoints_with_task_metrics(tiny_llama, tiny_llama_dir, tmp_path, monkeypatch, capsys):
+    from unpact_mech.cli import main
+    from unpact_mech.probes import save_probes
+    from unpact_mech.unlearning import unlearn
+
+    monkeypatch.setattr("unpact_mech.experiments.settings.SETTINGS", SETTINGS)
+    ps = demo_probes()
+    ck = unlearn(tiny_llama, "ga_klr", ps[:2], ps[2:4], tmp_path / "ck", steps=1, lr=1e-3, progress=False, fmt="plain")
+    f = save_probes(ps, tmp_path / "p.jsonl")
+    out = tmp_path / "study"
+    argv = ["study", "--model", str(tiny_llama_dir), "--probes", str(f), "--unlearned", f"mine={ck}", "--out", str(out),
+            "--include-unknown", "--no-patch", "--task", "facts"]
+    assert main(argv) == 0
+    tm = pd.read_csv(out / "task_metrics.csv")
+    assert set(tm.role) == {"base", "mine"} and set(tm.metric) == {"accuracy_teacher_forced", "accuracy_generation"}
+    assert pd.read_csv(out / "summary.csv").method.tolist() == ["mine"]
+    assert main(["study", "--model", str(tiny_llama_dir), "--unlearned", "bad", "--out", str(out)]) == 2
+    assert main(["study", "--model", str(tiny_llama_dir), "--unlearned", f"x={tmp_path / 'nope'}", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "NAME=DIR_OR_HUB_ID" in err and "nope" in err

@@ -77,7 +77,7 @@ ANY = None  # no oracle: any outcome but a traceback or an internal error
 POS, NONNEG = (lambda t: _int(t)), (lambda t: _int(t, 0))
 UNIT, UNIT_OPEN = (lambda t: _num(t, 0, 1, lo_open=False)), (lambda t: _num(t, 0, 1, lo_open=False, hi_open=True))
 POSF = lambda t: _num(t, 0, math.inf)  # noqa: E731
-FORMAT, DTYPE = one_of(["auto", "chat", "plain"]), one_of(["float32", "bfloat16", "float16"])
+FORMAT, DTYPE = one_of(["auto", "chat", "plain", "raw"]), one_of(["float32", "bfloat16", "float16"])
 SHARD = lambda t: bool(re.fullmatch(r"\s*[+-]?[0-9]+\s*/\s*[+-]?[0-9]+\s*", t)) and 0 <= int(t.split("/")[0]) < int(t.split("/")[1])  # noqa: E731
 DEVICE = lambda t: t.strip() == t and t in ("cpu", "cpu:0")  # noqa: E731  (no GPU on the test machines)
 KEYT = {"--alpha": UNIT_OPEN, "--beta": POS, "--max-keytokens": POS, "--format": FORMAT}
@@ -121,6 +121,13 @@ COMMANDS: dict[str, tuple[list[str], dict[str, Any]]] = {
                "--direction": names(["base->unlearned", "unlearned->base"]), "--method": one_of(["exact", "atp"]),
                **MODEL}),
     "data": (["data", "show", "fictitious"], {"--subset": ANY, "--split": ANY, "--n": POS}),
+    "study": (["study", "--model", T, "--probes", P, "--unlearned", "x=" + U, "--out", "{o}/s"],
+              {"--per-split": lambda t: t == "all" or _int(t), "--unlearned": ANY, "--probes": ANY,
+               "--task": one_of(["facts", "muse-knowmem", "muse-verbmem", "tofu", "wmdp"]), "--target": UNIT,
+               **KEYT, **MODEL}),
+    "evaluate": (["evaluate", "--task", "tofu", "--probes", P, "--model", T],
+                 {"--max-new-tokens": POS, "--retain-model": ANY, "--formulations": None, "--model": ANY,
+                  "--out": ANY, **MODEL}),
 }
 OPTIONS = [(cmd, flag) for cmd, (_, opts) in COMMANDS.items() for flag in opts]
 

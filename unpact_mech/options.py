@@ -176,3 +176,8 @@ def resolve_routed(args: argparse.Namespace) -> None:
         elif not r.used(args):
             raise UnpactError(f"{r.flag} is used only by {r.user}, so this run would ignore it; drop {r.flag}, or "
                               "ask for what uses it")
+
+
+def per_split(text: str) -> int | None:
+    """``all`` (every known probe of the pool) or a positive number of probes per split."""
+    return None if text == "all" else positive_int()(text)

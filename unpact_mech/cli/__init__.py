@@ -13,6 +13,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from unpact_mech.cli import benchmarks as _benchmarks  # noqa: F401  (registers study, evaluate)
 from unpact_mech.cli.commands import COMMANDS, _params
 from unpact_mech.cli.parser import build_parser
 from unpact_mech.errors import UnpactError
@@ -29,6 +30,8 @@ def _check_specs(args: argparse.Namespace) -> None:
     for dest in ("model", "base", "unlearned", "retain_model"):
         spec = getattr(args, dest, None)
         for one in spec if isinstance(spec, list) else [spec]:
+            if isinstance(one, tuple):  # NAME=SPEC
+                one = one[1]
             if isinstance(one, str):
                 check_spec(one)
 

@@ -343,38 +343,6 @@ def cmd_merge(a: argparse.Namespace) -> int:
     return 0
 
 
-@command("evaluate")
-def cmd_evaluate(a: argparse.Namespace) -> int:
-    from unpact_mech.data import BENCHMARKS, load_benchmark
-    from unpact_mech.io import write_table
-    from unpact_mech.probes import load_probes
-    from unpact_mech.tasks import task_metrics
-
-    if a.out:
-        _check_out(a)
-    if a.probes in BENCHMARKS:
-        probes = load_benchmark(a.probes, subset=a.subset, split=a.split, source=a.source)
-    elif a.subset or a.split or a.source:
-        raise UnpactError(f"--subset/--split/--source belong to a benchmark name; {a.probes!r} is read as a probe file "
-                          f"(benchmarks: {', '.join(sorted(BENCHMARKS))})")
-    else:
-        probes = load_probes(a.probes)
-    opts: dict[str, Any] = {}
-    if a.task == "wmdp":
-        opts["formulations"] = a.formulations
-    if a.max_new_tokens is not None:
-        opts["max_new_tokens"] = a.max_new_tokens
-    if a.retain_model is not None:
-        opts["retain_model"] = _load(a, a.retain_model)
-    table = pd.concat([task_metrics(a.task, _load(a, m), probes, **opts) for m in a.model], ignore_index=True)
-    cols = [c for c in ("model", "metric", "value", "k", "n", "low", "high", "chance", "above_chance") if c in table]
-    _print_df(table[cols].round(4))
-    if a.out:
-        write_table(table, a.out)
-        print(f"-> {a.out}")
-    return 0
-
-
 @command("data")
 def cmd_data(a: argparse.Namespace) -> int:
     from unpact_mech.data import BENCHMARKS, load_benchmark

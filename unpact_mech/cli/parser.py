@@ -14,6 +14,7 @@ from unpact_mech.options import (
     factor_list,
     int_list,
     nonneg_int,
+    per_split,
     positive_float,
     positive_int,
     route,
@@ -65,12 +66,22 @@ def _pair_args(p: argparse.ArgumentParser, probes_help: str = "JSON-lines probe 
     p.add_argument("--probes", required=True, help=probes_help)
 
 
+def name_spec(text: str) -> tuple[str, str]:
+    """``NAME=SPEC``: a checkpoint's name in the study and its model spec."""
+    name, eq, spec = text.partition("=")
+    if not eq or not name or not spec:
+        raise argparse.ArgumentTypeError(f"expected NAME=DIR_OR_HUB_ID, got {text!r}")
+    return name, spec
+
+
 def _output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out (refused otherwise)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from unpact_mech.attribution import ATTRIBUTION_METHODS, method_info
+    from unpact_mech.multiple_choice import FORMULATIONS
+    from unpact_mech.tasks import TASKS
 
     p = argparse.ArgumentParser(prog="unpact", description="Look inside unlearned language models: KeyTokens, direct "
                                 "logit attribution, attention paths, emphasis, patching and the unlearning dilemma.")
@@ -108,6 +119,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keytokens-only", action="store_true", help="only print the KeyToken table")
     for flag in ("--methods", "--steps", "--target", "--on-change"):
         route(s, "demo", flag, lambda a: not a.keytokens_only, "the full demo (without --keytokens-only)")
+    _keytoken_args(s)
+    _model_args(s)
+
+    s = sub.add_parser("study", help="the dilemma study on any probes and model, training --methods or analysing "
+                       "given (e.g. released) checkpoints with --unlearned NAME=DIR_OR_HUB_ID")
+    add_run_arguments(s, "unpact_out/study")
+    s.add_argument("--probes", action="append", default=None,
+                   help="probe file or benchmark name (facts, facts:forget, ...); repeat to combine (default: facts)")
+    s.add_argument("--unlearned", action="append", type=name_spec, default=None, metavar="NAME=SPEC",
+                   help="analyse this checkpoint as it is instead of training --methods; repeat for several")
+    s.add_argument("--per-split", type=per_split, default=12, help="known probes per split (12), or 'all'")
+    s.add_argument("--no-patch", action="store_true", help="skip activation patching")
+    s.add_argument("--include-unknown", action="store_true",
+                   help="keep probes the base model does not answer (default: only those it knows, as the demo)")
+    s.add_argument("--task", choices=sorted(TASKS), default=None,
+                   help="also score base and unlearned models by this task's metrics (OUT/task_metrics.csv)")
     _keytoken_args(s)
     _model_args(s)
 
@@ -229,9 +256,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("out", help="merged table (.csv or .parquet)")
     _output_args(s)
     s.add_argument("parts", nargs="+", help="partial tables written with --shard i/n")
-
-    from unpact_mech.multiple_choice import FORMULATIONS
-    from unpact_mech.tasks import TASKS
 
     s = sub.add_parser("evaluate", help="a benchmark's own metrics (WMDP multiple choice, TOFU, MUSE; open-unlearning's "
                        "definitions) for one or more models")

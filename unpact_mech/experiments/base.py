@@ -18,6 +18,7 @@ class LazyBase:
         self._analysis: Any = None
         self.route_cache: dict[Any, Any] = {}  # the quantised base, shared by every method's recovery routes
         self.pool: list[Any] = []  # the demo's candidate facts (the recovery routes draw their controls from it)
+        self.given: dict[str, str] = {}  # name -> spec of checkpoints analysed as they are (run_demo's ``unlearned``)
 
     def analysis(self, probes: Sequence[Any], params: Any) -> Any:
         """The base side on ``probes`` under ``params``: scores, leave-one-out and KeyTokens, computed once."""

@@ -10,26 +10,44 @@ methods.
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from unpact_mech import models
 from unpact_mech.data import load_benchmark
 from unpact_mech.errors import UnpactError, check_choices, check_float, check_int
 from unpact_mech.experiments.base import LazyBase
 from unpact_mech.experiments.data import data_stage, keytoken_stage
 from unpact_mech.experiments.findings import findings_stamp, method_stage
 from unpact_mech.experiments.routes import routes_stage
-from unpact_mech.experiments.settings import BUDGET, FACTORS, PAPER_METHODS, ROUTE_BUDGET
-from unpact_mech.io import write_table
+from unpact_mech.experiments.settings import BUDGET, FACTORS, PAPER_METHODS, ROUTE_BUDGET, probe_key
+from unpact_mech.experiments.unlearn import given_fingerprint
+from unpact_mech.io import read_table, write_table
 from unpact_mech.keytokens import KeyTokenParams
+from unpact_mech.models import data_hash
+from unpact_mech.pipeline import make_stamp, stage
 from unpact_mech.report.sections import build_report
 from unpact_mech.report.tables import summary_table
+from unpact_mech.tasks import task, task_metrics
 from unpact_mech.unlearning import METHODS
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_given(given: Mapping[str, str]) -> list[str]:
+    """The names of given checkpoints (each becomes a folder of OUT), with every spec checked without loading."""
+    for name, spec in given.items():
+        if not SAFE_NAME.fullmatch(name) or name in ("checkpoints", "figures"):
+            raise UnpactError(f"unlearned checkpoint name {name!r}: use letters, digits, '_', '.', '-' (it names a "
+                              "folder of the output), e.g. --unlearned npo=path/to/ckpt")
+        models.check_spec(spec)
+    return list(given)
 
 
 def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS, out: str | Path = "unpact_out/demo",
@@ -37,13 +55,20 @@ def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS
              probes: Sequence[Any] | None = None, known_only: bool = True,
              on_keytokens: Callable[[pd.DataFrame], None] | None = None,
              keytoken_probes: Sequence[Any] | None = None, params: Any = None,
-             on_change: str = "recompute") -> pd.DataFrame:
+             on_change: str = "recompute", unlearned: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Run (or resume) the demo; returns the summary table and writes ``OUT/report.html``.
+
+    ``unlearned`` (name -> local directory or hub id) analyses those checkpoints as they are, e.g. released
+    unlearned models, instead of training ``methods``: no unlearning runs, and each one's frontier is its one point.
 
     ``model`` is a model spec or a loaded Subject. ``on_keytokens`` receives the base model's KeyToken table
     of ``keytoken_probes`` (default: the first 12 probes) before the unlearning stages; the CLI prints it.
     """
-    methods = check_choices(list(methods), sorted(METHODS), "methods")  # before any stage runs
+    given = dict(unlearned or {})
+    if given:
+        methods = check_given(given)
+    else:
+        methods = check_choices(list(methods), sorted(METHODS), "methods")  # before any stage runs
     if steps is not None:
         check_int(steps, "steps", 1)
     check_float(target, "target", 0.0, 1.0, lo_open=False)
@@ -53,6 +78,7 @@ def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS
     params = params or KeyTokenParams()
     t0 = time.perf_counter()
     lazy = LazyBase(model)
+    lazy.given = given
     pool = list(probes) if probes is not None else load_benchmark("facts")
     lazy.pool = pool
     if on_keytokens is not None:
@@ -77,3 +103,30 @@ def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS
     print(f"[unpact] demo finished in {time.perf_counter() - t0:.0f} s "
           f"({'model loaded' if lazy.loaded else 'all stages cached, model not loaded'}); report: {report}", flush=True)
     return table
+
+
+def task_stage(model: Any, task_name: str, methods: Sequence[str], out: str | Path, probes: Sequence[Any],
+               given: Mapping[str, str] | None = None, on_change: str = "recompute") -> pd.DataFrame:
+    """The task's own metrics (:func:`unpact_mech.tasks.task_metrics`) of the base and of every method's
+    checkpoint (given, or ``OUT/checkpoints/METHOD``) on ``probes``: ``OUT/task_metrics.csv``, stamped."""
+    task(task_name)
+    out, given = Path(out), dict(given or {})
+    lazy = LazyBase(model)
+    specs = {m: given.get(m, str(out / "checkpoints" / m)) for m in methods}
+    f = out / "task_metrics.csv"
+    stamp = make_stamp(("unpact_mech.tasks", "unpact_mech.ou_metrics", "unpact_mech.multiple_choice"),
+                       model=lazy.key, task=task_name, probes=data_hash([probe_key(p) for p in probes]),
+                       checkpoints={m: given_fingerprint(s) for m, s in specs.items()})
+
+    def compute() -> pd.DataFrame:
+        base = lazy.get()
+        frames = [task_metrics(task_name, base, probes).assign(role="base")]
+        for m, spec in specs.items():
+            unl = models.load_model(spec, dtype=base.dtype, device=str(base.device))
+            frames.append(task_metrics(task_name, unl, probes).assign(role=m))
+        table = pd.concat(frames, ignore_index=True)
+        write_table(table, f)
+        return table
+
+    return stage(f"task metrics {task_name}", out / "task_metrics.stamp.json", stamp, f.exists, lambda: read_table(f),
+                 compute, on_change)

@@ -28,12 +28,12 @@ def unlearn_stage(lazy: LazyBase, method: str, forget: list, retain: list, out: 
     """``OUT/checkpoints/METHOD`` trained with the demo's settings, and its frontier points (``frontier(name,
     subject, strength)`` at every snapshot along the trajectory); both reused while their stamp (model, data,
     settings, seed) is unchanged."""
-    ckpt = out / "checkpoints" / method
     points_file = out / "checkpoints" / f"{method}.frontier.json"
+    if method in lazy.given:
+        return _given_stage(lazy, method, out, points_file, on_change, frontier)
+    ckpt = out / "checkpoints" / method
     settings = method_settings(method, steps, target)
-    # whether the trajectory was measured is part of the stage: a checkpoint trained without its frontier points
-    # (analyses/recovery_routes.py --train) is retrained, not reused with no points, by a study that wants them
-    stamp = {**checkpoint_stamp(lazy, method, forget, retain, steps, target), "frontier": frontier is not None}
+    stamp = checkpoint_stamp(lazy, method, forget, retain, steps, target)
 
     def train() -> tuple[Path, list[dict]]:
         base = lazy.get()
@@ -59,17 +59,62 @@ def unlearn_stage(lazy: LazyBase, method: str, forget: list, retain: list, out: 
         elif frontier is not None and prov["steps"] % every:  # the last snapshot: the checkpoint itself
             points.extend(frontier(f"{method}@{prov['steps']}", models.load_model(str(path), dtype=base.dtype),
                                    float(prov["steps"])))
-        atomic_write_json(points_file, points)
+        _write_points(points_file, points, frontier is not None)
         return path, points
 
+    # a checkpoint trained without its trajectory (analyses/recovery_routes.py --train) has no points file: a
+    # call that wants the points retrains it, one that needs only the checkpoint (the routes stage) reuses it
     return stage(f"unlearn {method}", out / "checkpoints" / f"{method}.stamp.json", stamp,
-                 lambda: (ckpt / "unpact.json").exists() and points_file.exists(),
-                 lambda: (ckpt, json.loads(points_file.read_text())), train, on_change)
+                 lambda: (ckpt / "unpact.json").exists() and (frontier is None or points_file.exists()),
+                 lambda: (ckpt, _read_points(points_file)), train, on_change)
+
+
+def _write_points(points_file: Path, points: list[dict], measured: bool) -> None:
+    """The frontier points of a trajectory, or (not measured) no file: a stale one of an earlier run is removed."""
+    if measured:
+        atomic_write_json(points_file, points)
+    else:
+        points_file.unlink(missing_ok=True)
+
+
+def _read_points(points_file: Path) -> list[dict]:
+    return json.loads(points_file.read_text()) if points_file.exists() else []
+
+
+def _given_stage(lazy: LazyBase, name: str, out: Path, points_file: Path, on_change: str,
+                 frontier: Callable[[str, Any, float], list[dict]] | None) -> tuple[Path, list[dict]]:
+    """A given (e.g. released) checkpoint: nothing is trained; its frontier is the one point it is."""
+    spec = lazy.given[name]
+
+    def measure() -> tuple[Path, list[dict]]:
+        points: list[dict] = []
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        if frontier is not None:
+            points = frontier(f"{name}@given", models.load_model(spec, dtype=lazy.get().dtype), 1.0)
+        _write_points(points_file, points, frontier is not None)
+        return Path(spec), points
+
+    return stage(f"given checkpoint {name}", out / "checkpoints" / f"{name}.stamp.json",
+                 checkpoint_stamp(lazy, name, [], [], None, 0.0), lambda: frontier is None or points_file.exists(),
+                 lambda: (Path(spec), _read_points(points_file)), measure, on_change)
+
+
+def given_fingerprint(spec: str) -> dict[str, Any]:
+    """What identifies a given checkpoint without reading its weights: for a directory, every file's name, size
+    and modification time; for a hub id, the id."""
+    path = Path(spec)
+    if not path.is_dir():
+        return {"hub_id": spec}
+    return {"dir": str(path.resolve()), "files": data_hash(sorted(
+        [str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns] for f in path.rglob("*") if f.is_file()))}
 
 
 def checkpoint_stamp(lazy: LazyBase, method: str, forget: list, retain: list, steps: int | None,
                       target: float) -> dict[str, Any]:
-    """What determines a method's checkpoint: model, method, its settings, the forget/retain data and the code."""
+    """What determines a method's checkpoint: model, method, its settings, the forget/retain data and the code;
+    for a given checkpoint, the model and the checkpoint's fingerprint."""
+    if method in lazy.given:
+        return make_stamp(CODE, model=lazy.key, given=given_fingerprint(lazy.given[method]))
     return make_stamp(CODE, model=lazy.key, method=method, settings=method_settings(method, steps, target),
                       forget=data_hash([probe_key(p) for p in forget]),
                       retain=data_hash([probe_key(p) for p in retain]), frontier=BUDGET["frontier"])

@@ -1,0 +1,70 @@
+"""The benchmark commands of ``unpact``: ``study`` (the dilemma pipeline on any probes, trained methods or given
+checkpoints) and ``evaluate`` (a task's own metrics). Registered in ``COMMANDS`` on import."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import pandas as pd
+
+from unpact_mech.cli.commands import _check_out, _load, _load_probes_arg, _params, _print_df, command
+from unpact_mech.errors import UnpactError
+
+
+@command("study")
+def cmd_study(a: argparse.Namespace) -> int:
+    from unpact_mech.experiments import run_demo
+    from unpact_mech.experiments.dilemma import check_given, task_stage
+    from unpact_mech.report.tables import format_rates
+
+    given = dict(a.unlearned or [])
+    if len(given) != len(a.unlearned or []):
+        raise UnpactError("--unlearned: each NAME must be given once")
+    if given:
+        check_given(given)  # before any probe file or model is read
+    probes = [p for spec in (a.probes or ["facts"]) for p in _load_probes_arg(spec)]
+    model = _load(a, a.model) if a.dtype != "float32" or a.device else a.model
+    table = run_demo(model, a.methods, a.out, steps=a.steps, target=a.target, patch=not a.no_patch,
+                     per_split=a.per_split, probes=probes, known_only=not a.include_unknown, params=_params(a),
+                     on_change=a.on_change, unlearned=given)
+    print("\nSummary (one row per unlearned model):")
+    _print_df(format_rates(table).round(3))
+    if a.task:
+        metrics = task_stage(model, a.task, list(table.method), a.out, probes, given, a.on_change)
+        print(f"\n{a.task} metrics:")
+        cols = [c for c in ("model", "metric", "value", "k", "n", "low", "high", "chance") if c in metrics]
+        _print_df(metrics[cols].round(4))
+    return 0
+
+
+@command("evaluate")
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from unpact_mech.data import BENCHMARKS, load_benchmark
+    from unpact_mech.io import write_table
+    from unpact_mech.probes import load_probes
+    from unpact_mech.tasks import task_metrics
+
+    if a.out:
+        _check_out(a)
+    if a.probes in BENCHMARKS:
+        probes = load_benchmark(a.probes, subset=a.subset, split=a.split, source=a.source)
+    elif a.subset or a.split or a.source:
+        raise UnpactError(f"--subset/--split/--source belong to a benchmark name; {a.probes!r} is read as a probe file "
+                          f"(benchmarks: {', '.join(sorted(BENCHMARKS))})")
+    else:
+        probes = load_probes(a.probes)
+    opts: dict[str, Any] = {}
+    if a.task == "wmdp":
+        opts["formulations"] = a.formulations
+    if a.max_new_tokens is not None:
+        opts["max_new_tokens"] = a.max_new_tokens
+    if a.retain_model is not None:
+        opts["retain_model"] = _load(a, a.retain_model)
+    table = pd.concat([task_metrics(a.task, _load(a, m), probes, **opts) for m in a.model], ignore_index=True)
+    cols = [c for c in ("model", "metric", "value", "k", "n", "low", "high", "chance", "above_chance") if c in table]
+    _print_df(table[cols].round(4))
+    if a.out:
+        write_table(table, a.out)
+        print(f"-> {a.out}")
+    return 0
