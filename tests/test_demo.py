@@ -182,6 +182,9 @@ def test_cli_study_on_given_checkpoints_with_task_metrics(tiny_llama, tiny_llama
     tm = pd.read_csv(out / "task_metrics.csv")
     assert set(tm.role) == {"base", "mine"} and set(tm.metric) == {"accuracy_teacher_forced", "accuracy_generation"}
     assert pd.read_csv(out / "summary.csv").method.tolist() == ["mine"]
+    html = (out / "report.html").read_text()
+    assert "The benchmark&#x27;s own metrics" in html or "The benchmark's own metrics" in html
+    assert "accuracy_teacher_forced" in html
     assert main(["study", "--model", str(tiny_llama_dir), "--unlearned", "bad", "--out", str(out)]) == 2
     assert main(["study", "--model", str(tiny_llama_dir), "--unlearned", f"x={tmp_path / 'nope'}", "--out", str(out)]) == 2
     err = capsys.readouterr().err

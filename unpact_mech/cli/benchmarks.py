@@ -4,6 +4,7 @@ checkpoints) and ``evaluate`` (a task's own metrics). Registered in ``COMMANDS``
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -15,7 +16,8 @@ from unpact_mech.errors import UnpactError
 @command("study")
 def cmd_study(a: argparse.Namespace) -> int:
     from unpact_mech.experiments import run_demo
-    from unpact_mech.experiments.dilemma import check_given, task_stage
+    from unpact_mech.experiments.dilemma import check_given
+    from unpact_mech.io import read_table
     from unpact_mech.report.tables import format_rates
 
     given = dict(a.unlearned or [])
@@ -27,13 +29,13 @@ def cmd_study(a: argparse.Namespace) -> int:
     model = _load(a, a.model) if a.dtype != "float32" or a.device else a.model
     table = run_demo(model, a.methods, a.out, steps=a.steps, target=a.target, patch=not a.no_patch,
                      per_split=a.per_split, probes=probes, known_only=not a.include_unknown, params=_params(a),
-                     on_change=a.on_change, unlearned=given)
+                     on_change=a.on_change, unlearned=given, task_name=a.task)
     print("\nSummary (one row per unlearned model):")
     _print_df(format_rates(table).round(3))
     if a.task:
-        metrics = task_stage(model, a.task, list(table.method), a.out, probes, given, a.on_change)
-        print(f"\n{a.task} metrics:")
-        cols = [c for c in ("model", "metric", "value", "k", "n", "low", "high", "chance") if c in metrics]
+        metrics = read_table(Path(a.out) / "task_metrics.csv")
+        print(f"\n{a.task} metrics (also in the report):")
+        cols = [c for c in ("role", "metric", "value", "k", "n", "low", "high", "chance") if c in metrics]
         _print_df(metrics[cols].round(4))
     return 0
 

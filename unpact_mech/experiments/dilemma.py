@@ -55,7 +55,8 @@ def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS
              probes: Sequence[Any] | None = None, known_only: bool = True,
              on_keytokens: Callable[[pd.DataFrame], None] | None = None,
              keytoken_probes: Sequence[Any] | None = None, params: Any = None,
-             on_change: str = "recompute", unlearned: Mapping[str, str] | None = None) -> pd.DataFrame:
+             on_change: str = "recompute", unlearned: Mapping[str, str] | None = None,
+             task_name: str | None = None) -> pd.DataFrame:
     """Run (or resume) the demo; returns the summary table and writes ``OUT/report.html``.
 
     ``unlearned`` (name -> local directory or hub id) analyses those checkpoints as they are, e.g. released
@@ -69,6 +70,8 @@ def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS
         methods = check_given(given)
     else:
         methods = check_choices(list(methods), sorted(METHODS), "methods")  # before any stage runs
+    if task_name is not None:
+        task(task_name)
     if steps is not None:
         check_int(steps, "steps", 1)
     check_float(target, "target", 0.0, 1.0, lo_open=False)
@@ -96,6 +99,8 @@ def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS
         routes_stage(lazy, m, data, out, steps, target, params,
                      findings_stamp(lazy, m, data, steps, target, patch_m, params), on_change)
         print(f"[unpact] {m} done in {time.perf_counter() - t:.0f} s", flush=True)
+    if task_name is not None:
+        task_stage(lazy, task_name, methods, out, pool, given, on_change)
     table = summary_table(rows)
     write_table(table, out / "summary.csv")
     report = build_report(out, rows, data, model_name, {"budget": BUDGET, "route_budget": ROUTE_BUDGET,
@@ -105,13 +110,12 @@ def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS
     return table
 
 
-def task_stage(model: Any, task_name: str, methods: Sequence[str], out: str | Path, probes: Sequence[Any],
+def task_stage(lazy: LazyBase, task_name: str, methods: Sequence[str], out: str | Path, probes: Sequence[Any],
                given: Mapping[str, str] | None = None, on_change: str = "recompute") -> pd.DataFrame:
     """The task's own metrics (:func:`unpact_mech.tasks.task_metrics`) of the base and of every method's
     checkpoint (given, or ``OUT/checkpoints/METHOD``) on ``probes``: ``OUT/task_metrics.csv``, stamped."""
     task(task_name)
     out, given = Path(out), dict(given or {})
-    lazy = LazyBase(model)
     specs = {m: given.get(m, str(out / "checkpoints" / m)) for m in methods}
     f = out / "task_metrics.csv"
     stamp = make_stamp(("unpact_mech.tasks", "unpact_mech.ou_metrics", "unpact_mech.multiple_choice"),

@@ -332,6 +332,20 @@ def _routes(ctx: ReportContext) -> Body:
     return intro + "<div class='scroll'>" + t.to_html(index=False) + "</div>"
 
 
+@section(7.5, "The benchmark's own metrics")
+def _task_metrics(ctx: ReportContext) -> Body:
+    """The task's metrics (``task_metrics.csv``, when the study ran a task): one row per metric, one column per model."""
+    f = ctx.out / "task_metrics.csv"
+    if not f.exists():
+        return None
+    t = read_table(f)
+    t["cell"] = [f"{v:.3f}" + (f" ({int(k)}/{int(n)}, {lo:.2f}-{hi:.2f})" if "k" in t and pd.notna(k) else f" (n={int(n)})")
+                 for v, k, n, lo, hi in zip(t.value, t.get("k", t.n), t.n, t.get("low", t.value), t.get("high", t.value))]
+    wide = t.pivot_table(index=["task", "metric", "reference"], columns="role", values="cell", aggfunc="first", sort=False)
+    return ("<p>Scored as the benchmark scores them (<i>unpact_mech.tasks</i>; each row's reference is the file its "
+            "formula follows). Rates: k/n with a Wilson 95% interval.</p>" + wide.reset_index().to_html(index=False))
+
+
 @section(99, "Settings")
 def _settings(ctx: ReportContext) -> Body:
     """What the run was: model, dtype, data sizes and why n differs per criterion, each method's settings as
