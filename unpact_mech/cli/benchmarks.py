@@ -44,7 +44,6 @@ def cmd_study(a: argparse.Namespace) -> int:
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from unpact_mech.data import BENCHMARKS, load_benchmark
     from unpact_mech.io import write_table
-    from unpact_mech.probes import load_probes
     from unpact_mech.tasks import task_metrics
 
     if a.out:
@@ -55,7 +54,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         raise UnpactError(f"--subset/--split/--source belong to a benchmark name; {a.probes!r} is read as a probe file "
                           f"(benchmarks: {', '.join(sorted(BENCHMARKS))})")
     else:
-        probes = load_probes(a.probes)
+        probes = _load_probes_arg(a.probes)  # a probe file, or facts:SPLIT
     opts: dict[str, Any] = {}
     if a.task == "wmdp":
         opts["formulations"] = a.formulations
