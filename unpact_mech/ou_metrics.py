@@ -92,6 +92,12 @@ TR_AGGREGATORS: dict[str, Callable[[np.ndarray], float]] = {
 }
 
 
+def check_aggregator(aggregator: str) -> None:
+    if aggregator not in (*TR_AGGREGATORS, "prob_mean"):
+        raise UnpactError(f"truth_ratio: unknown aggregator {aggregator!r}; use one of "
+                          f"{', '.join([*TR_AGGREGATORS, 'prob_mean'])}")
+
+
 @register_metric("truth_ratio", "memorization.py: truth_ratio")
 def truth_ratio(avg_nll_correct: Any, avg_nll_wrong: Any, aggregator: str = "closer_to_1_better") -> tuple[np.ndarray, float]:
     """Per-example truth ratios and their aggregate. Each side's NLL is first averaged over its answers
@@ -102,12 +108,10 @@ def truth_ratio(avg_nll_correct: Any, avg_nll_wrong: Any, aggregator: str = "clo
         raise UnpactError(f"truth_ratio: {len(c)} correct and {len(w)} wrong examples")
     pc = np.exp(-c.reshape(len(c), -1).mean(1))
     pw = np.exp(-w.reshape(len(w), -1).mean(1))
+    check_aggregator(aggregator)
     if aggregator == "prob_mean":
         tr = pc / (pc + pw + EPS)
         return tr, float(np.mean(tr))
-    if aggregator not in TR_AGGREGATORS:
-        raise UnpactError(f"truth_ratio: unknown aggregator {aggregator!r}; use one of "
-                          f"{', '.join([*TR_AGGREGATORS, 'prob_mean'])}")
     tr = pw / (pc + EPS)
     return tr, TR_AGGREGATORS[aggregator](tr)
 
@@ -222,8 +226,7 @@ def truth_ratio_of(subject: Subject, probes: Sequence[Probe], aggregator: str = 
                    fmt: str = "auto") -> tuple[np.ndarray, float]:
     """:func:`truth_ratio` of ``subject`` on TOFU-style probes (correct and wrong answers in ``meta``); every
     answer variant is scored in one batch."""
-    if aggregator not in (*TR_AGGREGATORS, "prob_mean"):  # before any model work
-        truth_ratio([0.0], [0.0], aggregator)
+    check_aggregator(aggregator)  # before any model work
     correct = [_answers(p, correct_key) for p in probes]
     wrong = [_answers(p, wrong_key) for p in probes]
     if len({len(w) for w in wrong}) > 1:

@@ -29,7 +29,7 @@ import pandas as pd
 
 from unpact_mech.criteria import CRITERIA, criterion
 from unpact_mech.errors import UnknownNameError, UnpactError
-from unpact_mech.metrics import accuracy, rouge_l_f1, rouge_l_recall
+from unpact_mech.metrics import accuracy, rouge_l_f1
 from unpact_mech.multiple_choice import FORMULATIONS, mc_accuracy, mc_table
 from unpact_mech.ou_metrics import (
     OU,
@@ -37,6 +37,7 @@ from unpact_mech.ou_metrics import (
     extraction_strength_of,
     forget_quality,
     probability,
+    rouge_l,
     truth_ratio_of,
 )
 from unpact_mech.probes import Probe, tokenize_probes
@@ -118,9 +119,8 @@ def _wmdp(subject: Subject, probes: list[Probe], formulations: Sequence[str] = F
 def _tofu(subject: Subject, probes: list[Probe], retain_model: Subject | None = None, max_new_tokens: int = 200,
           fmt: str = "auto") -> list[dict[str, Any]]:
     rows = [_mean("probability", probability(avg_nll_of(subject, probes, fmt)).tolist(), OU + "utils.py"),
-            _mean("rouge_l_recall", [rouge_l_recall(g, p.answer) for g, p in
-                                     zip(greedy_texts(subject, probes, fmt, max_new_tokens), probes)],
-                  OU + "utils.py: eval_text_similarity")]
+            _mean("rouge_l_recall", rouge_l(greedy_texts(subject, probes, fmt, max_new_tokens),
+                                            [p.answer for p in probes]).tolist(), OU + "utils.py: eval_text_similarity")]
     if all("paraphrased_answer" in p.meta and "perturbed_answer" in p.meta for p in probes):
         agg = "closer_to_1_better" if all(p.split == "forget" for p in probes) else "true_better"
         tr, value = truth_ratio_of(subject, probes, agg, fmt=fmt)
