@@ -116,3 +116,32 @@ def test_assemble_chunks_in_order_and_checks_sha(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("n.gguf*"))  # nothing half-written left behind
     with pytest.raises(ModelSpecError, match="chunk package no-such-part is not installed"):
         builtin.assemble_chunks(["no-such-part"], ".gguf.part", tmp_path / "o.gguf")
+
+
+def test_cli_device_map_and_max_memory_on_cpu_give_the_same_numbers(tiny_llama_dir, tmp_path, capsys):
+    """An explicit accelerate device map over the CPU (per module), and ``auto`` capped by --max-memory, load the
+    tiny model and give the default load's DLA exactly; --max-memory without a map is one clear error."""
+    import pandas as pd
+
+    from unpact_mech.cli import main
+    from unpact_mech.models import placement_kwargs
+
+    base = ["dla", "--model", str(tiny_llama_dir), "--prompt", "what is the capital of france ?", "--answer",
+            "paris"]
+    assert main([*base, "--out", str(tmp_path / "d0.csv")]) == 0
+    per_module = ('{"model.embed_tokens": "cpu", "model.layers": "cpu", "model.norm": "cpu", '
+                  '"model.rotary_emb": "cpu", "lm_head": "cpu"}')
+    assert main([*base, "--out", str(tmp_path / "d1.csv"), "--device-map", per_module]) == 0
+    assert main([*base, "--out", str(tmp_path / "d2.csv"), "--device-map", "auto", "--max-memory", "cpu=2GiB"]) == 0
+    want = pd.read_csv(tmp_path / "d0.csv")
+    for f in ("d1.csv", "d2.csv"):
+        pd.testing.assert_frame_equal(want, pd.read_csv(tmp_path / f))
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "d3.csv"), "--max-memory", "cpu=2GiB"]) == 2
+    assert "give a device_map too" in capsys.readouterr().err and not (tmp_path / "d3.csv").exists()
+    assert main([*base, "--out", str(tmp_path / "d3.csv"), "--max-memory", "cpu=2"]) == 2
+    assert "DEVICE=SIZE pairs" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "d3.csv"), "--device-map", "{bad"]) == 2
+    assert "--device-map: not a JSON object" in capsys.readouterr().err
+    assert placement_kwargs(device_map="auto", max_memory={0: "20GiB", "cpu": "60GiB"}) == {
+        "device_map": "auto", "max_memory": {0: "20GiB", "cpu": "60GiB"}}

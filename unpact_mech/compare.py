@@ -17,7 +17,7 @@ from unpact_mech.keytokens import KeyTokenParams, focus_share, select_keytokens
 from unpact_mech.probes import Probe, TokenizedProbe
 from unpact_mech.subject import Subject, TokenizerMismatch, check_same_tokenizer
 
-__all__ = ["Comparison", "TokenizerMismatch", "compare", "prepare_comparison"]
+__all__ = ["Comparison", "TokenizerMismatch", "compare", "prepare_comparison", "summarise"]
 
 
 @dataclass
@@ -104,7 +104,12 @@ def compare(
     df["focus_change"] = df["focus_unlearned"] - df["focus_base"]
     df["lp_change"] = df["lp_unlearned"] - df["lp_base"]
     an.annotate(df)
-    summary = {
+    return Comparison(df, summarise(df), rb, ru, params)
+
+
+def summarise(df: pd.DataFrame) -> dict[str, float]:
+    """The comparison's summary: the number of probes and the mean of each per-probe measure over them."""
+    return {
         "n_probes": float(len(df)),
         "mean_keytoken_jaccard": float(df["keytoken_jaccard"].mean()),
         "mean_rank_correlation": float(df["rank_correlation"].mean()),
@@ -113,4 +118,3 @@ def compare(
         "mean_keytoken_contrib_change": float(df["keytoken_contrib_change"].mean()),
         "mean_lp_change": float(df["lp_change"].mean()),
     }
-    return Comparison(df, summary, rb, ru, params)

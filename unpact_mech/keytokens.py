@@ -52,7 +52,8 @@ def select_keytokens(
 ) -> list[int]:
     """Indices (into ``scores``) of the KeyTokens, largest contribution first."""
     p = params or KeyTokenParams()
-    c = torch.as_tensor(scores, dtype=torch.float64)
+    # a copy: a column read from parquet (or under pandas' copy-on-write) is a read-only array
+    c = scores.to(torch.float64) if isinstance(scores, Tensor) else torch.tensor(np.asarray(scores, np.float64))
     pos = [int(i) for i in torch.nonzero(c > 0).flatten()]
     pos.sort(key=lambda i: -float(c[i]))
     if len(pos) < p.beta:

@@ -181,3 +181,67 @@ def resolve_routed(args: argparse.Namespace) -> None:
 def per_split(text: str) -> int | None:
     """``all`` (every known probe of the pool) or a positive number of probes per split."""
     return None if text == "all" else positive_int()(text)
+
+
+def parse_executor(text: str) -> tuple[str, str | None]:
+    """``local`` | ``ray`` (a local Ray cluster) | ``ray=ADDRESS`` (``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``)
+    -> (kind, address)."""
+    kind, eq, address = text.partition("=")
+    if kind not in ("local", "ray") or (eq and kind != "ray") or (eq and not address):
+        raise UnpactError(f"--executor takes local, ray or ray=ADDRESS (e.g. ray=10.0.0.5:6379), got {text!r}")
+    if address and address != "auto":
+        host, colon, port = address.removeprefix("ray://").rpartition(":")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise UnpactError(f"--executor ray={address}: the address is HOST:PORT (e.g. 10.0.0.5:6379), "
+                              "ray://HOST:PORT or auto")
+    return kind, address or None
+
+
+def executor() -> Callable[[str], tuple[str, str | None]]:
+    return _typed("executor", parse_executor)
+
+
+def parse_device_map(text: str) -> Any:
+    """``auto`` | ``balanced`` | ``balanced_low_0`` | ``sequential`` | a device (``cpu``, ``cuda:1``) | a JSON object
+    of module name -> device (accelerate's ``device_map``)."""
+    import json
+
+    if text in ("auto", "balanced", "balanced_low_0", "sequential"):
+        return text
+    if text.startswith("{"):
+        try:
+            mapping = json.loads(text)
+        except ValueError as err:
+            raise UnpactError(f"--device-map: not a JSON object ({err})") from None
+        if not isinstance(mapping, dict) or not mapping:
+            raise UnpactError("--device-map: the JSON object maps module names to devices, e.g. '{\"\": \"cpu\"}'")
+        for dev in mapping.values():
+            if dev != "disk":
+                check_device(str(dev) if not isinstance(dev, int) else f"cuda:{dev}")
+        return mapping
+    check_device(text)
+    return {"": text}
+
+
+def device_map() -> Callable[[str], Any]:
+    return _typed("device map", parse_device_map)
+
+
+def parse_max_memory(text: str) -> dict[int | str, str]:
+    """``0=20GiB,1=20GiB,cpu=60GiB`` -> accelerate's ``max_memory`` ({0: "20GiB", ..., "cpu": "60GiB"})."""
+    import re
+
+    out: dict[int | str, str] = {}
+    for part in text.split(","):
+        dev, eq, size = part.strip().partition("=")
+        if not eq or not re.fullmatch(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", size.strip()):
+            raise UnpactError(f"--max-memory takes DEVICE=SIZE pairs, e.g. 0=20GiB,cpu=60GiB; got {part!r}")
+        key: int | str = int(dev) if dev.isdigit() else dev
+        if isinstance(key, str) and key not in ("cpu", "disk", "mps"):
+            raise UnpactError(f"--max-memory: device {dev!r} is a GPU index, cpu, mps or disk")
+        out[key] = size.strip()
+    return out
+
+
+def max_memory() -> Callable[[str], dict[int | str, str]]:
+    return _typed("max memory", parse_max_memory)

@@ -334,14 +334,19 @@ def _quantize(ctx: RouteContext) -> list[dict[str, Any]]:
     bits_list, gs = ctx.opt("quantize", "bits", (8, 4)), ctx.opt("quantize", "group_size", 64)
     rows = []
     for q, bits, label in quantize_treatments(ctx.opt("quantize", "quantizers", ("rtn",)), bits_list, gs):
-        key = ("quantized_base", ctx.analysis.base.name, q, bits, gs)
+        crits = ctx.route_criteria("quantize")
+        # the quantised base's verdict on every forget probe, kept across unlearned models (not the model: one
+        # fp32 copy per treatment held 0.5 GB each, and the eligible probes are a subset of these)
+        key = ("quantized_base_flags", ctx.analysis.base.name, q, bits, gs, tuple(t.ids for t in ctx.forget), crits)
         if key not in ctx.cache:
-            ctx.cache[key] = quantized_subject(ctx.analysis.base, bits, gs, q)
-        qb, qu = ctx.cache[key], quantized_subject(ctx.unlearned, bits, gs, q)
-        for crit in ctx.route_criteria("quantize"):
+            qb = quantized_subject(ctx.analysis.base, bits, gs, q)
+            ctx.cache[key] = {c: dict(zip((t.ids for t in ctx.forget), _flags(qb, ctx.forget, c))) for c in crits}
+            del qb
+        qu = quantized_subject(ctx.unlearned, bits, gs, q)
+        for crit in crits:
             elig, unk = ctx.eligible(crit)
             rows.append(route_row("quantize", label, crit, _flags(qu, elig, crit),
-                                  "unknown facts", _flags(qu, unk, crit), _flags(qb, elig, crit)))
+                                  "unknown facts", _flags(qu, unk, crit), [ctx.cache[key][crit][t.ids] for t in elig]))
         del qu
     return rows
 

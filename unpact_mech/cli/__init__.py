@@ -16,6 +16,7 @@ from pathlib import Path
 from unpact_mech.cli import benchmarks as _benchmarks  # noqa: F401  (registers study, evaluate)
 from unpact_mech.cli.commands import COMMANDS, _params
 from unpact_mech.cli.parser import build_parser
+from unpact_mech.cli.scale import check_executor
 from unpact_mech.errors import UnpactError
 from unpact_mech.options import resolve_routed
 
@@ -34,6 +35,14 @@ def _check_specs(args: argparse.Namespace) -> None:
                 one = one[1]
             if isinstance(one, str):
                 check_spec(one)
+
+
+def _check_placement(args: argparse.Namespace) -> None:
+    """--device, --device-map and --max-memory together make sense before a model loads."""
+    if "device_map" in vars(args):
+        from unpact_mech.models import placement_kwargs
+
+        placement_kwargs(args.device, args.device_map, None, args.max_memory)
 
 
 def _interrupted(args: argparse.Namespace) -> str:
@@ -64,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "alpha" in vars(args):
             _params(args)  # KeyToken parameters are checked before any model loads
         _check_specs(args)
+        _check_placement(args)
+        check_executor(args)
         return COMMANDS[args.cmd](args)
     except (UnpactError, OSError) as err:
         if args.debug:

@@ -26,7 +26,7 @@ def cmd_study(a: argparse.Namespace) -> int:
     if given:
         check_given(given)  # before any probe file or model is read
     probes = [p for spec in (a.probes or ["facts"]) for p in _load_probes_arg(spec)]
-    model = _load(a, a.model) if a.dtype != "float32" or a.device else a.model
+    model = _load(a, a.model) if a.dtype != "float32" or a.device or a.device_map else a.model
     table = run_demo(model, a.methods, a.out, steps=a.steps, target=a.target, patch=not a.no_patch,
                      per_split=a.per_split, probes=probes, known_only=not a.include_unknown, params=_params(a),
                      on_change=a.on_change, unlearned=given, task_name=a.task)

@@ -11,6 +11,8 @@ from typing import Any
 
 import pandas as pd
 
+from unpact_mech.cli import scale
+from unpact_mech.cli.scale import FAILED, load_kwargs, uses_ray
 from unpact_mech.errors import UnpactError
 from unpact_mech.keytokens import KeyTokenParams, select_keytokens
 
@@ -36,8 +38,7 @@ def _load(a: argparse.Namespace, spec: str) -> Any:
     """``load_model(spec)`` with the options of :func:`_model_args`."""
     from unpact_mech.models import load_model
 
-    return load_model(spec, verbose=True, dtype=a.dtype, device=a.device, trust_remote_code=a.trust_remote_code,
-                      allow_pickle=a.allow_pickle)
+    return load_model(spec, verbose=True, **load_kwargs(a))
 
 
 def _params(a: argparse.Namespace) -> KeyTokenParams:
@@ -84,47 +85,61 @@ def cmd_attribute(a: argparse.Namespace) -> int:
     probes, shard = _probes_from_args(a), a.shard
     if a.out:
         _check_out(a)
-    subject = _load(a, a.model)
     key = run_key("attribute", {"model": a.model, "method": a.method, "format": a.format}, [p.id for p in probes])
-    tps = tokenize_probes(subject, take_shard(probes, shard), a.format)
-    table = attribute(subject, tps, method=a.method, progress=True)
+    probes, failed = take_shard(probes, shard), scale.no_failures()
+    if uses_ray(a):
+        tables, failed = scale.run(a, "attribute", {"model": a.model, "method": a.method, "format": a.format},
+                                   [a.model], scale.attribute_job(a.method, a.format), probes)
+        table = tables.get("table", pd.DataFrame(columns=["probe_id"]))
+    else:
+        subject = _load(a, a.model)
+        table = attribute(subject, tokenize_probes(subject, probes, a.format), method=a.method, progress=True)
     if a.out:
         write_part(table, a.out, key, shard)
         print(f"wrote {a.out}")
-    params = _params(a)
+    params, done = _params(a), [p for p in probes if p.id in set(table.probe_id)]
     if method_info(a.method).level != "token":  # KeyTokens are prompt tokens: heads and MLPs are listed as they are
-        for tp in tps:
-            sub = table[table.probe_id == tp.probe.id]
+        for p in done:
+            sub = table[table.probe_id == p.id]
             top = sub.reindex(sub.score.abs().sort_values(ascending=False).index).head(20)
-            print(f"\n{tp.probe.id}: {tp.probe.prompt!r} -> {tp.probe.answer!r}  [{a.method}: strongest "
+            print(f"\n{p.id}: {p.prompt!r} -> {p.answer!r}  [{a.method}: strongest "
                   "components; KeyTokens are selected only by token-level methods]")
             print(top[["position", "token", "component", "layer", "head", "score"]].round(4).to_string(index=False))
-        return 0
-    for tp in tps:
-        sub = table[table.probe_id == tp.probe.id]
+        return FAILED if failed else 0
+    for p in done:
+        sub = table[table.probe_id == p.id]
         keys = {int(sub.position.iloc[i]) for i in select_keytokens(sub.score.to_numpy(), params)}
-        print(f"\n{tp.probe.id}: {tp.probe.prompt!r} -> {tp.probe.answer!r}  [{a.method}]")
+        print(f"\n{p.id}: {p.prompt!r} -> {p.answer!r}  [{a.method}]")
         for pos, tok, score in zip(sub.position, sub.token, sub.score):
             mark = "  <- KeyToken" if int(pos) in keys else ""
             print(f"  {int(pos):4d} {tok!r:>16} {score:+.4f}{mark}")
-    return 0
+    return FAILED if failed else 0
 
 
 @command("compare")
 def cmd_compare(a: argparse.Namespace) -> int:
-    from unpact_mech.compare import compare
+    from unpact_mech.compare import compare, summarise
     from unpact_mech.io import atomic_write_json, write_table
 
-    out = _check_out(a)
-    probes, base, unl = _base_and_unlearned(a)
-    result = compare(base, unl, probes, _params(a), fmt=a.format, progress=True)
-    write_table(result.per_probe, out)
-    atomic_write_json(out.with_suffix(".summary.json"), result.summary)
-    _print_df(result.per_probe[["probe_id", "keytokens_base", "keytokens_unlearned", "focus_base",
-                                "focus_unlearned", "lp_base", "lp_unlearned"]].round(3))
-    print("\nsummary:", json.dumps({k: round(v, 4) for k, v in result.summary.items()}, indent=1))
+    out, failed = _check_out(a), scale.no_failures()
+    if uses_ray(a):
+        opts = {"base": a.base, "unlearned": a.unlearned, "alpha": a.alpha, "beta": a.beta,
+                "max_keytokens": a.max_keytokens, "format": a.format}
+        tables, failed = scale.run(a, "compare", opts, [a.base, a.unlearned], scale.compare_job(a),
+                                   _load_probes_arg(a.probes))
+        per_probe = tables["per_probe"]
+        summary = summarise(per_probe)
+    else:
+        probes, base, unl = _base_and_unlearned(a)
+        result = compare(base, unl, probes, _params(a), fmt=a.format, progress=True)
+        per_probe, summary = result.per_probe, result.summary
+    write_table(per_probe, out)
+    atomic_write_json(out.with_suffix(".summary.json"), summary)
+    _print_df(per_probe[["probe_id", "keytokens_base", "keytokens_unlearned", "focus_base",
+                         "focus_unlearned", "lp_base", "lp_unlearned"]].round(3))
+    print("\nsummary:", json.dumps({k: round(v, 4) for k, v in summary.items()}, indent=1))
     print(f"wrote {out}")
-    return 0
+    return FAILED if failed else 0
 
 
 @command("demo")
@@ -142,7 +157,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     if a.keytokens_only:
         show(keytoken_stage(LazyBase(a.model), Path(a.out), kprobes, _params(a)))
         return 0
-    table = run_demo(_load(a, a.model) if a.dtype != "float32" or a.device else a.model, a.methods,
+    table = run_demo(_load(a, a.model) if a.dtype != "float32" or a.device or a.device_map else a.model, a.methods,
                      a.out, steps=a.steps, target=a.target, on_keytokens=show, keytoken_probes=kprobes,
                      params=_params(a), on_change=a.on_change)
     print("\nSummary (one row per unlearning method):")
@@ -158,33 +173,38 @@ def _mech_table(a: argparse.Namespace) -> Any:
 
     probes, shard = _probes_from_args(a), a.shard
     _check_out(a)
-    subject = _load(a, a.model)
-    key = run_key(a.cmd, {"model": a.model, "target": a.target, "format": a.format}, [p.id for p in probes])
-    tps = tokenize_probes(subject, take_shard(probes, shard), a.format)
-    table = attribute(subject, tps, method=a.cmd, target=a.target, progress=True)
+    opts = {"model": a.model, "target": a.target, "format": a.format}
+    key, probes, failed = run_key(a.cmd, opts, [p.id for p in probes]), take_shard(probes, shard), scale.no_failures()
+    if uses_ray(a):
+        tables, failed = scale.run(a, a.cmd, opts, [a.model], scale.attribute_job(a.cmd, a.format, a.target), probes)
+        table = tables["table"]
+    else:
+        subject = _load(a, a.model)
+        table = attribute(subject, tokenize_probes(subject, probes, a.format), method=a.cmd, target=a.target,
+                          progress=True)
     write_part(table, a.out, key, shard)
-    return table
+    return table, failed
 
 
 @command("dla")
 def cmd_dla(a: argparse.Namespace) -> int:
     from unpact_mech.attribution.dla import average_over_answer
 
-    table = _mech_table(a)
+    table, failed = _mech_table(a)
     avg = average_over_answer(table)
     top = avg.reindex(avg.score.abs().sort_values(ascending=False).index).head(a.top)
     _print_df(top[["probe_id", "component", "layer", "head", "score"]].round(4))
     print(f"wrote {a.out} ({len(table)} rows)")
-    return 0
+    return FAILED if failed else 0
 
 
 @command("paths")
 def cmd_paths(a: argparse.Namespace) -> int:
-    table = _mech_table(a)
+    table, failed = _mech_table(a)
     per_token = table.groupby(["probe_id", "position", "token"], sort=False)["score"].sum().reset_index()
     _print_df(per_token.round(4))
     print(f"wrote {a.out} ({len(table)} rows)")
-    return 0
+    return FAILED if failed else 0
 
 
 @command("localise")
@@ -311,17 +331,25 @@ def cmd_patch(a: argparse.Namespace) -> int:
     if a.verify and a.method not in ESTIMATES:
         raise UnpactError(f"--verify {a.verify} checks an estimate against exact patching; --method {a.method} is "
                           f"already exact (use --method {' or '.join(ESTIMATES)} --verify {a.verify})")
-    out = _check_out(a, "dir")
+    out, failed = _check_out(a, "dir"), scale.no_failures()
     probes = _load_probes_arg(a.probes)[: a.n]
-    base, unl = _models(a)
-    layers = list(range(0, base.cfg.n_layers, a.layer_step))
-    frames, heads = [], []
-    for d in a.direction:
-        for tp in tokenize_probes(base, probes, a.format):
-            pos_t, head_t = patch(base, unl, tp, a.method, a.kinds, layers, direction=d, verify=a.verify)
-            frames.append(pos_t)
-            heads.append(head_t)
-    pos, hd = pd.concat(frames, ignore_index=True), pd.concat(heads, ignore_index=True)
+    if uses_ray(a):
+        opts = {"base": a.base, "unlearned": a.unlearned, "method": a.method, "kinds": list(a.kinds),
+                "layer_step": a.layer_step, "direction": list(a.direction), "format": a.format, "verify": a.verify}
+        tables, failed = scale.run(a, "patch", opts, [a.base, a.unlearned], scale.patch_job(a), probes)
+        order = {d: k for k, d in enumerate(a.direction)}  # direction first, then probe: as the loop below
+        pos, hd = (tables[t].sort_values("direction", key=lambda c: c.map(order), kind="stable").reset_index(drop=True)
+                   for t in ("positions", "heads"))
+    else:
+        base, unl = _models(a)
+        layers = list(range(0, base.cfg.n_layers, a.layer_step))
+        frames, heads = [], []
+        for d in a.direction:
+            for tp in tokenize_probes(base, probes, a.format):
+                pos_t, head_t = patch(base, unl, tp, a.method, a.kinds, layers, direction=d, verify=a.verify)
+                frames.append(pos_t)
+                heads.append(head_t)
+        pos, hd = pd.concat(frames, ignore_index=True), pd.concat(heads, ignore_index=True)
     write_table(pos, out / "patch_positions.csv")
     write_table(hd, out / "patch_heads.csv")
     for d, g in pos.groupby("direction"):
@@ -330,7 +358,7 @@ def cmd_patch(a: argparse.Namespace) -> int:
     best = pos.sort_values("restoration", ascending=False).groupby("direction").head(5)
     _print_df(best[["direction", "probe_id", "kind", "layer", "position", "token", "restoration"]].round(3))
     print(f"wrote {out}")
-    return 0
+    return FAILED if failed else 0
 
 
 @command("merge")

@@ -11,8 +11,11 @@ from unpact_mech.options import (
     MAX_STEPS,
     choice_list,
     device,
+    device_map,
+    executor,
     factor_list,
     int_list,
+    max_memory,
     nonneg_int,
     per_split,
     positive_float,
@@ -52,6 +55,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="weight dtype (bfloat16/float16 halve memory; scores are float64 either way)")
     p.add_argument("--device", default=None, type=device(), help="e.g. cuda:0 (default: the CPU)")
+    p.add_argument("--device-map", default=None, type=device_map(),
+                   help="accelerate placement for a model larger than one device: auto, balanced, sequential, a "
+                   "device, or a JSON object of module -> device (instead of --device)")
+    p.add_argument("--max-memory", default=None, type=max_memory(),
+                   help="with --device-map: the most each device may hold, e.g. 0=20GiB,1=20GiB,cpu=60GiB")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="run Python code shipped with the model (RISK: it runs with your permissions)")
     p.add_argument("--allow-pickle", action="store_true",
@@ -72,6 +80,19 @@ def name_spec(text: str) -> tuple[str, str]:
     if not eq or not name or not spec:
         raise argparse.ArgumentTypeError(f"expected NAME=DIR_OR_HUB_ID, got {text!r}")
     return name, spec
+
+
+def _executor_args(p: argparse.ArgumentParser, cmd: str) -> None:
+    """Where the probes run: this process, or a Ray actor pool (``unpact_mech.executors``)."""
+    p.add_argument("--executor", type=executor(), default="local",
+                   help="local (this process), ray (a local Ray cluster) or ray=ADDRESS (join one): the probes run "
+                   "over a pool of actors, one loaded model each; parts stream into OUT.ray/, and rerunning the same "
+                   "command resumes")
+    p.add_argument("--actors", type=POS, default=None, help="Ray actors (default: the cluster's GPUs, else its CPUs "
+                   "divided by --threads-per-actor)")
+    p.add_argument("--threads-per-actor", type=POS, default="1", help="torch threads per CPU actor (1)")
+    for flag in ("--actors", "--threads-per-actor"):
+        route(p, cmd, flag, lambda a: a.executor[0] == "ray", "--executor ray")
 
 
 def _output_args(p: argparse.ArgumentParser) -> None:
@@ -96,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     _output_args(s)
     s.add_argument("--shard", type=shard(), help="i/n: only every n-th probe from the i-th (merge parts with "
                    "`unpact merge`)")
+    _executor_args(s, "attribute")
     _keytoken_args(s)
     for flag in ("--alpha", "--beta", "--max-keytokens"):
         route(s, "attribute", flag, lambda a: method_info(a.method).level == "token",
@@ -107,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     _pair_args(s)
     s.add_argument("--out", default="compare.csv", help="per-probe table (.csv or .parquet)")
     _output_args(s)
+    _executor_args(s, "compare")
     _keytoken_args(s)
     _model_args(s)
 
@@ -150,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--top", type=POS, default=20, help="rows to print")
         s.add_argument("--shard", type=shard(), help="i/n: only every n-th probe from the i-th (merge parts with "
                        "`unpact merge`)")
+        _executor_args(s, name)
         s.add_argument("--format", default="auto", choices=list(FORMATS), help="prompt format")
         _model_args(s)
 
@@ -249,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "report both (columns exact_restoration, verified)")
     s.add_argument("--out", default="patching")
     _output_args(s)
+    _executor_args(s, "patch")
     s.add_argument("--format", default="auto", choices=list(FORMATS))
     _model_args(s)
 

@@ -67,10 +67,17 @@ def check_spec(spec: str) -> None:
                                  "the tokenizer of the model it came from into it (tokenizer.save_pretrained)")
 
 
-def placement_kwargs(device: str | None = None, device_map: Any = None, n_devices: int | None = None) -> dict[str, Any]:
-    """``from_pretrained`` placement options: one device, an HF device map, or balanced over n GPUs."""
+def placement_kwargs(device: str | None = None, device_map: Any = None, n_devices: int | None = None,
+                     max_memory: dict[Any, str] | None = None) -> dict[str, Any]:
+    """``from_pretrained`` placement options: one device, an HF device map (with accelerate's ``max_memory`` per
+    device), or balanced over n GPUs."""
     if sum(x is not None for x in (device, device_map, n_devices)) > 1:
         raise UnpactError("give only one of device, device_map and n_devices")
+    if max_memory is not None:
+        if device_map is None:
+            raise UnpactError("max_memory caps what a device map puts on each device; give a device_map too "
+                              "(CLI: --device-map auto --max-memory 0=20GiB,cpu=60GiB)")
+        return {"device_map": device_map, "max_memory": dict(max_memory)}
     if n_devices is not None:
         if n_devices < 1:
             raise UnpactError(f"n_devices must be >= 1, got {n_devices}")
@@ -194,12 +201,14 @@ def load_model(
     dtype: str | torch.dtype = "float32",
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    max_memory: dict[Any, str] | None = None,
 ) -> Subject:
     """Load a model spec (built-in name, local HF dir or hub id) as a :class:`Subject` (TransformerLens backend).
 
     Weights are loaded once, in ``dtype`` ("float32", "bfloat16" or "float16"); scores are float64 after the
     forward. Placement: ``device`` ("cuda:0"), an HF ``device_map`` ("auto", "balanced", dict) or ``n_devices``
-    (balanced over the first n GPUs) for models larger than one device. The bridge boots without weight
+    (balanced over the first n GPUs) for models larger than one device; ``max_memory`` ({0: "20GiB", "cpu":
+    "60GiB"}) caps each device of a device map. The bridge boots without weight
     processing (``no_processing=True``): the weights are used as loaded, with no folded second copy.
     ``trust_remote_code`` runs Python code shipped with the model (off: such models are refused);
     ``allow_pickle`` accepts pickled ``.bin`` weights (off: safetensors only). Both run code a model's author wrote.
@@ -207,7 +216,7 @@ def load_model(
     t0 = time.perf_counter()
     if device is not None:
         check_device(device)
-    placement = placement_kwargs(device, device_map, n_devices)
+    placement = placement_kwargs(device, device_map, n_devices, max_memory)
     model_name, source, hf, tok = _load_parts(spec, dtype, trust_remote_code, allow_pickle, placement)
     prov = read_provenance(source)
     subject = wrap(hf, tok, name or prov.get("name") or model_name, source, "transformer_lens", prov)
