@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LAZY_OK = {"nnsight", "nnsight.modeling.transformers", "datasets", "IPython", "matplotlib_inline.backend_inline",
-           "bitsandbytes.functional"}  # heavy (bitsandbytes: ~5 s), imported where used
+           "bitsandbytes.functional", "ray", "ray.data"}  # optional or heavy (bitsandbytes: ~5 s), imported where used
 
 
 def test_import_linter_layers_contract_holds():

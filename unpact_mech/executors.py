@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import resource
 import socket
@@ -32,11 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import torch
 
 from unpact_mech.errors import UnpactError
 from unpact_mech.io import atomic_write, atomic_write_json
-from unpact_mech.models import data_hash
+from unpact_mech.models import data_hash, load_model
 from unpact_mech.probes import Probe
 
 __all__ = ["ProbeJob", "RayResult", "check_ray", "parts_dir", "run_ray"]
@@ -119,10 +122,6 @@ class _Worker:
     """One Ray actor: the job's models, loaded once; each batch is one probe's tables as parquet bytes."""
 
     def __init__(self, job: ProbeJob, threads: int) -> None:
-        import torch
-
-        from unpact_mech.models import load_model
-
         torch.set_num_threads(threads)
         self.job = job
         # a GPU actor (Ray set CUDA_VISIBLE_DEVICES to its GPU) places its models there unless told otherwise
@@ -131,8 +130,6 @@ class _Worker:
                                            and kw.get("device_map") is None else kw)) for spec, kw in job.models]
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        import numpy as np
-
         rows: dict[str, list[Any]] = {"index": [], "table": [], "payload": [], "error": [], "seconds": []}
 
         def add(i: int, name: str, payload: bytes, error: str, seconds: float = 0.0) -> None:
@@ -187,8 +184,6 @@ def run_ray(job: ProbeJob, probes: Sequence[Probe], parts: str | Path, address: 
     started = False
     if todo:
         if not ray.is_initialized():
-            import logging
-
             ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
                      log_to_driver=True, configure_logging=True)
             started = address is None

@@ -11,6 +11,8 @@ they are refused, naming what would (``recover --bits 4 --routes emphasis``); no
 from __future__ import annotations
 
 import argparse
+import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -204,8 +206,6 @@ def executor() -> Callable[[str], tuple[str, str | None]]:
 def parse_device_map(text: str) -> Any:
     """``auto`` | ``balanced`` | ``balanced_low_0`` | ``sequential`` | a device (``cpu``, ``cuda:1``) | a JSON object
     of module name -> device (accelerate's ``device_map``)."""
-    import json
-
     if text in ("auto", "balanced", "balanced_low_0", "sequential"):
         return text
     if text.startswith("{"):
@@ -229,8 +229,6 @@ def device_map() -> Callable[[str], Any]:
 
 def parse_max_memory(text: str) -> dict[int | str, str]:
     """``0=20GiB,1=20GiB,cpu=60GiB`` -> accelerate's ``max_memory`` ({0: "20GiB", ..., "cpu": "60GiB"})."""
-    import re
-
     out: dict[int | str, str] = {}
     for part in text.split(","):
         dev, eq, size = part.strip().partition("=")
