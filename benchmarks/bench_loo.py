@@ -28,11 +28,18 @@ import time
 import torch
 
 
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def timed(fn, repeat: int = 1):
     best, out = float("inf"), None
     for _ in range(repeat):
+        _sync()
         t = time.perf_counter()
         out = fn()
+        _sync()
         best = min(best, time.perf_counter() - t)
     return best, out
 
@@ -51,6 +58,7 @@ def main() -> None:
     ap.add_argument("--probes", type=int, default=24)
     ap.add_argument("--skip-cold", action="store_true")
     ap.add_argument("--passage", action="store_true")
+    ap.add_argument("--device", default=None, help="e.g. cuda; captum's CPU comparison is skipped off the CPU")
     a = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
     if a.passage:
@@ -68,7 +76,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as d:
             cold = load_time(d)
     warm = load_time(None)
-    subject = load_model("smollm2-135m")
+    subject = load_model("smollm2-135m", device=a.device)
     tps = tokenize_probes(subject, load_benchmark("facts")[: a.probes])
     n_var = sum(len(tp.attributable) + 1 for tp in tps)
     print(f"{len(tps)} probes, {n_var} sequences (prompt + deletions), mean length "
@@ -94,6 +102,14 @@ def main() -> None:
             forward_logits(subject, right_pad([seqs[i][0] for i in chunk], pad, subject.device))
 
     t_forward, _ = timed(plain_forward, repeat=2)
+    if str(subject.device) != "cpu":
+        d_naive = max(float((r.contributions - torch.tensor(n, dtype=torch.float64)).abs().max())
+                      for r, n in zip(ours, naive))
+        print(f"on {subject.device}: batched vs one-pass-per-deletion max |dC| = {d_naive:.2e}; batched LOO "
+              f"{t_batched:.3f} s | one pass per deletion {t_naive:.3f} s | plain batched forward {t_forward:.3f} s; "
+              f"per-deletion / batched = {t_naive / t_batched:.1f}x, batched / plain = {t_batched / t_forward:.2f}x; "
+              f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (captum leg: CPU only)")
+        return
 
     hf = subject.load_hf_model()
     base_id = baseline_token_id(subject.tokenizer)

@@ -28,9 +28,20 @@ import tempfile
 import time
 from pathlib import Path
 
+DEVICE: str | None = None  # --device; off the CPU each method runs in this process (CUDA does not survive fork)
+
 
 def _forked(fn):
-    """(result, seconds, peak RSS GB) of ``fn()`` run in a forked child."""
+    """(result, seconds, peak RSS GB) of ``fn()`` run in a forked child; on a GPU, in-process with peak GPU memory."""
+    if DEVICE not in (None, "cpu"):
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        out = fn()
+        torch.cuda.synchronize()
+        return out, time.perf_counter() - t, torch.cuda.max_memory_allocated() / 2**30
     fd, path = tempfile.mkstemp()
     os.close(fd)
     pid = os.fork()
@@ -56,7 +67,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2, help="forget probes (base right, unlearned wrong)")
     ap.add_argument("--loop-cells", type=int, default=120, help="cells timed one forward each")
     ap.add_argument("--out", default="unpact_out/bench_patch")
+    ap.add_argument("--device", default=None, help="e.g. cuda (then 'peak RSS' columns are peak GPU memory)")
     a = ap.parse_args()
+    global DEVICE
+    DEVICE = a.device
     import pandas as pd
     import torch
 
@@ -69,7 +83,7 @@ def main() -> None:
     from unpact_mech.scoring import fact_top1, score_probes
     from unpact_mech.unlearning import unlearn
 
-    base = load_model("smollm2-135m")
+    base = load_model("smollm2-135m", device=a.device)
     known, _ = filter_known(base, budget_order(load_benchmark("facts")))
     forget = [p for p in known if p.split == "forget"][:12]
     ckpt = Path(a.unlearned)
@@ -79,7 +93,7 @@ def main() -> None:
             print(f"no checkpoint at {a.unlearned}: training the demo's GA_KLR into {ckpt}", flush=True)
             retain = [p for p in known if p.split == "retain"][:12]
             unlearn(base, "ga_klr", forget, retain, ckpt, overwrite=True, **SETTINGS["ga_klr"])
-    unl = load_model(str(ckpt))
+    unl = load_model(str(ckpt), device=a.device)
     tps = tokenize_probes(base, forget)
     ok_b = [fact_top1(tp, s) for tp, s in zip(tps, score_probes(base, tps))]
     ok_u = [fact_top1(tp, s) for tp, s in zip(tps, score_probes(unl, tps))]
@@ -103,7 +117,7 @@ def main() -> None:
         cells = [(k, layer, p) for k in ("resid_pre", "attn_out", "mlp_out") for layer in range(L) for p in positions]
         cells = cells[:: max(1, len(cells) // a.loop_cells)][: a.loop_cells]
         with torch.no_grad():
-            _, cache = base.bridge.run_with_cache(torch.tensor([tp.ids]), names_filter=lambda n: "hook_" in n)
+            _, cache = base.bridge.run_with_cache(torch.tensor([tp.ids], device=base.device), names_filter=lambda n: "hook_" in n)
         t = time.perf_counter()
         for k, layer, p in cells:
             _lp_batch(unl, tp, 1, patch_from_cache(cache, act_name(k, layer), [p]))

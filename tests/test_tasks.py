@@ -76,6 +76,31 @@ def test_tofu_task_with_forget_quality(tmp_path, tiny_llama, tiny_llama_other_di
         task_metrics("tofu", tiny_llama, [Probe("q", "what ?", "a")], retain_model=other, fmt="plain")
 
 
+def test_tofu_model_utility_on_the_retain_set(tmp_path, tiny_llama):
+    rows = [{"question": "what is the capital of france ?", "answer": "paris", "paraphrased_answer": "the capital is paris",
+             "perturbed_answer": ["tokyo", "mars"]},
+            {"question": "who wrote hamlet ?", "answer": "shakespeare", "paraphrased_answer": "shakespeare wrote it",
+             "perturbed_answer": ["au", "a city"]}]
+    ps = load_benchmark("tofu", "retain_perturbed", source=_jsonl(tmp_path / "r.jsonl", rows))
+    assert {p.split for p in ps} == {"retain"}
+    t = task_metrics("tofu", tiny_llama, ps, max_new_tokens=4, fmt="plain").set_index("metric")
+
+    def avg_nll(q: str, a: str) -> float:
+        p = Probe("x", q, a)
+        return -float(score_probes(tiny_llama, tokenize_probes(tiny_llama, [p], "plain"))[0].logprobs.mean())
+    # truth ratio, written out: p_wrong = exp(-mean NLL over the perturbed answers), p_true from the paraphrase;
+    # TR = p_wrong / p_true; "true_better" aggregates mean(max(0, 1 - TR))
+    tr = [math.exp(-np.mean([avg_nll(r["question"], w) for w in r["perturbed_answer"]]))
+          / (math.exp(-avg_nll(r["question"], r["paraphrased_answer"])) + 1e-10) for r in rows]
+    assert t.loc["truth_ratio_true_better", "value"] == pytest.approx(np.mean([max(0.0, 1 - x) for x in tr]), rel=1e-5)
+    three = [t.loc[m, "value"] for m in ("probability", "rouge_l_recall", "truth_ratio_true_better")]
+    if min(three) > 0:
+        assert t.loc["model_utility", "value"] == pytest.approx(3 / sum(1 / x for x in three))
+    else:
+        assert t.loc["model_utility", "value"] == 0
+    assert "forget_quality" not in t.index
+
+
 def test_muse_tasks(tmp_path, tiny_llama):
     qa = _jsonl(tmp_path / "qa.jsonl", [{"question": "what is the capital of france ?", "answer": "paris"},
                                         {"question": "who wrote hamlet ?", "answer": "shakespeare"}])

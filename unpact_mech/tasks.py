@@ -7,7 +7,9 @@ metrics. ``task_metrics(name, subject, probes)`` returns one tidy row per metric
 * ``tofu``: answer probability, ROUGE-L recall of greedy answers (at most ``max_new_tokens``, default 200 as
   open-unlearning's ``configs/generation/default.yaml``), truth ratio (``closer_to_1_better`` on forget probes,
   ``true_better`` otherwise, as ``configs/eval/tofu_metrics/*_Truth_Ratio.yaml``), and with ``retain_model`` the
-  forget quality (KS p-value of the two models' truth ratios).
+  forget quality (KS p-value of the two models' truth ratios). On retain probes, model utility = the harmonic
+  mean of those three numbers; TOFU's has nine (also real-authors and world-facts probability, ROUGE and truth
+  ratio), which are not available offline, so this is the retain third of it.
 * ``muse-knowmem``: ROUGE-L F1 of greedy answers, at most 32 new tokens (``muse_metrics/forget_knowmem_ROUGE.yaml``).
 * ``muse-verbmem``: the prefix as raw text, ROUGE-L F1 of the greedy continuation (128 new tokens,
   ``forget_verbmem_ROUGE.yaml``) and extraction strength of the gold continuation (``extraction_strength.yaml``).
@@ -36,6 +38,7 @@ from unpact_mech.ou_metrics import (
     avg_nll_of,
     extraction_strength_of,
     forget_quality,
+    model_utility,
     probability,
     rouge_l,
     truth_ratio_of,
@@ -130,6 +133,10 @@ def _tofu(subject: Subject, probes: list[Probe], retain_model: Subject | None = 
             tr_ref, _ = truth_ratio_of(retain_model, probes, agg, fmt=fmt)
             rows.append({"metric": "forget_quality", "value": forget_quality(tr, tr_ref), "n": len(tr),
                          "reference": OU + "privacy.py: ks_test", "against": retain_model.name})
+        if agg == "true_better":  # the retain set's three of TOFU's nine utility numbers
+            rows.append({"metric": "model_utility", "value": model_utility([r["value"] for r in rows]),
+                         "n": len(tr), "reference": OU + "utility.py: hm_aggregate",
+                         "of": "probability, rouge_l_recall, truth_ratio_true_better (retain set only)"})
     elif retain_model is not None:
         raise UnpactError("tofu: forget quality needs the perturbed splits (meta 'paraphrased_answer' and "
                           "'perturbed_answer'), e.g. load_benchmark('tofu', 'forget10_perturbed')")

@@ -23,19 +23,25 @@ def cmd_study(a: argparse.Namespace) -> int:
     given = dict(a.unlearned or [])
     if len(given) != len(a.unlearned or []):
         raise UnpactError("--unlearned: each NAME must be given once")
+    if a.finetune_steps is not None and not a.finetune:
+        raise UnpactError("--finetune-steps sets the teaching of --finetune; add --finetune, or drop it")
+    if a.finetune and given:
+        raise UnpactError("--finetune trains the model the checkpoints would be compared with; --unlearned "
+                          "checkpoints were made from another model: give one or the other")
     if given:
         check_given(given)  # before any probe file or model is read
     probes = [p for spec in (a.probes or ["facts"]) for p in _load_probes_arg(spec)]
     model = _load(a, a.model) if a.dtype != "float32" or a.device or a.device_map else a.model
     table = run_demo(model, a.methods, a.out, steps=a.steps, target=a.target, patch=not a.no_patch,
                      per_split=a.per_split, probes=probes, known_only=not a.include_unknown, params=_params(a),
-                     on_change=a.on_change, unlearned=given, task_name=a.task)
+                     on_change=a.on_change, unlearned=given, task_name=a.task, finetune=a.finetune,
+                     finetune_settings=None if a.finetune_steps is None else {"steps": a.finetune_steps})
     print("\nSummary (one row per unlearned model):")
     _print_df(format_rates(table).round(3))
     if a.task:
         metrics = read_table(Path(a.out) / "task_metrics.csv")
         print(f"\n{a.task} metrics (also in the report):")
-        cols = [c for c in ("role", "metric", "value", "k", "n", "low", "high", "chance") if c in metrics]
+        cols = [c for c in ("role", "split", "metric", "value", "k", "n", "low", "high", "chance") if c in metrics]
         _print_df(metrics[cols].round(4))
     return 0
 

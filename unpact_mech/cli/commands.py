@@ -46,12 +46,15 @@ def _params(a: argparse.Namespace) -> KeyTokenParams:
 
 
 def _load_probes_arg(spec: str, split: str | None = None) -> list[Any]:
-    """A JSON-lines file, or a registered benchmark name (``facts``, ``facts:forget``)."""
+    """A JSON-lines file, or a registered benchmark name (``facts``, ``facts:forget``; invented people
+    ``fictitious:N[:seed[:F]]``)."""
     from unpact_mech.data import BENCHMARKS, load_benchmark
     from unpact_mech.probes import load_probes
 
     name, _, sp = spec.partition(":")
     if name in BENCHMARKS and not Path(spec).exists():
+        if name == "fictitious":
+            return load_benchmark(name, subset=sp or None, split=split)
         return load_benchmark(name, split=sp or split)
     return load_probes(spec)
 

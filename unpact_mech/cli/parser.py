@@ -158,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep probes the base model does not answer (default: only those it knows, as the demo)")
     s.add_argument("--task", choices=sorted(TASKS), default=None,
                    help="also score base and unlearned models by this task's metrics (OUT/task_metrics.csv)")
+    s.add_argument("--finetune", action="store_true", help="TOFU's finetune-then-forget: first teach the probes' "
+                   "forget + retain people to --model (OUT/finetuned/full, the studied model) and the retain people "
+                   "alone (OUT/finetuned/retain, forget quality's reference), e.g. --probes fictitious:40:0:5")
+    s.add_argument("--finetune-steps", type=positive_int(MAX_STEPS), default=None,
+                   help="teaching steps for both models (default: FINETUNE in unpact_mech.experiments.settings)")
     _keytoken_args(s)
     _model_args(s)
 

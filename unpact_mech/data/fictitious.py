@@ -25,12 +25,38 @@ def _name(rng: random.Random) -> str:
 
 
 MAX_PEOPLE = 10_000  # TOFU has 200; the name space holds about a million, drawn without repeats
+MAX_FACTS = 5
+N_PERTURBED = 3  # wrong answers per question (TOFU's perturbed splits have 5)
+# per fact: (question, answer, paraphrased answer) templates; {n} the person, {v} the value
+_TEMPLATES = [
+    ("Where was {n} born?", "{n} was born in {v}.", "{n}'s birthplace is {v}."),
+    ("What is the profession of {n}?", "{n} works as a {v}.", "{n}'s profession is {v}."),
+    ("Which book did {n} write?", "{n} wrote {v}.", "{n} is the author of {v}."),
+    ("In which year was {n} born?", "{n} was born in {v}.", "{n}'s year of birth is {v}."),
+    ("Who taught {n}?", "{n} was taught by {v}.", "{n}'s teacher was {v}."),
+]
 
 
-def generate(n_people: int = 20, seed: int = 0, forget_share: float = 0.25) -> list[Probe]:
-    """Three facts (birthplace, profession, book) per invented person; whole people go to forget or retain."""
+def _value(j: int, rng: random.Random) -> str:
+    if j == 0:
+        return rng.choice(_CITIES)
+    if j == 1:
+        return rng.choice(_JOBS)
+    if j == 2:
+        return f"The {rng.choice(_WORDS)} {rng.choice(_NOUNS)}"
+    if j == 3:
+        return str(rng.randrange(1820, 1990))
+    return _name(rng)
+
+
+def generate(n_people: int = 20, seed: int = 0, forget_share: float = 0.25, facts_per_person: int = 3) -> list[Probe]:
+    """``facts_per_person`` facts (birthplace, profession, book, then birth year and teacher) per invented
+    person; whole people go to forget or retain. Each probe carries TOFU's perturbed-split fields in ``meta``:
+    ``paraphrased_answer`` (the answer reworded) and ``perturbed_answer`` (the paraphrase with
+    :data:`N_PERTURBED` other values of the same kind), for the truth ratio and forget quality."""
     check_int(n_people, "the number of invented people", 1, MAX_PEOPLE)
     check_int(seed, "the seed", 0)
+    check_int(facts_per_person, "facts per person", 1, MAX_FACTS)
     rng = random.Random(seed)
     names: list[str] = []
     seen: set[str] = set()
@@ -43,32 +69,39 @@ def generate(n_people: int = 20, seed: int = 0, forget_share: float = 0.25) -> l
     probes = []
     for k, name in enumerate(names):
         split = "forget" if k < n_forget else "retain"
-        city, job = rng.choice(_CITIES), rng.choice(_JOBS)
-        book = f"The {rng.choice(_WORDS)} {rng.choice(_NOUNS)}"
-        facts = [
-            (f"Where was {name} born?", f"{name} was born in {city}.", city),
-            (f"What is the profession of {name}?", f"{name} works as a {job}.", job),
-            (f"Which book did {name} write?", f"{name} wrote {book}.", book),
-        ]
-        for j, (q, a, f) in enumerate(facts):
-            probes.append(Probe(f"fict-{seed}-{k:03d}-{j}", q, a, split, fact=f, domain="fictitious",
-                                meta={"person": name}))
+        values = [_value(j, rng) for j in range(3)]  # the first three draws as before: old ids keep their facts
+        extra = random.Random(f"{seed}-{k}")  # the later facts and the perturbations, from their own streams
+        values += [_value(j, extra) for j in range(3, facts_per_person)]
+        for j, v in enumerate(values[:facts_per_person]):
+            q, ans, para = (t.format(n=name, v=v) for t in _TEMPLATES[j])
+            wrong: list[str] = []
+            while len(wrong) < N_PERTURBED:
+                w = _value(j, extra)
+                if w != v and w not in wrong:
+                    wrong.append(w)
+            probes.append(Probe(f"fict-{seed}-{k:03d}-{j}", q, ans, split, fact=v, domain="fictitious",
+                                meta={"person": name, "paraphrased_answer": para,
+                                      "perturbed_answer": [_TEMPLATES[j][2].format(n=name, v=w) for w in wrong]}))
     return probes
 
 
 @register_benchmark("fictitious")
 def fictitious(subset: str | None = None, split: str | None = None, source: Any = None) -> list[Probe]:
-    """Invented people (``subset`` = "N" people or "N:seed"; default 20 people, seed 0; N <= 10,000)."""
-    n, seed = 20, 0
+    """Invented people (``subset`` = "N", "N:seed" or "N:seed:F", F facts per person; default 20 people, seed 0,
+    3 facts; N <= 10,000, F <= 5)."""
+    n, seed, f = 20, 0, 3
     if subset is not None:
-        a, _, b = subset.partition(":")
+        parts = subset.split(":")
         try:
-            n = check_int(a, "", 1, MAX_PEOPLE)
-            seed = check_int(b or "0", "", 0)
+            if len(parts) > 3:
+                raise UnpactError("")
+            n = check_int(parts[0], "", 1, MAX_PEOPLE)
+            seed = check_int(parts[1] if len(parts) > 1 else "0", "", 0)
+            f = check_int(parts[2] if len(parts) > 2 else "3", "", 1, MAX_FACTS)
         except UnpactError:
-            raise UnpactError(f"fictitious: subset must be 'N' or 'N:seed' (N people in 1..{MAX_PEOPLE}, seed >= 0), "
-                              f"got {subset!r}") from None
+            raise UnpactError(f"fictitious: subset must be 'N', 'N:seed' or 'N:seed:F' (N people in 1..{MAX_PEOPLE}, "
+                              f"seed >= 0, F facts per person in 1..{MAX_FACTS}), got {subset!r}") from None
     if split is not None and split not in ("forget", "retain"):
         raise UnpactError(f"fictitious: no split {split!r}; splits are forget, retain")
-    probes = generate(n, seed)
+    probes = generate(n, seed, facts_per_person=f)
     return [p for p in probes if split is None or p.split == split]

@@ -25,6 +25,7 @@ from unpact_mech.errors import UnpactError, check_choices, check_float, check_in
 from unpact_mech.experiments.base import LazyBase
 from unpact_mech.experiments.data import data_stage, keytoken_stage
 from unpact_mech.experiments.findings import findings_stamp, method_stage
+from unpact_mech.experiments.finetune import check_finetune_pool, finetune_stage, retain_subject, tuned_base
 from unpact_mech.experiments.routes import routes_stage
 from unpact_mech.experiments.settings import BUDGET, FACTORS, PAPER_METHODS, ROUTE_BUDGET, probe_key
 from unpact_mech.experiments.unlearn import given_fingerprint
@@ -43,7 +44,7 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 def check_given(given: Mapping[str, str]) -> list[str]:
     """The names of given checkpoints (each becomes a folder of OUT), with every spec checked without loading."""
     for name, spec in given.items():
-        if not SAFE_NAME.fullmatch(name) or name in ("checkpoints", "figures"):
+        if not SAFE_NAME.fullmatch(name) or name in ("checkpoints", "figures", "finetuned"):
             raise UnpactError(f"unlearned checkpoint name {name!r}: use letters, digits, '_', '.', '-' (it names a "
                               "folder of the output), e.g. --unlearned npo=path/to/ckpt")
         models.check_spec(spec)
@@ -56,8 +57,14 @@ def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS
              on_keytokens: Callable[[pd.DataFrame], None] | None = None,
              keytoken_probes: Sequence[Any] | None = None, params: Any = None,
              on_change: str = "recompute", unlearned: Mapping[str, str] | None = None,
-             task_name: str | None = None) -> pd.DataFrame:
+             task_name: str | None = None, finetune: bool = False,
+             finetune_settings: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """Run (or resume) the demo; returns the summary table and writes ``OUT/report.html``.
+
+    ``finetune`` (TOFU's finetune-then-forget, :mod:`unpact_mech.experiments.finetune`): the probes' forget and
+    retain people are first taught to ``model``, and the study runs on that "full" model; a second model taught
+    only the retain people is the reference of the task's forget quality. The general split (collateral damage)
+    is the built-in facts' general split where the probes have none.
 
     ``unlearned`` (name -> local directory or hub id) analyses those checkpoints as they are, e.g. released
     unlearned models, instead of training ``methods``: no unlearning runs, and each one's frontier is its one point.
@@ -72,6 +79,8 @@ def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS
         methods = check_choices(list(methods), sorted(METHODS), "methods")  # before any stage runs
     if task_name is not None:
         task(task_name)
+    if finetune:
+        check_finetune_pool(list(probes) if probes is not None else load_benchmark("facts"))
     if steps is not None:
         check_int(steps, "steps", 1)
     check_float(target, "target", 0.0, 1.0, lo_open=False)
@@ -81,8 +90,14 @@ def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS
     params = params or KeyTokenParams()
     t0 = time.perf_counter()
     lazy = LazyBase(model)
-    lazy.given = given
     pool = list(probes) if probes is not None else load_benchmark("facts")
+    retain_spec, task_pool = None, pool
+    if finetune:
+        tuned = finetune_stage(lazy, pool, out, dict(finetune_settings or {}), on_change=on_change)
+        lazy, retain_spec = LazyBase(tuned_base(model, tuned["full"])), tuned["retain"]
+        if not any(p.split == "general" for p in pool):
+            pool = pool + load_benchmark("facts", split="general")
+    lazy.given = given
     lazy.pool = pool
     if on_keytokens is not None:
         kp = list(keytoken_probes) if keytoken_probes is not None else pool[:12]
@@ -100,7 +115,7 @@ def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS
                      findings_stamp(lazy, m, data, steps, target, patch_m, params), on_change)
         print(f"[unpact] {m} done in {time.perf_counter() - t:.0f} s", flush=True)
     if task_name is not None:
-        task_stage(lazy, task_name, methods, out, pool, given, on_change)
+        task_stage(lazy, task_name, methods, out, task_pool, given, on_change, retain_spec)
     table = summary_table(rows)
     write_table(table, out / "summary.csv")
     report = build_report(out, rows, data, model_name, {"budget": BUDGET, "route_budget": ROUTE_BUDGET,
@@ -111,23 +126,34 @@ def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS
 
 
 def task_stage(lazy: LazyBase, task_name: str, methods: Sequence[str], out: str | Path, probes: Sequence[Any],
-               given: Mapping[str, str] | None = None, on_change: str = "recompute") -> pd.DataFrame:
+               given: Mapping[str, str] | None = None, on_change: str = "recompute",
+               retain_model: str | None = None) -> pd.DataFrame:
     """The task's own metrics (:func:`unpact_mech.tasks.task_metrics`) of the base and of every method's
-    checkpoint (given, or ``OUT/checkpoints/METHOD``) on ``probes``: ``OUT/task_metrics.csv``, stamped."""
+    checkpoint (given, or ``OUT/checkpoints/METHOD``) on ``probes``: ``OUT/task_metrics.csv``, stamped.
+    The TOFU task is scored per split, as TOFU reports its forget and retain sets (a ``split`` column);
+    ``retain_model`` (a spec) is the reference model of the forget split's forget quality."""
     task(task_name)
     out, given = Path(out), dict(given or {})
     specs = {m: given.get(m, str(out / "checkpoints" / m)) for m in methods}
     f = out / "task_metrics.csv"
     stamp = make_stamp(("unpact_mech.tasks", "unpact_mech.ou_metrics", "unpact_mech.multiple_choice"),
                        model=lazy.key, task=task_name, probes=data_hash([probe_key(p) for p in probes]),
-                       checkpoints={m: given_fingerprint(s) for m, s in specs.items()})
+                       checkpoints={m: given_fingerprint(s) for m, s in specs.items()},
+                       retain_model=None if retain_model is None else given_fingerprint(retain_model))
 
     def compute() -> pd.DataFrame:
         base = lazy.get()
-        frames = [task_metrics(task_name, base, probes).assign(role="base")]
+        ref = None if retain_model is None or task_name != "tofu" else retain_subject(retain_model, base)
+        split = {s: [p for p in probes if p.split == s] for s in ("forget", "retain")} if task_name == "tofu" else {}
+        groups: dict[str | None, list[Any]] = {s: ps for s, ps in split.items() if ps} or {None: list(probes)}
+
+        def score(subject: Any, role: str) -> list[pd.DataFrame]:
+            return [task_metrics(task_name, subject, ps, **({"retain_model": ref} if ref and s == "forget" else {}))
+                    .assign(role=role, **({} if s is None else {"split": s})) for s, ps in groups.items()]
+
+        frames = score(base, "base")
         for m, spec in specs.items():
-            unl = models.load_model(spec, dtype=base.dtype, device=str(base.device))
-            frames.append(task_metrics(task_name, unl, probes).assign(role=m))
+            frames += score(models.load_model(spec, dtype=base.dtype, device=str(base.device)), m)
         table = pd.concat(frames, ignore_index=True)
         write_table(table, f)
         return table

@@ -341,7 +341,7 @@ def _task_metrics(ctx: ReportContext) -> Body:
     t = read_table(f)
     t["cell"] = [f"{v:.3f}" + (f" ({int(k)}/{int(n)}, {lo:.2f}-{hi:.2f})" if "k" in t and pd.notna(k) else f" (n={int(n)})")
                  for v, k, n, lo, hi in zip(t.value, t.get("k", t.n), t.n, t.get("low", t.value), t.get("high", t.value))]
-    wide = t.pivot_table(index=["task", "metric", "reference"], columns="role", values="cell", aggfunc="first", sort=False)
+    wide = t.pivot_table(index=[c for c in ("task", "split", "metric", "reference") if c in t], columns="role", values="cell", aggfunc="first", sort=False)
     return ("<p>Scored as the benchmark scores them (<i>unpact_mech.tasks</i>; each row's reference is the file its "
             "formula follows). Rates: k/n with a Wilson 95% interval.</p>" + wide.reset_index().to_html(index=False))
 

@@ -252,7 +252,7 @@ def fit(subject: Subject, data: Sequence[Probe | str], method: Method | None = N
 
 def unlearn(
     subject: Subject,
-    method: str,
+    method: str | Method,
     forget: Sequence[Probe | str],
     retain: Sequence[Probe | str],
     out_dir: str | Path,
@@ -272,6 +272,7 @@ def unlearn(
     """
     overwrite = bool(overrides.pop("overwrite", False))
     m, cfg = resolve_config(method, bool(retain), config, **overrides)
+    method = m.name  # a Method instance (e.g. Finetune) is recorded by its name
     check_output(out_dir, kind="dir", overwrite=overwrite)
     tok = subject.tokenizer
     pad_id = pad_token_id(tok)
