@@ -283,7 +283,7 @@ CASES = [
          "is damaged: 'run_key' is missing", setup="resume_missing_key", absent=["ck"]),
     Case("tb-device-meta", [*ATTR, "--probes", P, "--device", "meta"], "device 'meta' holds tensor shapes but no numbers"),
     Case("tb-data-fictitious-subset", ["data", "show", "fictitious", "--subset", "abc"],
-         "subset must be 'N' or 'N:seed'"),
+         "subset must be 'N', 'N:seed' or 'N:seed:F'"),
     # wrong results with exit 0 before
     Case("wrong-probes-and-prompt", [*ATTR, "--probes", P, "--prompt", "q ?"], "--prompt is used only by runs without --probes"),
     Case("wrong-probes-and-answer", ["dla", "--model", T, "--probes", P, "--answer", "a", "--out", "{w}/d.csv"], "--answer is used only by"),
