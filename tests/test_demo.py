@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -33,6 +34,7 @@ def test_demo_runs_writes_report_and_resumes(tiny_llama_dir, demo_out, monkeypat
             "destructive_general_gen_high"} <= set(t.columns)
     html = (out / "report.html").read_text()
     assert "Summary table: generation" in html and html.count("data:image/png;base64") >= 5 and "class='pair'" in html
+    assert "Summary table: multiple choice" not in html and not [c for c in t.columns if "_mc" in c]  # no choices
     assert "The dilemma frontier" in html and (out / "figures" / "frontier_attention.png").exists()
     front = json.loads((out / "checkpoints" / "ga_gdr.frontier.json").read_text())
     trained = json.loads((out / "checkpoints" / "ga_gdr" / "unpact.json").read_text())["steps"]
@@ -164,6 +166,31 @@ def test_given_checkpoints_are_analysed_as_released_ones(tiny_llama, tiny_llama_
         run_demo(str(tiny_llama_dir), (), out, probes=ps, unlearned={"../x": given["released_ga"]})
     with pytest.raises(Exception, match="missing"):
         run_demo(str(tiny_llama_dir), (), out, probes=ps, unlearned={"x": str(tmp_path / "missing")})
+
+
+def test_study_on_multiple_choice_probes_adds_the_choice_criterion(tiny_llama, tiny_llama_dir, tmp_path, monkeypatch):
+    """A study of WMDP-like probes (meta choices) judges the findings by the cloze choice argmax too: eligibility,
+    recovery with controls and destruction under ``multiple_choice``, its summary columns (with counts), its
+    report table and verdicts, and the task's own accuracy beside them."""
+    from unpact_mech.unlearning import unlearn
+
+    monkeypatch.setattr("unpact_mech.experiments.settings.SETTINGS", SETTINGS)
+    words = ["paris", "tokyo", "shakespeare", "mars", "au"]
+    ps = [replace(p, meta={"choices": words[i % 5:] + words[:i % 5], "answer_index": (words.index(p.answer) - i) % 5})
+          for i, p in enumerate(demo_probes())]
+    ck = unlearn(tiny_llama, "ga_klr", ps[:2], ps[2:4], tmp_path / "ck", steps=2, lr=1e-2, progress=False, fmt="plain")
+    out = tmp_path / "study"
+    t = run_demo(str(tiny_llama_dir), (), out, probes=ps, known_only=False, patch=False, unlearned={"mine": str(ck)},
+                 task_name="wmdp")
+    assert {"forget_acc_mc", "forget_acc_mc_k", "forget_acc_mc_n", "destructive_retain_mc", "recovery_embed_mc",
+            "recovery_embed_random_mc"} <= set(t.columns)
+    assert t.forget_acc_mc_n.iloc[0] == 2
+    for f in ("eligibility", "recovery_rates", "destruction"):
+        assert "multiple_choice" in set(pd.read_csv(out / "mine" / f"{f}.csv").criterion), f
+    html = (out / "report.html").read_text()
+    assert "Summary table: multiple choice" in html and "under multiple_choice" in html
+    tm = pd.read_csv(out / "task_metrics.csv")
+    assert {"accuracy_lettered", "accuracy_cloze"} <= set(tm.metric)
 
 
 def test_cli_study_on_given_checkpoints_with_task_metrics(tiny_llama, tiny_llama_dir, tmp_path, monkeypatch, capsys):

@@ -81,3 +81,86 @@ def test_as_multiple_choice():
         assert len(ch) == 4 == len(set(ch)) and ch[q.meta["answer_index"]] == p.fact and set(ch) <= set("abcdef")
     with pytest.raises(UnpactError, match="distractors"):
         as_multiple_choice(facts, 4)
+
+
+def _mc_probes():
+    from unpact_mech.probes import Probe
+
+    words = ["paris", "tokyo", "shakespeare", "mars"]
+    qs = [("what is the capital of france ?", 0), ("what is the capital of japan ?", 1), ("who wrote hamlet ?", 2),
+          ("what is the red planet ?", 3)]
+    return [Probe(f"m{i}", q, words[k], ["forget", "forget", "retain", "general"][i],
+                  meta={"choices": words[i:] + words[:i], "answer_index": (k - i) % 4}) for i, (q, k) in enumerate(qs)]
+
+
+@pytest.mark.parametrize("route", [None, "embed", "attention"])
+def test_choice_criterion_equals_a_naive_loop_under_emphasis(tiny_llama, route):
+    """The multiple_choice criterion (all choices of all probes in one batch, row r's emphasis on each of its
+    choices) == a naive loop: each choice alone, the emphasis route's hooks on the bridge, log_softmax summed."""
+    import torch
+
+    from unpact_mech.criteria import criterion
+    from unpact_mech.hooks import Emphasis
+    from unpact_mech.scoring import emphasis_hooks
+
+    probes = _mc_probes()
+    tps = tokenize_probes(tiny_llama, probes, "plain")
+    pos = [list(tp.attributable[1:3]) for tp in tps]
+    emph = None if route is None else Emphasis.of(route, pos, 8.0)
+    t = criterion("multiple_choice").table(tiny_llama, tps, emph)
+    for row, p, tp_pos in zip(t.itertuples(), probes, pos):
+        lls = []
+        for c in p.meta["choices"]:
+            tp = tokenize_probes(tiny_llama, [Probe("x", p.prompt, c)], "plain")[0]
+            ids = torch.tensor([tp.ids])
+            with torch.no_grad():
+                logits = (tiny_llama.bridge(ids) if emph is None else tiny_llama.bridge.run_with_hooks(
+                    ids, fwd_hooks=emphasis_hooks(tiny_llama, Emphasis.of(route, [tp_pos], 8.0))))[0]
+            lp = torch.log_softmax(logits.double(), -1)[tp.prompt_len - 1:-1]
+            lls.append(float(lp.gather(1, torch.tensor(tp.answer_ids)[:, None]).sum()))
+        gold = p.meta["answer_index"]
+        assert row.pred == int(np.argmax(lls)) and row.correct == (int(np.argmax(lls)) == gold)
+        assert row.margin == pytest.approx(lls[gold] - max(np.delete(lls, gold)), abs=1e-4)
+
+
+def test_choice_criterion_applies_only_to_probes_with_choices(tiny_probes):
+    from unpact_mech.criteria import check_criteria, criteria_for, universal_criteria
+
+    assert universal_criteria() == ("teacher_forced", "generation")
+    assert criteria_for(tiny_probes) == universal_criteria()
+    assert criteria_for(_mc_probes()) == ("teacher_forced", "generation", "multiple_choice")
+    assert criteria_for(_mc_probes() + tiny_probes[:1]) == universal_criteria()
+    with pytest.raises(UnpactError, match=r"'multiple_choice' judges multiple-choice probes only.*'t0'.*--probes wmdp"):
+        check_criteria(["multiple_choice"], tiny_probes)
+
+
+def test_recovery_under_the_choice_criterion(tiny_llama, tiny_llama_dir, tmp_path):
+    """findings.recovery judged by the choice argmax: eligibility from the base and unlearned choice tables,
+    and its rates counted over those eligible probes; refused on probes without choices, before any work."""
+    from dataclasses import replace
+
+    from unpact_mech.criteria import choice_table
+    from unpact_mech.findings import recovery
+    from unpact_mech.models import load_model
+    from unpact_mech.unlearning import unlearn
+
+    first = _mc_probes()  # gold := the base model's own choice, so that the base answers every probe
+    pred = choice_table(tiny_llama, tokenize_probes(tiny_llama, first, "plain")).pred
+    probes = [replace(p, answer=p.meta["choices"][k], meta={**p.meta, "answer_index": int(k)}) for p, k in zip(first, pred)]
+    ck = unlearn(tiny_llama, "ga_klr", probes[:2], probes[2:3], tmp_path / "ck", steps=3, lr=5e-2, progress=False,
+                 fmt="plain")
+    unl = load_model(str(ck))
+    rec = recovery(tiny_llama, unl, probes, (1.0, 4.0), routes=("embed",), prompt_styles=(), fmt="plain",
+                   criteria=("multiple_choice",), eligible_only=False, n_draws=1)
+    tps = tokenize_probes(tiny_llama, probes, "plain")
+    b, u = choice_table(tiny_llama, tps), choice_table(unl, tps)
+    e = rec.eligibility
+    assert list(e.criterion.unique()) == ["multiple_choice"]
+    assert list(e.base_correct) == list(b.correct) and list(e.unlearned_correct) == list(u.correct)
+    assert list(e.margin_unlearned) == pytest.approx(list(u.margin), abs=1e-6)
+    n_elig = int((b.correct & ~u.correct).sum())
+    assert b.correct.all() and n_elig >= 1  # the unlearning moved at least one argmax
+    best = rec.rates[(rec.rates.scope == "best") & (rec.rates.condition == "keytokens")]
+    assert set(best.n) == {n_elig}
+    with pytest.raises(UnpactError, match="meta"):
+        recovery(tiny_llama, unl, [Probe("q", "who wrote hamlet ?", "shakespeare")], criteria=("multiple_choice",))

@@ -5,10 +5,11 @@ from unpact_mech.probes import tokenize_probes
 from unpact_mech.scoring import chunk_by_tokens, greedy_batch, score_probes
 
 
-def greedy_ids(subject, prompt_ids, max_new_tokens):
-    """Greedy continuation of one prompt through the backend, stopping at EOS."""
+def greedy_ids(subject, prompt_ids, max_new_tokens, exact=False):
+    """Greedy continuation of one prompt through the backend, stopping at EOS (KV cache, or the exact
+    recompute loop)."""
     eos = [i for i in (subject.tokenizer.eos_token_id,) if i is not None]
-    return greedy_batch(subject, [prompt_ids], max_new_tokens, (), eos)[0]
+    return greedy_batch(subject, [prompt_ids], max_new_tokens, (), eos, exact=exact)[0]
 
 
 def _check_batched_equals_unbatched(subject, tps):
@@ -54,7 +55,9 @@ def _hf_greedy(subject, prompt_ids, n):
 
 def test_greedy_equals_hf_tiny(tiny_llama, tiny_probes):
     for tp in tokenize_probes(tiny_llama, tiny_probes, "plain"):
-        assert greedy_ids(tiny_llama, tp.prompt_ids, 8) == _hf_greedy(tiny_llama, list(tp.prompt_ids), 8)
+        hf = _hf_greedy(tiny_llama, list(tp.prompt_ids), 8)
+        assert greedy_ids(tiny_llama, tp.prompt_ids, 8) == hf
+        assert greedy_ids(tiny_llama, tp.prompt_ids, 8, exact=True) == hf
 
 
 @pytest.mark.slow
@@ -62,6 +65,7 @@ def test_greedy_equals_hf_smollm2(smol, smol_probes):
     for tp in tokenize_probes(smol, smol_probes[:3]):
         ours = greedy_ids(smol, tp.prompt_ids, 16)
         assert ours == _hf_greedy(smol, list(tp.prompt_ids), 16)
+        assert ours == greedy_ids(smol, tp.prompt_ids, 16, exact=True)
         assert len(ours) > 0
 
 
@@ -176,7 +180,7 @@ def _check_kv_generation_equals_hooked_loop(subject, tps, factor):
     limits = [tp.n_answer + GEN_EXTRA_TOKENS for tp in tps]
     stops = stop_token_ids(subject.tokenizer)
     plain = generate_answers(subject, tps)
-    assert plain == greedy_batch(subject, [tp.prompt_ids for tp in tps], limits, (), stops)
+    assert plain == greedy_batch(subject, [tp.prompt_ids for tp in tps], limits, (), stops, exact=True)
     changed = 0
     for route in ("embed", "attention"):
         fast = generate_answers(subject, tps, emphasis=Emphasis.of(route, pos, factor))
@@ -247,3 +251,23 @@ def test_kv_scoring_with_emphasis_equals_hooks_gemma2(tiny_gemma2_dir, tiny_prob
 @pytest.mark.slow
 def test_kv_scoring_with_emphasis_equals_hooks_smollm2(smol, smol_probes):
     _check_kv_scoring_equals_hooks(smol, tokenize_probes(smol, smol_probes[:6]), 4.0)
+
+
+def test_unhooked_greedy_takes_the_kv_cache(tiny_llama, tiny_probes, monkeypatch):
+    """Without hooks, greedy_batch never re-runs a full sequence (the O(T^2) loop); its answers over rows of
+    different lengths and budgets equal the exact recompute loop's, which does; a hook forces the exact loop."""
+    import unpact_mech.scoring as scoring
+
+    tps = tokenize_probes(tiny_llama, tiny_probes, "plain")
+    prompts = [tp.prompt_ids for tp in tps]
+    limits = [3 + 7 * (i % 3) for i in range(len(tps))]
+    exact = greedy_batch(tiny_llama, prompts, limits, (), [], exact=True)
+    assert [len(e) for e in exact] == limits  # no stop tokens: every row runs to its own budget
+    calls = []
+    real = scoring.forward_logits
+    monkeypatch.setattr(scoring, "forward_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert greedy_batch(tiny_llama, prompts, limits, (), [], batch_tokens=40) == exact
+    assert calls == []
+    hook = [("blocks.0.hook_resid_pre", lambda x, hook: x)]
+    assert greedy_batch(tiny_llama, prompts[:1], 2, hook, [])[0] == exact[0][:2]
+    assert len(calls) == 2

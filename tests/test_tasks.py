@@ -146,3 +146,51 @@ def test_cli_evaluate(tmp_path, tiny_llama_dir, tiny_llama_other_dir, capsys):
     assert "--retain-model" in capsys.readouterr().err
     assert main(["evaluate", "--task", "tofu", "--probes", "tofu", "--source", str(f), "--model",
                  str(tmp_path / "missing")]) == 2
+
+
+def test_tofu_model_utility_of_all_nine_numbers(tmp_path, tiny_llama):
+    """Real authors / world facts in TOFU's schema: probability normalised over the options, ROUGE-L recall and the
+    truth ratio (the answer itself as the correct one), each written out here from naive per-answer scoring; and
+    the study's task stage combines retain + real authors + world facts into the harmonic mean of the nine."""
+    from unpact_mech.experiments.base import LazyBase
+    from unpact_mech.experiments.dilemma import task_stage
+    from unpact_mech.ou_metrics import rouge_l
+
+    def avg_nll(q: str, a: str) -> float:
+        return -float(score_probes(tiny_llama, tokenize_probes(tiny_llama, [Probe("x", q, a)], "plain"))[0].logprobs.mean())
+
+    ra = [{"question": "who wrote hamlet ?", "answer": "shakespeare", "perturbed_answer": ["homer", "au", "mars"]},
+          {"question": "what is the red planet ?", "answer": "mars", "perturbed_answer": ["paris", "tokyo", "au"]}]
+    wf = [{"question": "what is the capital of france ?", "answer": "paris", "perturbed_answer": ["tokyo", "mars", "au"]}]
+    rt = [{"question": "what is the capital of japan ?", "answer": "tokyo", "paraphrased_answer": "it is tokyo",
+           "perturbed_answer": ["paris", "mars", "au"]}]
+    sets = {"real_authors": load_benchmark("tofu", "real_authors_perturbed", source=_jsonl(tmp_path / "ra.jsonl", ra)),
+            "world_facts": load_benchmark("tofu", "world_facts_perturbed", source=_jsonl(tmp_path / "wf.jsonl", wf)),
+            "retain": load_benchmark("tofu", "retain_perturbed", source=_jsonl(tmp_path / "rt.jsonl", rt))}
+    assert [p.meta["tofu_set"] for p in sets["real_authors"]] == ["real_authors"] * 2
+    assert {p.split for p in sets["world_facts"]} == {"general"} and "tofu_set" not in sets["retain"][0].meta
+    want = {}
+    for name, rows in (("real_authors", ra), ("world_facts", wf)):
+        t = task_metrics("tofu", tiny_llama, sets[name], max_new_tokens=3, fmt="plain").set_index("metric")
+        pc = [math.exp(-avg_nll(r["question"], r["answer"])) for r in rows]
+        pw = [[math.exp(-avg_nll(r["question"], w)) for w in r["perturbed_answer"]] for r in rows]
+        norm = np.mean([c / (c + sum(w) + 1e-10) for c, w in zip(pc, pw)])
+        # TR = exp(-mean NLL of the wrong answers) / p(answer); true_better = mean(max(0, 1 - TR))
+        tr = [math.exp(-np.mean([avg_nll(r["question"], w) for w in r["perturbed_answer"]])) / (c + 1e-10)
+              for r, c in zip(rows, pc)]
+        gens = greedy_texts(tiny_llama, sets[name], "plain", 3)
+        want[name] = [norm, float(np.mean(rouge_l(gens, [r["answer"] for r in rows]))),
+                      float(np.mean([max(0.0, 1 - x) for x in tr]))]
+        got = [t.loc[m, "value"] for m in ("probability_normalised", "rouge_l_recall", "truth_ratio_true_better")]
+        assert got == pytest.approx(want[name], rel=1e-5, abs=1e-9)
+    with pytest.raises(UnpactError, match="apart"):
+        task_metrics("tofu", tiny_llama, sets["real_authors"] + sets["retain"], fmt="plain")
+    t = task_metrics("tofu", tiny_llama, sets["retain"], max_new_tokens=3, fmt="plain").set_index("metric")
+    retain3 = [t.loc[m, "value"] for m in ("probability", "rouge_l_recall", "truth_ratio_true_better")]
+    nine = retain3 + want["real_authors"] + want["world_facts"]
+    hm = 0.0 if min(nine) == 0 else 9 / sum(1 / x for x in nine)
+    pool = [p for ps in sets.values() for p in ps]
+    tm = task_stage(LazyBase(tiny_llama), "tofu", [], tmp_path / "out", pool)
+    assert set(tm.split) == {"retain", "real_authors", "world_facts", "all"}
+    row = tm[(tm.split == "all") & (tm.metric == "model_utility")]
+    assert len(row) == 1 and row.value.iloc[0] == pytest.approx(hm, rel=1e-5) and row.n.iloc[0] == 9

@@ -8,6 +8,11 @@ A criterion judges each probe right or wrong, for a plain model or under an emph
   end of turn) has ROUGE-L recall >= ``GEN_THRESHOLD`` of the fact span, or contains it as whole words
   (:func:`unpact_mech.metrics.generated_correct`); extra column ``generated`` = the answer's text. Costly: one
   forward per generated token.
+* ``multiple_choice`` (probes with ``meta['choices']``, e.g. WMDP): the cloze formulation of
+  :mod:`unpact_mech.multiple_choice` on the probe's own prompt, so the KeyTokens and any emphasis sit on the same
+  positions: correct = argmax_c sum_t log p(c_t | x, c_<t) is the gold choice (lm-eval's ``acc``); extra column
+  ``margin`` = LL(gold) - max over the other choices of LL. It applies only to probes with choices
+  (:func:`criteria_for`).
 
 Add one with ``@register_criterion``: a function ``(subject, tprobes, emphasis) -> DataFrame`` with one row per
 probe (``probe_id``, ``split``, ``model``, ``correct`` and the criterion's extra columns).
@@ -18,18 +23,21 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
-from unpact_mech.errors import UnknownNameError
+from unpact_mech.errors import UnknownNameError, UnpactError
 from unpact_mech.hooks import Emphasis
 from unpact_mech.metrics import generated_correct, gold_short, rouge_l_recall
-from unpact_mech.probes import TokenizedProbe
+from unpact_mech.multiple_choice import check_choices, choice_variants
+from unpact_mech.probes import Probe, TokenizedProbe, tokenize_probe
 from unpact_mech.scoring import (
     GEN_EXTRA_TOKENS,
     HookSource,
     generate_answers,
     memoized,
     probe_table,
+    score_probes,
 )
 from unpact_mech.subject import Subject
 
@@ -39,13 +47,19 @@ Judge = Callable[[Subject, Sequence[TokenizedProbe], Emphasis | None], pd.DataFr
 @dataclass(frozen=True)
 class Criterion:
     """A registered correctness criterion: its table function, the extra per-probe column it reports, the
-    column suffix of the demo's summary, and whether it is costly (limited factor sets in sweeps)."""
+    column suffix of the demo's summary, whether it is costly (limited factor sets in sweeps), and whether it
+    needs multiple-choice probes (``meta['choices']``; then it judges only those)."""
 
     name: str
     judge: Judge
     extra: str
     suffix: str
     costly: bool = False
+    needs_choices: bool = False
+
+    def applies(self, probes: Sequence[Probe]) -> bool:
+        """Whether this criterion can judge every one of ``probes``."""
+        return not self.needs_choices or all(isinstance(p.meta.get("choices"), list) for p in probes)
 
     def table(self, subject: Subject, tprobes: Sequence[TokenizedProbe], emphasis: Emphasis | None = None) -> pd.DataFrame:
         """One row per probe: ``correct`` and the extra columns (empty table for no probes)."""
@@ -57,13 +71,14 @@ class Criterion:
 CRITERIA: dict[str, Criterion] = {}
 
 
-def register_criterion(name: str, extra: str, suffix: str, costly: bool = False) -> Callable[[Judge], Judge]:
+def register_criterion(name: str, extra: str, suffix: str, costly: bool = False,
+                       needs_choices: bool = False) -> Callable[[Judge], Judge]:
     """Register a correctness criterion (see the module docstring)."""
 
     def deco(fn: Judge) -> Judge:
         if name in CRITERIA:
             raise ValueError(f"criterion '{name}' registered twice")
-        CRITERIA[name] = Criterion(name, fn, extra, suffix, costly)
+        CRITERIA[name] = Criterion(name, fn, extra, suffix, costly, needs_choices)
         return fn
 
     return deco
@@ -76,8 +91,25 @@ def criterion(name: str) -> Criterion:
     return CRITERIA[name]
 
 
-def check_criteria(names: Sequence[str]) -> list[Criterion]:
-    return [criterion(n) for n in names]
+def check_criteria(names: Sequence[str], probes: Sequence[Probe] | None = None) -> list[Criterion]:
+    """The criteria ``names``; with ``probes``, one clear error if a criterion cannot judge them all."""
+    crits = [criterion(n) for n in names]
+    for c in crits:
+        if probes is not None and not c.applies(probes):
+            bad = next(p for p in probes if not isinstance(p.meta.get("choices"), list))
+            raise UnpactError(f"criterion {c.name!r} judges multiple-choice probes only, and probe '{bad.id}' has no "
+                              "meta['choices']; use it on a multiple-choice source (e.g. --probes wmdp), or drop it")
+    return crits
+
+
+def universal_criteria() -> tuple[str, ...]:
+    """The criteria that judge any probe (the study's defaults): ``teacher_forced``, ``generation``."""
+    return tuple(n for n, c in CRITERIA.items() if not c.needs_choices)
+
+
+def criteria_for(probes: Sequence[Probe]) -> tuple[str, ...]:
+    """The registered criteria that can judge every one of ``probes`` (with choices: ``multiple_choice`` too)."""
+    return tuple(n for n, c in CRITERIA.items() if probes and c.applies(probes)) or universal_criteria()
 
 
 @register_criterion("teacher_forced", extra="lp", suffix="")
@@ -88,6 +120,37 @@ def _teacher_forced(subject: Subject, tprobes: Sequence[TokenizedProbe], emphasi
 @register_criterion("generation", extra="generated", suffix="_gen", costly=True)
 def _generation(subject: Subject, tprobes: Sequence[TokenizedProbe], emphasis: Emphasis | None) -> pd.DataFrame:
     return generation_table(subject, tprobes, emphasis=emphasis).rename(columns={"gen_correct": "correct"})
+
+
+@register_criterion("multiple_choice", extra="margin", suffix="_mc", needs_choices=True)
+def _multiple_choice(subject: Subject, tprobes: Sequence[TokenizedProbe], emphasis: Emphasis | None) -> pd.DataFrame:
+    return choice_table(subject, tprobes, emphasis)
+
+
+def choice_table(subject: Subject, tprobes: Sequence[TokenizedProbe], emphasis: Emphasis | None = None) -> pd.DataFrame:
+    """Cloze multiple choice on each probe's own prompt: every choice as the continuation, in one batch, with
+    row r's ``emphasis`` on each of its choices; ``correct`` = argmax of the summed log-likelihoods is the gold
+    choice, ``margin`` = LL(gold) - max LL(other), ``pred`` the chosen index."""
+    variants, owner = [], []
+    for r, tp in enumerate(tprobes):
+        check_choices(tp.probe)
+        for v in choice_variants(tp.probe, "cloze"):
+            tv = tokenize_probe(subject.tokenizer, v, tp.format, max_len=subject.n_ctx)
+            if tv.prompt_ids != tp.prompt_ids:
+                raise UnpactError(f"probe '{tp.probe.id}': a choice changes how its prompt tokenises, so the KeyToken "
+                                  "positions would not carry over; render it in a format with a separate answer")
+            variants.append(tv)
+            owner.append(r)
+    lls = [float(s.logprobs.sum()) for s in score_probes(subject, variants,
+                                                          emphasis=None if emphasis is None else emphasis.rows(owner))]
+    rows = []
+    for r, tp in enumerate(tprobes):
+        ll = np.array([x for x, o in zip(lls, owner) if o == r])
+        gold = int(tp.probe.meta["answer_index"])
+        rows.append({"probe_id": tp.probe.id, "split": tp.probe.split, "model": subject.name,
+                     "correct": int(ll.argmax()) == gold, "margin": float(ll[gold] - np.delete(ll, gold).max()),
+                     "pred": int(ll.argmax())})
+    return pd.DataFrame(rows)
 
 
 def generation_table(subject: Subject, tprobes: Sequence[TokenizedProbe], hooks: HookSource = (),
@@ -113,5 +176,5 @@ def generation_table(subject: Subject, tprobes: Sequence[TokenizedProbe], hooks:
     })
 
 
-__all__ = ["CRITERIA", "GEN_EXTRA_TOKENS", "Criterion", "check_criteria", "criterion", "generation_table",
-           "register_criterion"]
+__all__ = ["CRITERIA", "GEN_EXTRA_TOKENS", "Criterion", "check_criteria", "choice_table", "criteria_for", "criterion",
+           "generation_table", "register_criterion", "universal_criteria"]

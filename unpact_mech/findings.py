@@ -12,8 +12,7 @@ import pandas as pd
 
 from unpact_mech.analysis import Analysis, annotate
 from unpact_mech.compare import prepare_comparison
-from unpact_mech.criteria import CRITERIA as CRITERION_REGISTRY
-from unpact_mech.criteria import check_criteria
+from unpact_mech.criteria import check_criteria, universal_criteria
 from unpact_mech.criteria import criterion as get_criterion
 from unpact_mech.display import frame_html, nb_html
 from unpact_mech.emphasis import emphasis_sweep
@@ -26,7 +25,7 @@ from unpact_mech.stats import draw_mean_rate, paired_difference, wilson
 from unpact_mech.subject import Subject
 from unpact_mech.words import function_word_positions, word_kind
 
-CRITERIA: tuple[str, ...] = tuple(CRITERION_REGISTRY)  # the registered correctness criteria, by name
+CRITERIA: tuple[str, ...] = universal_criteria()  # the registered criteria that judge any probe, by name
 CONDITIONS: tuple[str, ...] = ("keytokens", "random", "function_words")
 
 
@@ -111,7 +110,7 @@ def recovery(
     ``gen_prompt_styles`` its prompt edits (default: all).
     ``base``: an :class:`~unpact_mech.analysis.Analysis` (its KeyTokens and scores are reused) or a Subject.
     """
-    check_criteria(criteria)
+    check_criteria(criteria, probes)  # a multiple-choice criterion needs probes with choices
     factors = check_unique([check_finite_factor(f, "each factor") for f in factors], "factors")
     check_int(n_draws, "n_draws", 1)
     if routes:
@@ -189,7 +188,7 @@ def destruction(base: Analysis | Subject, unlearned: Subject, probes: Sequence[P
 
     ``base``: an :class:`~unpact_mech.analysis.Analysis` (its base scores are reused) or a Subject.
     """
-    crit = get_criterion(criterion)
+    crit = check_criteria([criterion], probes)[0]
     an, tps = prepare_comparison(base, unlearned, probes, None, fmt)
     b, u = judge(an, tps, crit.name), judge(unlearned, tps, crit.name)
     df = pd.DataFrame({"probe_id": [tp.probe.id for tp in tps], "split": [tp.probe.split for tp in tps],

@@ -221,13 +221,11 @@ def _answers(p: Probe, key: str) -> list[str]:
     return vals
 
 
-def truth_ratio_of(subject: Subject, probes: Sequence[Probe], aggregator: str = "closer_to_1_better",
-                   correct_key: str = "paraphrased_answer", wrong_key: str = "perturbed_answer",
-                   fmt: str = "auto") -> tuple[np.ndarray, float]:
-    """:func:`truth_ratio` of ``subject`` on TOFU-style probes (correct and wrong answers in ``meta``); every
-    answer variant is scored in one batch."""
-    check_aggregator(aggregator)  # before any model work
-    correct = [_answers(p, correct_key) for p in probes]
+def answer_nll_of(subject: Subject, probes: Sequence[Probe], correct_key: str | None = "paraphrased_answer",
+                  wrong_key: str = "perturbed_answer", fmt: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Mean answer-token NLL of each probe's correct answers, averaged over them (``[n]``; ``correct_key=None``: the
+    probe's own answer), and of each of its wrong answers (``[n, k]``), all variants scored in one batch."""
+    correct = [[p.answer] if correct_key is None else _answers(p, correct_key) for p in probes]
     wrong = [_answers(p, wrong_key) for p in probes]
     if len({len(w) for w in wrong}) > 1:
         raise UnpactError(f"truth_ratio: probes have different numbers of '{wrong_key}' answers")
@@ -238,7 +236,16 @@ def truth_ratio_of(subject: Subject, probes: Sequence[Probe], aggregator: str = 
         out_c.append(nll[i:i + len(c)].mean())
         out_w.append(nll[i + len(c):i + len(c) + len(w)])
         i += len(c) + len(w)
-    return truth_ratio(np.array(out_c), np.array(out_w), aggregator)
+    return np.array(out_c), np.array(out_w)
+
+
+def truth_ratio_of(subject: Subject, probes: Sequence[Probe], aggregator: str = "closer_to_1_better",
+                   correct_key: str | None = "paraphrased_answer", wrong_key: str = "perturbed_answer",
+                   fmt: str = "auto") -> tuple[np.ndarray, float]:
+    """:func:`truth_ratio` of ``subject`` on TOFU-style probes (correct and wrong answers in ``meta``;
+    ``correct_key=None``: the probe's own answer is the correct one, as for TOFU's real authors and world facts)."""
+    check_aggregator(aggregator)  # before any model work
+    return truth_ratio(*answer_nll_of(subject, probes, correct_key, wrong_key, fmt), aggregator)
 
 
 MIA_ATTACKS = ("min_k", "min_k_plus_plus")

@@ -195,7 +195,7 @@ def recover(base: Analysis, unlearned: Subject, forget: Sequence[Probe], unknown
     module docstring for the columns. ``collateral``: general facts for the relearning route's collateral-damage
     control. ``cache`` may be shared across unlearned models (it keeps the quantised base)."""
     check_route_data(routes, forget, unknown, retain, shots, need_control=False, collateral=collateral)
-    check_criteria(criteria)
+    check_criteria(criteria, [*forget, *unknown])
     if not unknown and any(r != "emphasis" for r in routes):
         print("[unpact] recovery routes: no control facts were given, so every excess over control is undefined "
               "(NaN)", file=sys.stderr, flush=True)

@@ -286,22 +286,45 @@ def greedy_batch(
     hooks: HookSource = (),
     stop_ids: Sequence[int] | None = None,
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    emphasis: Emphasis | None = None,
+    exact: bool = False,
 ) -> list[list[int]]:
-    """Greedy continuations of many prompts, batched with right padding.
+    """Greedy continuations of many prompts, batched; a row stops at a stop token (not included) or after its
+    ``max_new_tokens``.
 
-    No KV cache: every step re-runs each unfinished row in full, so hooks act on the prompt and on every
-    generated token, exactly as in scoring. Row r's next token is the argmax at its own last position (the
-    padding after it is never attended to). ``hooks`` may be a function of the rows' prompt indices, as in
-    :func:`score_sequences`; a row stops at a stop token (not included) or after its ``max_new_tokens``.
+    With no hooks given or attached and a ``kv_prefix`` backend (:func:`fast_path`), runs on its KV cache: one
+    prefill, then one token per row per step, O(T) work per token (``emphasis`` as scaled input embeddings or
+    an attention-score bias). Otherwise, or with ``exact=True``, the exact recompute loop: every step re-runs
+    each unfinished row in full (right padding; row r's next token is the argmax at its own last position), so
+    hooks act on the prompt and on every generated token, exactly as in scoring, at O(T^2) per answer.
+    ``hooks`` may be a function of the rows' prompt indices, as in :func:`score_sequences`. The two paths are
+    tested equal.
     """
-    stop = set(stop_token_ids(subject.tokenizer) if stop_ids is None else stop_ids)
+    if emphasis is not None and (callable(hooks) or hooks):
+        raise UnpactError("give either hooks or an emphasis to generate with, not both")
+    stop = list(stop_token_ids(subject.tokenizer) if stop_ids is None else stop_ids)
     limit = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
-    seqs = [list(p) for p in prompts]
-    new: list[list[int]] = [[] for _ in prompts]
+    lengths = [len(p) + m for p, m in zip(prompts, limit)]
     pad = pad_token_id(subject.tokenizer)
     long = max(limit, default=0) > LONG_GENERATION
     bar = tqdm(total=sum(limit), desc="greedy tokens", unit="tok", disable=not long, leave=False)
-    for chunk in chunk_by_tokens([len(p) + m for p, m in zip(prompts, limit)], batch_tokens):
+    new: list[list[int]] = [[] for _ in prompts]
+    kvb = None if exact else fast_path(subject.backend, hooks, max(lengths, default=0))
+    if kvb is not None:
+        for chunk in chunk_by_tokens(lengths, batch_tokens):
+            res = kvb.generate([prompts[i] for i in chunk], [limit[i] for i in chunk], stop,
+                               None if emphasis is None else emphasis.rows(chunk), pad)
+            for i, r in zip(chunk, res):
+                new[i] = r
+            bar.update(sum(limit[i] for i in chunk))
+        bar.close()
+        return new
+    if emphasis is not None:
+        def hooks(chunk: list[int]) -> Sequence[Hook]:  # noqa: F811  (the emphasis as per-row hooks)
+            return emphasis.rows(chunk).hooks(subject.n_layers)
+    stop_set = set(stop)
+    seqs = [list(p) for p in prompts]
+    for chunk in chunk_by_tokens(lengths, batch_tokens):
         active = [i for i in chunk if limit[i] > 0]
         while active:
             bar.update(len(active))
@@ -311,7 +334,7 @@ def greedy_batch(
             nxt = logits[torch.arange(len(active), device=logits.device), last].argmax(-1).tolist()
             still = []
             for i, t in zip(active, nxt):
-                if t in stop:
+                if t in stop_set:
                     continue
                 seqs[i].append(t)
                 new[i].append(t)
@@ -333,7 +356,7 @@ def generate_answers(subject: Subject, tprobes: Sequence[TokenizedProbe], hooks:
 
     With no hooks given or attached and a ``kv_prefix`` backend, runs on its KV cache (emphasis as scaled input
     embeddings or an attention-score bias); otherwise (and when a sequence would outgrow a sliding attention
-    window) the exact recompute loop :func:`greedy_batch` with the emphasis route's hooks. The two are tested
+    window) the exact recompute loop of :func:`greedy_batch` with the emphasis route's hooks. The two are tested
     equal.
     """
     if emphasis is not None and (callable(hooks) or hooks):
@@ -348,17 +371,4 @@ def generate_answers(subject: Subject, tprobes: Sequence[TokenizedProbe], hooks:
               "is one forward pass (progress shown)", file=sys.stderr, flush=True)
     if emphasis is not None:
         check_emphasis(subject, emphasis)
-    kvb = fast_path(subject.backend, hooks, max((len(p) + m for p, m in zip(prompts, limits)), default=0))
-    if kvb is not None:
-        out: list[list[int]] = [[] for _ in tprobes]
-        for chunk in chunk_by_tokens([len(p) + m for p, m in zip(prompts, limits)], DEFAULT_BATCH_TOKENS):
-            res = kvb.generate([prompts[i] for i in chunk], [limits[i] for i in chunk], stops,
-                               None if emphasis is None else emphasis.rows(chunk), pad_token_id(subject.tokenizer))
-            for i, r in zip(chunk, res):
-                out[i] = r
-        return out
-    if emphasis is not None:
-        def hooks(chunk: list[int]) -> Sequence[Hook]:  # noqa: F811  (the emphasis as per-row hooks)
-            return emphasis.rows(chunk).hooks(subject.n_layers)
-
-    return greedy_batch(subject, prompts, limits, hooks, stops)
+    return greedy_batch(subject, prompts, limits, hooks, stops, emphasis=emphasis)

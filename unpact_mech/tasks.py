@@ -8,12 +8,15 @@ metrics. ``task_metrics(name, subject, probes)`` returns one tidy row per metric
   open-unlearning's ``configs/generation/default.yaml``), truth ratio (``closer_to_1_better`` on forget probes,
   ``true_better`` otherwise, as ``configs/eval/tofu_metrics/*_Truth_Ratio.yaml``), and with ``retain_model`` the
   forget quality (KS p-value of the two models' truth ratios). On retain probes, model utility = the harmonic
-  mean of those three numbers; TOFU's has nine (also real-authors and world-facts probability, ROUGE and truth
-  ratio), which are not available offline, so this is the retain third of it.
+  mean of those three numbers (the retain third of TOFU's). On TOFU's real-authors and world-facts sets
+  (``meta['tofu_set']``): probability normalised over the options, p_c / (p_c + sum_k p_w,k), ROUGE-L recall, and
+  the truth ratio with the answer itself as the correct one (``true_better``); with all three sets scored,
+  :func:`tofu_model_utility` is TOFU's model utility, the harmonic mean of the nine numbers
+  (``configs/eval/tofu_metrics/model_utility.yaml``, ``utility.py: hm_aggregate``).
 * ``muse-knowmem``: ROUGE-L F1 of greedy answers, at most 32 new tokens (``muse_metrics/forget_knowmem_ROUGE.yaml``).
 * ``muse-verbmem``: the prefix as raw text, ROUGE-L F1 of the greedy continuation (128 new tokens,
   ``forget_verbmem_ROUGE.yaml``) and extraction strength of the gold continuation (``extraction_strength.yaml``).
-* ``facts``: accuracy under each correctness criterion of the registry.
+* ``facts``: accuracy under each correctness criterion of the registry that can judge the probes.
 
 Departures from the references, stated: answers are scored on their own tokens (not the template's closing
 tokens and EOS); generation stops at EOS / end of turn, not at MUSE's stop words, and KnowMem runs zero-shot
@@ -29,18 +32,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from unpact_mech.criteria import CRITERIA, criterion
+from unpact_mech.criteria import check_criteria, criteria_for, criterion
 from unpact_mech.errors import UnknownNameError, UnpactError
 from unpact_mech.metrics import accuracy, rouge_l_f1
 from unpact_mech.multiple_choice import FORMULATIONS, mc_accuracy, mc_table
 from unpact_mech.ou_metrics import (
     OU,
+    answer_nll_of,
     avg_nll_of,
     extraction_strength_of,
     forget_quality,
     model_utility,
     probability,
+    probability_w_options,
     rouge_l,
+    truth_ratio,
     truth_ratio_of,
 )
 from unpact_mech.probes import Probe, tokenize_probes
@@ -118,9 +124,48 @@ def _wmdp(subject: Subject, probes: list[Probe], formulations: Sequence[str] = F
     return rows
 
 
+UTILITY_SETS = ("real_authors", "world_facts")  # TOFU's general-knowledge sets of model utility
+UTILITY_NINE = {"retain": ("probability", "rouge_l_recall", "truth_ratio_true_better"),
+                **{s: ("probability_normalised", "rouge_l_recall", "truth_ratio_true_better") for s in UTILITY_SETS}}
+
+
+def _tofu_utility_set(subject: Subject, probes: list[Probe], max_new_tokens: int, fmt: str) -> list[dict[str, Any]]:
+    """Real authors / world facts: p_c / (p_c + sum_k p_w,k), ROUGE-L recall, truth ratio (answer vs perturbed)."""
+    nll_c, nll_w = answer_nll_of(subject, probes, None, "perturbed_answer", fmt)
+    tr, value = truth_ratio(nll_c, nll_w, "true_better")
+    return [_mean("probability_normalised", probability_w_options(np.exp(-nll_c), np.exp(-nll_w)).tolist(),
+                  OU + "memorization.py: probability_w_options"),
+            _mean("rouge_l_recall", rouge_l(greedy_texts(subject, probes, fmt, max_new_tokens),
+                                            [p.answer for p in probes]).tolist(), OU + "utils.py: eval_text_similarity"),
+            {"metric": "truth_ratio_true_better", "value": value, "n": len(tr),
+             "reference": OU + "memorization.py: truth_ratio"}]
+
+
+def tofu_model_utility(table: pd.DataFrame) -> dict[str, Any] | None:
+    """TOFU's model utility from one model's per-split TOFU metrics (``split``, ``metric``, ``value``): the harmonic
+    mean of the nine numbers :data:`UTILITY_NINE` (retain, real authors, world facts), or None where a set is
+    missing."""
+    vals = []
+    for split, names in UTILITY_NINE.items():
+        for name in names:
+            got = table[(table.split == split) & (table.metric == name)] if "split" in table else table.iloc[:0]
+            if got.empty:
+                return None
+            vals.append(float(got.value.iloc[0]))
+    return {"metric": "model_utility", "split": "all", "value": model_utility(vals), "n": 9,
+            "reference": OU + "utility.py: hm_aggregate",
+            "of": "; ".join(f"{s}: {', '.join(ns)}" for s, ns in UTILITY_NINE.items())}
+
+
 @register_task("tofu", fmt="auto", criterion="generation", reference=OU + "memorization.py")
 def _tofu(subject: Subject, probes: list[Probe], retain_model: Subject | None = None, max_new_tokens: int = 200,
           fmt: str = "auto") -> list[dict[str, Any]]:
+    sets = {p.meta.get("tofu_set") for p in probes}
+    if sets & set(UTILITY_SETS):
+        if len(sets) > 1:
+            raise UnpactError(f"tofu: score the real-authors / world-facts probes apart from the others (got sets "
+                              f"{sorted(map(str, sets))}); the study splits them by meta['tofu_set']")
+        return _tofu_utility_set(subject, probes, max_new_tokens, fmt)
     rows = [_mean("probability", probability(avg_nll_of(subject, probes, fmt)).tolist(), OU + "utils.py"),
             _mean("rouge_l_recall", rouge_l(greedy_texts(subject, probes, fmt, max_new_tokens),
                                             [p.answer for p in probes]).tolist(), OU + "utils.py: eval_text_similarity")]
@@ -162,10 +207,12 @@ def _verbmem(subject: Subject, probes: list[Probe], max_new_tokens: int = 128) -
 
 
 @register_task("facts", fmt="auto", criterion="teacher_forced", reference="unpact_mech.criteria")
-def _facts(subject: Subject, probes: list[Probe], criteria: Sequence[str] = tuple(CRITERIA)) -> list[dict[str, Any]]:
+def _facts(subject: Subject, probes: list[Probe], criteria: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Accuracy under each of ``criteria`` (default: every registered criterion that can judge the probes)."""
+    names = criteria_for(probes) if criteria is None else [c.name for c in check_criteria(criteria, probes)]
     tps = tokenize_probes(subject, probes)
     return [_rate(f"accuracy_{c}", accuracy(list(criterion(c).table(subject, tps).correct)), "unpact_mech.criteria")
-            for c in criteria]
+            for c in names]
 
 
 __all__ = ["TASKS", "Task", "greedy_texts", "register_task", "task", "task_metrics"]

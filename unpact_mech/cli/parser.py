@@ -224,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--routes", default="embed,attention", type=choice_list(EMPHASIS_MODES),
                    help="emphasis routes: " + ", ".join(EMPHASIS_MODES))
     s.add_argument("--criteria", default="teacher_forced,generation", type=choice_list(list(CRITERIA)),
-                   help="correctness criteria: teacher_forced (fact span top-1), generation (greedy answer, ROUGE-L)")
+                   help="correctness criteria: teacher_forced (fact span top-1), generation (greedy answer, ROUGE-L), "
+                   "multiple_choice (probes with choices, e.g. --probes wmdp: the gold choice has the largest LL)")
     s.add_argument("--draws", type=POS, default=3, help="seeded random-token control draws per probe")
     s.add_argument("--out", default="emphasis")
     _output_args(s)

@@ -117,8 +117,10 @@ TOFU_CONFIGS = {
     **{f"retain{n}": ("question", "answer") for n in ("90", "95", "99")},
     **{f"forget{n}_perturbed": ("question", "answer", "paraphrased_answer", "perturbed_answer") for n in ("01", "05", "10")},
     "retain_perturbed": ("question", "answer", "paraphrased_answer", "perturbed_answer"),
-    "real_authors_perturbed": ("question", "answer"),
-    "world_facts_perturbed": ("question", "answer"),
+    # the model-utility sets: the answer is the correct one, perturbed_answer the wrong ones (open-unlearning's
+    # TOFU_QA_ra / TOFU_QA_ra_pert answer keys); in meta as 'tofu_set' for the task's nine utility numbers
+    "real_authors_perturbed": ("question", "answer", "perturbed_answer"),
+    "world_facts_perturbed": ("question", "answer", "perturbed_answer"),
 }
 
 
@@ -133,6 +135,7 @@ def tofu(subset: str | None = None, split: str | None = None, source: Any = None
     role = "forget" if subset.startswith("forget") else ("general" if "real" in subset or "world" in subset else "retain")
     out = []
     for i, r in enumerate(rows):
-        meta = {k: r[k] for k in fields[2:]} | ({"options": r["options"]} if "options" in r else {})
+        meta = {k: r[k] for k in fields[2:]} | ({"options": r["options"]} if "options" in r else {}) | (
+            {"tofu_set": subset.removesuffix("_perturbed")} if role == "general" else {})
         out.append(Probe(f"tofu-{subset}-{i}", r["question"], str(r["answer"]), role, domain="tofu", meta=meta))
     return out

@@ -35,7 +35,7 @@ from unpact_mech.models import data_hash
 from unpact_mech.pipeline import make_stamp, stage
 from unpact_mech.report.sections import build_report
 from unpact_mech.report.tables import summary_table
-from unpact_mech.tasks import task, task_metrics
+from unpact_mech.tasks import UTILITY_SETS, task, task_metrics, tofu_model_utility
 from unpact_mech.unlearning import METHODS
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -130,7 +130,9 @@ def task_stage(lazy: LazyBase, task_name: str, methods: Sequence[str], out: str 
                retain_model: str | None = None) -> pd.DataFrame:
     """The task's own metrics (:func:`unpact_mech.tasks.task_metrics`) of the base and of every method's
     checkpoint (given, or ``OUT/checkpoints/METHOD``) on ``probes``: ``OUT/task_metrics.csv``, stamped.
-    The TOFU task is scored per split, as TOFU reports its forget and retain sets (a ``split`` column);
+    The TOFU task is scored per split, as TOFU reports its forget and retain sets (a ``split`` column), and its
+    real-authors and world-facts sets where the probes hold them; with all of retain, real authors and world facts,
+    TOFU's nine-number model utility (split ``all``);
     ``retain_model`` (a spec) is the reference model of the forget split's forget quality."""
     task(task_name)
     out, given = Path(out), dict(given or {})
@@ -144,12 +146,16 @@ def task_stage(lazy: LazyBase, task_name: str, methods: Sequence[str], out: str 
     def compute() -> pd.DataFrame:
         base = lazy.get()
         ref = None if retain_model is None or task_name != "tofu" else retain_subject(retain_model, base)
-        split = {s: [p for p in probes if p.split == s] for s in ("forget", "retain")} if task_name == "tofu" else {}
-        groups: dict[str | None, list[Any]] = {s: ps for s, ps in split.items() if ps} or {None: list(probes)}
+        split = {s: [p for p in probes if p.split == s and not p.meta.get("tofu_set")] for s in ("forget", "retain")}
+        split.update({s: [p for p in probes if p.meta.get("tofu_set") == s] for s in UTILITY_SETS})
+        groups: dict[str | None, list[Any]] = ({s: ps for s, ps in split.items() if ps} if task_name == "tofu"
+                                               else {}) or {None: list(probes)}
 
         def score(subject: Any, role: str) -> list[pd.DataFrame]:
-            return [task_metrics(task_name, subject, ps, **({"retain_model": ref} if ref and s == "forget" else {}))
-                    .assign(role=role, **({} if s is None else {"split": s})) for s, ps in groups.items()]
+            frames = [task_metrics(task_name, subject, ps, **({"retain_model": ref} if ref and s == "forget" else {}))
+                      .assign(role=role, **({} if s is None else {"split": s})) for s, ps in groups.items()]
+            nine = tofu_model_utility(pd.concat(frames, ignore_index=True)) if task_name == "tofu" else None
+            return frames + ([pd.DataFrame([nine]).assign(task=task_name, model=subject.name, role=role)] if nine else [])
 
         frames = score(base, "base")
         for m, spec in specs.items():

@@ -13,7 +13,7 @@ import pandas as pd
 
 from unpact_mech import models
 from unpact_mech.compare import compare
-from unpact_mech.criteria import CRITERIA, generation_table
+from unpact_mech.criteria import CRITERIA, choice_table, criteria_for, generation_table
 from unpact_mech.experiments.base import LazyBase
 from unpact_mech.experiments.settings import BUDGET, FACTORS, probe_key
 from unpact_mech.experiments.unlearn import checkpoint_stamp, unlearn_stage
@@ -110,10 +110,11 @@ def _measure(lazy: LazyBase, method: str, data: dict[str, list], out: Path, step
     f_gen = generation_table(unl, f_tps)
     cmp_f = compare(an, unl, forget)
     announce(f"{method}: finding 2 (emphasis under both criteria, with random and function-word controls)")
+    f_crits, d_crits = criteria_for(forget), criteria_for(retain + general)  # + multiple_choice on WMDP-like probes
     rec = recovery(an, unl, forget, FACTORS, n_draws=BUDGET["n_draws"], gen_factors=BUDGET["gen_factors"],
-                   gen_prompt_styles=BUDGET["gen_prompt_styles"])
+                   gen_prompt_styles=BUDGET["gen_prompt_styles"], criteria=f_crits)
     announce(f"{method}: finding 3 (destructive rates, function-word penalisation), localisation")
-    dest = {c: destruction(an, unl, retain + general, criterion=c) for c in CRITERIA}
+    dest = {c: destruction(an, unl, retain + general, criterion=c) for c in d_crits}
     drates = {c: d[1] for c, d in dest.items()}
     cmp_r = compare(an, unl, retain)  # token-level finding 3 on the retain split (the demo's time budget)
     fw = function_word_penalisation(cmp_r)
@@ -157,6 +158,8 @@ def _measure(lazy: LazyBase, method: str, data: dict[str, list], out: Path, step
         "train_s": prov.get("train_seconds"),
         **rate_columns("forget_acc", accuracy(list(f_tab.fact_top1))),
         **rate_columns("forget_acc_gen", accuracy(list(f_gen.gen_correct))),
+        **(rate_columns("forget_acc_mc", accuracy(list(choice_table(unl, f_tps).correct)))
+           if "multiple_choice" in f_crits else {}),
         "forget_lp_before": float(cmp_f.per_probe.lp_base.mean()),
         "forget_lp_after": float(cmp_f.per_probe.lp_unlearned.mean()),
         **focus,
@@ -167,9 +170,9 @@ def _measure(lazy: LazyBase, method: str, data: dict[str, list], out: Path, step
         "route_summary": loc.summary,
         "examples": examples,
     }
-    for crit, sfx in ((c.name, c.suffix) for c in CRITERIA.values()):
+    for crit, sfx in ((c.name, c.suffix) for c in CRITERIA.values() if c.name in f_crits or c.name in d_crits):
         for s_name in ("retain", "general"):
-            if s_name in drates[crit]:
+            if s_name in drates.get(crit, {}):
                 row.update(rate_columns(f"destructive_{s_name}{sfx}", drates[crit][s_name]))
         best = rates[(rates.criterion == crit) & (rates.scope == "best")]
         for _, r in best.iterrows():

@@ -52,6 +52,9 @@ def _mark(v: Any) -> str:
     return "yes" if bool(v) else "no"
 
 
+SHORT = {"teacher_forced": "tf", "generation": "gen", "multiple_choice": "mc"}  # column tags per criterion
+
+
 def forget_drill(out: Path, method: str, data: dict[str, list]) -> pd.DataFrame:
     """One row per forget probe: prompt, answer, and per criterion whether the base and the unlearned model
     answer it, whether it is eligible for recovery, which routes recovered it, and the generated answers."""
@@ -64,7 +67,7 @@ def forget_drill(out: Path, method: str, data: dict[str, list]) -> pd.DataFrame:
         row: dict[str, Any] = {"probe": p.id, "prompt": p.prompt, "answer": p.answer}
         for crit in CRITERIA.values():
             e = elig[(elig.criterion == crit.name) & (elig.probe_id == p.id)] if elig is not None else pd.DataFrame()
-            sfx = "tf" if crit.name == "teacher_forced" else "gen"
+            sfx = SHORT.get(crit.name, crit.name)
             if e.empty:
                 continue
             b, u = bool(e.base_correct.iloc[0]), bool(e.unlearned_correct.iloc[0])
@@ -93,7 +96,7 @@ def destruction_drill(out: Path, method: str, data: dict[str, list]) -> pd.DataF
         row: dict[str, Any] = {"probe": pid, "split": g.split.iloc[0], "prompt": getattr(p, "prompt", ""),
                                "answer": getattr(p, "answer", "")}
         for _, r in g.iterrows():
-            sfx = "tf" if r.criterion == "teacher_forced" else "gen"
+            sfx = SHORT.get(r.criterion, r.criterion)
             row[f"base right ({sfx})"], row[f"unlearned right ({sfx})"] = _mark(r.correct_base), _mark(r.correct_unlearned)
             row[f"destroyed ({sfx})"] = _mark(bool(r.correct_base) and not bool(r.correct_unlearned))
             if "generated_base" in r and r.generated_base == r.generated_base:
@@ -122,6 +125,8 @@ def eligibility_counts(out: Path, methods: list[str]) -> pd.DataFrame:
     for m in methods:
         e, dt = _read(out / m / "eligibility.csv"), _read(out / m / "destruction.csv")
         for crit in CRITERIA:
+            if CRITERIA[crit].needs_choices and (e is None or not (e.criterion == crit).any()):
+                continue  # judged only on studies of probes with choices
             row: dict[str, Any] = {"method": m, "criterion": crit}
             if e is not None:
                 g = e[e.criterion == crit]

@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from unpact_mech.criteria import CRITERIA
 from unpact_mech.display import colour_legend, comparison_block, strip_scale
 from unpact_mech.io import read_table
 from unpact_mech.metrics import GEN_THRESHOLD
@@ -37,11 +36,11 @@ from unpact_mech.report.figures import (
 )
 from unpact_mech.report.html import image, write_report
 from unpact_mech.report.tables import (
-    GLOSSARY,
+    criteria_of,
+    criterion_table_html,
     format_rates,
     headline_table,
     route_table,
-    summary_table,
 )
 from unpact_mech.report.verdicts import (
     control_caption,
@@ -169,7 +168,15 @@ def _summary(ctx: ReportContext) -> Body:
             "restored at any emphasis factor &gt; 1. Controls: the same emphasis on as many random non-KeyTokens "
             f"({b['n_draws']} seeded draws; k is the mean over draws, interval by bootstrap over probes) and on "
             "the prompt's function words. <i>specific</i> = KeyTokens minus random, paired per probe: mean, 95% "
-            "paired bootstrap interval and sign-flip p-value.</p>")
+            "paired bootstrap interval and sign-flip p-value.</p>"
+            + ("<p>The probes have choices, so a third criterion, <b>multiple choice</b>, judges them as the cloze "
+               "formulation does: correct when the gold choice has the largest summed log-likelihood as the "
+               "continuation of the probe's own prompt (chance: 1 / number of choices); its columns end in "
+               "<i>_mc</i>.</p>" if _has_mc(ctx) else ""))
+
+
+def _has_mc(ctx: ReportContext) -> bool:
+    return "multiple_choice" in {c.name for c in criteria_of(ctx.rows)}
 
 
 def _pre(text: str) -> str:
@@ -181,31 +188,19 @@ def _headline(ctx: ReportContext) -> Body:
     return headline_table(ctx.rows)
 
 
-def _full_table(ctx: ReportContext, criterion: str) -> str:
-    """One criterion's summary table: the columns that criterion changes (after the first table, the shared ones
-    are not repeated), empty columns left out."""
-    t = format_rates(summary_table(ctx.rows, criterion)).round(3)
-    sfx = CRITERIA[criterion].suffix
-    if sfx:  # the second table keeps the method and its own criterion's columns
-        t = t[["method", *[c for c in t.columns if str(c).endswith(sfx)]]]
-    else:  # the first, every criterion-free column and none of another criterion's
-        other = [c.suffix for c in CRITERIA.values() if c.suffix]
-        t = t[[c for c in t.columns if not any(str(c).endswith(o) for o in other)]]
-    t = t.dropna(axis=1, how="all").rename(columns=lambda c: str(c).replace("_", " "))
-    gloss = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in GLOSSARY.items())
-    return (f"<details><summary>all {len(t.columns)} columns, one row per method (click to open)</summary>"
-            "<div class='scroll pinned'>" + t.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="")
-            + f"</div><dl class='glossary'>{gloss}</dl></details>")
-
-
 @section(1, "Summary table: teacher forced")
 def _summary_tf(ctx: ReportContext) -> Body:
-    return _full_table(ctx, "teacher_forced")
+    return criterion_table_html(ctx.rows, "teacher_forced")
 
 
 @section(2, "Summary table: generation")
 def _summary_gen(ctx: ReportContext) -> Body:
-    return _full_table(ctx, "generation")
+    return criterion_table_html(ctx.rows, "generation")
+
+
+@section(2.5, "Summary table: multiple choice")
+def _summary_mc(ctx: ReportContext) -> Body:  # a study of probes with choices (WMDP): judged by the cloze argmax
+    return criterion_table_html(ctx.rows, "multiple_choice") if _has_mc(ctx) else None
 
 
 @section(3, "Finding 1: focus on KeyTokens before and after")

@@ -5,6 +5,7 @@ Numbers stay numbers until here: ``format_rates`` and ``route_table`` are the on
 
 from __future__ import annotations
 
+import html
 import math
 from typing import Any
 
@@ -73,12 +74,19 @@ def route_table(t: pd.DataFrame) -> pd.DataFrame:
 
 
 
+def criteria_of(rows: list[dict[str, Any]]) -> list[Any]:
+    """The registered criteria a study's rows were judged under: the universal ones always, a multiple-choice
+    one only where its columns are (a study on probes with choices)."""
+    return [c for c in CRITERIA.values() if not c.needs_choices or any(f"forget_acc{c.suffix}" in r for r in rows)]
+
+
 def summary_columns(criterion: str) -> list[str]:
     """The summary table's columns under one criterion (``teacher_forced`` or ``generation``)."""
     sfx = CRITERIA[criterion].suffix
     rec = [c for r in EMPHASIS_NAMES for c in (f"recovery_{r}{sfx}", f"recovery_{r}_random{sfx}", f"recovery_{r}_fw{sfx}",
                                           f"specific_{r}{sfx}")]
-    return ["method", "steps", "target_reached", "tv_scale", "forget_acc", "forget_acc_gen", "forget_lp_before",
+    mc = [f"forget_acc{sfx}"] if CRITERIA[criterion].needs_choices else []
+    return ["method", "steps", "target_reached", "tv_scale", "forget_acc", "forget_acc_gen", *mc, "forget_lp_before",
             "forget_lp_after", "focus_before", "focus_after", "keytoken_jaccard", *rec, f"destructive_retain{sfx}",
             f"destructive_general{sfx}", "fw_change", "keytoken_change", "content_change"]
 
@@ -114,10 +122,27 @@ GLOSSARY = {
 }
 
 
+def criterion_table_html(rows: list[dict[str, Any]], criterion: str) -> str:
+    """One criterion's summary table: the columns that criterion changes (after the first table, the shared ones
+    are not repeated), empty columns left out."""
+    t = format_rates(summary_table(rows, criterion)).round(3)
+    sfx = CRITERIA[criterion].suffix
+    if sfx:  # the second table keeps the method and its own criterion's columns
+        t = t[["method", *[c for c in t.columns if str(c).endswith(sfx)]]]
+    else:  # the first, every criterion-free column and none of another criterion's
+        other = [c.suffix for c in CRITERIA.values() if c.suffix]
+        t = t[[c for c in t.columns if not any(str(c).endswith(o) for o in other)]]
+    t = t.dropna(axis=1, how="all").rename(columns=lambda c: str(c).replace("_", " "))
+    gloss = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in GLOSSARY.items())
+    return (f"<details><summary>all {len(t.columns)} columns, one row per method (click to open)</summary>"
+            "<div class='scroll pinned'>" + t.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="")
+            + f"</div><dl class='glossary'>{gloss}</dl></details>")
+
+
 def _best_specific(row: dict[str, Any]) -> tuple[str, str]:
     """The largest KeyToken-specific estimate over emphasis routes and criteria: (estimate with interval, where)."""
     best: tuple[float, str, str] | None = None
-    for crit in CRITERIA.values():
+    for crit in criteria_of([row]):
         for name in EMPHASIS_NAMES:
             key = f"specific_{name}{crit.suffix}"
             vals = [row.get(k, math.nan) for k in (key, f"{key}_low", f"{key}_high")]

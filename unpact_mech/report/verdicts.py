@@ -25,10 +25,9 @@ from typing import Any
 
 import pandas as pd
 
-from unpact_mech.criteria import CRITERIA
 from unpact_mech.emphasis import EMPHASIS_NAMES
 from unpact_mech.power import destruction_mde, specific_mde
-from unpact_mech.report.tables import ci_text, finite
+from unpact_mech.report.tables import ci_text, criteria_of, finite
 
 
 @dataclass(frozen=True)
@@ -91,7 +90,7 @@ def specific_tests(rows: list[dict[str, Any]]) -> tuple[list[int], float]:
     """The KeyToken-specific tests a study ran: each one's n of eligible probes, and the mean random-control rate
     over them (the inputs of its power)."""
     ns, randoms = [], []
-    for crit in CRITERIA.values():
+    for crit in criteria_of(rows):
         for r in rows:
             for name in EMPHASIS_NAMES:
                 if math.isnan(_num(r, f"specific_{name}{crit.suffix}_low")):
@@ -106,7 +105,7 @@ def specific_tests(rows: list[dict[str, Any]]) -> tuple[list[int], float]:
 
 def recovery_verdicts(rows: list[dict[str, Any]], n_draws: int = 2) -> list[Verdict]:
     out, tested = [], 0
-    for crit in CRITERIA.values():
+    for crit in criteria_of(rows):
         for r in rows:
             for name in EMPHASIS_NAMES:
                 est, lo, hi = _ci(r, f"specific_{name}{crit.suffix}")
@@ -136,7 +135,7 @@ def recovery_verdicts(rows: list[dict[str, Any]], n_draws: int = 2) -> list[Verd
 def destruction_verdicts(rows: list[dict[str, Any]]) -> list[Verdict]:
     out: list[Verdict] = []
     untestable = []
-    for crit in CRITERIA.values():
+    for crit in criteria_of(rows):
         for r in rows:
             for split in ("retain", "general"):
                 key = f"destructive_{split}{crit.suffix}"
@@ -206,7 +205,7 @@ def control_caption(rows: list[dict[str, Any]], route: str) -> str:
     random tokens (paired interval above 0)."""
     best: tuple[float, str] | None = None
     tested = above = 0
-    for crit in CRITERIA.values():
+    for crit in criteria_of(rows):
         for r in rows:
             rate, k, n = (_num(r, f"recovery_{route}{crit.suffix}{x}") for x in ("", "_k", "_n"))
             rr = _num(r, f"recovery_{route}_random{crit.suffix}")
