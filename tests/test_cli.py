@@ -96,3 +96,18 @@ def test_recover_and_atp_patch_cli(tiny_llama_dir, tiny_llama_other_dir, tmp_pat
                  str(pf), "--method", "exact", "--verify", "5", "--out", str(tmp_path / "bad2")]) == 2
     err = capsys.readouterr().err
     assert "already exact" in err and not (tmp_path / "bad2").exists()
+
+
+def test_probe_specs_name_subsets_of_hub_benchmarks(monkeypatch):
+    """facts:SPLIT, fictitious:N:SEED:F, and NAME:SUBSET[:SPLIT] for the hub benchmarks (tofu, wmdp, muse)."""
+    from unpact_mech.cli.commands import _load_probes_arg
+    from unpact_mech.data import BENCHMARKS
+
+    calls = []
+    monkeypatch.setitem(BENCHMARKS, "tofu", lambda subset=None, split=None, source=None: calls.append((subset, split)) or [])
+    _load_probes_arg("tofu:retain_perturbed")
+    _load_probes_arg("tofu:forget01:train")
+    _load_probes_arg("tofu")
+    assert calls == [("retain_perturbed", None), ("forget01", "train"), (None, None)]
+    assert {p.split for p in _load_probes_arg("facts:retain")} == {"retain"}
+    assert len(_load_probes_arg("fictitious:2:0:3")) == 6

@@ -216,3 +216,37 @@ def test_cli_study_on_given_checkpoints_with_task_metrics(tiny_llama, tiny_llama
     assert main(["study", "--model", str(tiny_llama_dir), "--unlearned", f"x={tmp_path / 'nope'}", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "NAME=DIR_OR_HUB_ID" in err and "nope" in err
+
+
+def test_study_on_released_tofu_checkpoints_with_a_retain_model(tiny_llama, tiny_llama_dir, tiny_llama_other_dir,
+                                                                 tmp_path, monkeypatch, capsys):
+    """`study --unlearned ... --task tofu --retain-model SPEC`: forget quality of the base and of the given
+    checkpoint against the given retain model (as for open-unlearning's released TOFU models and their retain90
+    reference); --retain-model without --task tofu is refused before any work."""
+    from unpact_mech.cli import main
+    from unpact_mech.data import load_benchmark
+    from unpact_mech.probes import save_probes
+    from unpact_mech.unlearning import unlearn
+
+    monkeypatch.setattr("unpact_mech.experiments.settings.SETTINGS", SETTINGS)
+    rows = [{"question": q, "answer": a, "paraphrased_answer": f"it is {a}", "perturbed_answer": ["au", "homer"]}
+            for q, a in (("what is the capital of france ?", "paris"), ("what is the capital of japan ?", "tokyo"),
+                         ("who wrote hamlet ?", "shakespeare"), ("what is the red planet ?", "mars"))]
+    src = {}
+    for name, part in (("forget01_perturbed", rows[:2]), ("retain_perturbed", rows[2:])):
+        src[name] = tmp_path / f"{name}.jsonl"
+        src[name].write_text("".join(json.dumps(r) + "\n" for r in part))
+    ps = [p for n, f in src.items() for p in load_benchmark("tofu", n, source=f)]
+    f = save_probes(ps, tmp_path / "tofu.jsonl")
+    ck = unlearn(tiny_llama, "ga_klr", ps[:2], ps[2:], tmp_path / "ck", steps=1, lr=1e-3, progress=False, fmt="plain")
+    out = tmp_path / "study"
+    base = ["study", "--model", str(tiny_llama_dir), "--probes", str(f), "--probes", "facts:general",
+            "--unlearned", f"mine={ck}", "--out", str(out), "--include-unknown", "--no-patch"]
+    assert main([*base, "--retain-model", str(tiny_llama_other_dir)]) == 2
+    assert "--retain-model is forget quality's reference for --task tofu" in capsys.readouterr().err
+    assert not out.exists()
+    assert main([*base, "--task", "tofu", "--retain-model", str(tiny_llama_other_dir)]) == 0
+    tm = pd.read_csv(out / "task_metrics.csv")
+    fq = tm[tm.metric == "forget_quality"]
+    assert set(fq.role) == {"base", "mine"} and set(fq.split) == {"forget"} and fq.value.between(0, 1).all()
+    assert set(fq.against) == {tiny_llama_other_dir.name}

@@ -164,3 +164,39 @@ def test_recovery_under_the_choice_criterion(tiny_llama, tiny_llama_dir, tmp_pat
     assert set(best.n) == {n_elig}
     with pytest.raises(UnpactError, match="meta"):
         recovery(tiny_llama, unl, [Probe("q", "who wrote hamlet ?", "shakespeare")], criteria=("multiple_choice",))
+
+
+def test_the_study_knows_a_choice_probe_by_its_argmax(tiny_llama, tiny_probes):
+    """The study's known-fact filter: fact top-1 for plain probes, the choice argmax for probes with choices."""
+    from dataclasses import replace
+
+    from unpact_mech.criteria import choice_table
+    from unpact_mech.data import filter_known
+    from unpact_mech.experiments.data import known_probes
+
+    mc = _mc_probes()
+    pred = list(choice_table(tiny_llama, tokenize_probes(tiny_llama, mc)).pred)
+    # gold := the base's choice on m0 and m2, another choice on m1 and m3
+    mc = [replace(p, meta={**p.meta, "answer_index": k if i % 2 == 0 else (k + 1) % 4})
+          for i, (p, k) in enumerate(zip(mc, pred))]
+    got = known_probes(tiny_llama, [*mc, *tiny_probes])
+    plain_known = [p.id for p in filter_known(tiny_llama, list(tiny_probes))[0]]
+    assert [p.id for p in got] == ["m0", "m2", *plain_known]
+
+
+def test_cli_emphasize_under_the_choice_criterion(tiny_llama_dir, tiny_llama_other_dir, tmp_path, capsys):
+    """`unpact emphasize --criteria multiple_choice` on probes with choices; refused on probes without."""
+    from unpact_mech.cli import main
+    from unpact_mech.probes import save_probes
+
+    f = save_probes(_mc_probes(), tmp_path / "mc.jsonl")
+    out = tmp_path / "emph"
+    argv = ["emphasize", "--base", str(tiny_llama_dir), "--unlearned", str(tiny_llama_other_dir), "--format", "plain",
+            "--criteria", "multiple_choice", "--factors", "4", "--draws", "1", "--out", str(out)]
+    assert main([*argv, "--probes", str(f)]) == 0
+    import pandas as pd
+
+    e = pd.read_csv(out / "eligibility.csv")
+    assert set(e.criterion) == {"multiple_choice"} and len(e) == 2  # the forget probes m0, m1
+    assert main([*argv[:-1], str(tmp_path / "e2"), "--probes", "facts:forget"]) == 2
+    assert "judges multiple-choice probes only" in capsys.readouterr().err

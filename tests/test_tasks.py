@@ -148,7 +148,7 @@ def test_cli_evaluate(tmp_path, tiny_llama_dir, tiny_llama_other_dir, capsys):
                  str(tmp_path / "missing")]) == 2
 
 
-def test_tofu_model_utility_of_all_nine_numbers(tmp_path, tiny_llama):
+def test_tofu_model_utility_of_all_nine_numbers(tmp_path, tiny_llama, tiny_llama_dir):
     """Real authors / world facts in TOFU's schema: probability normalised over the options, ROUGE-L recall and the
     truth ratio (the answer itself as the correct one), each written out here from naive per-answer scoring; and
     the study's task stage combines retain + real authors + world facts into the harmonic mean of the nine."""
@@ -190,7 +190,7 @@ def test_tofu_model_utility_of_all_nine_numbers(tmp_path, tiny_llama):
     nine = retain3 + want["real_authors"] + want["world_facts"]
     hm = 0.0 if min(nine) == 0 else 9 / sum(1 / x for x in nine)
     pool = [p for ps in sets.values() for p in ps]
-    tm = task_stage(LazyBase(tiny_llama), "tofu", [], tmp_path / "out", pool)
+    tm = task_stage(LazyBase(str(tiny_llama_dir)), "tofu", [], tmp_path / "out", pool)  # its own (memoized) copy
     assert set(tm.split) == {"retain", "real_authors", "world_facts", "all"}
     row = tm[(tm.split == "all") & (tm.metric == "model_utility")]
     assert len(row) == 1 and row.value.iloc[0] == pytest.approx(hm, rel=1e-5) and row.n.iloc[0] == 9

@@ -28,6 +28,9 @@ def cmd_study(a: argparse.Namespace) -> int:
     if a.finetune and given:
         raise UnpactError("--finetune trains the model the checkpoints would be compared with; --unlearned "
                           "checkpoints were made from another model: give one or the other")
+    if a.retain_model is not None and (a.finetune or a.task != "tofu"):
+        raise UnpactError("--retain-model is forget quality's reference for --task tofu (and --finetune teaches its "
+                          "own): add --task tofu, or drop it")
     if given:
         check_given(given)  # before any probe file or model is read
     probes = [p for spec in (a.probes or ["facts"]) for p in _load_probes_arg(spec)]
@@ -35,7 +38,8 @@ def cmd_study(a: argparse.Namespace) -> int:
     table = run_demo(model, a.methods, a.out, steps=a.steps, target=a.target, patch=not a.no_patch,
                      per_split=a.per_split, probes=probes, known_only=not a.include_unknown, params=_params(a),
                      on_change=a.on_change, unlearned=given, task_name=a.task, finetune=a.finetune,
-                     finetune_settings=None if a.finetune_steps is None else {"steps": a.finetune_steps})
+                     finetune_settings=None if a.finetune_steps is None else {"steps": a.finetune_steps},
+                     retain_model=a.retain_model)
     print("\nSummary (one row per unlearned model):")
     _print_df(format_rates(table).round(3))
     if a.task:

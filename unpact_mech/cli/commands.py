@@ -46,8 +46,9 @@ def _params(a: argparse.Namespace) -> KeyTokenParams:
 
 
 def _load_probes_arg(spec: str, split: str | None = None) -> list[Any]:
-    """A JSON-lines file, or a registered benchmark name (``facts``, ``facts:forget``; invented people
-    ``fictitious:N[:seed[:F]]``)."""
+    """A JSON-lines file, or a registered benchmark name: ``facts[:SPLIT]`` (``facts:forget``), invented people
+    ``fictitious:N[:seed[:F]]``, a hub benchmark ``NAME[:SUBSET[:SPLIT]]`` (``tofu:retain_perturbed``,
+    ``wmdp:wmdp-bio``)."""
     from unpact_mech.data import BENCHMARKS, load_benchmark
     from unpact_mech.probes import load_probes
 
@@ -55,7 +56,10 @@ def _load_probes_arg(spec: str, split: str | None = None) -> list[Any]:
     if name in BENCHMARKS and not Path(spec).exists():
         if name == "fictitious":
             return load_benchmark(name, subset=sp or None, split=split)
-        return load_benchmark(name, split=sp or split)
+        if name == "facts":
+            return load_benchmark(name, split=sp or split)
+        subset, _, hub_split = sp.partition(":")
+        return load_benchmark(name, subset=subset or None, split=hub_split or split)
     return load_probes(spec)
 
 

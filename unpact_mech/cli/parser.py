@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "given (e.g. released) checkpoints with --unlearned NAME=DIR_OR_HUB_ID")
     add_run_arguments(s, "unpact_out/study")
     s.add_argument("--probes", action="append", default=None,
-                   help="probe file or benchmark name (facts, facts:forget, ...); repeat to combine (default: facts)")
+                   help="probe file or benchmark: facts[:SPLIT], fictitious:N[:SEED[:F]], NAME[:SUBSET[:SPLIT]] (tofu:"
+                   "retain_perturbed, wmdp:wmdp-bio); repeat to combine (default: facts)")
     s.add_argument("--unlearned", action="append", type=name_spec, default=None, metavar="NAME=SPEC",
                    help="analyse this checkpoint as it is instead of training --methods; repeat for several")
     s.add_argument("--per-split", type=per_split, default=12, help="known probes per split (12), or 'all'")
@@ -163,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "alone (OUT/finetuned/retain, forget quality's reference), e.g. --probes fictitious:40:0:5")
     s.add_argument("--finetune-steps", type=positive_int(MAX_STEPS), default=None,
                    help="teaching steps for both models (default: FINETUNE in unpact_mech.experiments.settings)")
+    s.add_argument("--retain-model", default=None, metavar="SPEC",
+                   help="--task tofu: the model never taught the forget set (e.g. open-unlearning's retain90 model), "
+                   "the reference of forget quality; --finetune makes its own")
     _keytoken_args(s)
     _model_args(s)
 

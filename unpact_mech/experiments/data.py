@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from unpact_mech.analysis import Analysis
+from unpact_mech.criteria import choice_table
 from unpact_mech.data import filter_known
 from unpact_mech.experiments.base import LazyBase
 from unpact_mech.experiments.settings import BUDGET, budget_order, probe_key
@@ -18,13 +19,16 @@ from unpact_mech.io import atomic_write_json, read_table, write_table
 from unpact_mech.keytokens import KeyTokenParams, keytoken_table
 from unpact_mech.models import data_hash
 from unpact_mech.pipeline import make_stamp, stage
+from unpact_mech.probes import tokenize_probes
 
 CODE = ("unpact_mech.experiments.data",)
 
 
 def data_stage(lazy: LazyBase, out: Path, pool: Sequence[Any], known_only: bool,
                per_split: int | None, on_change: str = "recompute") -> tuple[dict[str, list], str]:
-    """Forget/retain/general probes the base model knows (fact top-1) and its name, cached as ``OUT/data.json``.
+    """Forget/retain/general probes the base model knows and its name, cached as ``OUT/data.json``. Knowing is
+    fact top-1 (teacher forced), or for probes with choices (WMDP) the benchmark's own criterion: the gold choice
+    has the largest log-likelihood (:func:`unpact_mech.criteria.choice_table`).
 
     ``per_split``: the demo's budget, at most that many probes per split, drawn in :func:`budget_order` from the
     first ``BUDGET["candidates"]`` facts of that order (None: every known fact of the pool)."""
@@ -34,7 +38,7 @@ def data_stage(lazy: LazyBase, out: Path, pool: Sequence[Any], known_only: bool,
 
     def compute() -> dict[str, Any]:
         cands = budget_order(pool)[: BUDGET["candidates"]] if per_split else list(pool)
-        known = filter_known(lazy.get(), list(cands))[0] if known_only else cands
+        known = known_probes(lazy.get(), list(cands)) if known_only else cands
         ids = {s: [p.id for p in known if p.split == s][:per_split] for s in ("forget", "retain", "general")}
         cached = {"model_name": lazy.get().name, "ids": ids, "candidates": len(cands), "known": len(known)}
         atomic_write_json(f, cached)
@@ -44,6 +48,16 @@ def data_stage(lazy: LazyBase, out: Path, pool: Sequence[Any], known_only: bool,
                    on_change)
     by_id = {p.id: p for p in pool}
     return {s: [by_id[i] for i in ids] for s, ids in cached["ids"].items()}, cached["model_name"]
+
+
+def known_probes(base: Any, probes: list[Any]) -> list[Any]:
+    """The probes ``base`` knows, in order: fact top-1, or the choice argmax for probes with choices."""
+    mc = [p for p in probes if isinstance(p.meta.get("choices"), list)]
+    plain = [p for p in probes if not isinstance(p.meta.get("choices"), list)]
+    ok = {p.id for p in filter_known(base, plain)[0]} if plain else set()
+    if mc:
+        ok |= {p.id for p, right in zip(mc, choice_table(base, tokenize_probes(base, mc)).correct) if right}
+    return [p for p in probes if p.id in ok]
 
 
 def keytoken_stage(lazy: LazyBase, out: Path, probes: Sequence[Any], params: Any = None,

@@ -58,7 +58,7 @@ def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS
              keytoken_probes: Sequence[Any] | None = None, params: Any = None,
              on_change: str = "recompute", unlearned: Mapping[str, str] | None = None,
              task_name: str | None = None, finetune: bool = False,
-             finetune_settings: Mapping[str, Any] | None = None) -> pd.DataFrame:
+             finetune_settings: Mapping[str, Any] | None = None, retain_model: str | None = None) -> pd.DataFrame:
     """Run (or resume) the demo; returns the summary table and writes ``OUT/report.html``.
 
     ``finetune`` (TOFU's finetune-then-forget, :mod:`unpact_mech.experiments.finetune`): the probes' forget and
@@ -68,6 +68,7 @@ def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS
 
     ``unlearned`` (name -> local directory or hub id) analyses those checkpoints as they are, e.g. released
     unlearned models, instead of training ``methods``: no unlearning runs, and each one's frontier is its one point.
+    ``retain_model`` (a spec; not with ``finetune``, which makes its own) is the reference of TOFU's forget quality.
 
     ``model`` is a model spec or a loaded Subject. ``on_keytokens`` receives the base model's KeyToken table
     of ``keytoken_probes`` (default: the first 12 probes) before the unlearning stages; the CLI prints it.
@@ -79,6 +80,8 @@ def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS
         methods = check_choices(list(methods), sorted(METHODS), "methods")  # before any stage runs
     if task_name is not None:
         task(task_name)
+    if retain_model is not None and finetune:
+        raise UnpactError("finetune teaches its own retain model; give retain_model only without it")
     if finetune:
         check_finetune_pool(list(probes) if probes is not None else load_benchmark("facts"))
     if steps is not None:
@@ -91,7 +94,7 @@ def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS
     t0 = time.perf_counter()
     lazy = LazyBase(model)
     pool = list(probes) if probes is not None else load_benchmark("facts")
-    retain_spec, task_pool = None, pool
+    retain_spec, task_pool = retain_model, pool
     if finetune:
         tuned = finetune_stage(lazy, pool, out, dict(finetune_settings or {}), on_change=on_change)
         lazy, retain_spec = LazyBase(tuned_base(model, tuned["full"])), tuned["retain"]
