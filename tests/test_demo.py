@@ -247,6 +247,11 @@ def test_study_on_released_tofu_checkpoints_with_a_retain_model(tiny_llama, tiny
     assert not out.exists()
     assert main([*base, "--task", "tofu", "--retain-model", str(tiny_llama_other_dir)]) == 0
     tm = pd.read_csv(out / "task_metrics.csv")
-    fq = tm[tm.metric == "forget_quality"]
+    plain, emph = tm[tm.treatment.isna()], tm[tm.treatment.notna()]
+    fq = plain[plain.metric == "forget_quality"]
     assert set(fq.role) == {"base", "mine"} and set(fq.split) == {"forget"} and fq.value.between(0, 1).all()
     assert set(fq.against) == {tiny_llama_other_dir.name}
+    # the recovery treatments: each route on the KeyTokens and on random tokens, for the checkpoint only
+    assert set(emph.role) == {"mine"} and set(emph.treatment) == {"embed x8", "attention x8"}
+    assert set(emph.positions) == {"keytokens", "random"} and len(emph) == 2 * 2 * 3
+    assert set(emph.metric) == {"probability", "truth_ratio_closer_to_1_better", "forget_quality"}

@@ -194,3 +194,43 @@ def test_tofu_model_utility_of_all_nine_numbers(tmp_path, tiny_llama, tiny_llama
     assert set(tm.split) == {"retain", "real_authors", "world_facts", "all"}
     row = tm[(tm.split == "all") & (tm.metric == "model_utility")]
     assert len(row) == 1 and row.value.iloc[0] == pytest.approx(hm, rel=1e-5) and row.n.iloc[0] == 9
+
+
+@pytest.mark.parametrize("route", ["embed", "attention"])
+def test_tofu_forget_metrics_under_emphasis(tmp_path, tiny_llama, route):
+    """Probability and truth ratio with emphasis on the prompt == written out from a naive per-answer forward with
+    the route's hooks on the bridge; forget quality = scipy's KS p-value against given retain truth ratios."""
+    from scipy.stats import ks_2samp
+
+    from unpact_mech.hooks import Emphasis
+    from unpact_mech.scoring import emphasis_hooks
+    from unpact_mech.tasks import tofu_under_emphasis
+
+    rows = [{"question": "what is the capital of france ?", "answer": "paris", "paraphrased_answer": "it is paris",
+             "perturbed_answer": ["tokyo", "mars"]},
+            {"question": "who wrote hamlet ?", "answer": "shakespeare", "paraphrased_answer": "shakespeare did",
+             "perturbed_answer": ["au", "homer"]}]
+    ps = load_benchmark("tofu", "forget01_perturbed", source=_jsonl(tmp_path / "f.jsonl", rows))
+    tps = tokenize_probes(tiny_llama, ps, "plain")
+    pos = [list(tp.attributable[:2]) for tp in tps]
+
+    def avg_nll(q, a, positions):
+        tp = tokenize_probes(tiny_llama, [Probe("x", q, a)], "plain")[0]
+        with torch.no_grad():
+            logits = tiny_llama.bridge.run_with_hooks(
+                torch.tensor([tp.ids]), fwd_hooks=emphasis_hooks(tiny_llama, Emphasis.of(route, [positions], 8.0)))[0]
+        lp = torch.log_softmax(logits.double(), -1)[tp.prompt_len - 1:-1].gather(1, torch.tensor(tp.answer_ids)[:, None])
+        return -float(lp.mean())
+
+    retain_tr = np.array([0.5, 0.9, 1.3])
+    t = pd.DataFrame(tofu_under_emphasis(tiny_llama, ps, Emphasis.of(route, pos, 8.0), fmt="plain",
+                                         retain_tr=retain_tr)).set_index("metric")
+    prob = np.mean([math.exp(-avg_nll(r["question"], r["answer"], p)) for r, p in zip(rows, pos)])
+    tr = np.array([math.exp(-np.mean([avg_nll(r["question"], w, p) for w in r["perturbed_answer"]]))
+                   / (math.exp(-avg_nll(r["question"], r["paraphrased_answer"], p)) + 1e-10) for r, p in zip(rows, pos)])
+    assert t.loc["probability", "value"] == pytest.approx(prob, rel=1e-5)
+    assert t.loc["truth_ratio_closer_to_1_better", "value"] == pytest.approx(np.mean(np.minimum(tr, 1 / (tr + 1e-10))),
+                                                                               rel=1e-5)
+    assert t.loc["forget_quality", "value"] == pytest.approx(ks_2samp(tr, retain_tr).pvalue, rel=1e-4)
+    plain = task_metrics("tofu", tiny_llama, ps, max_new_tokens=2, fmt="plain").set_index("metric")
+    assert t.loc["probability", "value"] != pytest.approx(plain.loc["probability", "value"], rel=1e-6)  # it acts

@@ -36,9 +36,10 @@ import numpy as np
 from scipy import stats as sps
 
 from unpact_mech.errors import UnpactError
+from unpact_mech.hooks import Emphasis
 from unpact_mech.metrics import rouge_l_recall
 from unpact_mech.probes import Probe, TokenizedProbe, tokenize_probes
-from unpact_mech.scoring import TokenStats, token_stats
+from unpact_mech.scoring import TokenStats, score_probes, token_stats
 from unpact_mech.subject import Subject
 
 OU = "locuslab/open-unlearning src/evals/metrics/"
@@ -207,9 +208,13 @@ def stats_of(subject: Subject, probes: Sequence[Probe], fmt: str = "auto") -> li
     return token_stats(subject, tokenize_probes(subject, list(probes), fmt))
 
 
-def avg_nll_of(subject: Subject, probes: Sequence[Probe], fmt: str = "auto") -> np.ndarray:
-    """Mean answer-token NLL of each probe (open-unlearning's ``avg_loss``)."""
-    return np.array([-float(s.logprobs.mean()) for s in stats_of(subject, probes, fmt)])
+def avg_nll_of(subject: Subject, probes: Sequence[Probe], fmt: str = "auto", emphasis: Emphasis | None = None) -> np.ndarray:
+    """Mean answer-token NLL of each probe (open-unlearning's ``avg_loss``); with ``emphasis`` (row r on probe r's
+    prompt positions) as the emphasised model scores it."""
+    if emphasis is None:
+        return np.array([-float(s.logprobs.mean()) for s in stats_of(subject, probes, fmt)])
+    tps = tokenize_probes(subject, list(probes), fmt)
+    return np.array([-float(s.logprobs.mean()) for s in score_probes(subject, tps, emphasis=emphasis)])
 
 
 def _answers(p: Probe, key: str) -> list[str]:
@@ -222,15 +227,18 @@ def _answers(p: Probe, key: str) -> list[str]:
 
 
 def answer_nll_of(subject: Subject, probes: Sequence[Probe], correct_key: str | None = "paraphrased_answer",
-                  wrong_key: str = "perturbed_answer", fmt: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+                  wrong_key: str = "perturbed_answer", fmt: str = "auto",
+                  emphasis: Emphasis | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Mean answer-token NLL of each probe's correct answers, averaged over them (``[n]``; ``correct_key=None``: the
-    probe's own answer), and of each of its wrong answers (``[n, k]``), all variants scored in one batch."""
+    probe's own answer), and of each of its wrong answers (``[n, k]``), all variants scored in one batch (with
+    ``emphasis``, probe r's row on each of its variants: they share its prompt)."""
     correct = [[p.answer] if correct_key is None else _answers(p, correct_key) for p in probes]
     wrong = [_answers(p, wrong_key) for p in probes]
     if len({len(w) for w in wrong}) > 1:
         raise UnpactError(f"truth_ratio: probes have different numbers of '{wrong_key}' answers")
     variants = [replace(p, answer=a, fact=None) for p, c, w in zip(probes, correct, wrong) for a in (*c, *w)]
-    nll = avg_nll_of(subject, variants, fmt)
+    owner = [r for r, (c, w) in enumerate(zip(correct, wrong)) for _ in (*c, *w)]
+    nll = avg_nll_of(subject, variants, fmt, None if emphasis is None else emphasis.rows(owner))
     out_c, out_w, i = [], [], 0
     for c, w in zip(correct, wrong):
         out_c.append(nll[i:i + len(c)].mean())

@@ -34,6 +34,7 @@ import pandas as pd
 
 from unpact_mech.criteria import check_criteria, criteria_for, criterion
 from unpact_mech.errors import UnknownNameError, UnpactError
+from unpact_mech.hooks import Emphasis
 from unpact_mech.metrics import accuracy, rouge_l_f1
 from unpact_mech.multiple_choice import FORMULATIONS, mc_accuracy, mc_table
 from unpact_mech.ou_metrics import (
@@ -155,6 +156,23 @@ def tofu_model_utility(table: pd.DataFrame) -> dict[str, Any] | None:
     return {"metric": "model_utility", "split": "all", "value": model_utility(vals), "n": 9,
             "reference": OU + "utility.py: hm_aggregate",
             "of": "; ".join(f"{s}: {', '.join(ns)}" for s, ns in UTILITY_NINE.items())}
+
+
+def tofu_under_emphasis(subject: Subject, probes: list[Probe], emphasis: Emphasis, fmt: str = "auto",
+                        retain_tr: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """TOFU's teacher-forced forget metrics of ``subject`` with ``emphasis`` on each probe's prompt (row r: probe
+    r's positions, the same for every answer variant): probability exp(-mean NLL) of the answer, truth ratio
+    (``closer_to_1_better``) of the paraphrased vs the perturbed answers, and with ``retain_tr`` (the retain
+    model's plain per-example truth ratios) forget quality. Does emphasis bring the truth ratio back?"""
+    nll = avg_nll_of(subject, probes, fmt, emphasis)
+    tr, value = truth_ratio(*answer_nll_of(subject, probes, fmt=fmt, emphasis=emphasis), "closer_to_1_better")
+    rows = [_mean("probability", probability(nll).tolist(), OU + "utils.py"),
+            {"metric": "truth_ratio_closer_to_1_better", "value": value, "n": len(tr),
+             "reference": OU + "memorization.py: truth_ratio"}]
+    if retain_tr is not None:
+        rows.append({"metric": "forget_quality", "value": forget_quality(tr, retain_tr), "n": len(tr),
+                     "reference": OU + "privacy.py: ks_test"})
+    return rows
 
 
 @register_task("tofu", fmt="auto", criterion="generation", reference=OU + "memorization.py")

@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from unpact_mech import models
+from unpact_mech.analysis import Analysis
 from unpact_mech.data import load_benchmark
 from unpact_mech.errors import UnpactError, check_choices, check_float, check_int
 from unpact_mech.experiments.base import LazyBase
@@ -29,13 +30,16 @@ from unpact_mech.experiments.finetune import check_finetune_pool, finetune_stage
 from unpact_mech.experiments.routes import routes_stage
 from unpact_mech.experiments.settings import BUDGET, FACTORS, PAPER_METHODS, ROUTE_BUDGET, probe_key
 from unpact_mech.experiments.unlearn import given_fingerprint
+from unpact_mech.findings import control_positions
+from unpact_mech.hooks import Emphasis
 from unpact_mech.io import read_table, write_table
 from unpact_mech.keytokens import KeyTokenParams
 from unpact_mech.models import data_hash
+from unpact_mech.ou_metrics import truth_ratio_of
 from unpact_mech.pipeline import make_stamp, stage
 from unpact_mech.report.sections import build_report
 from unpact_mech.report.tables import summary_table
-from unpact_mech.tasks import UTILITY_SETS, task, task_metrics, tofu_model_utility
+from unpact_mech.tasks import UTILITY_SETS, task, task_metrics, tofu_model_utility, tofu_under_emphasis
 from unpact_mech.unlearning import METHODS
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -141,7 +145,8 @@ def task_stage(lazy: LazyBase, task_name: str, methods: Sequence[str], out: str 
     out, given = Path(out), dict(given or {})
     specs = {m: given.get(m, str(out / "checkpoints" / m)) for m in methods}
     f = out / "task_metrics.csv"
-    stamp = make_stamp(("unpact_mech.tasks", "unpact_mech.ou_metrics", "unpact_mech.multiple_choice"),
+    stamp = make_stamp(("unpact_mech.tasks", "unpact_mech.ou_metrics", "unpact_mech.multiple_choice",
+                        "unpact_mech.analysis", "unpact_mech.findings"),
                        model=lazy.key, task=task_name, probes=data_hash([probe_key(p) for p in probes]),
                        checkpoints={m: given_fingerprint(s) for m, s in specs.items()},
                        retain_model=None if retain_model is None else given_fingerprint(retain_model))
@@ -161,11 +166,30 @@ def task_stage(lazy: LazyBase, task_name: str, methods: Sequence[str], out: str 
             return frames + ([pd.DataFrame([nine]).assign(task=task_name, model=subject.name, role=role)] if nine else [])
 
         frames = score(base, "base")
+        forget = [p for p in split.get("forget", []) if {"paraphrased_answer", "perturbed_answer"} <= set(p.meta)]
+        emph = emphasis_units(base, forget) if task_name == "tofu" and forget and specs else []
+        ref_tr = truth_ratio_of(ref, forget)[0] if ref is not None and emph else None
         for m, spec in specs.items():
-            frames += score(models.load_model(spec, dtype=base.dtype, device=str(base.device)), m)
+            unl = models.load_model(spec, dtype=base.dtype, device=str(base.device))
+            frames += score(unl, m)
+            for treatment, cond, e in emph:  # does emphasis bring TOFU's forget numbers back?
+                frames.append(pd.DataFrame(tofu_under_emphasis(unl, forget, e, retain_tr=ref_tr)).assign(
+                    task=task_name, model=unl.name, role=m, split="forget", treatment=treatment, positions=cond))
         table = pd.concat(frames, ignore_index=True)
         write_table(table, f)
         return table
 
     return stage(f"task metrics {task_name}", out / "task_metrics.stamp.json", stamp, f.exists, lambda: read_table(f),
                  compute, on_change)
+
+
+def emphasis_units(base: Any, probes: Sequence[Any]) -> list[tuple[str, str, Emphasis]]:
+    """The recovery treatments TOFU's metrics are scored under: each emphasis route at the largest of the demo's
+    factors, on the base model's KeyTokens and on as many random non-KeyTokens (one seeded draw, the control)."""
+    an = Analysis(base, list(probes), KeyTokenParams())
+    tps = an.probes.select(list(probes))
+    keys = an.keytoken_positions(tps)
+    ctrl = [control_positions(tp, k, 1) for tp, k in zip(tps, keys)]
+    f = max(FACTORS)
+    return [(f"{route} x{f:g}", cond, Emphasis.of(route, [c[cond][0] for c in ctrl], f))
+            for route in ("embed", "attention") for cond in ("keytokens", "random")]
