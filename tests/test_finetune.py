@@ -58,8 +58,10 @@ def test_finetune_then_forget_on_smollm2(tmp_path, capsys):
 
     tm = pd.read_csv(out / "task_metrics.csv")
     assert set(tm.split) == {"forget", "retain"} and set(tm.role) == {"base", "ga_klr"}
-    fq = tm[tm.metric == "forget_quality"]
+    fq = tm[(tm.metric == "forget_quality") & tm.treatment.isna()]
     assert set(fq.split) == {"forget"} and len(fq) == 2  # base (the full model) and ga_klr, against the retain model
+    # and ga_klr's under each recovery treatment (emphasis on KeyTokens / random tokens, two routes)
+    assert len(tm[(tm.metric == "forget_quality") & tm.treatment.notna() & (tm.role == "ga_klr")]) == 4
     # forget quality = the two-sample KS test's p-value between forget-set truth ratios (scipy, not ou_metrics)
     tr_full, _ = truth_ratio_of(full, forget, "closer_to_1_better")
     tr_ref, _ = truth_ratio_of(ref, forget, "closer_to_1_better")
