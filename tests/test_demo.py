@@ -187,6 +187,16 @@ def test_study_on_multiple_choice_probes_adds_the_choice_criterion(tiny_llama, t
     assert t.forget_acc_mc_n.iloc[0] == 2
     for f in ("eligibility", "recovery_rates", "destruction"):
         assert "multiple_choice" in set(pd.read_csv(out / "mine" / f"{f}.csv").criterion), f
+    rr = pd.read_csv(out / "mine" / "recovery_routes.csv")  # every route judged by the benchmark's criterion too
+    assert set(rr.route) == {"emphasis", "quantize", "relearn", "in_context"}
+    for route, g in rr.groupby("route"):
+        assert "multiple_choice" in set(g.criterion), route
+    mc = rr[(rr.criterion == "multiple_choice") & (rr.route != "emphasis")]
+    elig = pd.read_csv(out / "mine" / "eligibility.csv")
+    e = elig[elig.criterion == "multiple_choice"]
+    assert set(mc.n) == {int((e.base_correct & ~e.unlearned_correct).sum())}  # n = the MC-eligible forget probes
+    tf = rr[(rr.criterion == "teacher_forced") & (rr.route == "relearn")]
+    assert set(mc[mc.route == "relearn"].control_kind) == set(tf.control_kind)  # general facts have choices here
     html = (out / "report.html").read_text()
     assert "Summary table: multiple choice" in html and "under multiple_choice" in html
     tm = pd.read_csv(out / "task_metrics.csv")

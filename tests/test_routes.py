@@ -156,6 +156,51 @@ def test_quantize_route_matches_independent_quantisation(tiny_llama, tiny_probes
     assert row.treatment.startswith("int2")
 
 
+def _cloze_right(hf, tok_model, probe):
+    """The gold choice has the largest summed log-likelihood as the continuation of the prompt (naive, per choice)."""
+    from unpact_mech.probes import Probe
+
+    lls = []
+    for c in probe.meta["choices"]:
+        tp = tokenize_probes(tok_model, [Probe("x", probe.prompt, c)], "plain")[0]
+        with torch.no_grad():
+            lp = torch.log_softmax(hf(torch.tensor([tp.ids])).logits[0].double(), -1)[tp.prompt_len - 1:-1]
+        lls.append(float(lp.gather(1, torch.tensor(tp.answer_ids)[:, None]).sum()))
+    return max(range(len(lls)), key=lls.__getitem__) == probe.meta["answer_index"]
+
+
+def test_routes_under_multiple_choice(tiny_llama, everything_eligible):
+    """On probes with choices the quantize route's multiple_choice flags equal a naive RTN copy of the weights
+    judged by a naive per-choice cloze loop; the relearn route keeps its collateral-damage control under
+    multiple_choice only where the collateral facts have choices (here they do not: teacher_forced only)."""
+    from transformers import AutoModelForCausalLM
+
+    from unpact_mech.probes import Probe
+
+    words = ["paris", "tokyo", "shakespeare", "mars"]
+    qs = ["what is the capital of france ?", "what is the capital of japan ?", "who wrote hamlet ?",
+          "what is the red planet ?"]
+    mc = [Probe(f"m{i}", q, words[i], "forget", meta={"choices": words[i:] + words[:i], "answer_index": 0})
+          for i, q in enumerate(qs)]
+    plain = [Probe(f"c{i}", p.prompt, p.answer, "general") for i, p in enumerate(mc)]
+    an = Analysis(tiny_llama, mc[:2], fmt="plain")
+    table = recover(an, tiny_llama, mc[:2], unknown=mc[2:], retain=plain[:2], routes=["quantize", "relearn"],
+                    criteria=["teacher_forced", "multiple_choice"], collateral=plain[2:],
+                    options={"quantize": {"bits": (2,), "group_size": 16}, "relearn": {"steps": (1,), "lr": 1e-2}})
+    hf = AutoModelForCausalLM.from_pretrained(tiny_llama.source).eval()
+    for layer in hf.model.layers:
+        for mod in layer.modules():
+            if isinstance(mod, torch.nn.Linear):
+                mod.weight.data = _naive_rtn(mod.weight.data.double(), 2, 16).float()
+    q = table[(table.route == "quantize") & (table.criterion == "multiple_choice")].iloc[0]
+    assert (q.recovered_k, q.recovered_n) == (sum(_cloze_right(hf, tiny_llama, p) for p in mc[:2]), 2)
+    assert (q.control_k, q.control_n) == (sum(_cloze_right(hf, tiny_llama, p) for p in mc[2:]), 2)
+    assert q.base_kept_k == q.recovered_k  # the base is the unlearned model here
+    r = table[table.route == "relearn"]
+    assert set(r[r.criterion == "teacher_forced"].control_kind) == {"unknown facts", "collateral damage"}
+    assert set(r[r.criterion == "multiple_choice"].control_kind) == {"unknown facts"}
+
+
 def test_in_context_route_scores_the_few_shot_prompt(tiny_llama, tiny_probes, everything_eligible):
     from unpact_mech.scoring import fact_top1, score_probes
 

@@ -57,7 +57,7 @@ from tqdm.auto import tqdm
 
 from unpact_mech.analysis import Analysis
 from unpact_mech.backends.hf import HFBackend
-from unpact_mech.criteria import check_criteria
+from unpact_mech.criteria import check_criteria, criterion
 from unpact_mech.errors import UnknownNameError, UnpactError, check_unique
 from unpact_mech.findings import CRITERIA, judge, recovery
 from unpact_mech.hooks import EMPHASIS_MODES
@@ -376,7 +376,7 @@ def _relearn(ctx: RouteContext) -> list[dict[str, Any]]:
             treatment = f"{k} step{'s' * (k != 1)} on retain (lr {lr:g})"
             recovered = _flags(snap, elig, crit)
             rows.append(route_row("relearn", treatment, crit, recovered, "unknown facts", _flags(snap, unk, crit)))
-            if ctx.collateral:
+            if ctx.collateral and criterion(crit).applies([tp.probe for tp in ctx.collateral]):
                 rows.append(route_row("relearn", treatment, crit, recovered, "collateral damage",
                                       _flags(snap, ctx.collateral_lost(crit), crit)))
 

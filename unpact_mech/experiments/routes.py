@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from unpact_mech import models
+from unpact_mech.criteria import CRITERIA, criteria_for
 from unpact_mech.experiments.base import LazyBase
 from unpact_mech.experiments.settings import ROUTE_BUDGET, control_candidates
 from unpact_mech.experiments.unlearn import unlearn_stage
@@ -22,7 +23,8 @@ CODE = ("unpact_mech.experiments.routes",)
 def routes_stage(lazy: LazyBase, method: str, data: dict[str, list], out: Path, steps: int | None, target: float,
                  params: Any, findings_stamp: dict[str, Any], on_change: str = "recompute") -> pd.DataFrame:
     """Recovery routes for one method (``OUT/METHOD/recovery_routes.csv``), stamped with the findings stage's
-    stamp (the emphasis route reads its cached recovery tables) and :data:`ROUTE_BUDGET`."""
+    stamp (the emphasis route reads its cached recovery tables) and :data:`ROUTE_BUDGET`. Every route is judged by
+    the budget's criteria plus, where the probes carry choices, ``multiple_choice`` (WMDP's own score)."""
     f = out / method / "recovery_routes.csv"
     stamp = make_stamp(CODE, findings=findings_stamp, routes=ROUTE_BUDGET)
 
@@ -36,15 +38,18 @@ def routes_stage(lazy: LazyBase, method: str, data: dict[str, list], out: Path, 
         emph = SimpleNamespace(rates=read_table(out / method / "recovery_rates.csv"),
                                control=read_table(out / method / "recovery_control.csv"))
         shots = general[: ROUTE_BUDGET["shots"]]  # fewer when the general split is smaller
-        table = recover(an, unl, forget, control_candidates(lazy.pool, data, ROUTE_BUDGET["n_control"]), retain,
-                        shots, ROUTE_BUDGET["routes"],
+        unknown = control_candidates(lazy.pool, data, ROUTE_BUDGET["n_control"])
+        # the budget's criteria, and on probes with choices (WMDP) the benchmark's own, multiple_choice, too
+        crits = criteria_for(forget + unknown)
+        rc = tuple(ROUTE_BUDGET["criteria"]) + tuple(c for c in crits if CRITERIA[c].needs_choices)
+        table = recover(an, unl, forget, unknown, retain, shots, ROUTE_BUDGET["routes"], criteria=crits,
                         options={"emphasis": {"result": emph},
                                  "quantize": {"bits": ROUTE_BUDGET["bits"], "group_size": ROUTE_BUDGET["group_size"],
                                               "quantizers": ROUTE_BUDGET["quantizers"],
-                                              "criteria": ROUTE_BUDGET["criteria"]},
+                                              "criteria": rc},
                                  "relearn": {"steps": ROUTE_BUDGET["relearn_steps"], "lr": ROUTE_BUDGET["relearn_lr"],
-                                             "criteria": ROUTE_BUDGET["criteria"], "progress": True},
-                                 "in_context": {"shots": len(shots), "criteria": ROUTE_BUDGET["criteria"]}},
+                                             "criteria": rc, "progress": True},
+                                 "in_context": {"shots": len(shots), "criteria": rc}},
                         cache=lazy.route_cache, progress=True, collateral=general[len(shots):])
         write_table(table, f)
         return table

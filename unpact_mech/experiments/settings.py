@@ -49,7 +49,8 @@ BUDGET: dict[str, Any] = {"per_split": 12, "candidates": 200, "n_draws": 2, "gen
 # (ICLR 2025) quantised, bitsandbytes NF4 (added with the bitsandbytes quantisers; RTN was fixed first), relearning on the
 # retain split evaluated at 1, 2 and 4 steps, a 3-shot prompt of general facts; control facts drawn from the
 # candidates no split uses. For time (measured: ~90 s per method with generation, ~2.5x the teacher-forced
-# cost) the new routes are judged teacher forced here; `unpact recover` and analyses/recovery_routes.py judge both.
+# cost) the new routes are judged teacher forced here (and, on probes with choices such as WMDP's, by the
+# benchmark's own multiple_choice too); `unpact recover` and analyses/recovery_routes.py judge both.
 ROUTE_BUDGET: dict[str, Any] = {"routes": ("emphasis", "quantize", "relearn", "in_context"), "bits": (8, 4),
                                 "quantizers": ("rtn", "nf4"),
                                 "group_size": 64, "relearn_steps": (1, 2, 4), "relearn_lr": 1e-5, "shots": 3,
