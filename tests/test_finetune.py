@@ -43,8 +43,10 @@ def test_finetune_then_forget_on_smollm2(tmp_path, capsys):
     from unpact_mech.ou_metrics import truth_ratio_of
 
     out = tmp_path / "study"
-    argv = ["study", "--probes", "fictitious:2:0:3", "--finetune", "--finetune-steps", "20", "--methods", "ga_klr",
-            "--task", "tofu", "--no-patch", "--out", str(out)]
+    # test size: 2 people x 3 facts taught in 10 steps (the loss is ~3e-3 there), 2 unlearning steps, 3 facts
+    # per split; the full size is analyses/tofu_study.py
+    argv = ["study", "--probes", "fictitious:2:0:3", "--finetune", "--finetune-steps", "10", "--methods", "ga_klr",
+            "--steps", "2", "--per-split", "3", "--task", "tofu", "--no-patch", "--out", str(out)]
     assert main(argv) == 0
     people = load_benchmark("fictitious", "2:0:3")
     forget, retain = [p for p in people if p.split == "forget"], [p for p in people if p.split == "retain"]

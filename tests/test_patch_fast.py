@@ -114,6 +114,7 @@ def naive_cell(base, unlearned, tp, kind, layer, pos=None, head=None, direction=
     return float(sum(lp[t - 1, tp.ids[t]] for t in range(start, len(tp.ids))) / (len(tp.ids) - start))
 
 
+@pytest.mark.slow  # the full recompute and a naive loop, three architectures
 @pytest.mark.parametrize("direction", ["base->unlearned", "unlearned->base"])
 def test_fast_exact_equals_full_recompute_and_naive_loop(pair, tiny_probes, direction):
     base, unl = pair

@@ -31,6 +31,7 @@ def _mtimes(out):
     return {f: (out / f).stat().st_mtime_ns for f in files}
 
 
+@pytest.mark.slow  # two demo runs
 def test_alpha_reaches_focus_recovery_and_function_words(tiny_llama_dir, tmp_path, monkeypatch):
     monkeypatch.setattr("unpact_mech.experiments.settings.SETTINGS", SETTINGS)
     tables = {}
@@ -63,6 +64,7 @@ def test_alpha_reaches_focus_recovery_and_function_words(tiny_llama_dir, tmp_pat
     assert (w9.kind == "KeyToken").sum() < (w0.kind == "KeyToken").sum()
 
 
+@pytest.mark.slow  # nine demo runs
 def test_stamps_invalidate_exactly_what_changed(tiny_llama_dir, tiny_gpt2_dir, tmp_path, monkeypatch):
     monkeypatch.setattr("unpact_mech.experiments.settings.SETTINGS", SETTINGS)
     out = tmp_path / "demo"

@@ -19,6 +19,8 @@ from unpact_mech.cli import main
 from unpact_mech.probes import Probe, save_probes
 
 ray = pytest.importorskip("ray")
+# The tests on the module's local Ray cluster are slow (a cluster start) and share one pytest-xdist worker
+# (xdist_group; make test runs --dist loadgroup), which starts one cluster for them.
 
 UNPACT = [str(Path(sys.executable).with_name("unpact"))]
 
@@ -52,6 +54,8 @@ def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:
                                   atol=1e-5, rtol=1e-5, check_dtype=False)
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("ray")
 def test_tiny_tables_equal_single_process(cluster, tmp_path, tiny_llama_dir, tiny_llama_other_dir):
     probes = _probes(tmp_path / "p.jsonl", 6)
     m, o = str(tiny_llama_dir), str(tiny_llama_other_dir)
@@ -74,6 +78,8 @@ def test_tiny_tables_equal_single_process(cluster, tmp_path, tiny_llama_dir, tin
         _same(pd.read_csv(tmp_path / "patch_local" / t), pd.read_csv(tmp_path / "patch_ray" / t))
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("ray")
 def test_failed_probe_is_recorded_and_rest_complete(cluster, tmp_path, tiny_llama_dir, capsys):
     probes = _probes(tmp_path / "p.jsonl", 5, bad=2)
     out = tmp_path / "a.csv"
@@ -101,6 +107,7 @@ def _no_duplicates(table: pd.DataFrame, probes: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")
 def test_smollm2_killed_driver_resumes_and_killed_actor_is_retried(cluster, tmp_path, smol):
     """SmolLM2, 2 CPU actors: equal to the single-process table; SIGKILL the driver mid-run and rerun; then kill
     one actor process mid-run: both end with every probe once and the single-process numbers."""
@@ -141,6 +148,8 @@ def test_smollm2_killed_driver_resumes_and_killed_actor_is_retried(cluster, tmp_
     _no_duplicates(pd.read_csv(out), probes)
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("ray")
 def test_another_run_in_the_same_parts_is_refused(cluster, tmp_path, tiny_llama_dir, capsys):
     probes = _probes(tmp_path / "p.jsonl", 2)
     base = ["--model", str(tiny_llama_dir), "--probes", str(probes), "--out", str(tmp_path / "d.csv"),

@@ -6,6 +6,9 @@ the SHA-256 of the source of the stage's modules and of every ``unpact_mech`` mo
 not, with the torch, transformers and TransformerLens versions), so editing a source file the stage depends on
 recomputes it. ``ON_CHANGE`` decides what a different stamp does: ``"recompute"``
 (the default) recomputes the stage, ``"stop"`` raises an error that names what changed.
+
+A computed stage's stamp file also records what computing it cost (:data:`COST`: wall seconds and peak memory,
+:func:`unpact_mech.meter.measure`); the cost is not part of the stamp, so it never invalidates a cached output.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any, TypeVar
 
 from unpact_mech.errors import UnpactError
 from unpact_mech.io import atomic_write_json, json_safe
+from unpact_mech.meter import measure
 
 T = TypeVar("T")
 ON_CHANGE = ("recompute", "stop")
@@ -34,6 +38,7 @@ class StaleStageError(UnpactError):
 PACKAGE = "unpact_mech"
 VERSION = importlib.metadata.version(PACKAGE) if importlib.util.find_spec(PACKAGE) else "unknown"
 LIBRARIES = ("torch", "transformers", "transformer-lens")
+COST = "stage_cost"  # the key of a stamp file that holds what computing the stage cost (not part of the stamp)
 
 
 def _source(module: str) -> tuple[str, str] | None:
@@ -109,6 +114,18 @@ def changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def read_stamp(path: Path) -> dict[str, Any] | None:
+    """The stamp a stamp file holds (its :data:`COST` left out), or None when it is missing or unreadable."""
+    data = _read_json(path)
+    return None if data is None else {k: v for k, v in data.items() if k != COST}
+
+
+def read_cost(path: Path) -> dict[str, Any] | None:
+    """What computing a stage cost, as its stamp file records it (None for a file written before costs were)."""
+    cost = (_read_json(path) or {}).get(COST)
+    return cost if isinstance(cost, dict) else None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -140,6 +157,9 @@ def stage(name: str, stamp_file: Path, stamp: dict[str, Any], exists: Callable[[
             )
         why = "changed: " + ", ".join(sorted(k for k in set(old) | set(stamp) if old.get(k) != stamp.get(k)))
     announce(f"stage {name}: computing ({why})")
-    result = compute()
-    atomic_write_json(stamp_file, stamp)
+    with measure() as cost:
+        result = compute()
+    announce(f"stage {name}: {cost['seconds']:.1f} s, peak RSS {cost['peak_rss_gb']:.2f} GB"
+             + (f", peak CUDA {cost['peak_cuda_gb']:.2f} GB" if "peak_cuda_gb" in cost else ""))
+    atomic_write_json(stamp_file, {**stamp, COST: cost})
     return result

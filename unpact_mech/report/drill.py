@@ -22,6 +22,7 @@ import pandas as pd
 from unpact_mech.criteria import CRITERIA
 from unpact_mech.io import read_table
 from unpact_mech.models import read_provenance
+from unpact_mech.pipeline import read_cost, read_stamp
 from unpact_mech.unlearning import METHODS
 
 # the hyperparameters every method uses; each method's own are its registered defaults
@@ -169,17 +170,22 @@ def method_hparams(method: str, prov: dict[str, Any]) -> str:
 
 
 def stage_stamps(out: Path) -> list[tuple[str, str]]:
-    """Every stage's stamp file under ``out``: (stage file, 'sha256 prefix, code fingerprint, written at')."""
+    """Every stage's stamp file under ``out``: (stage file, 'sha256 prefix of the stamp, code fingerprint, written
+    at, and what computing it cost: seconds and peak memory')."""
     rows = []
     for f in sorted(out.rglob("*.stamp.json")):
-        try:
-            text = f.read_text()
-            code = json.loads(text).get("code", "")
-        except (OSError, ValueError):
+        stamp = read_stamp(f)
+        if stamp is None:
             continue
+        text = json.dumps(stamp, sort_keys=True)
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(f.stat().st_mtime))
+        cost = read_cost(f)
+        took = "" if cost is None else (
+            f", took {cost['seconds']:.1f} s, peak RSS {cost['peak_rss_gb']:.2f} GB"
+            + (f", peak CUDA {cost['peak_cuda_gb']:.2f} GB" if "peak_cuda_gb" in cost else ""))
         rows.append((f"stage {f.relative_to(out)}",
-                     f"stamp {hashlib.sha256(text.encode()).hexdigest()[:12]}, code {code}, written {when}"))
+                     f"stamp {hashlib.sha256(text.encode()).hexdigest()[:12]}, code {stamp.get('code', '')}, "
+                     f"written {when}{took}"))
     return rows
 
 
