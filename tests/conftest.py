@@ -42,10 +42,20 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 
+# The two longest units of the suite (measured with --durations on 2 cores: each 3-4 minutes on one worker, the
+# Ray module as one xdist_group), handed out before any other test.
+LONGEST_FIRST = ("test_finetune.py", "test_ray.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked slow first (stable within each kind): under pytest-xdist the long tests then start at once and
-    overlap the many short ones, instead of one of them starting last on an otherwise idle machine."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The longest units first, then the other tests marked slow, then the rest (stable within each kind): under
+    pytest-xdist the long tests start at once and overlap the many short ones, instead of one of them starting
+    last on an otherwise idle machine."""
+    def rank(item) -> tuple[int, int]:
+        longest = item.path.name in LONGEST_FIRST and item.get_closest_marker("slow") is not None
+        return (0 if longest else 1, 0 if item.get_closest_marker("slow") else 1)
+
+    items.sort(key=rank)
 
 WORDS = (
     "what is the capital of france paris japan tokyo who wrote hamlet shakespeare question answer "

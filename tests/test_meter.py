@@ -25,6 +25,7 @@ def test_nested_blocks_have_their_own_peaks_and_the_outer_sees_the_inner():
         small = _touch(50 * MB)
         with measure() as inner:
             big = _touch(400 * MB)
+            during = rss_bytes()  # file-backed pages (a model's mmap) may leave RSS meanwhile: read it now
             time.sleep(0.05)
             del big
         with measure() as after:  # the 400 MB are freed: this block's peak is far below the inner one's
@@ -34,7 +35,8 @@ def test_nested_blocks_have_their_own_peaks_and_the_outer_sees_the_inner():
     with measure() as timed:
         time.sleep(0.2)
     wall = time.perf_counter() - t0
-    assert inner["peak_rss_gb"] * 1e9 >= base + 400 * MB  # a lower bound: the array was resident
+    assert during >= base + 300 * MB  # the array was resident
+    assert inner["peak_rss_gb"] * 1e9 >= during - 1e5  # the block's peak is at least what it held (GB rounding)
     assert outer["peak_rss_gb"] >= inner["peak_rss_gb"]
     assert after["peak_rss_gb"] * 1e9 <= inner["peak_rss_gb"] * 1e9 - 300 * MB
     assert inner["peak_rss_gb"] * 1e9 <= process_peak_bytes() + MB  # never above what the kernel saw
