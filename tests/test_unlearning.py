@@ -97,6 +97,20 @@ def test_losses_match_hand_computation(hf_pair, batch, tiny_llama, tiny_probes):
         assert abs(float(L.klr(model, ref, one)) - float(ou)) < 1e-5
 
 
+def test_non_finite_weights_name_float16_training_as_the_cause(tiny_llama_dir, tiny_probes, tmp_path):
+    """A step that overflows float16 weights (largest 65504) says float16 training is the cause and names the dtypes
+    that fix it; in float32 and bfloat16 the message keeps asking for a lower rate."""
+    half = load_model(str(tiny_llama_dir), dtype="float16")
+    with pytest.raises(UnlearningError, match=r"training in float16 is unstable.*bfloat16 \(--dtype bfloat16\) or float32"):
+        unlearn(half, "ga_gdr", tiny_probes[:2], tiny_probes[2:], tmp_path / "h", steps=1, lr=1e6, progress=False)
+    assert not (tmp_path / "h").exists()
+    from unpact_mech.unlearning.trainer import _nonfinite_fix
+
+    for dtype in (torch.float32, torch.bfloat16):  # elsewhere the advice is the caller's own (the rate)
+        assert _nonfinite_fix([torch.nn.Parameter(torch.ones(2, dtype=dtype))], "Lower the learning rate") == \
+            "Lower the learning rate"
+
+
 def test_loss_convention_is_validated_and_recorded(tiny_llama, tiny_probes, tmp_path):
     from unpact_mech.unlearning import resolve_config
 

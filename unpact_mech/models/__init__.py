@@ -161,13 +161,15 @@ def _load_parts(spec: str, dtype: str | torch.dtype, trust_remote_code: bool, al
     model_name, source = _resolve(spec)
     if Path(source).is_dir():
         check_spec(str(source))
-    if not trust_remote_code and Path(source).is_dir():
-        cfg = _read_config(source)
-        if cfg.get("auto_map"):
+    if Path(source).is_dir():
+        auto_map = _read_config(source).get("auto_map")
+        if auto_map and not trust_remote_code:
             raise ModelSpecError(
                 f"'{source}' asks to run its own Python code (config.json has auto_map); that code would run with "
                 "your permissions. Pass trust_remote_code=True (CLI: --trust-remote-code) only if you trust it"
             )
+        if auto_map:
+            _check_remote_code_files(Path(source), auto_map)
     local = Path(source).is_dir()
     try:
         hf = load_hf(source, dtype, trust_remote_code, allow_pickle, **placement)
@@ -189,6 +191,20 @@ def _load_parts(spec: str, dtype: str | torch.dtype, trust_remote_code: bool, al
             + f": {type(err).__name__}: {str(err)[:300]}{fix}"
         ) from err
     return model_name, source, hf, tok
+
+
+def _check_remote_code_files(source: Path, auto_map: Any) -> None:
+    """Every module that a local directory's ``auto_map`` names (``module.Class``, local unless it is
+    ``repo--module.Class``) is a file of that directory, before transformers would look for it on the hub."""
+    refs = auto_map.values() if isinstance(auto_map, dict) else []
+    names = [r for v in refs for r in (v if isinstance(v, (list, tuple)) else [v]) if isinstance(r, str)]
+    for ref in names:
+        if "--" in ref or "." not in ref:
+            continue
+        module = ref.rsplit(".", 1)[0].replace(".", "/") + ".py"
+        if not (source / module).is_file():
+            raise ModelSpecError(f"'{source / 'config.json'}' names the code '{ref}' (auto_map), but '{module}' is not "
+                                 f"in '{source}': copy the model's Python files beside its config.json")
 
 
 def load_model(

