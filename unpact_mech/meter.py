@@ -68,6 +68,12 @@ def _cuda() -> Any:
     return torch.cuda
 
 
+def describe(cost: dict[str, Any]) -> str:
+    """A measured block's cost in words: ``12.3 s, peak RSS 4.56 GB`` (and ``, peak CUDA ...`` where measured)."""
+    return (f"{cost['seconds']:.1f} s, peak RSS {cost['peak_rss_gb']:.2f} GB"
+            + (f", peak CUDA {cost['peak_cuda_gb']:.2f} GB" if "peak_cuda_gb" in cost else ""))
+
+
 @contextmanager
 def measure() -> Iterator[dict[str, Any]]:
     """Measure the block: the dict it yields is filled on exit with ``seconds``, ``peak_rss_gb`` (and

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from unpact_mech.errors import UnpactError
 from unpact_mech.io import atomic_write_json, json_safe
-from unpact_mech.meter import measure
+from unpact_mech.meter import describe, measure
 
 T = TypeVar("T")
 ON_CHANGE = ("recompute", "stop")
@@ -159,7 +159,6 @@ def stage(name: str, stamp_file: Path, stamp: dict[str, Any], exists: Callable[[
     announce(f"stage {name}: computing ({why})")
     with measure() as cost:
         result = compute()
-    announce(f"stage {name}: {cost['seconds']:.1f} s, peak RSS {cost['peak_rss_gb']:.2f} GB"
-             + (f", peak CUDA {cost['peak_cuda_gb']:.2f} GB" if "peak_cuda_gb" in cost else ""))
+    announce(f"stage {name}: {describe(cost)}")
     atomic_write_json(stamp_file, {**stamp, COST: cost})
     return result

@@ -159,9 +159,9 @@ def _load_parts(spec: str, dtype: str | torch.dtype, trust_remote_code: bool, al
     """(name, source, HF model, tokenizer) of a spec, with one clear error if it cannot be loaded."""
     resolve_dtype(dtype)  # a bad dtype fails before any loading
     model_name, source = _resolve(spec)
-    if Path(source).is_dir():
+    local = Path(source).is_dir()
+    if local:
         check_spec(str(source))
-    if Path(source).is_dir():
         auto_map = _read_config(source).get("auto_map")
         if auto_map and not trust_remote_code:
             raise ModelSpecError(
@@ -170,7 +170,6 @@ def _load_parts(spec: str, dtype: str | torch.dtype, trust_remote_code: bool, al
             )
         if auto_map:
             _check_remote_code_files(Path(source), auto_map)
-    local = Path(source).is_dir()
     try:
         hf = load_hf(source, dtype, trust_remote_code, allow_pickle, **placement)
         tok = _load_tokenizer(source, trust_remote_code)

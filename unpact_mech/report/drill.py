@@ -21,6 +21,7 @@ import pandas as pd
 
 from unpact_mech.criteria import CRITERIA
 from unpact_mech.io import read_table
+from unpact_mech.meter import describe
 from unpact_mech.models import read_provenance
 from unpact_mech.pipeline import read_cost, read_stamp
 from unpact_mech.unlearning import METHODS
@@ -180,9 +181,7 @@ def stage_stamps(out: Path) -> list[tuple[str, str]]:
         text = json.dumps(stamp, sort_keys=True)
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(f.stat().st_mtime))
         cost = read_cost(f)
-        took = "" if cost is None else (
-            f", took {cost['seconds']:.1f} s, peak RSS {cost['peak_rss_gb']:.2f} GB"
-            + (f", peak CUDA {cost['peak_cuda_gb']:.2f} GB" if "peak_cuda_gb" in cost else ""))
+        took = "" if cost is None else f", took {describe(cost)}"
         rows.append((f"stage {f.relative_to(out)}",
                      f"stamp {hashlib.sha256(text.encode()).hexdigest()[:12]}, code {stamp.get('code', '')}, "
                      f"written {when}{took}"))

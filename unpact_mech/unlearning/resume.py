@@ -131,9 +131,13 @@ def read_meta(files: ResumeFiles, steps: int | None = None) -> dict[str, Any]:
             problems.append("'generator_state' must be a list of bytes")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta["aliases"].items()):
             problems.append("'aliases' must map names to names")
+    _refuse_damaged(files, problems)
+    return meta
+
+
+def _refuse_damaged(files: ResumeFiles, problems: list[str]) -> None:
     if problems:
         raise ResumeError(f"resume file {files.meta} is damaged: {'; '.join(problems)}; {_start_over(files)}")
-    return meta
 
 
 def _step_range(step: int, steps: int | None) -> list[str]:
@@ -167,9 +171,7 @@ def check_resume(files: ResumeFiles, settings: dict[str, Any], steps: int | None
         why = "; ".join(differ[:6]) if differ else "its settings are not recorded"
         raise ResumeError(f"{files.meta} is the resume state of another run ({why}). Rerun with the same settings "
                           f"to resume it, or, {_start_over(files)}")
-    problems = _step_range(meta["step"], steps)
-    if problems:
-        raise ResumeError(f"resume file {files.meta} is damaged: {'; '.join(problems)}; {_start_over(files)}")
+    _refuse_damaged(files, _step_range(meta["step"], steps))
     return meta
 
 
