@@ -2,45 +2,63 @@
 becoming part of the stamp, and shown in the report's settings."""
 
 import json
-import time
+import os
+import subprocess
+import sys
 
-import numpy as np
+import pytest
 
-from unpact_mech.meter import measure, process_peak_bytes, rss_bytes
 from unpact_mech.pipeline import COST, read_cost, read_stamp, stage
 
 MB = 1_000_000
 
 
-def _touch(nbytes: int) -> np.ndarray:
-    """An array whose every page is written (so it is resident), of ``nbytes``."""
-    a = np.ones(nbytes // 8, dtype=np.float64)
+_NESTED = """
+import json, time
+import numpy as np
+from unpact_mech.meter import measure, process_peak_bytes, rss_bytes
+MB = 1_000_000
+
+def touch(nbytes):
+    a = np.ones(nbytes // 8, dtype=np.float64)  # every page written, so resident
     assert a.sum() == nbytes // 8
     return a
 
+base = rss_bytes()
+with measure() as outer:
+    small = touch(50 * MB)
+    with measure() as inner:
+        big = touch(400 * MB)
+        during = rss_bytes()
+        time.sleep(0.05)
+        del big
+    with measure() as after:  # the 400 MB are freed: this block's peak is far below the inner one's
+        time.sleep(0.05)
+    del small
+t0 = time.perf_counter()
+with measure() as timed:
+    time.sleep(0.2)
+wall = time.perf_counter() - t0
+print(json.dumps(dict(base=base, during=during, outer=outer, inner=inner, after=after, timed=timed, wall=wall,
+                      process_peak=process_peak_bytes())))
+"""
 
+
+@pytest.mark.slow
 def test_nested_blocks_have_their_own_peaks_and_the_outer_sees_the_inner():
-    base = rss_bytes()
-    with measure() as outer:
-        small = _touch(50 * MB)
-        with measure() as inner:
-            big = _touch(400 * MB)
-            during = rss_bytes()  # file-backed pages (a model's mmap) may leave RSS meanwhile: read it now
-            time.sleep(0.05)
-            del big
-        with measure() as after:  # the 400 MB are freed: this block's peak is far below the inner one's
-            time.sleep(0.05)
-        del small
-    t0 = time.perf_counter()
-    with measure() as timed:
-        time.sleep(0.2)
-    wall = time.perf_counter() - t0
-    assert during >= base + 300 * MB  # the array was resident
-    assert inner["peak_rss_gb"] * 1e9 >= during - 1e5  # the block's peak is at least what it held (GB rounding)
+    # A fresh interpreter: a long-lived test worker keeps freed heap resident and its models' file pages come and go,
+    # so its RSS need not grow by what a block touches (seen in CI: a worker at 3.9 GB did not grow by 450 MB).
+    run = subprocess.run([sys.executable, "-c", _NESTED], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr
+    r = json.loads(run.stdout.strip().splitlines()[-1])
+    inner, outer, after, timed = r["inner"], r["outer"], r["after"], r["timed"]
+    assert r["during"] >= r["base"] + 300 * MB  # the array was resident
+    assert inner["peak_rss_gb"] * 1e9 >= r["during"] - 1e5  # the block's peak is at least what it held (GB rounding)
     assert outer["peak_rss_gb"] >= inner["peak_rss_gb"]
     assert after["peak_rss_gb"] * 1e9 <= inner["peak_rss_gb"] * 1e9 - 300 * MB
-    assert inner["peak_rss_gb"] * 1e9 <= process_peak_bytes() + MB  # never above what the kernel saw
-    assert 0.2 <= timed["seconds"] <= wall + 1e-3
+    assert inner["peak_rss_gb"] * 1e9 <= r["process_peak"] + MB  # never above what the kernel saw
+    assert 0.2 <= timed["seconds"] <= r["wall"] + 1e-3
 
 
 def test_stage_records_its_cost_apart_from_its_stamp(tmp_path):
