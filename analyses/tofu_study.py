@@ -12,7 +12,7 @@ findings' summary, one row per method) and ``tofu_study_smollm2.csv`` (TOFU's me
 the study's wall time); the study resumes. ``--no-task`` skips TOFU's metrics (their greedy answers, 200 new
 tokens as open-unlearning's setting, took about 8 min for three models on 2 cores with the KV cache).
 
-Measured (2 cores): 2,971 s for the whole study, fresh; the README has the table.
+Measured (2 cores): 2,971 s for the whole study, fresh; docs/benchmarks.md has the table.
 """
 
 from __future__ import annotations

@@ -411,7 +411,7 @@ def test_internal_errors_keep_their_traceback(monkeypatch, tiny_llama_dir):
     def boom(a):
         raise KeyError("an internal bug")
 
-    monkeypatch.setitem(cli.COMMANDS, "attribute", boom)
+    monkeypatch.setitem(cli.COMMANDS._items, "attribute", boom)
     with pytest.raises(KeyError, match="an internal bug"):
         main(["attribute", "--model", str(tiny_llama_dir), "--prompt", "q", "--answer", "a"])
 

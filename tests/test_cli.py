@@ -104,7 +104,7 @@ def test_probe_specs_name_subsets_of_hub_benchmarks(monkeypatch):
     from unpact_mech.data import BENCHMARKS
 
     calls = []
-    monkeypatch.setitem(BENCHMARKS, "tofu", lambda subset=None, split=None, source=None: calls.append((subset, split)) or [])
+    monkeypatch.setitem(BENCHMARKS._items, "tofu", lambda subset=None, split=None, source=None: calls.append((subset, split)) or [])
     _load_probes_arg("tofu:retain_perturbed")
     _load_probes_arg("tofu:forget01:train")
     _load_probes_arg("tofu")

@@ -26,11 +26,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from unpact_mech.errors import UnknownNameError, UnpactError
+from unpact_mech.errors import UnpactError
 from unpact_mech.hooks import Emphasis
 from unpact_mech.metrics import generated_correct, gold_short, rouge_l_recall
 from unpact_mech.multiple_choice import check_choices, choice_variants
 from unpact_mech.probes import Probe, TokenizedProbe, tokenize_probe
+from unpact_mech.registry import Registry
 from unpact_mech.scoring import (
     GEN_EXTRA_TOKENS,
     HookSource,
@@ -68,26 +69,17 @@ class Criterion:
         return self.judge(subject, tprobes, emphasis)
 
 
-CRITERIA: dict[str, Criterion] = {}
+CRITERIA: Registry[Criterion] = Registry("correctness criterion")
 
 
 def register_criterion(name: str, extra: str, suffix: str, costly: bool = False,
                        needs_choices: bool = False) -> Callable[[Judge], Judge]:
     """Register a correctness criterion (see the module docstring)."""
-
-    def deco(fn: Judge) -> Judge:
-        if name in CRITERIA:
-            raise ValueError(f"criterion '{name}' registered twice")
-        CRITERIA[name] = Criterion(name, fn, extra, suffix, costly, needs_choices)
-        return fn
-
-    return deco
+    return CRITERIA.decorator(name, lambda fn: Criterion(name, fn, extra, suffix, costly, needs_choices))
 
 
 def criterion(name: str) -> Criterion:
     """The registered criterion ``name``, or one clear error naming the known ones."""
-    if name not in CRITERIA:
-        raise UnknownNameError(f"unknown correctness criterion {name!r}; use {', '.join(CRITERIA)}")
     return CRITERIA[name]
 
 

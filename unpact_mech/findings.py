@@ -88,7 +88,7 @@ def judge(who: Analysis | Subject, tps: Sequence[TokenizedProbe], name: str) -> 
 def recovery(
     base: Analysis | Subject,
     unlearned: Subject,
-    probes: Sequence[Probe] | None,
+    probes: Sequence[Probe] | None = None,
     factors: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
     routes: Sequence[str] = EMPHASIS_MODES,
     prompt_styles: Sequence[str] = ("repeat", "mark", "instruct"),

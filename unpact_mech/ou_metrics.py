@@ -39,6 +39,7 @@ from unpact_mech.errors import UnpactError
 from unpact_mech.hooks import Emphasis
 from unpact_mech.metrics import rouge_l_recall
 from unpact_mech.probes import Probe, TokenizedProbe, tokenize_probes
+from unpact_mech.registry import Registry
 from unpact_mech.scoring import TokenStats, score_probes, token_stats
 from unpact_mech.subject import Subject
 
@@ -55,16 +56,11 @@ class OUMetric:
     reference: str
 
 
-OU_METRICS: dict[str, OUMetric] = {}
+OU_METRICS: Registry[OUMetric] = Registry("metric")
 
 
 def register_metric(name: str, reference: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        if name in OU_METRICS:
-            raise UnpactError(f"metric {name!r} is registered twice")
-        OU_METRICS[name] = OUMetric(name, fn, OU + reference)
-        return fn
-    return deco
+    return OU_METRICS.decorator(name, lambda fn: OUMetric(name, fn, OU + reference))
 
 
 def _array(x: Any, what: str, ndim: tuple[int, ...] = (1,)) -> np.ndarray:

@@ -43,7 +43,7 @@ from unpact_mech.patch_views import (
     position_row,
     restoration_of,
 )
-from unpact_mech.probes import TokenizedProbe
+from unpact_mech.probes import Probe, TokenizedProbe, tokenize_probe
 from unpact_mech.scoring import score_sequences
 from unpact_mech.subject import Subject, check_same_tokenizer
 
@@ -193,7 +193,7 @@ def _site_gradients(subject: Subject, tp: TokenizedProbe, names: Sequence[str]) 
 def patch(
     base: Subject,
     unlearned: Subject,
-    tp: TokenizedProbe,
+    tp: TokenizedProbe | Probe,
     method: str = "exact",
     kinds: Sequence[str] = ("resid_pre", "attn_out", "mlp_out"),
     layers: Sequence[int] | None = None,
@@ -201,7 +201,8 @@ def patch(
     direction: str = "base->unlearned",
     verify: int = 0,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(per-position table, per-head table) of restorations by ``method`` (``PATCH_METHODS``).
+    """(per-position table, per-head table) of restorations by ``method`` (``PATCH_METHODS``), on one probe
+    (raw probes are tokenised by ``base``; both models must share its tokenizer).
 
     ``verify=k`` (estimates only): the estimate's top-k position cells and top-k heads by |restoration| are
     patched exactly (fast path) and reported beside it in ``exact_lp`` / ``exact_restoration`` (NaN for the
@@ -213,6 +214,9 @@ def patch(
     if verify and method not in ESTIMATES:
         raise UnpactError(f"verify={verify} checks an estimate against exact patching; method {method!r} is already "
                           f"exact (use verify with one of {ESTIMATES})")
+    check_same_tokenizer(base, unlearned)  # token ids index both models' embeddings
+    if isinstance(tp, Probe):
+        tp = tokenize_probe(base.tokenizer, tp, max_len=base.n_ctx)
     _grid(base, tp, kinds, layers, positions)
     lp_base, lp_unl = (score_sequences(m, [(tp.ids, tp.prompt_len)])[0].lp for m in (base, unlearned))
     if lp_base == lp_unl:

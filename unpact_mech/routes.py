@@ -62,6 +62,7 @@ from unpact_mech.errors import UnknownNameError, UnpactError, check_unique
 from unpact_mech.findings import CRITERIA, judge, recovery
 from unpact_mech.hooks import EMPHASIS_MODES
 from unpact_mech.probes import Probe, TokenizedProbe, tokenize_probes
+from unpact_mech.registry import Registry
 from unpact_mech.stats import newcombe, rate_columns, wilson
 from unpact_mech.subject import Subject, wrap
 from unpact_mech.unlearning import fit
@@ -114,19 +115,12 @@ class RouteContext:
 
 
 RouteFn = Callable[[RouteContext], list[dict[str, Any]]]
-RECOVERY_ROUTES: dict[str, RouteFn] = {}
+RECOVERY_ROUTES: Registry[RouteFn] = Registry("recovery route")
 
 
 def register_route(name: str) -> Callable[[RouteFn], RouteFn]:
     """Register a recovery route under ``name``: ``fn(ctx) -> rows`` built with :func:`route_row`."""
-
-    def deco(fn: RouteFn) -> RouteFn:
-        if name in RECOVERY_ROUTES:
-            raise ValueError(f"recovery route '{name}' registered twice")
-        RECOVERY_ROUTES[name] = fn
-        return fn
-
-    return deco
+    return RECOVERY_ROUTES.decorator(name)
 
 
 def route_row(route: str, treatment: str, criterion: str, recovered: Sequence[bool], control_kind: str,

@@ -1,4 +1,4 @@
-"""The one long table shape every attribution method returns (shared/DESIGN.md)."""
+"""The one long table shape every attribution method returns (docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from unpact_mech.criteria import check_criteria, criteria_for, criterion
-from unpact_mech.errors import UnknownNameError, UnpactError
+from unpact_mech.errors import UnpactError
 from unpact_mech.hooks import Emphasis
 from unpact_mech.metrics import accuracy, rouge_l_f1
 from unpact_mech.multiple_choice import FORMULATIONS, mc_accuracy, mc_table
@@ -51,6 +51,7 @@ from unpact_mech.ou_metrics import (
     truth_ratio_of,
 )
 from unpact_mech.probes import Probe, tokenize_probes
+from unpact_mech.registry import Registry
 from unpact_mech.scoring import greedy_batch, stop_token_ids
 from unpact_mech.stats import Rate
 from unpact_mech.subject import Subject
@@ -69,21 +70,14 @@ class Task:
     reference: str
 
 
-TASKS: dict[str, Task] = {}
+TASKS: Registry[Task] = Registry("task")
 
 
 def register_task(name: str, fmt: str, criterion: str, reference: str) -> Callable[[MetricsFn], MetricsFn]:
-    def deco(fn: MetricsFn) -> MetricsFn:
-        if name in TASKS:
-            raise UnpactError(f"task {name!r} is registered twice")
-        TASKS[name] = Task(name, fmt, criterion, fn, reference)
-        return fn
-    return deco
+    return TASKS.decorator(name, lambda fn: Task(name, fmt, criterion, fn, reference))
 
 
 def task(name: str) -> Task:
-    if name not in TASKS:
-        raise UnknownNameError(f"unknown task {name!r}; tasks are {', '.join(sorted(TASKS))}")
     return TASKS[name]
 
 
@@ -94,6 +88,12 @@ def task_metrics(name: str, subject: Subject, probes: Sequence[Probe], **options
         raise UnpactError(f"task {name!r}: no probes to score")
     rows = t.metrics(subject, list(probes), **options)
     return pd.DataFrame(rows).assign(task=name, model=subject.name)
+
+
+def evaluate(subject: Subject, probes: Sequence[Probe], task: str, **options: Any) -> pd.DataFrame:
+    """The registered task ``task``'s own metrics of ``subject`` on ``probes`` (:func:`task_metrics`), one row per
+    metric with its counts and interval: ``um.evaluate(model, um.load_benchmark("wmdp"), "wmdp")``."""
+    return task_metrics(task, subject, probes, **options)
 
 
 def _rate(metric: str, r: Rate, reference: str, **extra: Any) -> dict[str, Any]:

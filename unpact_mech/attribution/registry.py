@@ -12,8 +12,8 @@ from typing import Any
 
 import pandas as pd
 
-from unpact_mech.errors import UnknownNameError
 from unpact_mech.probes import Probe, TokenizedProbe, check_unique_ids, tokenize_probes
+from unpact_mech.registry import Registry
 from unpact_mech.subject import Subject
 
 AttributionFn = Callable[..., pd.DataFrame]
@@ -27,7 +27,7 @@ class AttributionMethod:
     level: str
 
 
-ATTRIBUTION_METHODS: dict[str, AttributionMethod] = {}
+ATTRIBUTION_METHODS: Registry[AttributionMethod] = Registry("attribution method")
 
 
 def register(name: str, level: str = "token") -> Callable[[AttributionFn], AttributionFn]:
@@ -35,18 +35,10 @@ def register(name: str, level: str = "token") -> Callable[[AttributionFn], Attri
     if level not in LEVELS:
         raise ValueError(f"attribution level must be one of {LEVELS}, got {level!r}")
 
-    def deco(fn: AttributionFn) -> AttributionFn:
-        if name in ATTRIBUTION_METHODS:
-            raise ValueError(f"attribution method '{name}' registered twice")
-        ATTRIBUTION_METHODS[name] = AttributionMethod(name, fn, level)
-        return fn
-
-    return deco
+    return ATTRIBUTION_METHODS.decorator(name, lambda fn: AttributionMethod(name, fn, level))
 
 
 def method_info(method: str) -> AttributionMethod:
-    if method not in ATTRIBUTION_METHODS:
-        raise UnknownNameError(f"unknown attribution method '{method}'; available: {sorted(ATTRIBUTION_METHODS)}")
     return ATTRIBUTION_METHODS[method]
 
 

@@ -12,14 +12,42 @@ import pandas as pd
 from unpact_mech.cli.commands import _check_out, _load, _load_probes_arg, _params, _print_df, command
 from unpact_mech.errors import UnpactError
 
+# the study options a config states; with --config none of them may be given
+_STUDY_OPTIONS = ("model", "methods", "out", "steps", "target", "on_change", "probes", "unlearned", "per_split",
+                  "no_patch", "include_unknown", "task", "finetune", "finetune_steps", "retain_model", "alpha", "beta",
+                  "max_keytokens", "dtype", "device")
+
+
+def _study_config(a: argparse.Namespace, parser_defaults: dict[str, Any]) -> Any:
+    """The StudyConfig of ``--config FILE`` (no other study option given), or of the study options."""
+    from unpact_mech.experiments.study import StudyConfig
+
+    if a.config is not None:
+        given = [f"--{o.replace('_', '-')}" for o in _STUDY_OPTIONS if getattr(a, o) != parser_defaults.get(o)]
+        if given:
+            raise UnpactError(f"--config states the whole study; {', '.join(given)} would change it: edit the config "
+                              "(or drop --config and give the options)")
+        return StudyConfig.load(a.config)
+    return StudyConfig(model=a.model, methods=tuple(a.methods), unlearned=tuple(a.unlearned or []),
+                       probes=tuple(a.probes or ["facts"]), task=a.task, out=a.out, steps=a.steps, target=a.target,
+                       patch=not a.no_patch, per_split=a.per_split, known_only=not a.include_unknown,
+                       keytokens=_params(a), finetune=a.finetune, finetune_steps=a.finetune_steps,
+                       retain_model=a.retain_model, on_change=a.on_change, dtype=a.dtype, device=a.device)
+
 
 @command("study")
 def cmd_study(a: argparse.Namespace) -> int:
-    from unpact_mech.experiments import run_demo
+    from unpact_mech.cli.parser import build_parser
     from unpact_mech.experiments.dilemma import check_given
+    from unpact_mech.experiments.study import Study
     from unpact_mech.io import read_table
     from unpact_mech.report.tables import format_rates
 
+    defaults = vars(build_parser().parse_args(["study"]))
+    cfg = _study_config(a, defaults)
+    a.unlearned = list(cfg.unlearned) or None  # the checks below read the config's values
+    a.finetune, a.finetune_steps, a.retain_model, a.task = cfg.finetune, cfg.finetune_steps, cfg.retain_model, cfg.task
+    a.out, a.dtype, a.device = cfg.out, cfg.dtype, cfg.device
     given = dict(a.unlearned or [])
     if len(given) != len(a.unlearned or []):
         raise UnpactError("--unlearned: each NAME must be given once")
@@ -33,13 +61,9 @@ def cmd_study(a: argparse.Namespace) -> int:
                           "own): add --task tofu, or drop it")
     if given:
         check_given(given)  # before any probe file or model is read
-    probes = [p for spec in (a.probes or ["facts"]) for p in _load_probes_arg(spec)]
-    model = _load(a, a.model) if a.dtype != "float32" or a.device or a.device_map else a.model
-    table = run_demo(model, a.methods, a.out, steps=a.steps, target=a.target, patch=not a.no_patch,
-                     per_split=a.per_split, probes=probes, known_only=not a.include_unknown, params=_params(a),
-                     on_change=a.on_change, unlearned=given, task_name=a.task, finetune=a.finetune,
-                     finetune_settings=None if a.finetune_steps is None else {"steps": a.finetune_steps},
-                     retain_model=a.retain_model)
+    # options a config cannot state (placement, remote code, pickles) load the model here
+    loaded = _load(a, cfg.model) if a.device_map or a.max_memory or a.trust_remote_code or a.allow_pickle else None
+    table = Study(cfg).run(loaded)
     print("\nSummary (one row per unlearned model):")
     _print_df(format_rates(table).round(3))
     if a.task:

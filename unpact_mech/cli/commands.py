@@ -15,16 +15,14 @@ from unpact_mech.cli import scale
 from unpact_mech.cli.scale import FAILED, load_kwargs, uses_ray
 from unpact_mech.errors import UnpactError
 from unpact_mech.keytokens import KeyTokenParams, select_keytokens
+from unpact_mech.registry import Registry
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+COMMANDS: Registry[Callable[[argparse.Namespace], int]] = Registry("command")
 
 
 def command(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
-    def deco(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-        COMMANDS[name] = fn
-        return fn
-
-    return deco
+    """Register ``fn(args) -> exit code`` as the handler of ``unpact NAME``."""
+    return COMMANDS.decorator(name)
 
 
 def _check_out(a: argparse.Namespace, kind: str = "file", inputs: Sequence[str] = ()) -> Path:
@@ -46,21 +44,10 @@ def _params(a: argparse.Namespace) -> KeyTokenParams:
 
 
 def _load_probes_arg(spec: str, split: str | None = None) -> list[Any]:
-    """A JSON-lines file, or a registered benchmark name: ``facts[:SPLIT]`` (``facts:forget``), invented people
-    ``fictitious:N[:seed[:F]]``, a hub benchmark ``NAME[:SUBSET[:SPLIT]]`` (``tofu:retain_perturbed``,
-    ``wmdp:wmdp-bio``)."""
-    from unpact_mech.data import BENCHMARKS, load_benchmark
-    from unpact_mech.probes import load_probes
+    """:func:`unpact_mech.data.load_probe_spec`: a probe file or a benchmark spec."""
+    from unpact_mech.data import load_probe_spec
 
-    name, _, sp = spec.partition(":")
-    if name in BENCHMARKS and not Path(spec).exists():
-        if name == "fictitious":
-            return load_benchmark(name, subset=sp or None, split=split)
-        if name == "facts":
-            return load_benchmark(name, split=sp or split)
-        subset, _, hub_split = sp.partition(":")
-        return load_benchmark(name, subset=subset or None, split=hub_split or split)
-    return load_probes(spec)
+    return load_probe_spec(spec, split)
 
 
 def _same_path(x: str, y: str) -> bool:

@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("study", help="the dilemma study on any probes and model, training --methods or analysing "
                        "given (e.g. released) checkpoints with --unlearned NAME=DIR_OR_HUB_ID")
     add_run_arguments(s, "unpact_out/study")
+    s.add_argument("--config", default=None, metavar="FILE",
+                   help="run the study this config states (JSON, or YAML by suffix; every study writes OUT/study.json, "
+                   "so --config OUT/study.json reruns it); not with the other study options")
     s.add_argument("--probes", action="append", default=None,
                    help="probe file or benchmark: facts[:SPLIT], fictitious:N[:SEED[:F]], NAME[:SUBSET[:SPLIT]] (tofu:"
                    "retain_perturbed, wmdp:wmdp-bio); repeat to combine (default: facts)")

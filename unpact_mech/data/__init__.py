@@ -4,32 +4,43 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
-from unpact_mech.errors import UnknownNameError, UnpactError
+from unpact_mech.errors import UnpactError
 from unpact_mech.probes import Probe, load_probes, tokenize_probes
+from unpact_mech.registry import Registry
 from unpact_mech.scoring import probe_table
 from unpact_mech.subject import Subject
 
 Loader = Callable[..., list[Any]]  # probes, or raw texts for MUSE raw/verbmem subsets
-BENCHMARKS: dict[str, Loader] = {}
+BENCHMARKS: Registry[Loader] = Registry("benchmark")
 
 
 def register_benchmark(name: str) -> Callable[[Loader], Loader]:
     """Register a loader ``fn(subset=None, split=None, source=None) -> list[Probe | str]``."""
-
-    def deco(fn: Loader) -> Loader:
-        BENCHMARKS[name] = fn
-        return fn
-
-    return deco
+    return BENCHMARKS.decorator(name)
 
 
 def load_benchmark(name: str, subset: str | None = None, split: str | None = None, source: Any = None) -> list[Any]:
     """Load probes of a registered benchmark."""
-    if name not in BENCHMARKS:
-        raise UnknownNameError(f"unknown benchmark '{name}'; available: {sorted(BENCHMARKS)}")
     return BENCHMARKS[name](subset=subset, split=split, source=source)
+
+
+def load_probe_spec(spec: str, split: str | None = None) -> list[Any]:
+    """Probes named by one string (the CLI's ``--probes`` and a study config's ``probes``): a JSON-lines probe
+    file, or a registered benchmark: ``facts[:SPLIT]`` (``facts:forget``), invented people
+    ``fictitious:N[:seed[:F]]``, a hub benchmark ``NAME[:SUBSET[:SPLIT]]`` (``tofu:retain_perturbed``,
+    ``wmdp:wmdp-bio``)."""
+    name, _, sp = spec.partition(":")
+    if name in BENCHMARKS and not Path(spec).exists():
+        if name == "fictitious":
+            return load_benchmark(name, subset=sp or None, split=split)
+        if name == "facts":
+            return load_benchmark(name, split=sp or split)
+        subset, _, hub_split = sp.partition(":")
+        return load_benchmark(name, subset=subset or None, split=hub_split or split)
+    return load_probes(spec)
 
 
 def builtin_path(filename: str) -> Any:

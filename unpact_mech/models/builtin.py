@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from unpact_mech.errors import ModelSpecError
 from unpact_mech.io import atomic_write_json, sha256_file
 from unpact_mech.models.checkpoints import PROVENANCE_FILE
+from unpact_mech.registry import Registry
 
 
 def quiet_transformers() -> None:
@@ -37,17 +38,12 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-BUILTIN_MODELS: dict[str, Callable[[], Path]] = {}
+BUILTIN_MODELS: Registry[Callable[[], Path]] = Registry("built-in model")
 
 
 def register_builtin(name: str) -> Callable[[Callable[[], Path]], Callable[[], Path]]:
     """Register a function that returns a local HF directory for a built-in model name."""
-
-    def deco(fn: Callable[[], Path]) -> Callable[[], Path]:
-        BUILTIN_MODELS[name] = fn
-        return fn
-
-    return deco
+    return BUILTIN_MODELS.decorator(name)
 
 
 def _gguf_to_hf_dir(gguf_path: Path, out_dir: Path) -> Path:

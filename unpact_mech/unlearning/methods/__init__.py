@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from unpact_mech.registry import Registry
 from unpact_mech.unlearning import losses as L
 from unpact_mech.unlearning.config import UnlearnConfig
 from unpact_mech.unlearning.data import Example
@@ -64,15 +65,12 @@ class Method:
         """Post-processing after the last step (Task Vector's subtraction)."""
 
 
-METHODS: dict[str, type[Method]] = {}
+METHODS: Registry[type[Method]] = Registry("unlearning method")
 
 
 def register_method(cls: type[Method]) -> type[Method]:
     """Register a method class under its ``name`` (adding a method is one module and this decorator)."""
-    if not cls.name or cls.name in METHODS:
-        raise ValueError(f"method name {cls.name!r} is empty or registered twice")
-    METHODS[cls.name] = cls
-    return cls
+    return METHODS.register(cls.name, cls)
 
 
 def retain_term(kind: str | None, s: State, retain: L.Batch) -> dict[str, torch.Tensor]:

@@ -1,0 +1,151 @@
+"""The public API at the package root (loaded lazily), the README's Python block run as written, and the study as
+one config object that round-trips through a file."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import unpact_mech as um
+from unpact_mech.errors import UnpactError
+from unpact_mech.experiments.study import CONFIG_FILE, Study, StudyConfig
+from unpact_mech.keytokens import KeyTokenParams
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_public_name_resolves_to_its_home():
+    from unpact_mech.compare import compare as compare_fn
+    from unpact_mech.findings import recovery
+    from unpact_mech.localise import localise as localise_fn
+
+    assert sorted(um.__all__) == sorted([*um._API, *um._LISTERS])
+    for name in um.__all__:
+        assert getattr(um, name) is not None, name
+    # a function named like its module stays the function after the module is imported
+    assert um.compare is compare_fn and um.localise is localise_fn and um.recovery is recovery
+    from unpact_mech import compare, localise
+
+    assert compare is compare_fn and localise is localise_fn
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        um.nope  # noqa: B018
+    assert {"Analysis", "Study", "list_methods"} <= set(dir(um))
+
+
+def test_importing_the_package_loads_no_model_library():
+    code = "import sys, unpact_mech; print(sorted(m for m in ('torch', 'transformers', 'transformer_lens') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
+
+
+def test_recovery_defaults_to_the_analysis_probes():
+    import inspect
+
+    assert inspect.signature(um.recovery).parameters["probes"].default is None
+
+
+def _python_blocks(path: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", path.read_text(), re.S)
+
+
+def test_readme_first_block_is_at_most_ten_lines_from_one_import():
+    code = _python_blocks(ROOT / "README.md")[0]
+    lines = [ln for ln in code.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    assert len(lines) <= 10 and lines[0] == "import unpact_mech as um"
+    assert not any(ln.startswith(("from ", "import ")) for ln in lines[1:])
+
+
+@pytest.mark.slow  # SmolLM2: a 4-step unlearning run and the three findings on six facts
+def test_readme_python_block_runs_as_written(tmp_path):
+    code = _python_blocks(ROOT / "README.md")[0]
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "mean_keytoken_jaccard" in run.stdout and "keytokens" in run.stdout and "Rate(k=" in run.stdout
+    assert (tmp_path / "unpact_out" / "npo" / "unpact.json").exists()
+
+
+DOCS_WITH_CODE = [p for p in sorted((ROOT / "docs").glob("*.md")) if _python_blocks(p)]
+
+
+def test_the_docs_hold_code_to_run():
+    assert {p.name for p in DOCS_WITH_CODE} >= {"guide.md", "extending.md"}
+
+
+@pytest.mark.slow  # SmolLM2 (the guide also runs a 2-step unlearning)
+@pytest.mark.parametrize("doc", DOCS_WITH_CODE, ids=lambda p: p.name)
+def test_docs_python_blocks_run(doc, tmp_path):
+    """Every Python block of a docs/ page runs, the page's blocks in order as one script, in a fresh interpreter
+    (what a page registers stays out of the test process) and a scratch directory."""
+    code = "\n".join(_python_blocks(doc))
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_study_config_round_trips_through_json_and_yaml(tmp_path):
+    cfg = StudyConfig(model="m", methods=("ga_gdr",), unlearned=(("a", "dir/a"),), probes=("facts", "x.jsonl"),
+                      task="tofu", steps=3, per_split=None, keytokens=KeyTokenParams(alpha=0.2, beta=3))
+    for name in ("c.json", "c.yaml"):
+        assert StudyConfig.load(cfg.dump(tmp_path / name)) == cfg
+    d = json.loads((tmp_path / "c.json").read_text())
+    assert d["unlearned"] == {"a": "dir/a"} and d["keytokens"]["alpha"] == 0.2 and d["methods"] == ["ga_gdr"]
+    assert StudyConfig.from_dict({}) == StudyConfig() and hash(cfg) == hash(StudyConfig.from_dict(d))
+
+
+@pytest.mark.parametrize("bad, msg", [
+    ({"modle": "x"}, r"unknown option\(s\) 'modle'; options are model, methods"),
+    ({"keytokens": {"alpah": 0.1}}, r"keytokens: unknown option\(s\) 'alpah'"),
+    ({"keytokens": {"alpha": 2.0}}, r"alpha must be in \[0, 1\)"),
+    ({"dtype": "int8"}, "dtype must be one of"),
+    ({"probes": []}, "needs probes"),
+    ({"finetune_steps": 3}, "add --finetune"),
+])
+def test_bad_study_configs_are_refused_with_the_fix(bad, msg):
+    with pytest.raises(UnpactError, match=msg):
+        StudyConfig.from_dict(bad)
+
+
+def test_bad_config_files(tmp_path):
+    with pytest.raises(UnpactError, match="does not exist"):
+        StudyConfig.load(tmp_path / "none.json")
+    (tmp_path / "a.json").write_text("{oops")
+    with pytest.raises(UnpactError, match="not valid JSON"):
+        StudyConfig.load(tmp_path / "a.json")
+    (tmp_path / "a.yaml").write_text("- just\n- a list\n")
+    with pytest.raises(UnpactError, match="must hold a mapping"):
+        StudyConfig.load(tmp_path / "a.yaml")
+    assert Study({"model": "x", "methods": ["rmu"]}).config == StudyConfig(model="x", methods=("rmu",))
+    with pytest.raises(UnpactError, match="unknown option"):
+        Study({"modle": "x"})
+
+
+@pytest.mark.slow  # two study runs on the tiny model
+def test_a_study_writes_the_config_that_reruns_it(tiny_llama_dir, tmp_path, monkeypatch, capsys):
+    """``Study(config).run()`` writes OUT/study.json; ``unpact study --config`` on it reruns the same study: every
+    stage's stamp matches, so nothing is recomputed and the model is not even loaded."""
+    from unpact_mech.cli import main
+    from unpact_mech.probes import save_probes
+    from unpact_mech.tutorial import TINY_FACTS
+
+    monkeypatch.setattr("unpact_mech.experiments.settings.SETTINGS",
+                        {"ga_gdr": {"lr": 1e-3, "fmt": "plain"}})
+    f = save_probes(TINY_FACTS, tmp_path / "p.jsonl")
+    out = tmp_path / "study"
+    cfg = StudyConfig(model=str(tiny_llama_dir), methods=("ga_gdr",), probes=(str(f),), out=str(out), steps=2,
+                      target=0.0, patch=False, known_only=False)
+    table = Study(cfg).run()
+    assert StudyConfig.load(out / CONFIG_FILE) == cfg
+    stamps = {p: p.read_text() for p in out.rglob("*.stamp.json")}
+    capsys.readouterr()
+    assert main(["study", "--config", str(out / CONFIG_FILE)]) == 0
+    assert "all stages cached, model not loaded" in capsys.readouterr().out
+    assert {p: p.read_text() for p in out.rglob("*.stamp.json")} == stamps
+    pd.testing.assert_frame_equal(pd.read_csv(out / "summary.csv"), table.reset_index(drop=True), check_dtype=False)
+    assert main(["study", "--config", str(out / CONFIG_FILE), "--steps", "3"]) == 2
+    assert "--steps would change it" in capsys.readouterr().err
