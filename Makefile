@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.unpact-installed
 
-.PHONY: demo test test-fast checks browser-note lint bench gemma clean-venv
+.PHONY: demo test test-fast checks docs browser-note lint bench gemma clean-venv
 
 # pytest-xdist: two workers (one torch thread each) on two cores; tests marked slow are handed out first
 # (tests/conftest.py), so the long ones overlap the short ones; an xdist_group keeps a module's tests on one worker. XDIST=0 runs in one process.
@@ -22,10 +22,15 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/unpact demo $(DEMO_ARGS)
 
-checks: $(STAMP)
+checks: $(STAMP) docs
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
+
+# docs/ as a site with the API reference from the docstrings (mkdocstrings); --strict fails on a broken link or
+# reference (-q would hide the warnings that strict counts)
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict
 
 # The report's real-browser test runs wherever Debian's Chromium is installed; elsewhere it is skipped, and we say so.
 browser-note:

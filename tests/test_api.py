@@ -149,3 +149,53 @@ def test_a_study_writes_the_config_that_reruns_it(tiny_llama_dir, tmp_path, monk
     pd.testing.assert_frame_equal(pd.read_csv(out / "summary.csv"), table.reset_index(drop=True), check_dtype=False)
     assert main(["study", "--config", str(out / CONFIG_FILE), "--steps", "3"]) == 2
     assert "--steps would change it" in capsys.readouterr().err
+
+
+def test_progress_goes_through_logging_to_the_current_streams(capsys):
+    import logging
+
+    from unpact_mech.cli import main
+    from unpact_mech.log import say, warn
+
+    say("a progress line")
+    say("an announcement", stderr=True)
+    warn("a degenerate result")
+    out, err = capsys.readouterr()
+    assert out == "a progress line\n" and err == "an announcement\na degenerate result\n"
+    logger = logging.getLogger("unpact_mech")
+    try:
+        assert main(["--quiet", "data", "list"]) == 0
+        assert logger.level == logging.WARNING
+        say("hidden")
+        warn("shown")
+        out, err = capsys.readouterr()
+        assert "hidden" not in out and err.endswith("shown\n")
+    finally:
+        logger.setLevel(logging.INFO)
+
+
+def test_the_demo_is_a_preset_study(monkeypatch, tmp_path):
+    """`unpact demo` runs Study on a config (the built-in facts, the paper's methods, the settings' budget), the same
+    config `unpact study` builds from the same options, so its OUT/study.json reruns it."""
+    from unpact_mech.cli import main
+    from unpact_mech.experiments.settings import BUDGET, PAPER_METHODS
+
+    class Ran(Exception):
+        pass
+
+    seen = []
+
+    def run(self, model=None, on_keytokens=None, keytoken_probes=None):
+        seen.append((self.config, model, keytoken_probes))
+        raise Ran
+
+    monkeypatch.setattr(Study, "run", run)
+    out = str(tmp_path / "d")
+    with pytest.raises(Ran):
+        main(["demo", "--out", out, "--steps", "3", "--alpha", "0.2"])
+    with pytest.raises(Ran):
+        main(["study", "--out", out, "--steps", "3", "--alpha", "0.2"])
+    (demo, model, kp), (study, _, _) = seen
+    assert demo == study == StudyConfig(out=out, steps=3, keytokens=KeyTokenParams(alpha=0.2))
+    assert demo.methods == PAPER_METHODS and demo.probes == ("facts",) and demo.per_split == BUDGET["per_split"]
+    assert model is None and len(kp) == 12  # the KeyToken table's probes: the demo's --n

@@ -327,6 +327,10 @@ CASES = [
                                             "{w}/c.csv"], "unknown model spec", absent=["c.csv"]),
     Case("late-cold-cache-read-only", ["attribute", "--prompt", "q", "--answer", "a"], "cannot be written",
          setup="cache_unwritable"),
+    Case("late-resume-tensors-missing", [*UNL, "--method", "ga_gdr", "--steps", "1", "--out", "{w}/ck"],
+         "resume tensors", setup="resume_tensors_missing", absent=["ck"], before_load=True),
+    Case("late-demo-out-is-a-file", ["demo", "--keytokens-only", "--model", T, "--out", f"{A}/trunc.csv"],
+         "exists and is a file, not a directory"),
     Case("late-relearn-steps-huge", [*REC, "--relearn-steps", "100000", "--routes", "relearn"], "in 1..1000"),
     Case("late-fictitious-huge", ["data", "show", "fictitious", "--subset", "2000000"], "N people in 1..10000"),
     Case("late-unlearn-steps-huge", [*UNL, "--method", "ga", "--steps", "10000000", "--out", "{w}/ck"], "in 1..100000"),
@@ -344,6 +348,7 @@ RESUME_SETUPS = {
     "resume_step_beyond": {**RESUME_OK, "settings": {"method": "ga_gdr"}, "step": 99,
                            "history": [{"step": i + 1, "loss": 0.0} for i in range(99)]},
     "foreign_resume": {**RESUME_OK, "settings": {"method": "ga_gdr", "hyperparameters": {"lr": 0.5}}},
+    "resume_tensors_missing": {**RESUME_OK, "settings": {"method": "ga_gdr"}},  # the state's JSON without its tensors
 }
 
 

@@ -71,3 +71,14 @@ def test_modules_stay_under_about_400_lines():
     sizes = {str(f.relative_to(ROOT)): len(f.read_text().splitlines())
              for f in [*(ROOT / "unpact_mech").rglob("*.py"), ROOT / "hooks" / "__init__.py"]}
     assert max(sizes.values()) <= 420, sorted(sizes.items(), key=lambda x: -x[1])[:5]
+
+
+def test_only_the_cli_prints():
+    """Outside cli/, the toolkit reports through logging (unpact_mech.log), so a caller can silence or route it."""
+    bad = []
+    for f in sorted([*(ROOT / "unpact_mech").rglob("*.py"), ROOT / "hooks" / "__init__.py"]):
+        if f.is_relative_to(ROOT / "unpact_mech" / "cli"):
+            continue
+        bad += [f"{f.relative_to(ROOT)}:{n.lineno}" for n in ast.walk(ast.parse(f.read_text()))
+                if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "print"]
+    assert not bad, bad

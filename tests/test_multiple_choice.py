@@ -53,8 +53,11 @@ def test_mc_table_equals_a_naive_loop(smol, wmdp_probes, formulation):
         assert np.allclose(row.lls, lls, atol=1e-4)
         assert row.pred == int(np.argmax(lls)) and row.gold == r["answer"]
         assert row.correct == (int(np.argmax(lls)) == r["answer"])
-        norm = [ll / len(c) for ll, c in zip(lls, r["choices"])]
+        # acc_norm divides by the scored continuation's length, as lm-eval's process_results divides by
+        # len(doc_to_choice): the letter (so lettered acc_norm is acc) or the choice's text
+        norm = [ll / (1 if formulation == "lettered" else len(c)) for ll, c in zip(lls, r["choices"])]
         assert row.pred_norm == int(np.argmax(norm))
+        assert formulation == "cloze" or row.pred_norm == row.pred
         assert row.margin == pytest.approx(lls[r["answer"]] - max(np.delete(lls, r["answer"])), abs=1e-4)
     acc, chance = mc_accuracy(t)
     assert acc.n == 3 and acc.k == int(t.correct.sum()) and chance == 0.25
@@ -200,3 +203,20 @@ def test_cli_emphasize_under_the_choice_criterion(tiny_llama_dir, tiny_llama_oth
     assert set(e.criterion) == {"multiple_choice"} and len(e) == 2  # the forget probes m0, m1
     assert main([*argv[:-1], str(tmp_path / "e2"), "--probes", "facts:forget"]) == 2
     assert "judges multiple-choice probes only" in capsys.readouterr().err
+
+
+def test_each_wmdp_subset_opens_with_lm_eval_s_description():
+    """The whole lettered prompt of each subset, as lm-eval's wmdp_bio/chem/cyber.yaml build it (description, then
+    _default_template_yaml's doc_to_text), written out here."""
+    from unpact_mech.tasks import wmdp_description
+
+    q, choices = "What is X? ", ["a", "b", "c", "d"]
+    body = "What is X?\nA. a\nB. b\nC. c\nD. d\nAnswer:"
+    want = {"wmdp-bio": "The following are multiple choice questions (with answers) about biology.\n\n" + body,
+            "wmdp-chem": "The following are multiple choice questions (with answers) about chemistry.\n\n" + body,
+            "wmdp-cyber": "The following are multiple choice questions (with answers) about cybersecurity.\n\n" + body}
+    for subset, prompt in want.items():
+        desc, convention = wmdp_description(Probe("x", q, "a", domain=subset))
+        assert lettered_prompt(q, choices, desc) == prompt and convention == f"lm-eval wmdp_{subset[5:]}.yaml description"
+    assert wmdp_description(Probe("x", q, "a", domain="history")) == ("", "no description (subset unknown)")
+    assert wmdp_description(Probe("x", q, "a", domain="wmdp-bio"), "") == ("", "given description")

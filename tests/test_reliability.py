@@ -138,12 +138,15 @@ def test_a_state_of_more_steps_is_named_another_run_not_damaged(tmp_path):
     """A state saved at step 5 of a 6-step run, met by a 1-step run: the settings differ (the file is intact), so it
     is the state of another run, named by the setting; a state whose settings match but whose step lies past this
     run's steps is still damaged."""
+    import hashlib
+
     from unpact_mech.unlearning.resume import ResumeError, ResumeFiles, check_resume
 
     files = ResumeFiles.beside(tmp_path / "ck")
+    files.tensors.write_bytes(b"the tensors")  # intact: its SHA-256 is the one the state records
     meta = {"format": "unpact-resume-v1", "run_key": "x", "settings": {"method": "ga_gdr", "hyperparameters": {"steps": 6}},
             "step": 5, "history": [{"step": i + 1} for i in range(5)], "generator_state": [0] * 8, "param_groups": [],
-            "aliases": {}, "tensors_sha256": "0" * 64}
+            "aliases": {}, "tensors_sha256": hashlib.sha256(b"the tensors").hexdigest()}
     files.meta.write_text(json.dumps(meta))
     with pytest.raises(ResumeError, match=r"another run \(hyperparameters.steps: 6 there, 1 now\)") as err:
         check_resume(files, {"method": "ga_gdr", "hyperparameters": {"steps": 1}}, steps=1)
@@ -151,6 +154,9 @@ def test_a_state_of_more_steps_is_named_another_run_not_damaged(tmp_path):
     assert check_resume(files, {"method": "ga_gdr", "hyperparameters": {"steps": 6}}, steps=6)["step"] == 5
     with pytest.raises(ResumeError, match=r"damaged: 'step' is 5, outside 0..4"):
         check_resume(files, {"method": "ga_gdr"}, steps=4)
+    files.tensors.write_bytes(b"other tensors")  # changed since the state was saved: refused before any model loads
+    with pytest.raises(ResumeError, match="are missing or do not match ck.resume.json"):
+        check_resume(files, {"method": "ga_gdr", "hyperparameters": {"steps": 6}}, steps=6)
 
 
 def test_resume_schema_names_each_problem(tmp_path):

@@ -58,6 +58,30 @@ def test_wmdp_task(tmp_path, tiny_llama):
     assert row.chance == pytest.approx((1 / 3 + 1 / 2) / 2) and row.above_chance == (row.low > row.chance)
 
 
+def test_wmdp_lettered_prompts_carry_each_subset_s_description(tmp_path, tiny_llama):
+    """Lettered accuracy scores lm-eval's prompt: the subset's description line first (written out here), or the
+    description given (every probe); the row says which convention it used."""
+    rows = [{"question": "what is the capital of france ?", "choices": ["tokyo", "paris", "mars"], "answer": 1},
+            {"question": "who wrote hamlet ?", "choices": ["shakespeare", "au", "mars"], "answer": 0},
+            {"question": "what is the red planet ?", "choices": ["mars", "au", "paris"], "answer": 0}]
+    probes = load_benchmark("wmdp", "wmdp-chem", "test", source=_jsonl(tmp_path / "w.jsonl", rows))
+
+    def naive_k(description):
+        k = 0
+        for r in rows:
+            text = description + r["question"] + "\n" + "\n".join(f"{'ABC'[i]}. {c}" for i, c in enumerate(r["choices"]))
+            lls = [float(score_probes(tiny_llama, tokenize_probes(tiny_llama, [Probe("x", text + "\nAnswer:", L)], "raw"))[0]
+                         .logprobs.sum()) for L in "ABC"]
+            k += int(np.argmax(lls) == r["answer"])
+        return k
+
+    chem = "The following are multiple choice questions (with answers) about chemistry.\n\n"
+    row = task_metrics("wmdp", tiny_llama, probes, formulations=["lettered"]).iloc[0]
+    assert row.k == naive_k(chem) and row.n == 3 and row.convention == "lm-eval wmdp_chem.yaml description"
+    row = task_metrics("wmdp", tiny_llama, probes, formulations=["lettered"], description="").iloc[0]
+    assert row.k == naive_k("") and row.convention == "given description"
+
+
 def test_tofu_task_with_forget_quality(tmp_path, tiny_llama, tiny_llama_other_dir):
     from unpact_mech.models import load_model
 
@@ -144,6 +168,12 @@ def test_cli_evaluate(tmp_path, tiny_llama_dir, tiny_llama_other_dir, capsys):
     assert main(["evaluate", "--task", "wmdp", "--probes", "wmdp", "--source", str(f), "--model", str(tiny_llama_dir),
                  "--retain-model", str(tiny_llama_dir)]) == 2
     assert "--retain-model" in capsys.readouterr().err
+    assert main(["evaluate", "--task", "wmdp", "--probes", "wmdp", "--source", str(f), "--formulations", "lettered",
+                 "--description", "", "--model", str(tiny_llama_dir)]) == 0
+    assert "given description" in capsys.readouterr().out
+    assert main(["evaluate", "--task", "tofu", "--probes", "tofu", "--source", str(f), "--description", "x",
+                 "--model", str(tiny_llama_dir)]) == 2
+    assert "--description" in capsys.readouterr().err
     assert main(["evaluate", "--task", "tofu", "--probes", "tofu", "--source", str(f), "--model",
                  str(tmp_path / "missing")]) == 2
 

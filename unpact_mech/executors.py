@@ -26,7 +26,6 @@ import logging
 import os
 import resource
 import socket
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ import torch
 
 from unpact_mech.errors import UnpactError
 from unpact_mech.io import atomic_write, atomic_write_json
+from unpact_mech.log import say
 from unpact_mech.models import data_hash, load_model
 from unpact_mech.probes import Probe
 
@@ -238,8 +238,7 @@ def _map(job: ProbeJob, todo: list[tuple[int, Probe]], parts: Path, actors: int 
                                                              "actor_max_rss_mb": float(rss)})
             n += 1
             if progress:
-                print(f"[ray] {n}/{len(todo)} probes ({time.perf_counter() - t0:.0f} s, {size} actors)",
-                      file=sys.stderr, flush=True)
+                say(f"[ray] {n}/{len(todo)} probes ({time.perf_counter() - t0:.0f} s, {size} actors)", stderr=True)
 
 
 def _write_bytes(path: Path, data: bytes) -> None:

@@ -86,7 +86,9 @@ def check_formulation(formulation: str) -> str:
 def mc_table(subject: Subject, probes: Sequence[Probe], formulation: str = "lettered", description: str = "",
              fmt: str | None = None) -> pd.DataFrame:
     """One row per probe: the summed log-likelihood of every choice (``lls``), the gold index, the prediction by
-    ``acc`` (largest sum) and by ``acc_norm`` (largest sum per character of the choice), and whether each is correct.
+    ``acc`` (largest sum) and by ``acc_norm`` (largest sum per character of the continuation scored: the letter
+    when lettered, the choice's text in cloze; lm-eval's ``process_results`` divides by ``len(choice)`` of
+    ``doc_to_choice``, so its lettered ``acc_norm`` equals ``acc``), and whether each is correct.
     ``fmt`` defaults to ``raw`` for lettered prompts and ``plain`` for cloze."""
     check_formulation(formulation)
     fmt = fmt or ("raw" if formulation == "lettered" else "plain")
@@ -98,7 +100,7 @@ def mc_table(subject: Subject, probes: Sequence[Probe], formulation: str = "lett
         ll = np.array(lls[i:i + len(g)])
         i += len(g)
         gold = int(p.meta["answer_index"])
-        chars = np.array([len(c) for c in p.meta["choices"]], dtype=float)
+        chars = np.array([len(v.answer) for v in g], dtype=float)  # the continuation each choice scores
         pred, pred_norm = int(ll.argmax()), int((ll / chars).argmax())
         rows.append({"id": p.id, "formulation": formulation, "n_choices": len(g), "gold": gold, "pred": pred,
                      "correct": pred == gold, "pred_norm": pred_norm, "correct_norm": pred_norm == gold,

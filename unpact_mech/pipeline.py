@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from unpact_mech.errors import UnpactError
 from unpact_mech.io import atomic_write_json, json_safe
+from unpact_mech.log import say
 from unpact_mech.meter import describe, measure
 
 T = TypeVar("T")
@@ -135,7 +136,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def announce(message: str) -> None:
     """One progress line of a long run (stdout, flushed, prefixed ``[unpact]``)."""
-    print(f"[unpact] {message}", flush=True)
+    say(f"[unpact] {message}")
 
 
 def stage(name: str, stamp_file: Path, stamp: dict[str, Any], exists: Callable[[], bool], load: Callable[[], T],

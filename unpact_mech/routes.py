@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +60,7 @@ from unpact_mech.criteria import check_criteria, criterion
 from unpact_mech.errors import UnknownNameError, UnpactError, check_unique
 from unpact_mech.findings import CRITERIA, judge, recovery
 from unpact_mech.hooks import EMPHASIS_MODES
+from unpact_mech.log import warn
 from unpact_mech.probes import Probe, TokenizedProbe, tokenize_probes
 from unpact_mech.registry import Registry
 from unpact_mech.stats import newcombe, rate_columns, wilson
@@ -191,8 +191,8 @@ def recover(base: Analysis, unlearned: Subject, forget: Sequence[Probe], unknown
     check_route_data(routes, forget, unknown, retain, shots, need_control=False, collateral=collateral)
     check_criteria(criteria, [*forget, *unknown])
     if not unknown and any(r != "emphasis" for r in routes):
-        print("[unpact] recovery routes: no control facts were given, so every excess over control is undefined "
-              "(NaN)", file=sys.stderr, flush=True)
+        warn("[unpact] recovery routes: no control facts were given, so every excess over control is undefined "
+             "(NaN)")
     ctx = RouteContext(base, unlearned, base.add(list(forget)), base.add(list(unknown)) if unknown else [],
                        list(retain), list(shots), tuple(criteria), options or {}, {} if cache is None else cache,
                        base.add(list(collateral)) if collateral else [])

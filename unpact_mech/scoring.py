@@ -7,7 +7,6 @@ follows them and positions start at 0 in every row, so a batched score equals th
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ from unpact_mech.backends import fast_path
 from unpact_mech.backends.kernel import AnswerIndex, answer_logprobs, logprob_moments
 from unpact_mech.errors import NonFiniteError, UnpactError
 from unpact_mech.hooks import EMPHASIS_MODES, Emphasis
+from unpact_mech.log import say
 from unpact_mech.probes import TokenizedProbe
 from unpact_mech.subject import Subject
 
@@ -366,9 +366,9 @@ def generate_answers(subject: Subject, tprobes: Sequence[TokenizedProbe], hooks:
     stops = stop_token_ids(subject.tokenizer)
     if max(limits, default=0) > LONG_GENERATION:
         longest = max(range(len(tprobes)), key=lambda i: limits[i])
-        print(f"[unpact] generation: up to {sum(limits)} greedy tokens for {len(tprobes)} probe(s); probe "
-              f"'{tprobes[longest].probe.id}' has a {tprobes[longest].n_answer}-token answer, and each generated token "
-              "is one forward pass (progress shown)", file=sys.stderr, flush=True)
+        say(f"[unpact] generation: up to {sum(limits)} greedy tokens for {len(tprobes)} probe(s); probe "
+            f"'{tprobes[longest].probe.id}' has a {tprobes[longest].n_answer}-token answer, and each generated token "
+            "is one forward pass (progress shown)", stderr=True)
     if emphasis is not None:
         check_emphasis(subject, emphasis)
     return greedy_batch(subject, prompts, limits, hooks, stops, emphasis=emphasis)

@@ -113,15 +113,37 @@ def greedy_texts(subject: Subject, probes: Sequence[Probe], fmt: str, max_new_to
 
 
 LM_EVAL_WMDP = "EleutherAI/lm-evaluation-harness lm_eval/tasks/wmdp/_default_template_yaml"
+# lm-eval's description line of each subset (lm_eval/tasks/wmdp/wmdp_bio.yaml, wmdp_chem.yaml, wmdp_cyber.yaml)
+WMDP_DESCRIPTIONS = {f"wmdp-{k}": f"The following are multiple choice questions (with answers) about {v}.\n\n"
+                     for k, v in (("bio", "biology"), ("chem", "chemistry"), ("cyber", "cybersecurity"))}
+
+
+def wmdp_description(probe: Probe, description: str | None = None) -> tuple[str, str]:
+    """(description line, the convention it follows) of a WMDP probe's lettered prompt: ``description`` when
+    given; else lm-eval's line of the probe's subset (its ``domain``, as the ``wmdp`` benchmark loads it); else
+    none (probes from another source)."""
+    if description is not None:
+        return description, "given description"
+    if probe.domain in WMDP_DESCRIPTIONS:
+        return WMDP_DESCRIPTIONS[probe.domain], f"lm-eval wmdp_{probe.domain[5:]}.yaml description"
+    return "", "no description (subset unknown)"
 
 
 @register_task("wmdp", fmt="raw", criterion="teacher_forced", reference=LM_EVAL_WMDP)
 def _wmdp(subject: Subject, probes: list[Probe], formulations: Sequence[str] = FORMULATIONS,
-          description: str = "") -> list[dict[str, Any]]:
+          description: str | None = None) -> list[dict[str, Any]]:
+    """Accuracy per formulation; lettered prompts open with lm-eval's description line of each probe's subset
+    (``description`` replaces it for every probe; cloze prompts have none, as they are not lm-eval's)."""
+    groups: dict[tuple[str, str], list[Probe]] = {}
+    for p in probes:
+        groups.setdefault(wmdp_description(p, description), []).append(p)
     rows = []
     for f in formulations:
-        acc, chance = mc_accuracy(mc_table(subject, probes, f, description))
-        rows.append(_rate(f"accuracy_{f}", acc, LM_EVAL_WMDP, chance=chance, above_chance=acc.low > chance))
+        parts = [(conv, mc_table(subject, ps, f, desc)) for (desc, conv), ps in groups.items()]
+        acc, chance = mc_accuracy(pd.concat([t for _, t in parts], ignore_index=True))
+        conventions = sorted({conv for conv, _ in parts}) if f == "lettered" else ["cloze (no description)"]
+        rows.append(_rate(f"accuracy_{f}", acc, LM_EVAL_WMDP, chance=chance, above_chance=acc.low > chance,
+                          convention="; ".join(conventions)))
     return rows
 
 

@@ -7,7 +7,6 @@ the cost is about one batched forward of the variants. ``variant="delete"`` remo
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -25,6 +24,7 @@ from unpact_mech.backends.kernel import AnswerIndex, answer_logprobs, per_sequen
 from unpact_mech.display import loo_block, nb_html
 from unpact_mech.errors import UnpactError
 from unpact_mech.keytokens import select_keytokens
+from unpact_mech.log import say
 from unpact_mech.probes import TokenizedProbe
 from unpact_mech.scoring import DEFAULT_BATCH_TOKENS, check_finite, memo_of, right_pad, score_sequences
 from unpact_mech.subject import Subject
@@ -181,8 +181,8 @@ def long_job_bar(chunks: range, tp: TokenizedProbe, passes: int) -> Any:
     """The chunks of one probe, with a progress bar and the pass count announced when the probe is long."""
     if passes * len(tp.ids) < LONG_JOB_TOKENS:
         return chunks
-    print(f"[unpact] leave-one-out of probe '{tp.probe.id}': {passes} forward passes of {len(tp.ids)} tokens "
-          f"in {len(chunks)} batches", file=sys.stderr, flush=True)
+    say(f"[unpact] leave-one-out of probe '{tp.probe.id}': {passes} forward passes of {len(tp.ids)} tokens "
+        f"in {len(chunks)} batches", stderr=True)
     return tqdm(chunks, desc=f"leave-one-out {tp.probe.id}", unit="batch", leave=False)
 
 
@@ -253,7 +253,7 @@ def _loo(subject: Subject, tprobes: Sequence[TokenizedProbe], variant: Variant, 
         spans.append((start, len(seqs)))
     total = sum(len(ids) for ids, _ in seqs)
     if total >= LONG_JOB_TOKENS:
-        print(f"[unpact] leave-one-out: {len(seqs)} forward passes, {total} tokens", file=sys.stderr, flush=True)
+        say(f"[unpact] leave-one-out: {len(seqs)} forward passes, {total} tokens", stderr=True)
     scores = score_sequences(subject, seqs, hooks, batch_tokens,
                              progress="leave-one-out" if progress or total >= LONG_JOB_TOKENS else False)
     results = []

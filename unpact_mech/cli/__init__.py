@@ -8,6 +8,7 @@ on) and exits 130. Only this package imports inside functions, so that start-up 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import traceback
 from collections.abc import Sequence
@@ -68,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as done:
         return done.code if isinstance(done.code, int) else (0 if done.code is None else 2)
+    logging.getLogger("unpact_mech").setLevel(logging.WARNING if args.quiet else logging.INFO)
     try:
         resolve_routed(args)
         if "alpha" in vars(args):

@@ -9,7 +9,15 @@ from typing import Any
 
 import pandas as pd
 
-from unpact_mech.cli.commands import _check_out, _load, _load_probes_arg, _params, _print_df, command
+from unpact_mech.cli.commands import (
+    _check_out,
+    _load,
+    _load_probes_arg,
+    _params,
+    _print_df,
+    command,
+    loads_beyond_config,
+)
 from unpact_mech.errors import UnpactError
 
 # the study options a config states; with --config none of them may be given
@@ -62,7 +70,7 @@ def cmd_study(a: argparse.Namespace) -> int:
     if given:
         check_given(given)  # before any probe file or model is read
     # options a config cannot state (placement, remote code, pickles) load the model here
-    loaded = _load(a, cfg.model) if a.device_map or a.max_memory or a.trust_remote_code or a.allow_pickle else None
+    loaded = _load(a, cfg.model) if loads_beyond_config(a) else None
     table = Study(cfg).run(loaded)
     print("\nSummary (one row per unlearned model):")
     _print_df(format_rates(table).round(3))
@@ -92,12 +100,15 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     opts: dict[str, Any] = {}
     if a.task == "wmdp":
         opts["formulations"] = a.formulations
+        if a.description is not None:
+            opts["description"] = a.description
     if a.max_new_tokens is not None:
         opts["max_new_tokens"] = a.max_new_tokens
     if a.retain_model is not None:
         opts["retain_model"] = _load(a, a.retain_model)
     table = pd.concat([task_metrics(a.task, _load(a, m), probes, **opts) for m in a.model], ignore_index=True)
-    cols = [c for c in ("model", "metric", "value", "k", "n", "low", "high", "chance", "above_chance") if c in table]
+    cols = [c for c in ("model", "metric", "value", "k", "n", "low", "high", "chance", "above_chance", "convention")
+            if c in table]
     _print_df(table[cols].round(4))
     if a.out:
         write_table(table, a.out)

@@ -39,6 +39,12 @@ def _load(a: argparse.Namespace, spec: str) -> Any:
     return load_model(spec, verbose=True, **load_kwargs(a))
 
 
+def loads_beyond_config(a: argparse.Namespace) -> bool:
+    """Whether the model options ask for what a study config cannot state (placement over devices, remote code,
+    pickled weights): then the CLI loads the model and hands it to the study."""
+    return bool(a.device_map or a.max_memory or a.trust_remote_code or a.allow_pickle)
+
+
 def _params(a: argparse.Namespace) -> KeyTokenParams:
     return KeyTokenParams(alpha=a.alpha, beta=a.beta, max_keytokens=a.max_keytokens)
 
@@ -139,9 +145,12 @@ def cmd_compare(a: argparse.Namespace) -> int:
 @command("demo")
 def cmd_demo(a: argparse.Namespace) -> int:
     from unpact_mech.data import load_benchmark
-    from unpact_mech.experiments import LazyBase, keytoken_stage, run_demo
+    from unpact_mech.experiments import LazyBase, keytoken_stage
+    from unpact_mech.experiments.study import Study, StudyConfig
+    from unpact_mech.io import check_output
     from unpact_mech.report.tables import format_rates
 
+    check_output(a.out, kind="dir", overwrite=True)  # a directory the demo resumes in: refused before any work
     kprobes = load_benchmark("facts", split=a.split)[: a.n]
 
     def show(table: pd.DataFrame) -> None:
@@ -151,9 +160,12 @@ def cmd_demo(a: argparse.Namespace) -> int:
     if a.keytokens_only:
         show(keytoken_stage(LazyBase(a.model), Path(a.out), kprobes, _params(a)))
         return 0
-    table = run_demo(_load(a, a.model) if a.dtype != "float32" or a.device or a.device_map else a.model, a.methods,
-                     a.out, steps=a.steps, target=a.target, on_keytokens=show, keytoken_probes=kprobes,
-                     params=_params(a), on_change=a.on_change)
+    # the demo is a preset study: the built-in facts, the paper's six methods, the budgets of experiments.settings;
+    # it writes OUT/study.json, which `unpact study --config` reruns
+    cfg = StudyConfig(model=a.model, methods=tuple(a.methods), probes=("facts",), out=a.out, steps=a.steps,
+                      target=a.target, keytokens=_params(a), on_change=a.on_change, dtype=a.dtype, device=a.device)
+    loaded = _load(a, a.model) if loads_beyond_config(a) else None
+    table = Study(cfg).run(loaded, on_keytokens=show, keytoken_probes=kprobes)
     print("\nSummary (one row per unlearning method):")
     _print_df(format_rates(table).round(3))  # rates rounded once, by format_rates
     return 0

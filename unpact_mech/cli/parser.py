@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unpact", description="Look inside unlearned language models: KeyTokens, direct "
                                 "logit attribution, attention paths, emphasis, patching and the unlearning dilemma.")
     p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
+    p.add_argument("--quiet", action="store_true", help="no progress lines (the unpact_mech logger at WARNING); "
+                   "results, warnings and errors still print")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("attribute", help="contribution of each prompt token to the answer; KeyTokens marked")
@@ -305,12 +307,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--source", help="local json/jsonl/parquet file in the benchmark's schema (offline)")
     s.add_argument("--formulations", type=choice_list(FORMULATIONS), default=",".join(FORMULATIONS),
                    help="multiple-choice formulations to score")
+    s.add_argument("--description", default=None, metavar="TEXT",
+                   help="the line that opens every lettered WMDP prompt (default: lm-eval's line of the probe's subset, "
+                   "e.g. 'The following are multiple choice questions (with answers) about biology.' and a blank line; "
+                   "'' for none)")
     s.add_argument("--retain-model", help="TOFU: the retain-only model, for forget quality (KS test)")
     s.add_argument("--max-new-tokens", type=POS, help="generation budget (TOFU 200, MUSE KnowMem 32, VerbMem 128)")
     s.add_argument("--out", help="write the metrics table (.csv or .parquet)")
     _output_args(s)
     _model_args(s)
     route(s, "evaluate", "--formulations", lambda a: a.task == "wmdp", "--task wmdp")
+    route(s, "evaluate", "--description", lambda a: a.task == "wmdp", "--task wmdp")
     route(s, "evaluate", "--retain-model", lambda a: a.task == "tofu", "--task tofu")
     route(s, "evaluate", "--max-new-tokens", lambda a: a.task in ("tofu", "muse-knowmem", "muse-verbmem"),
           "--task tofu / muse-knowmem / muse-verbmem")

@@ -32,8 +32,9 @@ from unpact_mech.experiments.settings import BUDGET, FACTORS, PAPER_METHODS, ROU
 from unpact_mech.experiments.unlearn import given_fingerprint
 from unpact_mech.findings import control_positions
 from unpact_mech.hooks import Emphasis
-from unpact_mech.io import read_table, write_table
+from unpact_mech.io import check_output, read_table, write_table
 from unpact_mech.keytokens import KeyTokenParams
+from unpact_mech.log import say
 from unpact_mech.models import data_hash
 from unpact_mech.ou_metrics import truth_ratio_of
 from unpact_mech.pipeline import make_stamp, stage
@@ -93,7 +94,7 @@ def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS
     check_float(target, "target", 0.0, 1.0, lo_open=False)
     if on_change not in ("recompute", "stop"):
         raise UnpactError(f"on_change must be 'recompute' or 'stop', got {on_change!r}")
-    out = Path(out)
+    out = check_output(out, kind="dir", overwrite=True)  # an existing directory is resumed; a file is refused
     params = params or KeyTokenParams()
     t0 = time.perf_counter()
     lazy = LazyBase(model)
@@ -110,25 +111,25 @@ def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS
         kp = list(keytoken_probes) if keytoken_probes is not None else pool[:12]
         on_keytokens(keytoken_stage(lazy, out, kp, params, on_change))
     data, model_name = data_stage(lazy, out, pool, known_only, per_split, on_change)
-    print(f"[unpact] base knows {len(data['forget'])} forget, {len(data['retain'])} retain, "
-          f"{len(data['general'])} general facts", flush=True)
+    say(f"[unpact] base knows {len(data['forget'])} forget, {len(data['retain'])} retain, "
+        f"{len(data['general'])} general facts")
     rows = []
     for i, m in enumerate(methods):
         t = time.perf_counter()
-        print(f"[unpact] method {i + 1}/{len(methods)}: {m}", flush=True)
+        say(f"[unpact] method {i + 1}/{len(methods)}: {m}")
         patch_m = patch and i == 0
         rows.append(method_stage(lazy, m, data, out, steps, target, patch_m, params, on_change))
         routes_stage(lazy, m, data, out, steps, target, params,
                      findings_stamp(lazy, m, data, steps, target, patch_m, params), on_change)
-        print(f"[unpact] {m} done in {time.perf_counter() - t:.0f} s", flush=True)
+        say(f"[unpact] {m} done in {time.perf_counter() - t:.0f} s")
     if task_name is not None:
         task_stage(lazy, task_name, methods, out, task_pool, given, on_change, retain_spec)
     table = summary_table(rows)
     write_table(table, out / "summary.csv")
     report = build_report(out, rows, data, model_name, {"budget": BUDGET, "route_budget": ROUTE_BUDGET,
                                                         "factors": FACTORS, "keytoken_params": asdict(params)})
-    print(f"[unpact] demo finished in {time.perf_counter() - t0:.0f} s "
-          f"({'model loaded' if lazy.loaded else 'all stages cached, model not loaded'}); report: {report}", flush=True)
+    say(f"[unpact] demo finished in {time.perf_counter() - t0:.0f} s "
+        f"({'model loaded' if lazy.loaded else 'all stages cached, model not loaded'}); report: {report}")
     return table
 
 

@@ -21,6 +21,7 @@ from unpact_mech import models
 from unpact_mech.errors import UnpactError
 from unpact_mech.experiments.base import LazyBase
 from unpact_mech.experiments.settings import FINETUNE, probe_key
+from unpact_mech.log import say
 from unpact_mech.models import data_hash, read_provenance
 from unpact_mech.pipeline import make_stamp, stage
 from unpact_mech.unlearning import Finetune, unlearn
@@ -52,11 +53,11 @@ def finetune_stage(lazy: LazyBase, pool: Sequence[Any], out: Path, settings: dic
 
         def train(probes: list[Any] = probes, ckpt: Path = ckpt, role: str = role) -> Path:
             base = lazy.get()
-            print(f"[unpact] teaching {len(probes)} facts to {base.name} ({role} model)", flush=True)
+            say(f"[unpact] teaching {len(probes)} facts to {base.name} ({role} model)")
             path = unlearn(base, Finetune(), probes, [], ckpt, progress=progress, overwrite=True, **cfg)
             prov = read_provenance(path)
-            print(f"[unpact] {role} model: taught-fact accuracy {prov['forget_fact_acc_before']:.2f} -> "
-                  f"{prov['forget_fact_acc_after']:.2f} in {prov['steps']} steps", flush=True)
+            say(f"[unpact] {role} model: taught-fact accuracy {prov['forget_fact_acc_before']:.2f} -> "
+                f"{prov['forget_fact_acc_after']:.2f} in {prov['steps']} steps")
             return path
 
         def exists(ckpt: Path = ckpt) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from unpact_mech import models
 from unpact_mech.data import load_probe_spec
 from unpact_mech.errors import UnpactError
 from unpact_mech.experiments.dilemma import run_demo
-from unpact_mech.experiments.settings import PAPER_METHODS
+from unpact_mech.experiments.settings import BUDGET, PAPER_METHODS
 from unpact_mech.io import atomic_write_text
 from unpact_mech.keytokens import KeyTokenParams
 
@@ -52,7 +52,7 @@ class StudyConfig:
     steps: int | None = None
     target: float = 0.25
     patch: bool = True
-    per_split: int | None = 12
+    per_split: int | None = BUDGET["per_split"]
     known_only: bool = True
     keytokens: KeyTokenParams = field(default_factory=KeyTokenParams)
     finetune: bool = False
@@ -141,9 +141,11 @@ class Study:
         """``config``: a StudyConfig, or a mapping of its options (as a config file holds them)."""
         self.config = config if isinstance(config, StudyConfig) else StudyConfig.from_dict(config)
 
-    def run(self, model: Any = None) -> pd.DataFrame:
+    def run(self, model: Any = None, on_keytokens: Callable[[pd.DataFrame], None] | None = None,
+            keytoken_probes: Sequence[Any] | None = None) -> pd.DataFrame:
         """Run (or resume) the study. ``model``: an already loaded Subject of ``config.model`` (e.g. loaded with
-        options a file cannot state, such as ``max_memory``); default: loaded from the config."""
+        options a file cannot state, such as ``max_memory``); default: loaded from the config. ``on_keytokens``
+        receives the base model's KeyToken table of ``keytoken_probes`` first (``unpact demo`` prints it)."""
         c = self.config
         probes = [p for spec in c.probes for p in load_probe_spec(spec)]
         if model is None:
@@ -154,6 +156,6 @@ class Study:
                          per_split=c.per_split, probes=probes, known_only=c.known_only, params=c.keytokens,
                          on_change=c.on_change, unlearned=dict(c.unlearned), task_name=c.task, finetune=c.finetune,
                          finetune_settings=None if c.finetune_steps is None else {"steps": c.finetune_steps},
-                         retain_model=c.retain_model)
+                         retain_model=c.retain_model, on_keytokens=on_keytokens, keytoken_probes=keytoken_probes)
         c.dump(Path(c.out) / CONFIG_FILE)
         return table

@@ -13,6 +13,7 @@ from unpact_mech.experiments.base import LazyBase
 from unpact_mech.experiments.settings import BUDGET, CALIBRATION, method_settings, probe_key
 from unpact_mech.frontier import interpolated, snapshot_subject
 from unpact_mech.io import atomic_write_json
+from unpact_mech.log import say
 from unpact_mech.models import data_hash, read_provenance
 from unpact_mech.pipeline import make_stamp, stage
 from unpact_mech.subject import Subject
@@ -138,8 +139,8 @@ def calibrate_lr(base: Subject, method: str, forget: Sequence[Any], retain: Sequ
         needed = prov["stopped_at"]
         tries.append({"k": k, "lr": lr, "steps_to_target": needed, "forget_acc": prov["forget_fact_acc_after"],
                       "final_losses": prov["final_losses"]})
-        print(f"[calibrate] {method} k={k} lr={lr:g}: {needed if needed is not None else 'target not reached in'} "
-              f"{'steps' if needed is not None else cfg['steps']}", flush=True)
+        say(f"[calibrate] {method} k={k} lr={lr:g}: {needed if needed is not None else 'target not reached in'} "
+            f"{'steps' if needed is not None else cfg['steps']}")
         if needed is None or needed >= min_steps:
             return {"method": method, "lr": lr, "k": k, "steps": needed, "tries": tries}
     raise UnlearningError(f"{method}: even lr0 * 2^(-{max_k}/2) reaches the target in fewer than {min_steps} steps")

@@ -24,6 +24,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from unpact_mech.backends import frozen, resolve_dtype
 from unpact_mech.backends.nnsight import NNsightBackend
 from unpact_mech.errors import ModelSpecError, UnpactError
+from unpact_mech.log import say
 from unpact_mech.models.builtin import (
     BUILTIN_MODELS,
     builtin_ready,
@@ -238,7 +239,7 @@ def load_model(
     subject.load_options = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle, **placement}
     subject.from_source, subject.loader = True, load_hf
     if verbose:
-        print(f"[unpact] loaded {subject.name} ({subject.dtype}) in {time.perf_counter() - t0:.1f} s", flush=True)
+        say(f"[unpact] loaded {subject.name} ({subject.dtype}) in {time.perf_counter() - t0:.1f} s")
     return subject
 
 

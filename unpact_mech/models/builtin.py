@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from unpact_mech.errors import ModelSpecError
 from unpact_mech.io import atomic_write_json, sha256_file
+from unpact_mech.log import say
 from unpact_mech.models.checkpoints import PROVENANCE_FILE
 from unpact_mech.registry import Registry
 
@@ -50,7 +51,7 @@ def _gguf_to_hf_dir(gguf_path: Path, out_dir: Path) -> Path:
     """Dequantise a GGUF file into a float32 HF safetensors directory, atomically."""
     check_cache_writable(out_dir)
     quiet_transformers()
-    print(f"[unpact] dequantising {gguf_path.name} once into {out_dir} (about 30 s) ...", flush=True)
+    say(f"[unpact] dequantising {gguf_path.name} once into {out_dir} (about 30 s) ...")
     tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     quant = AutoModelForCausalLM.from_pretrained(
         str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32

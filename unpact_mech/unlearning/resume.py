@@ -172,19 +172,20 @@ def check_resume(files: ResumeFiles, settings: dict[str, Any], steps: int | None
         raise ResumeError(f"{files.meta} is the resume state of another run ({why}). Rerun with the same settings "
                           f"to resume it, or, {_start_over(files)}")
     _refuse_damaged(files, _step_range(meta["step"], steps))
+    if not files.tensors.exists() or sha256_file(files.tensors) != meta["tensors_sha256"]:  # before any model loads
+        raise ResumeError(f"resume tensors {files.tensors} are missing or do not match {files.meta.name}; "
+                          f"{_start_over(files)}")
     return meta
 
 
 def load_state(files: ResumeFiles, meta: dict[str, Any], run_key: str, model: Any, opt: torch.optim.Optimizer,
                gen: torch.Generator) -> tuple[int, list[dict[str, Any]]]:
-    """Restore the state into model, optimizer and generator; ``meta`` is what :func:`check_resume` returned."""
+    """Restore the state into model, optimizer and generator; ``meta`` is what :func:`check_resume` returned (it
+    has checked the tensor file against the state's SHA-256)."""
     if meta["run_key"] != run_key:
         raise ResumeError(f"{files.meta} is the resume state of another run (the data or model differ); "
                           f"{_start_over(files)}")
-    if not files.tensors.exists() or sha256_file(files.tensors) != meta["tensors_sha256"]:
-        raise ResumeError(f"resume tensors {files.tensors} are missing or do not match {files.meta.name}; "
-                          f"{_start_over(files)}")
-    flat = load_file(str(files.tensors))
+    flat = load_file(str(files.tensors))  # check_resume matched its SHA-256 before the model loaded
     for alias, name in meta["aliases"].items():
         if name not in flat:
             raise ResumeError(f"resume tensors {files.tensors} lack '{name}'; {_start_over(files)}")

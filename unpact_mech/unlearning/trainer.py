@@ -37,6 +37,7 @@ from unpact_mech.backends import fast_path, frozen
 from unpact_mech.backends.kernel import AnswerIndex, answer_logprobs, per_sequence
 from unpact_mech.errors import UnknownNameError
 from unpact_mech.io import check_output
+from unpact_mech.log import say
 from unpact_mech.models import data_hash, save_checkpoint
 from unpact_mech.probes import Probe
 from unpact_mech.scoring import pad_token_id
@@ -319,7 +320,7 @@ def unlearn(
             step, history = load_state(resume, meta, run_key, model, opt, gen)
         except ResumeError as err:
             raise UnlearningError(str(err)) from err
-        print(f"[unpact] resuming {method} from step {step} of {cfg.steps} ({resume.meta})", flush=True)
+        say(f"[unpact] resuming {method} from step {step} of {cfg.steps} ({resume.meta})")
     t0 = time.perf_counter()
     step, stopped_at, checked = _run_steps(m, state, params, opt, gen, f_ex, r_ex, pad_id, step, history, progress,
                                            on_step, on_snapshot, lambda k: save_state(resume, model, opt, gen, k,
