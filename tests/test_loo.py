@@ -125,3 +125,38 @@ def test_prefix_reuse_equals_naive_deletion_loop(long_model, variant, monkeypatc
     old = loo_contributions(long_model, [tp], variant=variant, prefix_reuse=False)[0]
     assert (old.contributions - r.contributions).abs().max() < 1e-5
     assert r.contributions.std() > 1e-3  # the deletions differ: not a comparison of constants
+
+
+def test_prefix_reuse_holds_one_cache_copy_at_a_time(monkeypatch, tmp_path):
+    """Memory of a long prompt's leave-one-out does not grow with its number of chunks: each chunk's copies of the
+    original's cache are freed before the next chunk (a copy kept per chunk grew as the prompt's length squared,
+    and a 5,046-token prompt filled 24 GB)."""
+    import gc
+    import weakref
+
+    from conftest import make_tiny
+
+    import unpact_mech.attribution.loo as loo_mod
+    from unpact_mech.models import load_model
+    from unpact_mech.probes import Probe
+
+    model = load_model(str(make_tiny(tmp_path, "llama")))
+    tp = tokenize_probes(model, [Probe("long", LONG_PROMPT, "the capital of france is paris")], "plain")[0]
+    live, peak, copies = [0], [0], []
+    real = loo_mod.expand_cache
+
+    def counted(cache, n):
+        kv = real(cache, n)
+        live[0] += 1
+        peak[0] = max(peak[0], live[0])
+        copies.append(1)
+        weakref.finalize(kv, lambda: live.__setitem__(0, live[0] - 1))
+        return kv
+
+    monkeypatch.setattr(loo_mod, "expand_cache", counted)
+    gc.disable()  # refcounting alone must free each copy (no cycle collector run between chunks)
+    try:
+        loo_contributions(model, [tp], batch_tokens=100)  # 100 // ~55 tokens: one row per chunk, a chunk per position
+    finally:
+        gc.enable()
+    assert len(copies) >= loo_mod.LONG_SPAN and peak[0] == 1

@@ -137,41 +137,48 @@ def _loo_prefix_reuse(kvb: HFBackend, tp: TokenizedProbe, variant: Variant, base
                       chunk: int = REUSE_CHUNK) -> tuple[float, Tensor]:
     """LOO of one long probe where deletion i reuses the original run's KV cache of positions < i.
 
-    Attributable positions are cut into chunks of ``chunk`` consecutive ones; the original runs once in pieces
-    cut at each chunk's first position m, keeping a copy of its cache there. The chunk's variants all have the
-    same length: row i is ids[m:i] + ids[i+1:] (``replace``: ids[m:i] + [baseline] + ids[i+1:]) at positions
-    m.. on that cache, so no row is padded and each recomputes at most ``chunk - 1`` positions it shares with
-    the original. Only the answer positions go through the unembedding.
+    Attributable positions are cut into chunks of ``chunk`` consecutive ones; the original runs once, in pieces
+    cut at each chunk's first position m, extending one cache. At each cut the chunk's variants run on a copy of
+    that cache: row i is ids[m:i] + ids[i+1:] (``replace``: ids[m:i] + [baseline] + ids[i+1:]) at positions m..,
+    so no row is padded and each recomputes at most ``chunk - 1`` positions it shares with the original. Only the
+    answer positions go through the unembedding.
+
+    Memory: the original's cache once, plus one batch's copies (rows x prefix, bounded by ``batch_tokens``),
+    freed before the next chunk; nothing grows with the number of chunks.
     """
     dev, ids = kvb.device, list(tp.ids)
     span = sorted(tp.attributable)
     rows_max = max(1, batch_tokens // max(1, len(ids)))
     step = max(1, min(chunk, rows_max))
     groups = [span[i : i + step] for i in range(0, len(span), step)]
-    cuts = sorted({0, *(g[0] for g in groups), len(ids)})
-    cache, caches, finals = kvb.new_cache(), {}, []
-    for a, b in zip(cuts[:-1], cuts[1:]):
-        caches[a] = expand_cache(cache, 1)
-        pos = torch.arange(a, b, device=dev)[None]
-        finals.append(kvb.hidden(torch.tensor([ids[a:b]], device=dev), cache, position_ids=pos))
-    idx = AnswerIndex.build([(ids, tp.prompt_len)], dev)
-    full = float(answer_logprobs(kvb.logits(idx.gather(torch.cat(finals, 1))), idx.targets)[0].sum()) / tp.n_answer
+    cache, finals, done = kvb.new_cache(), [], 0
+
+    def extend(to: int) -> None:  # the original run from position ``done`` to ``to``, on the one cache
+        nonlocal done
+        if to > done:
+            pos = torch.arange(done, to, device=dev)[None]
+            finals.append(kvb.hidden(torch.tensor([ids[done:to]], device=dev), cache, position_ids=pos))
+            done = to
+
     shift = 1 if variant == "delete" else 0  # a deletion moves the answer one position earlier
-    contrib: dict[int, float] = {}
+    lp_without: dict[int, float] = {}
     for gi in long_job_bar(range(len(groups)), tp, len(span) + 1):  # progress shown for a long probe
         g = groups[gi]
         m = g[0]
+        extend(m)
         mid = [] if variant == "delete" else [baseline_id]
         seqs = [ids[m:i] + mid + ids[i + 1 :] for i in g]
         n, w = len(seqs), len(seqs[0])
         pos = torch.arange(m, m + w, device=dev)[None].expand(n, -1)
-        h = kvb.hidden(torch.tensor(seqs, device=dev), expand_cache(caches[m], n), position_ids=pos)
+        h = kvb.hidden(torch.tensor(seqs, device=dev), expand_cache(cache, n), position_ids=pos)
         start = tp.prompt_len - shift - m  # the answer's first token in suffix coordinates
         ix = AnswerIndex.build([(s, start) for s in seqs], dev)
         lp, _ = answer_logprobs(kvb.logits(ix.gather(h)), ix.targets)
-        for i, v in zip(g, (per_sequence(lp, ix.owner, n) / tp.n_answer).tolist()):
-            contrib[i] = full - v
-    return full, torch.tensor([contrib[i] for i in tp.attributable], dtype=torch.float64)
+        lp_without.update(zip(g, (per_sequence(lp, ix.owner, n) / tp.n_answer).tolist()))
+    extend(len(ids))
+    idx = AnswerIndex.build([(ids, tp.prompt_len)], dev)
+    full = float(answer_logprobs(kvb.logits(idx.gather(torch.cat(finals, 1))), idx.targets)[0].sum()) / tp.n_answer
+    return full, torch.tensor([full - lp_without[i] for i in tp.attributable], dtype=torch.float64)
 
 
 LONG_JOB_TOKENS = 200_000  # about ten seconds of forward passes on 2 CPU cores for a 135M model
