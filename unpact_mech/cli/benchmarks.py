@@ -16,8 +16,8 @@ from unpact_mech.cli.commands import (
     _params,
     _print_df,
     command,
-    loads_beyond_config,
 )
+from unpact_mech.cli.scale import loads_beyond_config
 from unpact_mech.errors import UnpactError
 
 # the study options a config states; with --config none of them may be given

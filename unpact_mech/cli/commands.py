@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from unpact_mech.cli import scale
-from unpact_mech.cli.scale import FAILED, load_kwargs, uses_ray
+from unpact_mech.cli.scale import FAILED, load_kwargs, loads_beyond_config, uses_ray
 from unpact_mech.errors import UnpactError
 from unpact_mech.keytokens import KeyTokenParams, select_keytokens
 from unpact_mech.registry import Registry
@@ -37,12 +37,6 @@ def _load(a: argparse.Namespace, spec: str) -> Any:
     from unpact_mech.models import load_model
 
     return load_model(spec, verbose=True, **load_kwargs(a))
-
-
-def loads_beyond_config(a: argparse.Namespace) -> bool:
-    """Whether the model options ask for what a study config cannot state (placement over devices, remote code,
-    pickled weights): then the CLI loads the model and hands it to the study."""
-    return bool(a.device_map or a.max_memory or a.trust_remote_code or a.allow_pickle)
 
 
 def _params(a: argparse.Namespace) -> KeyTokenParams:

@@ -31,6 +31,12 @@ def load_kwargs(a: argparse.Namespace) -> dict[str, Any]:
             "trust_remote_code": a.trust_remote_code, "allow_pickle": a.allow_pickle}
 
 
+def loads_beyond_config(a: argparse.Namespace) -> bool:
+    """Whether the model options ask for what a study config cannot state (placement over devices, remote code,
+    pickled weights): then the CLI loads the model and hands it to the study."""
+    return bool(a.device_map or a.max_memory or a.trust_remote_code or a.allow_pickle)
+
+
 def uses_ray(a: argparse.Namespace) -> bool:
     return getattr(a, "executor", ("local", None))[0] == "ray"
 
