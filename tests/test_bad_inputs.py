@@ -53,6 +53,13 @@ def assets(tmp_path_factory, tiny_llama_dir, tiny_gemma2_dir, tiny_llama_other_d
     shutil.copytree(tiny_llama_dir, trunc)
     st = next(trunc.glob("*.safetensors"))
     st.write_bytes(st.read_bytes()[: st.stat().st_size // 3])
+    othertok = d / "othertok_ckpt"  # the same weights, a tokenizer with one more token: another vocabulary
+    shutil.copytree(tiny_llama_dir, othertok)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(othertok)
+    tok.add_tokens(["zzzextra"])
+    tok.save_pretrained(othertok)
     badcfg = d / "badcfg_ckpt"
     shutil.copytree(tiny_llama_dir, badcfg)
     (badcfg / "config.json").write_text("{broken")
@@ -329,6 +336,12 @@ CASES = [
          setup="cache_unwritable"),
     Case("late-resume-tensors-missing", [*UNL, "--method", "ga_gdr", "--steps", "1", "--out", "{w}/ck"],
          "resume tensors", setup="resume_tensors_missing", absent=["ck"], before_load=True),
+    Case("late-patch-other-tokenizer", ["patch", "--base", T, "--unlearned", f"{A}/othertok_ckpt", "--probes", P,
+                                        "--format", "plain", "--out", "{w}/pt"], "use different tokenizers",
+         absent=["pt"]),
+    Case("late-compare-other-tokenizer", ["compare", "--base", T, "--unlearned", f"{A}/othertok_ckpt", "--probes", P,
+                                          "--format", "plain", "--out", "{w}/c.csv"], "use different tokenizers",
+         absent=["c.csv"]),
     Case("late-demo-out-is-a-file", ["demo", "--keytokens-only", "--model", T, "--out", f"{A}/trunc.csv"],
          "exists and is a file, not a directory"),
     Case("late-relearn-steps-huge", [*REC, "--relearn-steps", "100000", "--routes", "relearn"], "in 1..1000"),

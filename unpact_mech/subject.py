@@ -100,8 +100,13 @@ class Subject:
 
     def tokenizer_fingerprint(self) -> str:
         """A hash of the vocabulary: equal fingerprints mean token ids mean the same thing."""
-        vocab = sorted(self.tokenizer.get_vocab().items())
-        return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
+        return vocab_fingerprint(self.tokenizer)
+
+
+def vocab_fingerprint(tokenizer: Any) -> str:
+    """sha256 of the sorted (token, id) pairs, 16 hex digits: equal fingerprints mean token ids mean the same thing."""
+    vocab = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
 
 
 def check_same_tokenizer(a: Subject, b: Subject) -> None:

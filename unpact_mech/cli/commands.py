@@ -55,7 +55,10 @@ def _same_path(x: str, y: str) -> bool:
 
 
 def _models(a: argparse.Namespace) -> tuple[Any, Any]:
-    """The base (--base) and unlearned (--unlearned) models (``main`` checked both specs before either loads)."""
+    """The base (--base) and unlearned (--unlearned) models; their specs and on-disk tokenizers checked first."""
+    from unpact_mech.models import check_pair_before_loading
+
+    check_pair_before_loading(a.base, a.unlearned, a.trust_remote_code)
     return _load(a, a.base), _load(a, a.unlearned)
 
 

@@ -27,6 +27,7 @@ from unpact_mech.errors import ModelSpecError, UnpactError
 from unpact_mech.log import say
 from unpact_mech.models.builtin import (
     BUILTIN_MODELS,
+    _model_cache,
     builtin_ready,
     cache_dir,
     check_cache_writable,
@@ -34,7 +35,7 @@ from unpact_mech.models.builtin import (
 )
 from unpact_mech.models.checkpoints import PROVENANCE_FILE, data_hash, read_provenance, save_checkpoint
 from unpact_mech.options import check_device
-from unpact_mech.subject import Subject, wrap
+from unpact_mech.subject import Subject, TokenizerMismatch, vocab_fingerprint, wrap
 
 __all__ = ["BUILTIN_MODELS", "PROVENANCE_FILE", "ModelSpecError", "Subject", "cache_dir", "check_device", "check_spec",
            "data_hash", "load_model", "load_hf", "load_nnsight", "read_provenance", "save_checkpoint"]
@@ -66,6 +67,28 @@ def check_spec(spec: str) -> None:
         if not any((Path(source) / f).exists() for f in TOKENIZER_FILES):
             raise ModelSpecError(f"'{source}' has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); copy "
                                  "the tokenizer of the model it came from into it (tokenizer.save_pretrained)")
+
+
+def check_pair_before_loading(base: str, unlearned: str, trust_remote_code: bool = False) -> None:
+    """Refuse, before either model's weights load, two specs whose tokenizers differ (token ids index both models'
+    embeddings). Only tokenizers already on disk are read: a local directory, or a built-in model's cache; a hub id
+    or a built-in not yet dequantised is checked once loaded (``check_same_tokenizer``)."""
+
+    def local(spec: str) -> str | None:
+        if spec in BUILTIN_MODELS:
+            out, ready = _model_cache(spec)
+            return str(out) if ready else None
+        path = Path(spec).expanduser()
+        return str(path) if path.is_dir() else None
+
+    b_dir, u_dir = local(base), local(unlearned)
+    if b_dir is None or u_dir is None or b_dir == u_dir:
+        return
+    fps = [vocab_fingerprint(_load_tokenizer(d, trust_remote_code)) for d in (b_dir, u_dir)]
+    if fps[0] != fps[1]:
+        raise TokenizerMismatch(f"--base {base} and --unlearned {unlearned} use different tokenizers (vocabularies "
+                                f"{fps[0]} and {fps[1]}): token ids would index the wrong embeddings. Compare an "
+                                "unlearned model with the base it was made from")
 
 
 def placement_kwargs(device: str | None = None, device_map: Any = None, n_devices: int | None = None,
