@@ -134,7 +134,7 @@ def test_a_foreign_resume_state_is_refused_by_the_library_too(tiny_llama, tmp_pa
     assert (tmp_path / "ck.resume.json").read_bytes() == before and not (tmp_path / "ck").exists()
 
 
-def test_a_state_of_more_steps_is_named_another_run_not_damaged(tmp_path):
+def test_a_state_of_more_steps_is_named_another_run_not_damaged(tmp_path, monkeypatch):
     """A state saved at step 5 of a 6-step run, met by a 1-step run: the settings differ (the file is intact), so it
     is the state of another run, named by the setting; a state whose settings match but whose step lies past this
     run's steps is still damaged."""
@@ -154,6 +154,15 @@ def test_a_state_of_more_steps_is_named_another_run_not_damaged(tmp_path):
     assert check_resume(files, {"method": "ga_gdr", "hyperparameters": {"steps": 6}}, steps=6)["step"] == 5
     with pytest.raises(ResumeError, match=r"damaged: 'step' is 5, outside 0..4"):
         check_resume(files, {"method": "ga_gdr"}, steps=4)
+    import unpact_mech.unlearning.resume as resume_mod
+
+    hashed = []
+    real = resume_mod.sha256_file
+    monkeypatch.setattr(resume_mod, "sha256_file", lambda p: hashed.append(p) or real(p))
+    resume_mod._sha256_of_version.cache_clear()
+    for _ in range(2):  # the CLI checks before loading the model, unlearn again: the tensors are read once
+        assert check_resume(files, {"method": "ga_gdr", "hyperparameters": {"steps": 6}}, steps=6)["step"] == 5
+    assert len(hashed) == 1
     files.tensors.write_bytes(b"other tensors")  # changed since the state was saved: refused before any model loads
     with pytest.raises(ResumeError, match="are missing or do not match ck.resume.json"):
         check_resume(files, {"method": "ga_gdr", "hyperparameters": {"steps": 6}}, steps=6)

@@ -51,32 +51,27 @@ def cmd_study(a: argparse.Namespace) -> int:
     from unpact_mech.io import read_table
     from unpact_mech.report.tables import format_rates
 
-    defaults = vars(build_parser().parse_args(["study"]))
-    cfg = _study_config(a, defaults)
-    a.unlearned = list(cfg.unlearned) or None  # the checks below read the config's values
-    a.finetune, a.finetune_steps, a.retain_model, a.task = cfg.finetune, cfg.finetune_steps, cfg.retain_model, cfg.task
-    a.out, a.dtype, a.device = cfg.out, cfg.dtype, cfg.device
-    given = dict(a.unlearned or [])
-    if len(given) != len(a.unlearned or []):
+    cfg = _study_config(a, vars(build_parser().parse_args(["study"])))
+    given = dict(cfg.unlearned)  # the checks below read the config, from a file or from the options
+    if len(given) != len(cfg.unlearned):
         raise UnpactError("--unlearned: each NAME must be given once")
-    if a.finetune_steps is not None and not a.finetune:
-        raise UnpactError("--finetune-steps sets the teaching of --finetune; add --finetune, or drop it")
-    if a.finetune and given:
+    if cfg.finetune and given:
         raise UnpactError("--finetune trains the model the checkpoints would be compared with; --unlearned "
                           "checkpoints were made from another model: give one or the other")
-    if a.retain_model is not None and (a.finetune or a.task != "tofu"):
+    if cfg.retain_model is not None and (cfg.finetune or cfg.task != "tofu"):
         raise UnpactError("--retain-model is forget quality's reference for --task tofu (and --finetune teaches its "
                           "own): add --task tofu, or drop it")
     if given:
         check_given(given)  # before any probe file or model is read
-    # options a config cannot state (placement, remote code, pickles) load the model here
+    # options a config cannot state (placement, remote code, pickles) load the model here, as the config says
+    a.dtype, a.device = cfg.dtype, cfg.device
     loaded = _load(a, cfg.model) if loads_beyond_config(a) else None
     table = Study(cfg).run(loaded)
     print("\nSummary (one row per unlearned model):")
     _print_df(format_rates(table).round(3))
-    if a.task:
-        metrics = read_table(Path(a.out) / "task_metrics.csv")
-        print(f"\n{a.task} metrics (also in the report):")
+    if cfg.task:
+        metrics = read_table(Path(cfg.out) / "task_metrics.csv")
+        print(f"\n{cfg.task} metrics (also in the report):")
         cols = [c for c in ("role", "split", "metric", "value", "k", "n", "low", "high", "chance") if c in metrics]
         _print_df(metrics[cols].round(4))
     return 0

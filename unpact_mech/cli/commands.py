@@ -147,14 +147,14 @@ def cmd_demo(a: argparse.Namespace) -> int:
     from unpact_mech.io import check_output
     from unpact_mech.report.tables import format_rates
 
-    check_output(a.out, kind="dir", overwrite=True)  # a directory the demo resumes in: refused before any work
     kprobes = load_benchmark("facts", split=a.split)[: a.n]
 
     def show(table: pd.DataFrame) -> None:
         print(f"\nKeyTokens of {a.model} (leave-one-out, alpha={a.alpha}, beta={a.beta}):")
         _print_df(table)
 
-    if a.keytokens_only:
+    if a.keytokens_only:  # (the full demo's run_demo checks OUT itself, before any stage)
+        check_output(a.out, kind="dir", overwrite=True)  # a directory the demo resumes in: refused before any work
         show(keytoken_stage(LazyBase(a.model), Path(a.out), kprobes, _params(a)))
         return 0
     # the demo is a preset study: the built-in facts, the paper's six methods, the budgets of experiments.settings;

@@ -97,7 +97,7 @@ def cache_lock(name: str) -> Iterator[None]:
     """Hold an exclusive lock on a built-in model's cache entry while it is checked and built, so that processes
     started together (pytest-xdist workers, a notebook beside a CLI run) dequantise it once and never read a
     directory another one is replacing."""
-    out = cache_dir() / "models" / name
+    out = _model_cache(name)[0]
     check_cache_writable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / f".{name}.lock", "a") as f:

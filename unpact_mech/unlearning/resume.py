@@ -9,6 +9,7 @@ pickled ``<out>.resume.pt`` (which could run code when loaded) is refused with a
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,10 +173,25 @@ def check_resume(files: ResumeFiles, settings: dict[str, Any], steps: int | None
         raise ResumeError(f"{files.meta} is the resume state of another run ({why}). Rerun with the same settings "
                           f"to resume it, or, {_start_over(files)}")
     _refuse_damaged(files, _step_range(meta["step"], steps))
-    if not files.tensors.exists() or sha256_file(files.tensors) != meta["tensors_sha256"]:  # before any model loads
+    if _tensors_sha256(files.tensors) != meta["tensors_sha256"]:  # before any model loads
         raise ResumeError(f"resume tensors {files.tensors} are missing or do not match {files.meta.name}; "
                           f"{_start_over(files)}")
     return meta
+
+
+def _tensors_sha256(path: Path) -> str | None:
+    """SHA-256 of a resume tensor file (None when missing), hashed once per version of the file: the CLI checks a
+    state before loading the model and ``unlearn`` checks it again, and the file holds the model and optimizer."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return _sha256_of_version(str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _sha256_of_version(path: str, inode: int, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
 
 
 def load_state(files: ResumeFiles, meta: dict[str, Any], run_key: str, model: Any, opt: torch.optim.Optimizer,
