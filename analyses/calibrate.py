@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from unpact_mech.data import load_benchmark
-from unpact_mech.experiments import BUDGET, LazyBase, data_stage
-from unpact_mech.experiments.settings import START_LR
-from unpact_mech.experiments.unlearn import calibrate_lr
-from unpact_mech.io import atomic_write_json, check_output
-from unpact_mech.options import choice_list
+from unpact_mech.core.io import atomic_write_json, check_output
+from unpact_mech.core.options import choice_list
+from unpact_mech.evals.loaders import load_benchmark
+from unpact_mech.study import BUDGET, LazyBase, data_stage
+from unpact_mech.study.settings import START_LR
+from unpact_mech.study.unlearn import calibrate_lr
 
 
 def main() -> None:

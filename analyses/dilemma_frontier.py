@@ -1,7 +1,7 @@
 """The dilemma frontier in full: every method traced along its unlearning trajectory on all known facts.
 
 For each method, training runs ``--steps`` steps *without* stopping at the forget target, and every
-``--check-every`` steps the snapshot is measured (:func:`unpact_mech.frontier.frontier_point`): forget accuracy,
+``--check-every`` steps the snapshot is measured (:func:`unpact_mech.routes.frontier.frontier_point`): forget accuracy,
 recovery on KeyTokens, on random non-KeyTokens and on function words (best over ``--factors``) and the
 destructive rate on retain + general facts, under each ``--criteria``. Task Vector's strengths are fractions
 of its calibrated negation scale. Results: ``OUT/frontier.csv`` (resumable per method) and one figure per
@@ -20,12 +20,12 @@ from pathlib import Path
 import pandas as pd
 
 from unpact_mech.analysis import Analysis
-from unpact_mech.data import filter_known, load_benchmark
-from unpact_mech.experiments import PAPER_METHODS, SETTINGS, budget_order
-from unpact_mech.frontier import frontier_point, interpolated, snapshot_subject
-from unpact_mech.io import atomic_write_json, check_output, write_table
-from unpact_mech.models import load_model, read_provenance
+from unpact_mech.core.io import atomic_write_json, check_output, write_table
+from unpact_mech.evals.loaders import filter_known, load_benchmark
+from unpact_mech.model.loading import load_model, read_provenance
 from unpact_mech.report.figures import frontier, save_figure
+from unpact_mech.routes.frontier import frontier_point, interpolated, snapshot_subject
+from unpact_mech.study import PAPER_METHODS, SETTINGS, budget_order
 from unpact_mech.unlearning import unlearn
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from unpact_mech.criteria import generation_table
-from unpact_mech.data import load_benchmark
-from unpact_mech.io import write_table
-from unpact_mech.models import load_model
+from unpact_mech.core.io import write_table
+from unpact_mech.evals.criteria import generation_table
+from unpact_mech.evals.loaders import load_benchmark
+from unpact_mech.model.loading import load_model
 from unpact_mech.probes import tokenize_probes
 from unpact_mech.scoring import probe_table
 

@@ -28,13 +28,13 @@ def main() -> None:
     import torch
 
     from unpact_mech.attribution import attribute
-    from unpact_mech.data import load_benchmark
-    from unpact_mech.experiments import budget_order
-    from unpact_mech.io import write_table
-    from unpact_mech.keytokens import KeyTokenParams, select_keytokens
-    from unpact_mech.models import load_model
+    from unpact_mech.core.io import write_table
+    from unpact_mech.evals.loaders import load_benchmark
+    from unpact_mech.model.loading import load_model
     from unpact_mech.probes import tokenize_probes
+    from unpact_mech.probes.keytokens import KeyTokenParams, select_keytokens
     from unpact_mech.scoring import fact_top1, score_probes
+    from unpact_mech.study import budget_order
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=40, help="known facts (domain-stratified order)")

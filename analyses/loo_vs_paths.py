@@ -13,8 +13,8 @@ from scipy.stats import spearmanr
 
 from unpact_mech.attribution.dla import decompose, path_token_attribution
 from unpact_mech.attribution.loo import loo_contributions
-from unpact_mech.data import load_benchmark
-from unpact_mech.models import load_model
+from unpact_mech.evals.loaders import load_benchmark
+from unpact_mech.model.loading import load_model
 from unpact_mech.probes import tokenize_probes
 
 

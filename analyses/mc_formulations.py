@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from unpact_mech.data import load_benchmark
-from unpact_mech.io import write_table
-from unpact_mech.models import load_model
-from unpact_mech.multiple_choice import FORMULATIONS, as_multiple_choice, mc_accuracy, mc_table
+from unpact_mech.core.io import write_table
+from unpact_mech.evals.loaders import load_benchmark
+from unpact_mech.evals.multiple_choice import FORMULATIONS, as_multiple_choice, mc_accuracy, mc_table
+from unpact_mech.model.loading import load_model
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Planted effects with known answers (``unpact_mech/planted.py``): a forgetting recoverable by construction (the
+"""Planted effects with known answers (``unpact_mech/findings/planted.py``): a forgetting recoverable by construction (the
 base model with its attention to each probe's KeyTokens suppressed) and one that is not (facts the base never
 knew), both run through the full recovery analysis, for several suppression strengths.
 
@@ -16,13 +16,13 @@ from pathlib import Path
 import pandas as pd
 
 from unpact_mech.analysis import Analysis
-from unpact_mech.data import filter_known, load_benchmark
-from unpact_mech.experiments.settings import budget_order
-from unpact_mech.io import write_table
-from unpact_mech.models import load_model
-from unpact_mech.options import choice_list, positive_int
-from unpact_mech.planted import planted_recovery, planted_summary
+from unpact_mech.core.io import write_table
+from unpact_mech.core.options import choice_list, positive_int
+from unpact_mech.evals.loaders import filter_known, load_benchmark
+from unpact_mech.findings.planted import planted_recovery, planted_summary
+from unpact_mech.model.loading import load_model
 from unpact_mech.report.tables import format_rates
+from unpact_mech.study.settings import budget_order
 
 
 def strengths(text: str) -> list[float]:

@@ -3,7 +3,7 @@
 For each n of eligible probes and each planted effect (KeyTokens recover ``effect`` more often than the random
 control's rate), ``--reps`` seeded replicate studies are simulated and scored by the study's own rule (the 95%
 paired bootstrap interval of KeyTokens minus random lies above 0); the power is the share that find the effect.
-The model and its exactness are in ``unpact_mech/power.py``; ``tests/test_power.py`` checks it against binomial
+The model and its exactness are in ``unpact_mech/findings/power.py``; ``tests/test_power.py`` checks it against binomial
 calculations. Writes ``power_curve.csv``, ``mde.csv`` and ``power_curve.png``.
 
     python analyses/power.py --out unpact_out/power [--ns 6,12,24,48,100] [--p-random 0.05] [--reps 400]
@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from unpact_mech.io import write_table
-from unpact_mech.options import int_list, positive_int, unit_float
-from unpact_mech.power import destruction_mde, power_curve, specific_mde
+from unpact_mech.core.io import write_table
+from unpact_mech.core.options import int_list, positive_int, unit_float
+from unpact_mech.findings.power import destruction_mde, power_curve, specific_mde
 from unpact_mech.report.figures import power_curves, save_figure
 
 

@@ -21,16 +21,16 @@ from types import SimpleNamespace
 
 def main() -> None:
     from unpact_mech.analysis import Analysis
-    from unpact_mech.data import load_benchmark
-    from unpact_mech.errors import check_choices
-    from unpact_mech.experiments import PAPER_METHODS, budget_order
-    from unpact_mech.experiments.base import LazyBase
-    from unpact_mech.experiments.data import data_stage
-    from unpact_mech.experiments.unlearn import unlearn_stage
-    from unpact_mech.io import read_table, write_table
-    from unpact_mech.models import load_model
-    from unpact_mech.options import positive_int
+    from unpact_mech.core.errors import check_choices
+    from unpact_mech.core.io import read_table, write_table
+    from unpact_mech.core.options import positive_int
+    from unpact_mech.evals.loaders import load_benchmark
+    from unpact_mech.model.loading import load_model
     from unpact_mech.routes import RECOVERY_ROUTES, recover
+    from unpact_mech.study import PAPER_METHODS, budget_order
+    from unpact_mech.study.base import LazyBase
+    from unpact_mech.study.prepare import data_stage
+    from unpact_mech.study.unlearn import unlearn_stage
     from unpact_mech.unlearning import METHODS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

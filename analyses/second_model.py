@@ -21,20 +21,20 @@ from typing import Any
 
 import torch
 
+from unpact_mech.analysis.compare import compare
+from unpact_mech.analysis.localise import localise
 from unpact_mech.attribution.dla import decompose
 from unpact_mech.attribution.loo import loo_contributions
-from unpact_mech.compare import compare
-from unpact_mech.data import filter_known, load_benchmark
-from unpact_mech.experiments.settings import START_LR
-from unpact_mech.experiments.unlearn import calibrate_lr
+from unpact_mech.core.io import atomic_write_json, write_table
+from unpact_mech.evals.loaders import filter_known, load_benchmark
 from unpact_mech.findings import destruction, function_word_penalisation, recovery
-from unpact_mech.io import atomic_write_json, write_table
-from unpact_mech.keytokens import keytoken_table
-from unpact_mech.localise import localise
-from unpact_mech.models import load_model, read_provenance
+from unpact_mech.model.loading import load_model, read_provenance
+from unpact_mech.model.subject import Subject
 from unpact_mech.probes import tokenize_probes
+from unpact_mech.probes.keytokens import keytoken_table
 from unpact_mech.scoring import pad_token_id
-from unpact_mech.subject import Subject
+from unpact_mech.study.settings import START_LR
+from unpact_mech.study.unlearn import calibrate_lr
 from unpact_mech.unlearning import collate, losses, to_examples
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from unpact_mech.cli import main as unpact
-from unpact_mech.io import read_table, write_table
+from unpact_mech.core.io import read_table, write_table
 
 RESULT = Path(__file__).parent / "results" / "tofu_study_smollm2.csv"
 

@@ -12,8 +12,8 @@ import argparse
 
 import pandas as pd
 
-from unpact_mech.experiments import BUDGET, add_run_arguments, run_demo
-from unpact_mech.options import per_split
+from unpact_mech.core.options import per_split
+from unpact_mech.study import BUDGET, add_run_arguments, run_demo
 
 
 def main() -> None:

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from unpact_mech.data import filter_known, load_benchmark
-from unpact_mech.experiments import LazyBase, add_run_arguments, unlearn_stage
-from unpact_mech.models import load_model, read_provenance
+from unpact_mech.evals.loaders import filter_known, load_benchmark
+from unpact_mech.model.loading import load_model, read_provenance
 from unpact_mech.probes import tokenize_probes
 from unpact_mech.scoring import probe_table
+from unpact_mech.study import LazyBase, add_run_arguments, unlearn_stage
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """The study on a WMDP-format benchmark, offline, at a size where its numbers mean something: the 519 built-in facts
 as four-way multiple choice in WMDP's schema (``meta['choices']``, ``meta['answer_index']``; distractors: other
-answers of the same domain, seed 0, :func:`unpact_mech.multiple_choice.as_multiple_choice`), run through
+answers of the same domain, seed 0, :func:`unpact_mech.evals.multiple_choice.as_multiple_choice`), run through
 ``unpact study --task wmdp``. WMDP itself is on the hub; this is the same pipeline on the same schema.
 
     python analyses/wmdp_study.py [--methods rmu,npo_klr] [--per-split 24] [--out unpact_out/wmdp_study]
@@ -25,9 +25,9 @@ from pathlib import Path
 import pandas as pd
 
 from unpact_mech.cli import main as unpact
-from unpact_mech.data import load_benchmark
-from unpact_mech.io import read_table, write_table
-from unpact_mech.multiple_choice import as_multiple_choice
+from unpact_mech.core.io import read_table, write_table
+from unpact_mech.evals.loaders import load_benchmark
+from unpact_mech.evals.multiple_choice import as_multiple_choice
 from unpact_mech.probes import save_probes
 
 RESULT = Path(__file__).parent / "results" / "wmdp_study_smollm2.csv"

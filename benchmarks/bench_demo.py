@@ -14,10 +14,10 @@ import time
 
 import torch
 
+from unpact_mech.analysis.emphasis import emphasize, keytoken_positions, sweep
 from unpact_mech.attribution.loo import loo_contributions
-from unpact_mech.data import load_benchmark
-from unpact_mech.emphasis import emphasize, keytoken_positions, sweep
-from unpact_mech.models import load_model
+from unpact_mech.evals.loaders import load_benchmark
+from unpact_mech.model.loading import load_model
 from unpact_mech.probes import tokenize_probes
 
 

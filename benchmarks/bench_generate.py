@@ -18,7 +18,7 @@ import time
 import torch
 
 from unpact_mech import load_model
-from unpact_mech.data import load_benchmark
+from unpact_mech.evals.loaders import load_benchmark
 from unpact_mech.probes import tokenize_probes
 from unpact_mech.scoring import greedy_batch
 

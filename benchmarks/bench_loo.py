@@ -69,7 +69,7 @@ def main() -> None:
 
     from unpact_mech import load_model, tokenize_probes
     from unpact_mech.attribution.loo import baseline_token_id, loo_contributions, loo_variants
-    from unpact_mech.data import load_benchmark
+    from unpact_mech.evals.loaders import load_benchmark
     from unpact_mech.scoring import chunk_by_tokens, forward_logits, pad_token_id, right_pad, score_sequences
 
     if not a.skip_cold:

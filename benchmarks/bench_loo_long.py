@@ -25,7 +25,7 @@ import json
 import torch
 
 from unpact_mech.attribution.loo import REUSE_CHUNK
-from unpact_mech.models import load_model
+from unpact_mech.model.loading import load_model
 from unpact_mech.scoring import DEFAULT_BATCH_TOKENS
 
 

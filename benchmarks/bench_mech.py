@@ -28,7 +28,7 @@ def main() -> None:
 
     from unpact_mech import load_model, tokenize_probes
     from unpact_mech.attribution.dla import decompose
-    from unpact_mech.data import load_benchmark
+    from unpact_mech.evals.loaders import load_benchmark
 
     s = load_model("smollm2-135m")
     tps = tokenize_probes(s, load_benchmark("facts")[: a.probes])

@@ -22,9 +22,9 @@ import json, resource, sys, tempfile, torch
 torch.set_num_threads(2)
 mode, n, dtype, steps = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 import transformers, transformer_lens  # noqa: F401,E401  (the baseline holds every library a run imports)
-import unpact_mech.backends.bridge  # noqa: F401
+import unpact_mech.model.backends.bridge  # noqa: F401
 from unpact_mech import load_model, tokenize_probes
-from unpact_mech.data import load_benchmark
+from unpact_mech.evals.loaders import load_benchmark
 out = {}
 if mode != "baseline":
     kw = {} if dtype == "float32" else {"dtype": dtype}

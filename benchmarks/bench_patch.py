@@ -75,12 +75,12 @@ def main() -> None:
     import torch
 
     from unpact_mech import load_model, tokenize_probes
-    from unpact_mech.data import filter_known, load_benchmark
-    from unpact_mech.experiments import SETTINGS, budget_order
+    from unpact_mech.core.io import write_table
+    from unpact_mech.evals.loaders import filter_known, load_benchmark
     from unpact_mech.hooks import act_name, patch_from_cache
-    from unpact_mech.io import write_table
     from unpact_mech.patching import _lp_batch, agreement, patch
     from unpact_mech.scoring import fact_top1, score_probes
+    from unpact_mech.study import SETTINGS, budget_order
     from unpact_mech.unlearning import unlearn
 
     base = load_model("smollm2-135m", device=a.device)

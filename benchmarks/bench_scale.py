@@ -39,7 +39,7 @@ def run(cmd: list[str], threads: int) -> dict:
 def main() -> None:
     import pandas as pd
 
-    from unpact_mech.data import load_benchmark
+    from unpact_mech.evals.loaders import load_benchmark
     from unpact_mech.probes import save_probes
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

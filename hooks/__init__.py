@@ -5,7 +5,7 @@
 input embeddings at the positions by the factor; ``attention``: add log(factor) to every head's attention score
 on those keys), its positions per batch row and its factor. :meth:`Emphasis.hooks` derives the TransformerLens
 hooks from it; the KV-cache backend derives its scaled embeddings or additive attention mask from the same
-object (``unpact_mech.backends.hf.HFBackend.emphasis_prefill``), and the two are tested equal.
+object (``unpact_mech.model.backends.hf.HFBackend.emphasis_prefill``), and the two are tested equal.
 
 Every factory returns a list of ``(hook_name, fn)`` pairs usable with ``bridge.run_with_hooks(fwd_hooks=...)``
 or with :func:`applied`, a context manager that guarantees removal (also after an exception). A hook's return
@@ -33,7 +33,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from unpact_mech.errors import UnknownNameError, UnpactError, check_finite_factor
+from unpact_mech.core.errors import UnknownNameError, UnpactError, check_finite_factor
 
 HookFn = Callable[..., Tensor]
 Hooks = list[tuple[str, HookFn]]

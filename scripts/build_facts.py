@@ -1,4 +1,4 @@
-"""Write ``unpact_mech/data/builtin/facts.jsonl``: the built-in QA facts (written for this project).
+"""Write ``unpact_mech/evals/loaders/builtin/facts.jsonl``: the built-in QA facts (written for this project).
 
 The first 75 facts were written one by one; the rest come from the tables below, one template per table.
 Every fact has a fact span (the short answer, which appears in the answer sentence), a domain and a split.
@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parents[1] / "unpact_mech" / "data" / "builtin" / "facts.jsonl"
+OUT = Path(__file__).resolve().parents[1] / "unpact_mech" / "evals" / "loaders" / "builtin" / "facts.jsonl"
 SPLITS = ("forget", "retain", "general")
 
 CAPITALS = [

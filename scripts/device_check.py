@@ -24,9 +24,9 @@ from typing import Any
 import torch
 
 from unpact_mech.attribution import attribute
-from unpact_mech.criteria import generation_table
-from unpact_mech.data import load_benchmark
-from unpact_mech.models import load_model
+from unpact_mech.evals.criteria import generation_table
+from unpact_mech.evals.loaders import load_benchmark
+from unpact_mech.model.loading import load_model
 from unpact_mech.patching import patch_positions
 from unpact_mech.probes import tokenize_probes
 from unpact_mech.scoring import score_probes

@@ -23,7 +23,7 @@ def run(path: Path) -> float:
     import nbformat
     from nbclient import NotebookClient
 
-    from unpact_mech.io import atomic_write_text
+    from unpact_mech.core.io import atomic_write_text
 
     nb = nbformat.read(path, as_version=4)
     t = time.perf_counter()

@@ -147,21 +147,21 @@ def tiny_gemma3_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_gemma3(tiny_gemma3_dir):
-    from unpact_mech.models import load_model
+    from unpact_mech.model.loading import load_model
 
     return load_model(str(tiny_gemma3_dir))
 
 
 @pytest.fixture(scope="session")
 def tiny_llama(tiny_llama_dir):
-    from unpact_mech.models import load_model
+    from unpact_mech.model.loading import load_model
 
     return load_model(str(tiny_llama_dir))
 
 
 @pytest.fixture(scope="session")
 def tiny_gpt2(tiny_gpt2_dir):
-    from unpact_mech.models import load_model
+    from unpact_mech.model.loading import load_model
 
     return load_model(str(tiny_gpt2_dir))
 
@@ -180,14 +180,14 @@ def tiny_probes():
 
 @pytest.fixture(scope="session")
 def smol():
-    from unpact_mech.models import load_model
+    from unpact_mech.model.loading import load_model
 
     return load_model("smollm2-135m")
 
 
 @pytest.fixture(scope="session")
 def smol_probes():
-    from unpact_mech.data import load_benchmark
+    from unpact_mech.evals.loaders import load_benchmark
 
     return load_benchmark("facts")
 

@@ -12,17 +12,17 @@ import pandas as pd
 import pytest
 
 import unpact_mech as um
-from unpact_mech.errors import UnpactError
-from unpact_mech.experiments.study import CONFIG_FILE, Study, StudyConfig
-from unpact_mech.keytokens import KeyTokenParams
+from unpact_mech.core.errors import UnpactError
+from unpact_mech.probes.keytokens import KeyTokenParams
+from unpact_mech.study.config import CONFIG_FILE, Study, StudyConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_public_name_resolves_to_its_home():
-    from unpact_mech.compare import compare as compare_fn
+    from unpact_mech.analysis.compare import compare as compare_fn
+    from unpact_mech.analysis.localise import localise as localise_fn
     from unpact_mech.findings import recovery
-    from unpact_mech.localise import localise as localise_fn
 
     assert sorted(um.__all__) == sorted([*um._API, *um._LISTERS])
     for name in um.__all__:
@@ -41,6 +41,38 @@ def test_importing_the_package_loads_no_model_library():
     code = "import sys, unpact_mech; print(sorted(m for m in ('torch', 'transformers', 'transformer_lens') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+OLD_PATHS = """
+import importlib, sys, warnings
+from unpact_mech._compat import MOVED
+for old, new in MOVED.items():
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        exec(f'import {old}')
+        m = sys.modules[old]
+    assert m is importlib.import_module(new), old  # the very module: state and monkeypatching shared
+    assert m.__spec__.name == new, (old, m.__spec__.name)
+    assert [x.category for x in w if new in str(x.message)] == [DeprecationWarning], (old, [str(x.message) for x in w])
+    assert w[0].filename == "<string>", (old, w[0].filename)  # the warning points at the old import
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    from unpact_mech import models
+    from unpact_mech.experiments import run_demo
+assert models.load_model is importlib.import_module("unpact_mech.model.loading").load_model
+assert run_demo.__module__ == "unpact_mech.study.dilemma"
+print(len(MOVED))
+"""
+
+
+def test_old_import_paths_warn_and_give_the_module_at_its_new_home():
+    """Every module that moved when the layers became folders imports under its old path for one release: the same
+    module object, one DeprecationWarning naming the new path (in a fresh interpreter: imports are cached)."""
+    res = subprocess.run([sys.executable, "-c", OLD_PATHS], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert int(res.stdout) >= 40
+    for old in __import__("unpact_mech._compat", fromlist=["MOVED"]).MOVED:  # and no stale file shadows the alias
+        assert not (ROOT / (old.replace(".", "/") + ".py")).exists() and not (ROOT / old.replace(".", "/")).is_dir()
 
 
 def test_recovery_defaults_to_the_analysis_probes():
@@ -131,9 +163,9 @@ def test_a_study_writes_the_config_that_reruns_it(tiny_llama_dir, tmp_path, monk
     stage's stamp matches, so nothing is recomputed and the model is not even loaded."""
     from unpact_mech.cli import main
     from unpact_mech.probes import save_probes
-    from unpact_mech.tutorial import TINY_FACTS
+    from unpact_mech.study.tutorial import TINY_FACTS
 
-    monkeypatch.setattr("unpact_mech.experiments.settings.SETTINGS",
+    monkeypatch.setattr("unpact_mech.study.settings.SETTINGS",
                         {"ga_gdr": {"lr": 1e-3, "fmt": "plain"}})
     f = save_probes(TINY_FACTS, tmp_path / "p.jsonl")
     out = tmp_path / "study"
@@ -155,7 +187,7 @@ def test_progress_goes_through_logging_to_the_current_streams(capsys):
     import logging
 
     from unpact_mech.cli import main
-    from unpact_mech.log import say, warn
+    from unpact_mech.core.log import say, warn
 
     say("a progress line")
     say("an announcement", stderr=True)
@@ -178,7 +210,7 @@ def test_the_demo_is_a_preset_study(monkeypatch, tmp_path):
     """`unpact demo` runs Study on a config (the built-in facts, the paper's methods, the settings' budget), the same
     config `unpact study` builds from the same options, so its OUT/study.json reruns it."""
     from unpact_mech.cli import main
-    from unpact_mech.experiments.settings import BUDGET, PAPER_METHODS
+    from unpact_mech.study.settings import BUDGET, PAPER_METHODS
 
     class Ran(Exception):
         pass

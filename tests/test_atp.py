@@ -14,7 +14,7 @@ def pair(tiny_llama_dir, tmp_path_factory):
     """(base, "unlearned") tiny Llamas in float64; the second is the first with every matrix perturbed."""
     from transformers import AutoModelForCausalLM
 
-    from unpact_mech.models import load_model
+    from unpact_mech.model.loading import load_model
 
     out = tmp_path_factory.mktemp("tiny_unlearned")
     hf = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
@@ -105,7 +105,7 @@ def test_atp_and_exact_share_units_and_keys(pair, tiny_probes):
 
 
 def test_patch_rejects_unknown_method(pair, tiny_probes):
-    from unpact_mech.errors import UnpactError
+    from unpact_mech.core.errors import UnpactError
 
     base, unl = pair
     tp = tokenize_probes(base, tiny_probes, "plain")[0]
@@ -142,7 +142,7 @@ def _one_layer_pair(tmp_path, qk_scale):
     from conftest import make_tokenizer
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from unpact_mech.models import load_model
+    from unpact_mech.model.loading import load_model
 
     d, u = tmp_path / f"base{qk_scale}", tmp_path / f"moved{qk_scale}"
     d.mkdir()

@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM
 
 from unpact_mech.attribution.dla import decompose, logit_lens
 from unpact_mech.attribution.loo import loo_contributions
-from unpact_mech.backends import (
+from unpact_mech.hooks import applied, scale_embedding, steer_attention
+from unpact_mech.model.backends import (
     KV_PREFIX,
     RUN_WITH_CACHE,
     Backend,
@@ -19,13 +20,12 @@ from unpact_mech.backends import (
     fast_path,
     require,
 )
-from unpact_mech.backends.hf import HFBackend
-from unpact_mech.backends.kernel import AnswerIndex, OutputTransform, answer_logprobs
-from unpact_mech.hooks import applied, scale_embedding, steer_attention
-from unpact_mech.models import ModelSpecError, load_model, load_nnsight
+from unpact_mech.model.backends.hf import HFBackend
+from unpact_mech.model.backends.kernel import AnswerIndex, OutputTransform, answer_logprobs
+from unpact_mech.model.loading import ModelSpecError, load_model, load_nnsight
+from unpact_mech.model.subject import wrap
 from unpact_mech.probes import tokenize_probes
 from unpact_mech.scoring import score_probes
-from unpact_mech.subject import wrap
 
 BF16_U = 2.0**-8  # bfloat16 unit roundoff: 8 significant bits
 
@@ -148,7 +148,7 @@ def test_in_memory_perturbed_model_is_what_loo_measures(tiny_llama_dir, tiny_pro
         hf.model.layers[0].self_attn.q_proj.weight.mul_(3.0)
         hf.model.embed_tokens.weight.add_(0.5 * torch.randn_like(hf.model.embed_tokens.weight))
     independent = copy.deepcopy(hf)  # the bridge folds the wrapped model in place; keep a plain twin
-    from unpact_mech.models import _load_tokenizer
+    from unpact_mech.model.loading import _load_tokenizer
 
     subject = wrap(hf, _load_tokenizer(str(tiny_llama_dir)), "perturbed", str(tiny_llama_dir))
     tps = tokenize_probes(subject, tiny_probes[:2], "plain")
@@ -196,7 +196,7 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_every_path_keeps_tensors_on_the_subject_device(device, tiny_llama_dir, tiny_probes, tmp_path):
-    from unpact_mech.emphasis import sweep
+    from unpact_mech.analysis.emphasis import sweep
     from unpact_mech.patching import patch_heads, patch_positions
     from unpact_mech.unlearning import unlearn
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from unpact_mech import models
 from unpact_mech.cli import main
-from unpact_mech.errors import UnpactError
+from unpact_mech.core.errors import UnpactError
+from unpact_mech.model import loading as models
 
 GOOD = [
     {"id": "p0", "prompt": "what is the capital of france ?", "answer": "the capital of france is paris .",
@@ -442,10 +442,10 @@ def test_debug_shows_the_traceback_of_user_errors(capsys):
 
 # --- the library, called from Python --------------------------------------------------------------------
 def test_library_errors_are_unpact_errors(tiny_llama, tiny_probes, tmp_path):
+    from unpact_mech.analysis.emphasis import emphasize, sweep
     from unpact_mech.attribution import attribute
-    from unpact_mech.emphasis import emphasize, sweep
     from unpact_mech.hooks import scale_embedding, steer_attention
-    from unpact_mech.models import save_checkpoint
+    from unpact_mech.model.loading import save_checkpoint
     from unpact_mech.probes import Probe, tokenize_probes
 
     tp = tokenize_probes(tiny_llama, tiny_probes[:1], "plain")[0]
@@ -476,7 +476,7 @@ def test_library_errors_are_unpact_errors(tiny_llama, tiny_probes, tmp_path):
 
 
 def test_json_outputs_never_hold_bare_nan(tmp_path):
-    from unpact_mech.io import atomic_write_json
+    from unpact_mech.core.io import atomic_write_json
 
     atomic_write_json(tmp_path / "s.json", {"a": math.nan, "b": [1.0, math.inf], "c": {"d": -math.inf}, "e": 2.5})
     text = (tmp_path / "s.json").read_text()

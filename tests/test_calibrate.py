@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from unpact_mech.experiments import unlearn as stage
-from unpact_mech.models import read_provenance
+from unpact_mech.model.loading import read_provenance
+from unpact_mech.study import unlearn as stage
 from unpact_mech.unlearning import UnlearningError, unlearn
 
 
@@ -53,7 +53,7 @@ def test_rule_on_a_real_model_matches_a_direct_run(tiny_llama, tiny_probes, tmp_
     """On a tiny model taught the facts first (Task Vector with a = -1 is plain fine-tuning): the chosen rate,
     trained again directly with the demo's settings, stops where the rule says; every smaller k stopped sooner
     than 3 steps."""
-    from unpact_mech.models import load_model
+    from unpact_mech.model.loading import load_model
 
     taught = load_model(str(unlearn(tiny_llama, "task_vector", tiny_probes, [], tmp_path / "taught", steps=40,
                                     lr=3e-3, tv_scale=-1.0, fmt="plain", progress=False)))

@@ -63,7 +63,7 @@ def test_recover_and_atp_patch_cli(tiny_llama_dir, tiny_llama_other_dir, tmp_pat
     """`unpact recover` writes the route table; `unpact patch --method atp` writes the exact method's tables."""
     import dataclasses
 
-    from unpact_mech.io import read_table
+    from unpact_mech.core.io import read_table
     from unpact_mech.probes import save_probes
 
     probes = [dataclasses.replace(p, split=s) for p, s in zip(tiny_probes, ["forget", "retain", "general", "general"])]
@@ -101,7 +101,7 @@ def test_recover_and_atp_patch_cli(tiny_llama_dir, tiny_llama_other_dir, tmp_pat
 def test_probe_specs_name_subsets_of_hub_benchmarks(monkeypatch):
     """facts:SPLIT, fictitious:N:SEED:F, and NAME:SUBSET[:SPLIT] for the hub benchmarks (tofu, wmdp, muse)."""
     from unpact_mech.cli.commands import _load_probes_arg
-    from unpact_mech.data import BENCHMARKS
+    from unpact_mech.evals.loaders import BENCHMARKS
 
     calls = []
     monkeypatch.setitem(BENCHMARKS._items, "tofu", lambda subset=None, split=None, source=None: calls.append((subset, split)) or [])

@@ -4,10 +4,10 @@ import pandas as pd
 import pytest
 
 from unpact_mech.cli import main
-from unpact_mech.data import filter_known, load_benchmark
-from unpact_mech.data.fictitious import generate
-from unpact_mech.data.hub import SchemaError
-from unpact_mech.multiple_choice import mc_accuracy, mc_table
+from unpact_mech.evals.loaders import filter_known, load_benchmark
+from unpact_mech.evals.loaders.fictitious import generate
+from unpact_mech.evals.loaders.hub import SchemaError
+from unpact_mech.evals.multiple_choice import mc_accuracy, mc_table
 
 
 def _jsonl(path, rows):

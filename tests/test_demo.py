@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from conftest import demo_probes
 
-from unpact_mech.experiments import run_demo
+from unpact_mech.study import run_demo
 
 
 def DEMO_RUN(test):  # noqa: N802  (a decorator)
@@ -26,7 +26,7 @@ def demo_out(tiny_llama_dir, tmp_path_factory):
     """One small demo run (two methods, 2 steps) shared by the tests of this module: (out dir, summary table)."""
     out = tmp_path_factory.mktemp("demo_run") / "demo"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("unpact_mech.experiments.settings.SETTINGS", SETTINGS)
+        mp.setattr("unpact_mech.study.settings.SETTINGS", SETTINGS)
         t = run_demo(str(tiny_llama_dir), ["ga_gdr", "rmu"], out, steps=2, target=0.0, probes=demo_probes(),
                      known_only=False)
     return out, t
@@ -35,7 +35,7 @@ def demo_out(tiny_llama_dir, tmp_path_factory):
 @DEMO_RUN
 def test_demo_runs_writes_report_and_resumes(tiny_llama_dir, demo_out, monkeypatch):
     out, t = demo_out
-    monkeypatch.setattr("unpact_mech.experiments.settings.SETTINGS", SETTINGS)
+    monkeypatch.setattr("unpact_mech.study.settings.SETTINGS", SETTINGS)
     assert list(t.method) == ["ga_gdr", "rmu"]
     assert {"forget_acc", "forget_acc_gen", "target_reached", "focus_before", "focus_after_low", "recovery_embed",
             "recovery_attention_random", "recovery_attention_fw_gen", "specific_embed_p", "destructive_retain",
@@ -102,7 +102,7 @@ def test_drill_down_lists_the_probes_behind_every_rate(demo_out):
     html = (out / "report.html").read_text()
     assert "lr=0.001" in html and "KeyToken parameters" in html and "stage checkpoints/ga_gdr.stamp.json" in html
     # every stage computed in this run recorded its cost beside its stamp, and the settings show it
-    from unpact_mech.pipeline import read_cost
+    from unpact_mech.runtime.pipeline import read_cost
 
     costs = {f.relative_to(out).as_posix(): read_cost(f) for f in out.rglob("*.stamp.json")}
     assert len(costs) >= 5 and all(c and c["seconds"] > 0 and c["peak_rss_gb"] > 0.05 for c in costs.values()), costs
@@ -162,10 +162,10 @@ def test_report_in_a_real_browser(demo_out):
 def test_given_checkpoints_are_analysed_as_released_ones(tiny_llama, tiny_llama_dir, tmp_path, monkeypatch):
     """run_demo(unlearned=...) on two checkpoints written by `unlearn` and loaded as released ones: nothing is
     trained, each gets the findings, routes and its one frontier point, and a rerun is cached."""
-    from unpact_mech.errors import UnpactError
+    from unpact_mech.core.errors import UnpactError
     from unpact_mech.unlearning import unlearn
 
-    monkeypatch.setattr("unpact_mech.experiments.settings.SETTINGS", SETTINGS)
+    monkeypatch.setattr("unpact_mech.study.settings.SETTINGS", SETTINGS)
     ps = demo_probes()
     given = {}
     for name, method in (("released_ga", "ga_klr"), ("released_npo", "npo_klr")):
@@ -196,7 +196,7 @@ def test_study_on_multiple_choice_probes_adds_the_choice_criterion(tiny_llama, t
     report table and verdicts, and the task's own accuracy beside them."""
     from unpact_mech.unlearning import unlearn
 
-    monkeypatch.setattr("unpact_mech.experiments.settings.SETTINGS", SETTINGS)
+    monkeypatch.setattr("unpact_mech.study.settings.SETTINGS", SETTINGS)
     words = ["paris", "tokyo", "shakespeare", "mars", "au"]
     ps = [replace(p, meta={"choices": words[i % 5:] + words[:i % 5], "answer_index": (words.index(p.answer) - i) % 5})
           for i, p in enumerate(demo_probes())]
@@ -231,7 +231,7 @@ def test_cli_study_on_given_checkpoints_with_task_metrics(tiny_llama, tiny_llama
     from unpact_mech.probes import save_probes
     from unpact_mech.unlearning import unlearn
 
-    monkeypatch.setattr("unpact_mech.experiments.settings.SETTINGS", SETTINGS)
+    monkeypatch.setattr("unpact_mech.study.settings.SETTINGS", SETTINGS)
     ps = demo_probes()
     ck = unlearn(tiny_llama, "ga_klr", ps[:2], ps[2:4], tmp_path / "ck", steps=1, lr=1e-3, progress=False, fmt="plain")
     f = save_probes(ps, tmp_path / "p.jsonl")
@@ -258,11 +258,11 @@ def test_study_on_released_tofu_checkpoints_with_a_retain_model(tiny_llama, tiny
     checkpoint against the given retain model (as for open-unlearning's released TOFU models and their retain90
     reference); --retain-model without --task tofu is refused before any work."""
     from unpact_mech.cli import main
-    from unpact_mech.data import load_benchmark
+    from unpact_mech.evals.loaders import load_benchmark
     from unpact_mech.probes import save_probes
     from unpact_mech.unlearning import unlearn
 
-    monkeypatch.setattr("unpact_mech.experiments.settings.SETTINGS", SETTINGS)
+    monkeypatch.setattr("unpact_mech.study.settings.SETTINGS", SETTINGS)
     rows = [{"question": q, "answer": a, "paraphrased_answer": f"it is {a}", "perturbed_answer": ["au", "homer"]}
             for q, a in (("what is the capital of france ?", "paris"), ("what is the capital of japan ?", "tokyo"),
                          ("who wrote hamlet ?", "shakespeare"), ("what is the red planet ?", "mars"))]

@@ -3,7 +3,7 @@
 from html import escape
 
 from unpact_mech.analysis import Analysis
-from unpact_mech.compare import compare
+from unpact_mech.analysis.compare import compare
 from unpact_mech.findings import recovery
 from unpact_mech.probes import tokenize_probes
 

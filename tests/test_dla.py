@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from unpact_mech.analysis.localise import localise
 from unpact_mech.attribution import attribute
 from unpact_mech.attribution.dla import average_over_answer, decompose, logit_lens, path_token_attribution
-from unpact_mech.localise import localise
 from unpact_mech.probes import tokenize_probes
 from unpact_mech.scoring import score_probes
 
@@ -119,8 +119,8 @@ def test_dla_completeness_gemma3_270m(smol_probes):
     """The real Gemma-3-270M (``make gemma``; skipped where its chunk packages are not installed)."""
     import importlib.metadata
 
-    from unpact_mech.models import load_model
-    from unpact_mech.models.builtin import GEMMA3_PARTS
+    from unpact_mech.model.builtin import GEMMA3_PARTS
+    from unpact_mech.model.loading import load_model
 
     try:
         [importlib.metadata.distribution(name) for name in GEMMA3_PARTS]

@@ -17,7 +17,7 @@ import pytest
 
 CKPT_LOOP = r"""
 import itertools, sys
-from unpact_mech.models import load_hf, _load_tokenizer, save_checkpoint
+from unpact_mech.model.loading import load_hf, _load_tokenizer, save_checkpoint
 src, out, flag = sys.argv[1:4]
 hf, tok = load_hf(src), _load_tokenizer(src)
 for i in itertools.count():
@@ -28,7 +28,7 @@ for i in itertools.count():
 
 MERGE_LOOP = r"""
 import itertools, sys
-from unpact_mech.sharding import merge_parts
+from unpact_mech.runtime.sharding import merge_parts
 out, flag, parts = sys.argv[1], sys.argv[2], sys.argv[3:]
 for i in itertools.count():
     merge_parts(parts, out)
@@ -59,7 +59,7 @@ def _kill_at_random(script: str, args: list[str], flag: Path, check, kills: int 
 
 @pytest.mark.slow  # subprocesses killed and rerun
 def test_sigkill_during_checkpoint_writes(tiny_llama_dir, tmp_path):
-    from unpact_mech.models import load_model, read_provenance
+    from unpact_mech.model.loading import load_model, read_provenance
 
     out = tmp_path / "ckpt"
     seen = []
@@ -82,8 +82,8 @@ def test_sigkill_during_checkpoint_writes(tiny_llama_dir, tmp_path):
 
 @pytest.mark.slow  # subprocesses killed and rerun
 def test_sigkill_during_merge(tmp_path):
-    from unpact_mech.io import read_table
-    from unpact_mech.sharding import canonical, write_part
+    from unpact_mech.core.io import read_table
+    from unpact_mech.runtime.sharding import canonical, write_part
 
     n = 120_000
     full = pd.DataFrame({"probe_id": [f"p{i % 997}" for i in range(n)], "model": "m", "method": "loo",

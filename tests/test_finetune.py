@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from scipy.stats import ks_2samp
 
-from unpact_mech.data.fictitious import N_PERTURBED, generate
+from unpact_mech.evals.loaders.fictitious import N_PERTURBED, generate
 
 
 def test_fictitious_people_carry_tofus_perturbed_fields():
@@ -38,9 +38,9 @@ def test_finetune_needs_people_and_excludes_given_checkpoints(tmp_path, capsys):
 def test_finetune_then_forget_on_smollm2(tmp_path, capsys):
     from unpact_mech import load_model
     from unpact_mech.cli import main
-    from unpact_mech.data import filter_known, load_benchmark
-    from unpact_mech.models import read_provenance
-    from unpact_mech.ou_metrics import truth_ratio_of
+    from unpact_mech.evals.loaders import filter_known, load_benchmark
+    from unpact_mech.evals.ou_metrics import truth_ratio_of
+    from unpact_mech.model.loading import read_provenance
 
     out = tmp_path / "study"
     # test size: 2 people x 3 facts taught in 10 steps (the loss is ~3e-3 there), 2 unlearning steps, 3 facts

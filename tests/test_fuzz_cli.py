@@ -1,7 +1,7 @@
 """Property: whatever value any option of any command gets, ``unpact`` ends with exit 0 or 2, never a traceback;
 with exit 2 it printed one error line and loaded no model; and no file outside ``--out`` changed.
 
-Each option has an oracle written out here, independently of ``unpact_mech.options``: the values a user may give.
+Each option has an oracle written out here, independently of ``unpact_mech.core.options``: the values a user may give.
 A value the oracle refuses must be refused (exit 2) before any model loads; a value it accepts must not be refused
 by the option's own check. The model load is mocked (the case is about parsing): reaching it ends the run.
 Fixed seed and example count, so CI runs the same cases every time.
@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from unpact_mech import models
 from unpact_mech.cli import main
+from unpact_mech.model import loading as models
 
 
 class Loaded(BaseException):

@@ -29,7 +29,7 @@ def _double(subject):
 
 @pytest.fixture
 def tiny64(tiny_llama_dir):
-    from unpact_mech.models import load_model
+    from unpact_mech.model.loading import load_model
 
     return _double(load_model(str(tiny_llama_dir)))
 

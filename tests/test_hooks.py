@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from unpact_mech.emphasis import emphasize, keyword_strings, prompt_emphasis, sweep
+from unpact_mech.analysis.emphasis import emphasize, keyword_strings, prompt_emphasis, sweep
+from unpact_mech.core.stats import wilson
+from unpact_mech.evals.metrics import destructive_rate, generated_correct, recovery_rate, rouge_l_recall
 from unpact_mech.hooks import (
     ablate_heads,
     active_hook_count,
@@ -10,12 +12,10 @@ from unpact_mech.hooks import (
     scale_embedding,
     steer_attention,
 )
-from unpact_mech.metrics import destructive_rate, generated_correct, recovery_rate, rouge_l_recall
-from unpact_mech.models import load_model, save_checkpoint
+from unpact_mech.model.loading import load_model, save_checkpoint
 from unpact_mech.patching import patch_heads, patch_positions, restoration
 from unpact_mech.probes import tokenize_probes
 from unpact_mech.scoring import score_probes
-from unpact_mech.stats import wilson
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,7 @@ def test_rouge_l_recall_is_lcs_over_reference_length(pred, ref):
 
 
 def test_generated_correct_threshold_and_fact_span():
-    from unpact_mech.metrics import GEN_THRESHOLD
+    from unpact_mech.evals.metrics import GEN_THRESHOLD
     from unpact_mech.probes import Probe
 
     fr = Probe("fr", "What is the capital of France?", "The capital of France is Paris.", fact="Paris")
@@ -224,10 +224,10 @@ def test_recovery_rates_equal_naive_emphasis_loop(tiny_llama, tiny_probes, tmp_p
     pd_cols = ["criterion", "condition", "route", "scope", "factor", "k", "n"]
     assert rates[pd_cols].astype(str).equals(res_all.rates[pd_cols].astype(str))
     tps = tokenize_probes(taught, forget, "plain")
-    from unpact_mech.emphasis import keytoken_positions
+    from unpact_mech.analysis.emphasis import keytoken_positions
+    from unpact_mech.evals.metrics import generated_correct
     from unpact_mech.findings import control_positions
     from unpact_mech.hooks import Emphasis
-    from unpact_mech.metrics import generated_correct
     from unpact_mech.scoring import emphasis_hooks, greedy_batch
 
     def greedy_answer(model, tp, n, hooks):  # one prompt, stopping at EOS
@@ -276,7 +276,7 @@ def test_sign_flip_and_bootstrap_against_written_out_versions():
     import itertools
     import random
 
-    from unpact_mech.stats import bootstrap_mean, paired_difference, sign_flip_p
+    from unpact_mech.core.stats import bootstrap_mean, paired_difference, sign_flip_p
 
     d = [1, 1, 0.5, 0, -1 / 3, 1, 1]
     nz = [x for x in d if x]

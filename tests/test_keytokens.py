@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from unpact_mech.keytokens import KeyTokenParams, focus_share, select_keytokens
+from unpact_mech.probes.keytokens import KeyTokenParams, focus_share, select_keytokens
 
 
 def test_eq3_few_positives_are_all_keytokens():

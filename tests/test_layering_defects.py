@@ -7,19 +7,19 @@ import math
 import pytest
 import torch
 
-from unpact_mech import pipeline
 from unpact_mech.analysis import Analysis
 from unpact_mech.findings import recovery
 from unpact_mech.probes import tokenize_probes
+from unpact_mech.runtime import pipeline
 
 
 def test_stamps_carry_a_fingerprint_of_the_code_the_stage_runs(tmp_path, monkeypatch):
     """Editing a source file a stage depends on (here scoring, imported by the data stage's module through
-    unpact_mech.data) changes its stamp, so the next run recomputes it or, with ``on_change="stop"``, names the
+    unpact_mech.evals.loaders) changes its stamp, so the next run recomputes it or, with ``on_change="stop"``, names the
     change; a module that does not depend on it keeps its fingerprint."""
     pipeline.code_fingerprint.cache_clear()
-    stage_mod = "unpact_mech.experiments.data"
-    before, unrelated = pipeline.code_fingerprint(stage_mod), pipeline.code_fingerprint("unpact_mech.stats")
+    stage_mod = "unpact_mech.study.prepare"
+    before, unrelated = pipeline.code_fingerprint(stage_mod), pipeline.code_fingerprint("unpact_mech.core.stats")
     stamp = pipeline.make_stamp((stage_mod,), model="m")
     assert stamp["code"] == before
     out = tmp_path / "out.txt"
@@ -35,7 +35,7 @@ def test_stamps_carry_a_fingerprint_of_the_code_the_stage_runs(tmp_path, monkeyp
     pipeline.code_fingerprint.cache_clear()
     try:
         assert pipeline.code_fingerprint(stage_mod) != before
-        assert pipeline.code_fingerprint("unpact_mech.stats") == unrelated
+        assert pipeline.code_fingerprint("unpact_mech.core.stats") == unrelated
         with pytest.raises(pipeline.StaleStageError, match="code"):
             pipeline.stage("data", tmp_path / "s.json", pipeline.make_stamp((stage_mod,), model="m"), out.exists,
                            out.read_text, lambda: "recomputed", on_change="stop")

@@ -3,8 +3,8 @@ import torch
 
 from unpact_mech.attribution import attribute
 from unpact_mech.attribution.loo import baseline_token_id, loo_contributions
+from unpact_mech.attribution.table import COLUMNS
 from unpact_mech.probes import tokenize_probes
-from unpact_mech.tables import COLUMNS
 
 
 def _naive_lp(subject, ids, start):
@@ -94,7 +94,7 @@ LONG_PROMPT = ("what is the capital of france ? paris was the largest city in th
 def long_model(request, tmp_path_factory):
     from conftest import make_tiny
 
-    from unpact_mech.models import load_model
+    from unpact_mech.model.loading import load_model
 
     return load_model(str(make_tiny(tmp_path_factory.mktemp(f"loo_{request.param}"), request.param)))
 
@@ -137,7 +137,7 @@ def test_prefix_reuse_holds_one_cache_copy_at_a_time(monkeypatch, tmp_path):
     from conftest import make_tiny
 
     import unpact_mech.attribution.loo as loo_mod
-    from unpact_mech.models import load_model
+    from unpact_mech.model.loading import load_model
     from unpact_mech.probes import Probe
 
     model = load_model(str(make_tiny(tmp_path, "llama")))

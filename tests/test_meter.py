@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from unpact_mech.pipeline import COST, read_cost, read_stamp, stage
+from unpact_mech.runtime.pipeline import COST, read_cost, read_stamp, stage
 
 MB = 1_000_000
 
@@ -16,7 +16,7 @@ MB = 1_000_000
 _NESTED = """
 import json, time
 import numpy as np
-from unpact_mech.meter import measure, process_peak_bytes, rss_bytes
+from unpact_mech.core.meter import measure, process_peak_bytes, rss_bytes
 MB = 1_000_000
 
 def touch(nbytes):

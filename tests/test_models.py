@@ -3,9 +3,10 @@ import importlib.metadata
 import pytest
 import torch
 
-from unpact_mech import models
-from unpact_mech.errors import OutputError
-from unpact_mech.models import ModelSpecError, builtin, load_model, read_provenance, save_checkpoint
+from unpact_mech.core.errors import OutputError
+from unpact_mech.model import builtin
+from unpact_mech.model import loading as models
+from unpact_mech.model.loading import ModelSpecError, load_model, read_provenance, save_checkpoint
 
 
 def test_unknown_spec_is_a_clear_error(tmp_path):
@@ -112,7 +113,7 @@ def test_smollm2_cached_load(smol):
 def test_placement_options_reach_from_pretrained(tiny_llama_dir, monkeypatch):
     from transformers import AutoModelForCausalLM
 
-    from unpact_mech.models import placement_kwargs
+    from unpact_mech.model.loading import placement_kwargs
 
     seen = {}
     real = AutoModelForCausalLM.from_pretrained.__func__
@@ -172,7 +173,7 @@ def test_cli_device_map_and_max_memory_on_cpu_give_the_same_numbers(tiny_llama_d
     import pandas as pd
 
     from unpact_mech.cli import main
-    from unpact_mech.models import placement_kwargs
+    from unpact_mech.model.loading import placement_kwargs
 
     base = ["dla", "--model", str(tiny_llama_dir), "--prompt", "what is the capital of france ?", "--answer",
             "paris"]

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from unpact_mech.data import load_benchmark
-from unpact_mech.errors import UnpactError
-from unpact_mech.multiple_choice import lettered_prompt, mc_accuracy, mc_table
+from unpact_mech.core.errors import UnpactError
+from unpact_mech.evals.loaders import load_benchmark
+from unpact_mech.evals.multiple_choice import lettered_prompt, mc_accuracy, mc_table
 from unpact_mech.probes import Probe, tokenize_probes
 from unpact_mech.scoring import score_probes
 
@@ -73,7 +73,7 @@ def test_mc_refuses_probes_without_choices(tiny_llama):
 
 
 def test_as_multiple_choice():
-    from unpact_mech.multiple_choice import as_multiple_choice
+    from unpact_mech.evals.multiple_choice import as_multiple_choice
 
     facts = [Probe(f"g{i}", f"q{i} ?", f"answer {c}", fact=c, domain="geo") for i, c in enumerate("abcdef")]
     facts.append(Probe("x0", "other ?", "zz", domain="other"))
@@ -102,7 +102,7 @@ def test_choice_criterion_equals_a_naive_loop_under_emphasis(tiny_llama, route):
     choices) == a naive loop: each choice alone, the emphasis route's hooks on the bridge, log_softmax summed."""
     import torch
 
-    from unpact_mech.criteria import criterion
+    from unpact_mech.evals.criteria import criterion
     from unpact_mech.hooks import Emphasis
     from unpact_mech.scoring import emphasis_hooks
 
@@ -127,7 +127,7 @@ def test_choice_criterion_equals_a_naive_loop_under_emphasis(tiny_llama, route):
 
 
 def test_choice_criterion_applies_only_to_probes_with_choices(tiny_probes):
-    from unpact_mech.criteria import check_criteria, criteria_for, universal_criteria
+    from unpact_mech.evals.criteria import check_criteria, criteria_for, universal_criteria
 
     assert universal_criteria() == ("teacher_forced", "generation")
     assert criteria_for(tiny_probes) == universal_criteria()
@@ -142,9 +142,9 @@ def test_recovery_under_the_choice_criterion(tiny_llama, tiny_llama_dir, tmp_pat
     and its rates counted over those eligible probes; refused on probes without choices, before any work."""
     from dataclasses import replace
 
-    from unpact_mech.criteria import choice_table
+    from unpact_mech.evals.criteria import choice_table
     from unpact_mech.findings import recovery
-    from unpact_mech.models import load_model
+    from unpact_mech.model.loading import load_model
     from unpact_mech.unlearning import unlearn
 
     first = _mc_probes()  # gold := the base model's own choice, so that the base answers every probe
@@ -173,9 +173,9 @@ def test_the_study_knows_a_choice_probe_by_its_argmax(tiny_llama, tiny_probes):
     """The study's known-fact filter: fact top-1 for plain probes, the choice argmax for probes with choices."""
     from dataclasses import replace
 
-    from unpact_mech.criteria import choice_table
-    from unpact_mech.data import filter_known
-    from unpact_mech.experiments.data import known_probes
+    from unpact_mech.evals.criteria import choice_table
+    from unpact_mech.evals.loaders import filter_known
+    from unpact_mech.study.prepare import known_probes
 
     mc = _mc_probes()
     pred = list(choice_table(tiny_llama, tokenize_probes(tiny_llama, mc)).pred)
@@ -208,7 +208,7 @@ def test_cli_emphasize_under_the_choice_criterion(tiny_llama_dir, tiny_llama_oth
 def test_each_wmdp_subset_opens_with_lm_eval_s_description():
     """The whole lettered prompt of each subset, as lm-eval's wmdp_bio/chem/cyber.yaml build it (description, then
     _default_template_yaml's doc_to_text), written out here."""
-    from unpact_mech.tasks import wmdp_description
+    from unpact_mech.evals.tasks import wmdp_description
 
     q, choices = "What is X? ", ["a", "b", "c", "d"]
     body = "What is X?\nA. a\nB. b\nC. c\nD. d\nAnswer:"

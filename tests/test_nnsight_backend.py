@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from unpact_mech.analysis.emphasis import emphasize
 from unpact_mech.attribution.loo import loo_contributions
-from unpact_mech.emphasis import emphasize
 from unpact_mech.hooks import applied, patch_from_cache
-from unpact_mech.models import load_nnsight
+from unpact_mech.model.loading import load_nnsight
 from unpact_mech.probes import tokenize_probes
 from unpact_mech.scoring import score_probes, score_sequences
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from unpact_mech import ou_metrics as om
-from unpact_mech.errors import UnpactError
+from unpact_mech.core.errors import UnpactError
+from unpact_mech.evals import ou_metrics as om
 from unpact_mech.probes import Probe, tokenize_probes
 from unpact_mech.scoring import token_stats
 

@@ -18,7 +18,7 @@ def perturbed_pair(directory, tmp_path_factory, scale=0.3):
     """(base, "unlearned"): the model at ``directory`` and a copy with every matrix perturbed."""
     from transformers import AutoModelForCausalLM
 
-    from unpact_mech.models import load_model
+    from unpact_mech.model.loading import load_model
 
     out = tmp_path_factory.mktemp(f"{directory.name}_perturbed")
     hf = AutoModelForCausalLM.from_pretrained(directory)
@@ -166,7 +166,7 @@ def test_attached_hooks_take_the_full_path(pair, tiny_probes):
 @pytest.mark.slow
 def test_fast_exact_on_smollm2(smol, smol_probes):
     """SmolLM2 in its chat template against a perturbed copy: every kind on two layers, both directions."""
-    from unpact_mech.subject import wrap
+    from unpact_mech.model.subject import wrap
 
     hf = smol.load_hf_model()
     torch.manual_seed(0)

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from conftest import demo_probes
 
-from unpact_mech import models
 from unpact_mech.analysis import Analysis
-from unpact_mech.experiments import run_demo
-from unpact_mech.keytokens import KeyTokenParams
-from unpact_mech.pipeline import StaleStageError
+from unpact_mech.model import loading as models
+from unpact_mech.probes.keytokens import KeyTokenParams
+from unpact_mech.runtime.pipeline import StaleStageError
+from unpact_mech.study import run_demo
 from unpact_mech.unlearning import METHODS, UnlearnConfig, resolve_config
 
 SETTINGS = {"ga_gdr": {"lr": 1e-3, "fmt": "plain"}}
@@ -33,7 +33,7 @@ def _mtimes(out):
 
 @pytest.mark.slow  # two demo runs
 def test_alpha_reaches_focus_recovery_and_function_words(tiny_llama_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr("unpact_mech.experiments.settings.SETTINGS", SETTINGS)
+    monkeypatch.setattr("unpact_mech.study.settings.SETTINGS", SETTINGS)
     tables = {}
     for alpha in (0.0, 0.9):
         out = tmp_path / f"a{alpha}"
@@ -66,7 +66,7 @@ def test_alpha_reaches_focus_recovery_and_function_words(tiny_llama_dir, tmp_pat
 
 @pytest.mark.slow  # nine demo runs
 def test_stamps_invalidate_exactly_what_changed(tiny_llama_dir, tiny_gpt2_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr("unpact_mech.experiments.settings.SETTINGS", SETTINGS)
+    monkeypatch.setattr("unpact_mech.study.settings.SETTINGS", SETTINGS)
     out = tmp_path / "demo"
     first = _run(tiny_llama_dir, out)
     t0 = _mtimes(out)
@@ -88,7 +88,7 @@ def test_stamps_invalidate_exactly_what_changed(tiny_llama_dir, tiny_gpt2_dir, t
     assert changed(params=KeyTokenParams(alpha=0.3), steps=3) == {"checkpoints/ga_gdr/unpact.json", "ga_gdr/result.json"}
     assert changed(params=KeyTokenParams(alpha=0.3), steps=3, target=0.5) == {"checkpoints/ga_gdr/unpact.json",
                                                                               "ga_gdr/result.json"}
-    monkeypatch.setattr("unpact_mech.experiments.settings.SETTINGS", {"ga_gdr": {"lr": 2e-3, "fmt": "plain"}})
+    monkeypatch.setattr("unpact_mech.study.settings.SETTINGS", {"ga_gdr": {"lr": 2e-3, "fmt": "plain"}})
     assert changed(params=KeyTokenParams(alpha=0.3), steps=3, target=0.5) == {"checkpoints/ga_gdr/unpact.json",
                                                                               "ga_gdr/result.json"}
     assert json.loads((out / "checkpoints/ga_gdr/unpact.json").read_text())["hyperparameters"]["lr"] == 2e-3
@@ -124,8 +124,8 @@ def test_explicit_settings_beat_method_defaults_for_every_method():
 
 
 def test_analysis_computes_the_base_side_once(tiny_llama, tiny_probes, monkeypatch):
+    from unpact_mech.analysis.compare import compare
     from unpact_mech.attribution import loo as loo_mod
-    from unpact_mech.compare import compare
     from unpact_mech.findings import destruction, recovery
 
     calls = []
@@ -149,10 +149,10 @@ def test_analysis_computes_the_base_side_once(tiny_llama, tiny_probes, monkeypat
 
 
 def test_rates_survive_a_write_read_round_trip_as_numbers(tmp_path):
-    from unpact_mech.io import atomic_write_json, read_table, write_table
-    from unpact_mech.metrics import destructive_rate
+    from unpact_mech.core.io import atomic_write_json, read_table, write_table
+    from unpact_mech.core.stats import rate_columns, wilson
+    from unpact_mech.evals.metrics import destructive_rate
     from unpact_mech.report.tables import format_rates, summary_table
-    from unpact_mech.stats import rate_columns, wilson
 
     row = {"method": "m", "steps": 2, **rate_columns("recovery_embed", wilson(3, 7)),
            **rate_columns("destructive_retain", destructive_rate([True, True], [True, False])),

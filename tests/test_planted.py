@@ -7,18 +7,18 @@ from __future__ import annotations
 import pytest
 
 from unpact_mech.analysis import Analysis
-from unpact_mech.data import filter_known
-from unpact_mech.errors import UnpactError
-from unpact_mech.experiments.settings import budget_order
+from unpact_mech.core.errors import UnpactError
+from unpact_mech.evals.loaders import filter_known
+from unpact_mech.findings.planted import planted_recovery, planted_summary, suppressed
 from unpact_mech.hooks import applied
-from unpact_mech.planted import planted_recovery, planted_summary, suppressed
 from unpact_mech.probes import tokenize_probes
 from unpact_mech.scoring import probe_table
+from unpact_mech.study.settings import budget_order
 
 
 @pytest.fixture(scope="module")
 def planted_setup(smol, smol_probes):
-    from unpact_mech.models import load_model
+    from unpact_mech.model.loading import load_model
 
     pool = budget_order(smol_probes)[:60]
     known = {p.id for p in filter_known(smol, pool)[0]}

@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from unpact_mech.power import (
+from unpact_mech.core.stats import bootstrap_mean, paired_difference, wilson
+from unpact_mech.findings.power import (
     bootstrap_lower,
     destruction_mde,
     destruction_power,
@@ -17,7 +18,6 @@ from unpact_mech.power import (
     specific_mde,
     specific_power,
 )
-from unpact_mech.stats import bootstrap_mean, paired_difference, wilson
 
 
 def test_one_replicate_decides_as_the_study_does():

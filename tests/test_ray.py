@@ -111,7 +111,7 @@ def _no_duplicates(table: pd.DataFrame, probes: Path) -> None:
 def test_smollm2_killed_driver_resumes_and_killed_actor_is_retried(cluster, tmp_path, smol):
     """SmolLM2, 2 CPU actors: equal to the single-process table; SIGKILL the driver mid-run and rerun; then kill
     one actor process mid-run: both end with every probe once and the single-process numbers."""
-    from unpact_mech.data import load_benchmark
+    from unpact_mech.evals.loaders import load_benchmark
 
     probes = save_probes(load_benchmark("facts", split="forget")[:10], tmp_path / "p.jsonl")
     local = tmp_path / "local.csv"

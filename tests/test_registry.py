@@ -4,8 +4,8 @@ names, ``names()``, and the root-level ``list_*`` functions read them."""
 import pytest
 
 import unpact_mech as um
-from unpact_mech.errors import UnknownNameError, UnpactError
-from unpact_mech.registry import DuplicateNameError, Registry
+from unpact_mech.core.errors import UnknownNameError, UnpactError
+from unpact_mech.core.registry import DuplicateNameError, Registry
 
 
 def test_register_lookup_and_names():
@@ -46,14 +46,14 @@ def test_decorator_registers_the_wrapped_thing_and_returns_the_function():
 
 
 @pytest.mark.parametrize("module, name, kind", [
-    ("unpact_mech.data", "BENCHMARKS", "benchmark"),
-    ("unpact_mech.tasks", "TASKS", "task"),
-    ("unpact_mech.criteria", "CRITERIA", "correctness criterion"),
+    ("unpact_mech.evals.loaders", "BENCHMARKS", "benchmark"),
+    ("unpact_mech.evals.tasks", "TASKS", "task"),
+    ("unpact_mech.evals.criteria", "CRITERIA", "correctness criterion"),
     ("unpact_mech.unlearning", "METHODS", "unlearning method"),
     ("unpact_mech.attribution", "ATTRIBUTION_METHODS", "attribution method"),
     ("unpact_mech.routes", "RECOVERY_ROUTES", "recovery route"),
-    ("unpact_mech.ou_metrics", "OU_METRICS", "metric"),
-    ("unpact_mech.models", "BUILTIN_MODELS", "built-in model"),
+    ("unpact_mech.evals.ou_metrics", "OU_METRICS", "metric"),
+    ("unpact_mech.model.loading", "BUILTIN_MODELS", "built-in model"),
     ("unpact_mech.cli.commands", "COMMANDS", "command"),
 ])
 def test_every_registry_is_one_registry_type(module, name, kind):
@@ -69,7 +69,7 @@ def test_every_registry_is_one_registry_type(module, name, kind):
 
 
 def test_list_functions_at_the_root_read_the_registries():
-    from unpact_mech.data import BENCHMARKS
+    from unpact_mech.evals.loaders import BENCHMARKS
     from unpact_mech.unlearning import METHODS
 
     assert um.list_methods() == sorted(METHODS) and "npo_gdr" in um.list_methods()

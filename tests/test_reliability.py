@@ -12,9 +12,9 @@ import stat
 import pytest
 import torch
 
-from unpact_mech import models
 from unpact_mech.cli import main
-from unpact_mech.errors import UnpactError
+from unpact_mech.core.errors import UnpactError
+from unpact_mech.model import loading as models
 
 
 def _probe_file(path, rows):
@@ -48,7 +48,7 @@ def test_overwrite_never_touches_a_users_old_directory(tiny_llama_dir, tmp_path,
 
 
 def test_a_marked_leftover_of_a_killed_replace_is_cleaned_and_an_unmarked_one_kept(tiny_llama_dir, tmp_path):
-    from unpact_mech.models.checkpoints import OLD_MARK, save_checkpoint
+    from unpact_mech.model.checkpoints import OLD_MARK, save_checkpoint
 
     hf, tok = models.load_hf(str(tiny_llama_dir)), models._load_tokenizer(str(tiny_llama_dir))
     ours, theirs = tmp_path / "ck.unpact-old-abc", tmp_path / "ck.unpact-old-def"
@@ -61,7 +61,7 @@ def test_a_marked_leftover_of_a_killed_replace_is_cleaned_and_an_unmarked_one_ke
 
 
 def test_checkpoint_files_follow_the_umask(tiny_llama_dir, tmp_path):
-    from unpact_mech.models.checkpoints import save_checkpoint
+    from unpact_mech.model.checkpoints import save_checkpoint
 
     old = os.umask(0o022)
     try:
@@ -200,7 +200,7 @@ def test_probe_files_split_on_newline_only(tmp_path):
 
 
 def test_device_errors_say_what_the_machine_has():
-    from unpact_mech.options import check_device
+    from unpact_mech.core.options import check_device
 
     assert check_device("cpu") == "cpu"
     with pytest.raises(UnpactError, match="holds tensor shapes but no numbers"):
@@ -290,7 +290,7 @@ def test_a_long_answer_announces_its_generation_cost(tiny_llama, capsys):
 def test_merge_refuses_parts_whose_columns_differ(tmp_path):
     import pandas as pd
 
-    from unpact_mech.sharding import ShardError, merge_parts, write_part
+    from unpact_mech.runtime.sharding import ShardError, merge_parts, write_part
 
     write_part(pd.DataFrame({"probe_id": ["a"], "score": [1.0]}), tmp_path / "a.csv", "k", (0, 2))
     write_part(pd.DataFrame({"probe_id": ["b"], "metho": [1.0]}), tmp_path / "b.csv", "k", (1, 2))

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from unpact_mech.display import colour_legend, comparison_block, strip_scale, token_label, token_row
+from unpact_mech.core.display import colour_legend, comparison_block, strip_scale, token_label, token_row
+from unpact_mech.core.stats import draw_mean_rate
 from unpact_mech.report.figures import (
     factor_curves,
     frontier,
@@ -28,7 +29,6 @@ from unpact_mech.report.verdicts import (
     patch_caption,
     word_kind_caption,
 )
-from unpact_mech.stats import draw_mean_rate
 
 
 def _wilson_upper(k: float, n: int, z: float = 1.96) -> float:
@@ -193,7 +193,7 @@ def test_captions_change_with_the_numbers():
 
 def test_destruction_and_eligibility_carry_each_criterion_evidence(tiny_llama, tiny_probes):
     """The drill-down's generated answers are the criterion's own: generation_table called directly agrees."""
-    from unpact_mech.criteria import generation_table
+    from unpact_mech.evals.criteria import generation_table
     from unpact_mech.findings import destruction, recovery
     from unpact_mech.probes import tokenize_probes
 

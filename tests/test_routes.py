@@ -5,19 +5,18 @@ import pytest
 import torch
 
 from unpact_mech.analysis import Analysis
-from unpact_mech.errors import UnpactError
+from unpact_mech.core.errors import UnpactError
+from unpact_mech.core.stats import newcombe, wilson
 from unpact_mech.probes import tokenize_probes
 from unpact_mech.routes import (
     RouteContext,
     few_shot,
-    newcombe,
     quantize_bnb_,
     quantize_rtn_,
     quantize_treatments,
     quantized_subject,
     recover,
 )
-from unpact_mech.stats import wilson
 
 
 def _naive_rtn(w, bits, group):
@@ -143,7 +142,7 @@ def test_quantize_route_matches_independent_quantisation(tiny_llama, tiny_probes
 
     an = Analysis(tiny_llama, tiny_probes[:2], fmt="plain")
     table = recover(an, tiny_llama, tiny_probes[:2], unknown=tiny_probes[2:], routes=["quantize"],
-                    criteria=["teacher_forced"], options={"quantize": {"bits": (2,), "group_size": 16}})
+                    criteria=["teacher_forced"], options={"quantize": {"bits": (2,), "group_size": 16, "quantizers": ("rtn",)}})
     hf = AutoModelForCausalLM.from_pretrained(tiny_llama.source).eval()
     for layer in hf.model.layers:
         for mod in layer.modules():
@@ -186,7 +185,7 @@ def test_routes_under_multiple_choice(tiny_llama, everything_eligible):
     an = Analysis(tiny_llama, mc[:2], fmt="plain")
     table = recover(an, tiny_llama, mc[:2], unknown=mc[2:], retain=plain[:2], routes=["quantize", "relearn"],
                     criteria=["teacher_forced", "multiple_choice"], collateral=plain[2:],
-                    options={"quantize": {"bits": (2,), "group_size": 16}, "relearn": {"steps": (1,), "lr": 1e-2}})
+                    options={"quantize": {"bits": (2,), "group_size": 16, "quantizers": ("rtn",)}, "relearn": {"steps": (1,), "lr": 1e-2}})
     hf = AutoModelForCausalLM.from_pretrained(tiny_llama.source).eval()
     for layer in hf.model.layers:
         for mod in layer.modules():
@@ -285,3 +284,46 @@ def test_routes_refuse_bad_input(tiny_llama, tiny_probes):
     with pytest.raises(UnpactError, match="collateral-damage facts must not be trained on"):
         recover(an, tiny_llama, tiny_probes[:1], retain=tiny_probes[1:3], routes=["relearn"],
                 collateral=tiny_probes[2:])
+
+
+def test_each_route_holds_its_defaults_once_and_the_cli_reads_them():
+    """The options dataclasses are the one home of the routes' defaults: `unpact recover` without route flags
+    parses to exactly them (before: the CLI's emphasis factors were (1, 8) against the route's (1, 2, 4, 8), and
+    the quantizers ("rtn", "nf4") against ("rtn",))."""
+    from unpact_mech.cli.parser import build_parser
+    from unpact_mech.core.options import resolve_routed
+    from unpact_mech.routes import (
+        RECOVERY_ROUTES,
+        ROUTE_OPTIONS,
+        EmphasisOptions,
+        InContextOptions,
+        QuantizeOptions,
+        RelearnOptions,
+    )
+
+    a = build_parser().parse_args(["recover", "--base", "b", "--unlearned", "u", "--probes", "p"])
+    resolve_routed(a)  # the route-gated flags' defaults, as main fills them
+    assert a.routes == list(RECOVERY_ROUTES) and set(a.routes) == {"emphasis", "quantize", "relearn", "in_context"}
+    assert tuple(a.factors) == EmphasisOptions().factors == (1.0, 2.0, 4.0, 8.0)
+    assert a.draws == EmphasisOptions().n_draws == 3
+    assert (tuple(a.bits), tuple(a.quantizers)) == (QuantizeOptions().bits, QuantizeOptions().quantizers) == (
+        (8, 4), ("rtn", "nf4"))
+    assert (tuple(a.relearn_steps), a.relearn_lr) == (RelearnOptions().steps, RelearnOptions().lr) == ((1, 2, 4), 1e-5)
+    assert a.shots == InContextOptions().shots == 3
+    assert {r: ROUTE_OPTIONS[r] for r in RECOVERY_ROUTES} == {"emphasis": EmphasisOptions, "quantize": QuantizeOptions,
+                                                             "relearn": RelearnOptions, "in_context": InContextOptions}
+
+
+def test_route_options_are_typed_and_refuse_what_they_do_not_know():
+    from unpact_mech.routes import QuantizeOptions, RelearnOptions
+    from unpact_mech.routes.base import route_options
+
+    got = route_options({"quantize": {"bits": [4], "quantizers": ["rtn"]}}, ["quantize", "relearn"])
+    assert got == {"quantize": QuantizeOptions(bits=(4,), quantizers=("rtn",)), "relearn": RelearnOptions()}
+    with pytest.raises(UnpactError, match=r"unknown option\(s\) \['bitz'\] for the quantize route; its options: "
+                                          r"criteria, quantizers, bits, group_size"):
+        route_options({"quantize": {"bitz": (4,)}}, ["quantize"])
+    with pytest.raises(UnpactError, match=r"unknown route\(s\) \['quantise'\]"):
+        route_options({"quantise": {}}, ["quantize"])
+    with pytest.raises(UnpactError, match="the quantize route takes QuantizeOptions, not RelearnOptions"):
+        route_options({"quantize": RelearnOptions()}, ["quantize"])

@@ -72,7 +72,7 @@ def test_greedy_equals_hf_smollm2(smol, smol_probes):
 def _check_generation_equals_hf(subject, tps):
     """generation_table's batched greedy answers (stop tokens, per-row budgets) == HF generate, one prompt at a
     time with the same stop tokens and budget, decoded the same way."""
-    from unpact_mech.criteria import generation_table
+    from unpact_mech.evals.criteria import generation_table
     from unpact_mech.scoring import GEN_EXTRA_TOKENS, stop_token_ids
 
     hf = subject.load_hf_model()
@@ -199,7 +199,7 @@ def test_kv_generation_with_emphasis_equals_hooked_loop_tiny(tiny_llama, tiny_pr
 def test_kv_generation_with_emphasis_equals_hooked_loop_gemma2(tiny_gemma2_dir, tiny_probes):
     """Gemma-2: attention and final-logit soft-capping; probes outgrowing the sliding window (16) take the exact
     loop, shorter ones the KV cache, and both equal the hooked loop."""
-    from unpact_mech.models import load_model
+    from unpact_mech.model.loading import load_model
 
     gemma = load_model(str(tiny_gemma2_dir))
     tps = tokenize_probes(gemma, tiny_probes, "plain")
@@ -238,7 +238,7 @@ def _check_kv_scoring_equals_hooks(subject, tps, factor):
 
 
 def test_kv_scoring_with_emphasis_equals_hooks_gemma2(tiny_gemma2_dir, tiny_probes):
-    from unpact_mech.models import load_model
+    from unpact_mech.model.loading import load_model
 
     gemma = load_model(str(tiny_gemma2_dir))
     gemma.backend.config.sliding_window = 4096  # longer than the probes: the KV path, with soft-capping

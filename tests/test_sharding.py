@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 
 from unpact_mech.cli import main
-from unpact_mech.errors import UnpactError
-from unpact_mech.sharding import ShardError, canonical, merge_parts, parse_shard, take_shard
+from unpact_mech.core.errors import UnpactError
+from unpact_mech.runtime.sharding import ShardError, canonical, merge_parts, parse_shard, take_shard
 
 
 @pytest.fixture()

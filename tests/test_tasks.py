@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 import torch
 
-from unpact_mech.data import load_benchmark
-from unpact_mech.errors import UnknownNameError, UnpactError
-from unpact_mech.metrics import rouge_l_f1
-from unpact_mech.ou_metrics import extraction_strength
+from unpact_mech.core.errors import UnknownNameError, UnpactError
+from unpact_mech.evals.loaders import load_benchmark
+from unpact_mech.evals.metrics import rouge_l_f1
+from unpact_mech.evals.ou_metrics import extraction_strength
+from unpact_mech.evals.tasks import TASKS, greedy_texts, task, task_metrics
 from unpact_mech.probes import Probe, tokenize_probes
 from unpact_mech.scoring import score_probes
-from unpact_mech.tasks import TASKS, greedy_texts, task, task_metrics
 
 
 def _jsonl(path, rows):
@@ -83,7 +83,7 @@ def test_wmdp_lettered_prompts_carry_each_subset_s_description(tmp_path, tiny_ll
 
 
 def test_tofu_task_with_forget_quality(tmp_path, tiny_llama, tiny_llama_other_dir):
-    from unpact_mech.models import load_model
+    from unpact_mech.model.loading import load_model
 
     rows = [{"question": "what is the capital of france ?", "answer": "paris", "paraphrased_answer": "the capital is paris",
              "perturbed_answer": ["tokyo", "mars"]},
@@ -182,9 +182,9 @@ def test_tofu_model_utility_of_all_nine_numbers(tmp_path, tiny_llama, tiny_llama
     """Real authors / world facts in TOFU's schema: probability normalised over the options, ROUGE-L recall and the
     truth ratio (the answer itself as the correct one), each written out here from naive per-answer scoring; and
     the study's task stage combines retain + real authors + world facts into the harmonic mean of the nine."""
-    from unpact_mech.experiments.base import LazyBase
-    from unpact_mech.experiments.dilemma import task_stage
-    from unpact_mech.ou_metrics import rouge_l
+    from unpact_mech.evals.ou_metrics import rouge_l
+    from unpact_mech.study.base import LazyBase
+    from unpact_mech.study.dilemma import task_stage
 
     def avg_nll(q: str, a: str) -> float:
         return -float(score_probes(tiny_llama, tokenize_probes(tiny_llama, [Probe("x", q, a)], "plain"))[0].logprobs.mean())
@@ -232,9 +232,9 @@ def test_tofu_forget_metrics_under_emphasis(tmp_path, tiny_llama, route):
     the route's hooks on the bridge; forget quality = scipy's KS p-value against given retain truth ratios."""
     from scipy.stats import ks_2samp
 
+    from unpact_mech.evals.tasks import tofu_under_emphasis
     from unpact_mech.hooks import Emphasis
     from unpact_mech.scoring import emphasis_hooks
-    from unpact_mech.tasks import tofu_under_emphasis
 
     rows = [{"question": "what is the capital of france ?", "answer": "paris", "paraphrased_answer": "it is paris",
              "perturbed_answer": ["tokyo", "mars"]},

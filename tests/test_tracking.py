@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from unpact_mech.compare import TokenizerMismatch, compare
-from unpact_mech.models import load_model, save_checkpoint
+from unpact_mech.analysis.compare import TokenizerMismatch, compare
+from unpact_mech.model.loading import load_model, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_tokenizer_mismatch_refused(tiny_llama, smol_like_other_vocab):
 
 @pytest.fixture(scope="module")
 def smol_like_other_vocab(tiny_llama):
-    from unpact_mech.models import Subject
+    from unpact_mech.model.loading import Subject
 
     class Other(Subject):  # a real subject whose vocabulary fingerprint differs
         def tokenizer_fingerprint(self) -> str:

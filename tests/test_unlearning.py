@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unpact_mech.models import load_model, read_provenance
+from unpact_mech.model.loading import load_model, read_provenance
 from unpact_mech.unlearning import METHODS, UnlearningError, collate, to_examples, unlearn
 from unpact_mech.unlearning import losses as L
 

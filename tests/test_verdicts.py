@@ -118,8 +118,8 @@ def test_headline_table_takes_the_best_specific_recovery():
 
 
 def test_every_null_says_what_it_could_have_detected():
-    """The null verdicts carry the minimum detectable effect at their n, from unpact_mech.power."""
-    from unpact_mech.power import destruction_mde, specific_mde
+    """The null verdicts carry the minimum detectable effect at their n, from unpact_mech.findings.power."""
+    from unpact_mech.findings.power import destruction_mde, specific_mde
 
     row = _row(recovery_attention_n=11, recovery_attention_random=0.05)
     v = recovery_verdicts([row], n_draws=2)[0]

@@ -3,7 +3,7 @@
 import pytest
 
 from unpact_mech.probes import Probe, tokenize_probe
-from unpact_mech.words import FUNCTION_WORDS, WORD, function_word_positions, word_kind
+from unpact_mech.probes.words import FUNCTION_WORDS, WORD, function_word_positions, word_kind
 
 
 def test_word_kinds_on_whole_words():

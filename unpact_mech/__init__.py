@@ -24,49 +24,52 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
+from unpact_mech import _compat
+
 __version__ = "0.1.0"
+_compat.install()  # the old import paths, for one release
 
 # public name -> (module, attribute)
 _API: dict[str, tuple[str, str]] = {
-    "UnpactError": ("unpact_mech.errors", "UnpactError"),
-    "load_model": ("unpact_mech.models", "load_model"),
-    "load_nnsight": ("unpact_mech.models", "load_nnsight"),
-    "save_checkpoint": ("unpact_mech.models", "save_checkpoint"),
-    "Subject": ("unpact_mech.subject", "Subject"),
+    "UnpactError": ("unpact_mech.core.errors", "UnpactError"),
+    "load_model": ("unpact_mech.model.loading", "load_model"),
+    "load_nnsight": ("unpact_mech.model.loading", "load_nnsight"),
+    "save_checkpoint": ("unpact_mech.model.loading", "save_checkpoint"),
+    "Subject": ("unpact_mech.model.subject", "Subject"),
     "Probe": ("unpact_mech.probes", "Probe"),
     "TokenizedProbe": ("unpact_mech.probes", "TokenizedProbe"),
     "load_probes": ("unpact_mech.probes", "load_probes"),
     "tokenize_probe": ("unpact_mech.probes", "tokenize_probe"),
     "tokenize_probes": ("unpact_mech.probes", "tokenize_probes"),
-    "KeyTokenParams": ("unpact_mech.keytokens", "KeyTokenParams"),
-    "select_keytokens": ("unpact_mech.keytokens", "select_keytokens"),
-    "load_benchmark": ("unpact_mech.data", "load_benchmark"),
-    "filter_known": ("unpact_mech.data", "filter_known"),
+    "KeyTokenParams": ("unpact_mech.probes.keytokens", "KeyTokenParams"),
+    "select_keytokens": ("unpact_mech.probes.keytokens", "select_keytokens"),
+    "load_benchmark": ("unpact_mech.evals.loaders", "load_benchmark"),
+    "filter_known": ("unpact_mech.evals.loaders", "filter_known"),
     "Analysis": ("unpact_mech.analysis", "Analysis"),
     "attribute": ("unpact_mech.attribution", "attribute"),
-    "compare": ("unpact_mech.compare", "compare"),
-    "localise": ("unpact_mech.localise", "localise"),
+    "compare": ("unpact_mech.analysis.compare", "compare"),
+    "localise": ("unpact_mech.analysis.localise", "localise"),
     "recovery": ("unpact_mech.findings", "recovery"),
     "destruction": ("unpact_mech.findings", "destruction"),
-    "emphasize": ("unpact_mech.emphasis", "emphasize"),
+    "emphasize": ("unpact_mech.analysis.emphasis", "emphasize"),
     "patch": ("unpact_mech.patching", "patch"),
     "recover": ("unpact_mech.routes", "recover"),
     "unlearn": ("unpact_mech.unlearning", "unlearn"),
-    "evaluate": ("unpact_mech.tasks", "evaluate"),
-    "Study": ("unpact_mech.experiments.study", "Study"),
-    "StudyConfig": ("unpact_mech.experiments.study", "StudyConfig"),
+    "evaluate": ("unpact_mech.evals.tasks", "evaluate"),
+    "Study": ("unpact_mech.study.config", "Study"),
+    "StudyConfig": ("unpact_mech.study.config", "StudyConfig"),
 }
 
 # registry kind -> (module, registry): list_<kind>() names what is registered
 _REGISTRIES: dict[str, tuple[str, str]] = {
-    "models": ("unpact_mech.models", "BUILTIN_MODELS"),
-    "benchmarks": ("unpact_mech.data", "BENCHMARKS"),
-    "tasks": ("unpact_mech.tasks", "TASKS"),
+    "models": ("unpact_mech.model.loading", "BUILTIN_MODELS"),
+    "benchmarks": ("unpact_mech.evals.loaders", "BENCHMARKS"),
+    "tasks": ("unpact_mech.evals.tasks", "TASKS"),
     "methods": ("unpact_mech.unlearning", "METHODS"),
     "attribution_methods": ("unpact_mech.attribution", "ATTRIBUTION_METHODS"),
-    "criteria": ("unpact_mech.criteria", "CRITERIA"),
+    "criteria": ("unpact_mech.evals.criteria", "CRITERIA"),
     "routes": ("unpact_mech.routes", "RECOVERY_ROUTES"),
-    "metrics": ("unpact_mech.ou_metrics", "OU_METRICS"),
+    "metrics": ("unpact_mech.evals.ou_metrics", "OU_METRICS"),
 }
 
 
@@ -127,21 +130,21 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and editors see; at run time each name loads on first use
     from unpact_mech.analysis import Analysis
+    from unpact_mech.analysis.compare import compare
+    from unpact_mech.analysis.emphasis import emphasize
+    from unpact_mech.analysis.localise import localise
     from unpact_mech.attribution import attribute
-    from unpact_mech.compare import compare
-    from unpact_mech.data import filter_known, load_benchmark
-    from unpact_mech.emphasis import emphasize
-    from unpact_mech.errors import UnpactError
-    from unpact_mech.experiments.study import Study, StudyConfig
+    from unpact_mech.core.errors import UnpactError
+    from unpact_mech.evals.loaders import filter_known, load_benchmark
+    from unpact_mech.evals.tasks import evaluate
     from unpact_mech.findings import destruction, recovery
-    from unpact_mech.keytokens import KeyTokenParams, select_keytokens
-    from unpact_mech.localise import localise
-    from unpact_mech.models import load_model, load_nnsight, save_checkpoint
+    from unpact_mech.model.loading import load_model, load_nnsight, save_checkpoint
+    from unpact_mech.model.subject import Subject
     from unpact_mech.patching import patch
     from unpact_mech.probes import Probe, TokenizedProbe, load_probes, tokenize_probe, tokenize_probes
+    from unpact_mech.probes.keytokens import KeyTokenParams, select_keytokens
     from unpact_mech.routes import recover
-    from unpact_mech.subject import Subject
-    from unpact_mech.tasks import evaluate
+    from unpact_mech.study.config import Study, StudyConfig
     from unpact_mech.unlearning import unlearn
 
     def list_models() -> list[str]: ...

@@ -17,13 +17,13 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from unpact_mech.backends import fast_path
-from unpact_mech.backends.kernel import AnswerIndex, answer_logprobs, logprob_moments
-from unpact_mech.errors import NonFiniteError, UnpactError
+from unpact_mech.core.errors import NonFiniteError, UnpactError
+from unpact_mech.core.log import say
 from unpact_mech.hooks import EMPHASIS_MODES, Emphasis
-from unpact_mech.log import say
+from unpact_mech.model.backends import fast_path
+from unpact_mech.model.backends.kernel import AnswerIndex, answer_logprobs, logprob_moments
+from unpact_mech.model.subject import Subject
 from unpact_mech.probes import TokenizedProbe
-from unpact_mech.subject import Subject
 
 Hook = tuple[Any, Callable[..., Any]]
 # hooks for every chunk, or a function of a chunk's sequence indices (row r of the batch = chunk[r])
@@ -147,7 +147,7 @@ def score_sequences(
     function of the chunk (the sequence indices of the batch rows) for per-row interventions; ``emphasis``
     declares one instead (:class:`~unpact_mech.hooks.Emphasis`, positions per sequence). Without hooks given or attached, a
     ``kv_prefix`` backend scores on its KV cache with the chunk's shared prefix (the chat template) run once,
-    emphasis included (:meth:`~unpact_mech.backends.hf.HFBackend.emphasis_prefill`); otherwise the backend's
+    emphasis included (:meth:`~unpact_mech.model.backends.hf.HFBackend.emphasis_prefill`); otherwise the backend's
     forward runs right-padded batches with the hooks. The two paths are tested equal. Without hooks or
     emphasis, a subject with a ``memo`` dict (see ``Subject.memoize``) reuses earlier scores.
     """

@@ -30,14 +30,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from unpact_mech.attribution.registry import register
-from unpact_mech.backends.kernel import AnswerIndex, OutputTransform, answer_logprobs
-from unpact_mech.display import attention_html
-from unpact_mech.errors import UnpactError
+from unpact_mech.attribution.table import make_table
+from unpact_mech.core.display import attention_html
+from unpact_mech.core.errors import UnpactError
 from unpact_mech.hooks import act_name
+from unpact_mech.model.backends.kernel import AnswerIndex, OutputTransform, answer_logprobs
+from unpact_mech.model.subject import Subject
 from unpact_mech.probes import TokenizedProbe
 from unpact_mech.scoring import memoized
-from unpact_mech.subject import Subject
-from unpact_mech.tables import make_table
 
 Target = Literal["logit", "logit_diff"]
 

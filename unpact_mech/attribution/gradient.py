@@ -33,13 +33,13 @@ from tqdm.auto import tqdm
 
 from unpact_mech.attribution.loo import baseline_token_id
 from unpact_mech.attribution.registry import register
-from unpact_mech.backends import KV_PREFIX, fast_path, require
-from unpact_mech.backends.kernel import AnswerIndex, answer_logprobs, per_sequence
-from unpact_mech.errors import UnpactError
+from unpact_mech.attribution.table import make_table
+from unpact_mech.core.errors import UnpactError
+from unpact_mech.model.backends import KV_PREFIX, fast_path, require
+from unpact_mech.model.backends.kernel import AnswerIndex, answer_logprobs, per_sequence
+from unpact_mech.model.subject import Subject
 from unpact_mech.probes import TokenizedProbe
 from unpact_mech.scoring import DEFAULT_BATCH_TOKENS
-from unpact_mech.subject import Subject
-from unpact_mech.tables import make_table
 
 BASELINES: tuple[str, ...] = ("zero", "token")
 

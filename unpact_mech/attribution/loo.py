@@ -18,17 +18,17 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from unpact_mech.attribution.registry import register
-from unpact_mech.backends import fast_path
-from unpact_mech.backends.hf import HFBackend, expand_cache
-from unpact_mech.backends.kernel import AnswerIndex, answer_logprobs, per_sequence
-from unpact_mech.display import loo_block, nb_html
-from unpact_mech.errors import UnpactError
-from unpact_mech.keytokens import select_keytokens
-from unpact_mech.log import say
+from unpact_mech.attribution.table import make_table
+from unpact_mech.core.display import loo_block, nb_html
+from unpact_mech.core.errors import UnpactError
+from unpact_mech.core.log import say
+from unpact_mech.model.backends import fast_path
+from unpact_mech.model.backends.hf import HFBackend, expand_cache
+from unpact_mech.model.backends.kernel import AnswerIndex, answer_logprobs, per_sequence
+from unpact_mech.model.subject import Subject
 from unpact_mech.probes import TokenizedProbe
+from unpact_mech.probes.keytokens import select_keytokens
 from unpact_mech.scoring import DEFAULT_BATCH_TOKENS, check_finite, memo_of, right_pad, score_sequences
-from unpact_mech.subject import Subject
-from unpact_mech.tables import make_table
 
 Variant = Literal["delete", "replace"]
 
@@ -207,7 +207,7 @@ def loo_contributions(
     """Leave-one-out contributions for many probes.
 
     Default: per probe, the prefix shared by all variants is computed once (KV cache) and the variants'
-    remainders run as one batch (:func:`unpact_mech.backends.fast_path`); a probe with at least ``LONG_SPAN``
+    remainders run as one batch (:func:`unpact_mech.model.backends.fast_path`); a probe with at least ``LONG_SPAN``
     attributable tokens reuses, for deletion i, the original's cache of positions < i (:func:`_loo_prefix_reuse`;
     ``prefix_reuse=False`` turns that off). With hooks given or attached (``hooks.applied``), a
     backend without ``kv_prefix``, or ``prefix_cache=False``, every variant of every probe runs in full through

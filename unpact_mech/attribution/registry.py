@@ -12,9 +12,9 @@ from typing import Any
 
 import pandas as pd
 
+from unpact_mech.core.registry import Registry
+from unpact_mech.model.subject import Subject
 from unpact_mech.probes import Probe, TokenizedProbe, check_unique_ids, tokenize_probes
-from unpact_mech.registry import Registry
-from unpact_mech.subject import Subject
 
 AttributionFn = Callable[..., pd.DataFrame]
 LEVELS = ("token", "component")

@@ -1,6 +1,6 @@
 """``unpact`` command line (``main``): parse, check, run one command, print a user error as one line (exit 2).
 
-Every option is checked when parsed (``unpact_mech.options``), options a run would ignore are refused, and the
+Every option is checked when parsed (``unpact_mech.core.options``), options a run would ignore are refused, and the
 model specs are checked, all before any model or data loads. Ctrl-C prints one line (what was kept, how to go
 on) and exits 130. Only this package imports inside functions, so that start-up stays fast.
 """
@@ -14,12 +14,12 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from unpact_mech.cli import benchmarks as _benchmarks  # noqa: F401  (registers study, evaluate)
+from unpact_mech.cli import study as _study  # noqa: F401  (registers study, evaluate, data, merge)
 from unpact_mech.cli.commands import COMMANDS, _params
 from unpact_mech.cli.parser import build_parser
 from unpact_mech.cli.scale import check_executor
-from unpact_mech.errors import UnpactError
-from unpact_mech.options import resolve_routed
+from unpact_mech.core.errors import UnpactError
+from unpact_mech.core.options import resolve_routed
 
 INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
@@ -27,7 +27,7 @@ INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 def _check_specs(args: argparse.Namespace) -> None:
     """Every model spec of the command, checked without loading anything (a missing --unlearned is found before
     --base loads)."""
-    from unpact_mech.models import check_spec
+    from unpact_mech.model.loading import check_spec
 
     for dest in ("model", "base", "unlearned", "retain_model"):
         spec = getattr(args, dest, None)
@@ -41,7 +41,7 @@ def _check_specs(args: argparse.Namespace) -> None:
 def _check_placement(args: argparse.Namespace) -> None:
     """--device, --device-map and --max-memory together make sense before a model loads."""
     if "device_map" in vars(args):
-        from unpact_mech.models import placement_kwargs
+        from unpact_mech.model.loading import placement_kwargs
 
         placement_kwargs(args.device, args.device_map, None, args.max_memory)
 

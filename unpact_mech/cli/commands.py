@@ -13,9 +13,9 @@ import pandas as pd
 
 from unpact_mech.cli import scale
 from unpact_mech.cli.scale import FAILED, load_kwargs, loads_beyond_config, uses_ray
-from unpact_mech.errors import UnpactError
-from unpact_mech.keytokens import KeyTokenParams, select_keytokens
-from unpact_mech.registry import Registry
+from unpact_mech.core.errors import UnpactError
+from unpact_mech.core.registry import Registry
+from unpact_mech.probes.keytokens import KeyTokenParams, select_keytokens
 
 COMMANDS: Registry[Callable[[argparse.Namespace], int]] = Registry("command")
 
@@ -27,14 +27,14 @@ def command(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callab
 
 def _check_out(a: argparse.Namespace, kind: str = "file", inputs: Sequence[str] = ()) -> Path:
     """Check ``--out`` before any work (suffix for tables, writable, not an input, no silent overwrite)."""
-    from unpact_mech.io import TABLE_SUFFIXES, check_output
+    from unpact_mech.core.io import TABLE_SUFFIXES, check_output
 
     return check_output(a.out, kind, a.overwrite, TABLE_SUFFIXES if kind == "file" else (), inputs)
 
 
 def _load(a: argparse.Namespace, spec: str) -> Any:
     """``load_model(spec)`` with the options of :func:`_model_args`."""
-    from unpact_mech.models import load_model
+    from unpact_mech.model.loading import load_model
 
     return load_model(spec, verbose=True, **load_kwargs(a))
 
@@ -44,8 +44,8 @@ def _params(a: argparse.Namespace) -> KeyTokenParams:
 
 
 def _load_probes_arg(spec: str, split: str | None = None) -> list[Any]:
-    """:func:`unpact_mech.data.load_probe_spec`: a probe file or a benchmark spec."""
-    from unpact_mech.data import load_probe_spec
+    """:func:`unpact_mech.evals.loaders.load_probe_spec`: a probe file or a benchmark spec."""
+    from unpact_mech.evals.loaders import load_probe_spec
 
     return load_probe_spec(spec, split)
 
@@ -56,7 +56,7 @@ def _same_path(x: str, y: str) -> bool:
 
 def _models(a: argparse.Namespace) -> tuple[Any, Any]:
     """The base (--base) and unlearned (--unlearned) models; their specs and on-disk tokenizers checked first."""
-    from unpact_mech.models import check_pair_before_loading
+    from unpact_mech.model.loading import check_pair_before_loading
 
     check_pair_before_loading(a.base, a.unlearned, a.trust_remote_code)
     return _load(a, a.base), _load(a, a.unlearned)
@@ -77,7 +77,7 @@ def _print_df(df: pd.DataFrame) -> None:
 def cmd_attribute(a: argparse.Namespace) -> int:
     from unpact_mech.attribution import attribute, method_info
     from unpact_mech.probes import tokenize_probes
-    from unpact_mech.sharding import run_key, take_shard, write_part
+    from unpact_mech.runtime.sharding import run_key, take_shard, write_part
 
     probes, shard = _probes_from_args(a), a.shard
     if a.out:
@@ -115,8 +115,8 @@ def cmd_attribute(a: argparse.Namespace) -> int:
 
 @command("compare")
 def cmd_compare(a: argparse.Namespace) -> int:
-    from unpact_mech.compare import compare, summarise
-    from unpact_mech.io import atomic_write_json, write_table
+    from unpact_mech.analysis.compare import compare, summarise
+    from unpact_mech.core.io import atomic_write_json, write_table
 
     out, failed = _check_out(a), scale.no_failures()
     if uses_ray(a):
@@ -141,11 +141,11 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 @command("demo")
 def cmd_demo(a: argparse.Namespace) -> int:
-    from unpact_mech.data import load_benchmark
-    from unpact_mech.experiments import LazyBase, keytoken_stage
-    from unpact_mech.experiments.study import Study, StudyConfig
-    from unpact_mech.io import check_output
+    from unpact_mech.core.io import check_output
+    from unpact_mech.evals.loaders import load_benchmark
     from unpact_mech.report.tables import format_rates
+    from unpact_mech.study import LazyBase, keytoken_stage
+    from unpact_mech.study.config import Study, StudyConfig
 
     kprobes = load_benchmark("facts", split=a.split)[: a.n]
 
@@ -172,7 +172,7 @@ def _mech_table(a: argparse.Namespace) -> Any:
     """Shared body of ``unpact dla`` / ``unpact paths``: load, shard, attribute, write; returns the table."""
     from unpact_mech.attribution import attribute
     from unpact_mech.probes import tokenize_probes
-    from unpact_mech.sharding import run_key, take_shard, write_part
+    from unpact_mech.runtime.sharding import run_key, take_shard, write_part
 
     probes, shard = _probes_from_args(a), a.shard
     _check_out(a)
@@ -212,8 +212,8 @@ def cmd_paths(a: argparse.Namespace) -> int:
 
 @command("localise")
 def cmd_localise(a: argparse.Namespace) -> int:
-    from unpact_mech.io import write_table
-    from unpact_mech.localise import localise
+    from unpact_mech.analysis.localise import localise
+    from unpact_mech.core.io import write_table
     from unpact_mech.report.figures import head_heatmap, logit_lens_curves, save_figure, source_heatmap
 
     out = _check_out(a, "dir")
@@ -238,7 +238,7 @@ def cmd_localise(a: argparse.Namespace) -> int:
 def cmd_unlearn(a: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from unpact_mech.models import read_provenance
+    from unpact_mech.model.loading import read_provenance
     from unpact_mech.unlearning import resolve_config, unlearn
     from unpact_mech.unlearning.resume import ResumeFiles, check_resume, refuse_legacy
 
@@ -263,8 +263,8 @@ def cmd_unlearn(a: argparse.Namespace) -> int:
 
 @command("emphasize")
 def cmd_emphasize(a: argparse.Namespace) -> int:
+    from unpact_mech.core.io import write_table
     from unpact_mech.findings import destruction, recovery
-    from unpact_mech.io import write_table
 
     factors = sorted({1.0, *a.factors}) if a.sweep else [1.0, max(a.factors)]
     routes, criteria = a.routes, a.criteria
@@ -298,19 +298,21 @@ def cmd_emphasize(a: argparse.Namespace) -> int:
 
 @command("recover")
 def cmd_recover(a: argparse.Namespace) -> int:
+    import unpact_mech.routes as rt
     from unpact_mech.analysis import Analysis
-    from unpact_mech.io import write_table
-    from unpact_mech.routes import check_route_data, recover, route_data
+    from unpact_mech.core.io import write_table
 
     routes, criteria, bits, steps = a.routes, a.criteria, a.bits, a.relearn_steps
     out = _check_out(a, "dir")
     probes = _load_probes_arg(a.probes)
-    forget, retain, shots, unknown = route_data(probes, a.n, a.shots, a.n_control)
-    check_route_data(routes, forget, unknown, retain, shots)  # before the models load
+    forget, retain, shots, unknown = rt.route_data(probes, a.n, a.shots, a.n_control)
+    rt.check_route_data(routes, forget, unknown, retain, shots)  # before the models load
     base, unl = _models(a)
-    options = {"quantize": {"bits": bits, "quantizers": a.quantizers}, "relearn": {"steps": steps, "lr": a.relearn_lr},
-               "in_context": {"shots": a.shots}, "emphasis": {"factors": (1.0, 8.0), "n_draws": a.draws}}
-    table = recover(Analysis(base, forget, _params(a), a.format), unl, forget, unknown, retain, shots,
+    options = {"quantize": rt.QuantizeOptions(bits=tuple(bits), quantizers=tuple(a.quantizers)),
+               "relearn": rt.RelearnOptions(steps=tuple(steps), lr=a.relearn_lr),
+               "in_context": rt.InContextOptions(shots=a.shots),
+               "emphasis": rt.EmphasisOptions(factors=tuple(a.factors), n_draws=a.draws)}
+    table = rt.recover(Analysis(base, forget, _params(a), a.format), unl, forget, unknown, retain, shots,
                     routes, criteria, options, progress=True, collateral=unknown)
     write_table(table, out / "recovery_routes.csv")
     print("how superficial is the forgetting: forget probes the base answers and the unlearned model does not, "
@@ -323,7 +325,7 @@ def cmd_recover(a: argparse.Namespace) -> int:
 
 @command("patch")
 def cmd_patch(a: argparse.Namespace) -> int:
-    from unpact_mech.io import write_table
+    from unpact_mech.core.io import write_table
     from unpact_mech.patching import ESTIMATES, patch
     from unpact_mech.probes import tokenize_probes
     from unpact_mech.report.figures import patch_heatmap, save_figure
@@ -362,35 +364,6 @@ def cmd_patch(a: argparse.Namespace) -> int:
     _print_df(best[["direction", "probe_id", "kind", "layer", "position", "token", "restoration"]].round(3))
     print(f"wrote {out}")
     return FAILED if failed else 0
-
-
-@command("merge")
-def cmd_merge(a: argparse.Namespace) -> int:
-    from unpact_mech.sharding import merge_parts
-
-    _check_out(a, inputs=a.parts)
-    merged = merge_parts(a.parts, a.out)
-    print(f"merged {len(a.parts)} parts, {len(merged)} rows -> {a.out}")
-    return 0
-
-
-@command("data")
-def cmd_data(a: argparse.Namespace) -> int:
-    from unpact_mech.data import BENCHMARKS, load_benchmark
-    from unpact_mech.probes import Probe
-
-    if a.action == "list":
-        for name, fn in sorted(BENCHMARKS.items()):
-            print(f"{name:12s} {(fn.__doc__ or '').strip().splitlines()[0]}")
-        return 0
-    if not a.name:
-        raise UnpactError("unpact data show: give a benchmark NAME (see `unpact data list`)")
-    items = load_benchmark(a.name, subset=a.subset, split=a.split, source=a.source)
-    where = " ".join(f"{k}={v}" for k, v in (("subset", a.subset), ("split", a.split), ("source", a.source)) if v)
-    print(f"{a.name}{' ' + where if where else ''}: {len(items)} items")
-    for it in items[: a.n]:
-        print("  " + (json.dumps(it.to_dict())[:300] if isinstance(it, Probe) else repr(str(it)[:300])))
-    return 0
 
 
 def _probes_from_args(a: argparse.Namespace) -> list[Any]:

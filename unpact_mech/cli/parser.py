@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from unpact_mech.keytokens import ALPHA, BETA
-from unpact_mech.options import (
+from unpact_mech.core.options import (
     MAX_RELEARN_STEPS,
     MAX_STEPS,
     choice_list,
@@ -25,6 +24,7 @@ from unpact_mech.options import (
     unit_float,
 )
 from unpact_mech.probes import FORMATS, SPLITS
+from unpact_mech.probes.keytokens import ALPHA, BETA
 
 POS = positive_int()
 
@@ -83,7 +83,7 @@ def name_spec(text: str) -> tuple[str, str]:
 
 
 def _executor_args(p: argparse.ArgumentParser, cmd: str) -> None:
-    """Where the probes run: this process, or a Ray actor pool (``unpact_mech.executors``)."""
+    """Where the probes run: this process, or a Ray actor pool (``unpact_mech.runtime.executors``)."""
     p.add_argument("--executor", type=executor(), default="local",
                    help="local (this process), ray (a local Ray cluster) or ray=ADDRESS (join one): the probes run "
                    "over a pool of actors, one loaded model each; parts stream into OUT.ray/, and rerunning the same "
@@ -101,8 +101,8 @@ def _output_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from unpact_mech.attribution import ATTRIBUTION_METHODS, method_info
-    from unpact_mech.multiple_choice import FORMULATIONS
-    from unpact_mech.tasks import TASKS
+    from unpact_mech.evals.multiple_choice import FORMULATIONS
+    from unpact_mech.evals.tasks import TASKS
 
     p = argparse.ArgumentParser(prog="unpact", description="Look inside unlearned language models: KeyTokens, direct "
                                 "logit attribution, attention paths, emphasis, patching and the unlearning dilemma.")
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     _keytoken_args(s)
     _model_args(s)
 
-    from unpact_mech.experiments.settings import add_run_arguments
+    from unpact_mech.study.settings import add_run_arguments
 
     s = sub.add_parser("demo", help="the main job on the embedded default model")
     add_run_arguments(s, "unpact_out/demo")
@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "forget + retain people to --model (OUT/finetuned/full, the studied model) and the retain people "
                    "alone (OUT/finetuned/retain, forget quality's reference), e.g. --probes fictitious:40:0:5")
     s.add_argument("--finetune-steps", type=positive_int(MAX_STEPS), default=None,
-                   help="teaching steps for both models (default: FINETUNE in unpact_mech.experiments.settings)")
+                   help="teaching steps for both models (default: FINETUNE in unpact_mech.study.settings)")
     s.add_argument("--retain-model", default=None, metavar="SPEC",
                    help="--task tofu: the model never taught the forget set (e.g. open-unlearning's retain90 model), "
                    "the reference of forget quality; --finetune makes its own")
@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", default="auto", choices=list(FORMATS))
     _model_args(s)
 
-    from unpact_mech.criteria import CRITERIA
+    from unpact_mech.evals.criteria import CRITERIA
     from unpact_mech.hooks import EMPHASIS_MODES
 
     s = sub.add_parser("emphasize", help="finding 2: recovery by emphasising KeyTokens (" + ", ".join(EMPHASIS_MODES)
@@ -244,25 +244,38 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("recover", help="recovery routes: emphasis, quantisation, relearning, in-context, with controls")
     _pair_args(s, "probes with splits: forget (tested), retain (relearning data), general (few-shot examples, then "
                "control facts)")
-    from unpact_mech.routes import RECOVERY_ROUTES
+    from unpact_mech.routes import (
+        QUANTIZERS,
+        RECOVERY_ROUTES,
+        EmphasisOptions,
+        InContextOptions,
+        QuantizeOptions,
+        RelearnOptions,
+    )
 
-    s.add_argument("--routes", default="emphasis,quantize,relearn,in_context", type=choice_list(list(RECOVERY_ROUTES)),
+    def joined(xs: tuple) -> str:  # a default of the routes' options dataclasses, as the flag spells it
+        return ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in xs)
+
+    s.add_argument("--routes", default=",".join(RECOVERY_ROUTES), type=choice_list(list(RECOVERY_ROUTES)),
                    help="recovery routes: " + ", ".join(RECOVERY_ROUTES))
     s.add_argument("--criteria", default="teacher_forced,generation", type=choice_list(list(CRITERIA)))
     s.add_argument("--n", type=POS, default=12, help="forget probes (and retain probes for relearning)")
     s.add_argument("--n-control", type=POS, default=24, help="general probes offered as control facts")
-    s.add_argument("--bits", default="8,4", type=int_list(2, 16), help="quantisation bit widths in 2..16 (RTN, group 64)")
-    from unpact_mech.routes import QUANTIZERS
-
-    s.add_argument("--quantizers", default="rtn,nf4", type=choice_list(list(QUANTIZERS)),
+    s.add_argument("--factors", default=joined(EmphasisOptions.factors), type=factor_list(),
+                   help="emphasis factors in (0, 1000] (the best per mode is reported)")
+    s.add_argument("--draws", type=POS, default=EmphasisOptions.n_draws, help="random-token control draws for emphasis")
+    s.add_argument("--bits", default=joined(QuantizeOptions.bits), type=int_list(2, 16),
+                   help="quantisation bit widths in 2..16 (RTN, group 64)")
+    s.add_argument("--quantizers", default=joined(QuantizeOptions.quantizers), type=choice_list(list(QUANTIZERS)),
                    help="quantisers of the quantize route: " + "; ".join(f"{k}: {v}" for k, v in QUANTIZERS.items()))
-    s.add_argument("--relearn-steps", default="1,2,4", type=int_list(1, MAX_RELEARN_STEPS),
+    s.add_argument("--relearn-steps", default=joined(RelearnOptions.steps), type=int_list(1, MAX_RELEARN_STEPS),
                    help=f"relearning steps k at which to evaluate, in 1..{MAX_RELEARN_STEPS}")
-    s.add_argument("--relearn-lr", type=positive_float(), default="1e-5", help="relearning learning rate (> 0)")
-    s.add_argument("--shots", type=POS, default=3, help="few-shot examples for the in-context route")
-    s.add_argument("--draws", type=POS, default=3, help="random-token control draws for emphasis")
-    for flag, r in (("--bits", "quantize"), ("--quantizers", "quantize"), ("--relearn-steps", "relearn"), ("--relearn-lr", "relearn"),
-                    ("--shots", "in_context"), ("--draws", "emphasis")):
+    s.add_argument("--relearn-lr", type=positive_float(), default=f"{RelearnOptions.lr:g}",
+                   help="relearning learning rate (> 0)")
+    s.add_argument("--shots", type=POS, default=InContextOptions.shots, help="few-shot examples for the in-context route")
+    for flag, r in (("--bits", "quantize"), ("--quantizers", "quantize"), ("--relearn-steps", "relearn"),
+                    ("--relearn-lr", "relearn"), ("--shots", "in_context"), ("--draws", "emphasis"),
+                    ("--factors", "emphasis")):
         route(s, "recover", flag, _uses_route(r), f"the {r} route (add it to --routes)")
     s.add_argument("--out", default="recovery")
     _output_args(s)

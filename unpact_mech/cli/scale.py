@@ -1,7 +1,7 @@
 """``--executor ray[=ADDRESS]`` for the per-probe commands (attribute, dla, paths, compare, patch).
 
 Each command's work on one probe is a module-level function here (Ray ships it to the actors by reference), run
-through :func:`unpact_mech.executors.run_ray`; the command then writes the combined tables through the same code
+through :func:`unpact_mech.runtime.executors.run_ray`; the command then writes the combined tables through the same code
 as its single-process path. Probes that failed are listed at the end and the command exits 1.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from unpact_mech.errors import UnpactError
+from unpact_mech.core.errors import UnpactError
 
 FAILED = 1  # exit status of a run in which some probes failed (the others were written)
 
@@ -46,7 +46,7 @@ def check_executor(a: argparse.Namespace) -> None:
     beside it)."""
     if not uses_ray(a):
         return
-    from unpact_mech.executors import check_ray
+    from unpact_mech.runtime.executors import check_ray
 
     if getattr(a, "out", None) is None:
         raise UnpactError("--executor ray streams its parts beside --out; give --out FILE")
@@ -65,8 +65,8 @@ def attribute_work(models: list[Any], probe: Any, method: str, fmt: str, target:
 
 def compare_work(models: list[Any], probe: Any, alpha: float, beta: int, max_keytokens: int | None,
                  fmt: str) -> dict:
-    from unpact_mech.compare import compare
-    from unpact_mech.keytokens import KeyTokenParams
+    from unpact_mech.analysis.compare import compare
+    from unpact_mech.probes.keytokens import KeyTokenParams
 
     base, unl = models
     return {"per_probe": compare(base, unl, [probe], KeyTokenParams(alpha, beta, max_keytokens), fmt=fmt).per_probe}
@@ -91,7 +91,7 @@ def patch_work(models: list[Any], probe: Any, method: str, kinds: Sequence[str],
 def run(a: argparse.Namespace, command: str, options: dict[str, Any], specs: Sequence[str], work: Any,
         probes: Sequence[Any]) -> tuple[dict[str, pd.DataFrame], list[tuple[int, str, str]]]:
     """Run ``work`` per probe on Ray; the combined tables and the failures (also printed)."""
-    from unpact_mech.executors import ProbeJob, parts_dir, run_ray
+    from unpact_mech.runtime.executors import ProbeJob, parts_dir, run_ray
 
     kw = load_kwargs(a)
     job = ProbeJob(command, {**options, **{k: str(v) for k, v in kw.items()}}, tuple((s, kw) for s in specs), work)

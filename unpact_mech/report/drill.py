@@ -19,11 +19,11 @@ from typing import Any
 
 import pandas as pd
 
-from unpact_mech.criteria import CRITERIA
-from unpact_mech.io import read_table
-from unpact_mech.meter import describe
-from unpact_mech.models import read_provenance
-from unpact_mech.pipeline import read_cost, read_stamp
+from unpact_mech.core.io import read_table
+from unpact_mech.core.meter import describe
+from unpact_mech.evals.criteria import CRITERIA
+from unpact_mech.model.loading import read_provenance
+from unpact_mech.runtime.pipeline import read_cost, read_stamp
 from unpact_mech.unlearning import METHODS
 
 # the hyperparameters every method uses; each method's own are its registered defaults

@@ -20,9 +20,9 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from unpact_mech.display import token_label
-from unpact_mech.errors import UnpactError
-from unpact_mech.io import atomic_write
+from unpact_mech.core.display import token_label
+from unpact_mech.core.errors import UnpactError
+from unpact_mech.core.io import atomic_write
 
 
 def _notebook_display() -> None:
@@ -268,7 +268,7 @@ def frontier(df: pd.DataFrame, x: str = "destructive", y: str = "keytokens", con
 def power_curves(curve: pd.DataFrame, title: str = "Power of the KeyToken-specific test (paired bootstrap, 95%)",
                  target: float = 0.8) -> Figure:
     """Simulated power against the planted effect, one line per n, with the Wilson interval over replicates and
-    the target power dashed. ``curve``: rows of :func:`unpact_mech.power.power_curve`."""
+    the target power dashed. ``curve``: rows of :func:`unpact_mech.findings.power.power_curve`."""
     fig, ax = subplots(figsize=(7.5, 4.0))
     for n, g in curve.groupby("n"):
         ax.errorbar(g.effect, g.power, yerr=[g.power - g.power_low, g.power_high - g.power], fmt="-o", ms=3,

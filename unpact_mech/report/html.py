@@ -11,8 +11,8 @@ from typing import Any
 
 import pandas as pd
 
-from unpact_mech.display import CSS
-from unpact_mech.io import atomic_write_text
+from unpact_mech.core.display import CSS
+from unpact_mech.core.io import atomic_write_text
 
 REPORT_CSS = (".toc{border:1px solid #ccc;padding:.5em 1em;margin:1em 0;max-width:60em}.toc ol{margin:.3em 0}"
               ".keyres{border:2px solid #4a7;background:#f4fbf6;padding:.5em 1em;max-width:70em}"

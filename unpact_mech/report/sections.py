@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from unpact_mech.display import colour_legend, comparison_block, strip_scale
-from unpact_mech.io import read_table
-from unpact_mech.metrics import GEN_THRESHOLD
-from unpact_mech.power import REPS, power_curve, specific_mde
+from unpact_mech.core.display import colour_legend, comparison_block, strip_scale
+from unpact_mech.core.io import read_table
+from unpact_mech.evals.metrics import GEN_THRESHOLD
+from unpact_mech.findings.power import REPS, power_curve, specific_mde
 from unpact_mech.report.drill import drill_down, eligibility_counts, settings_rows
 from unpact_mech.report.figures import (
     factor_curves,
@@ -41,6 +41,7 @@ from unpact_mech.report.tables import (
     format_rates,
     headline_table,
     route_table,
+    word_kind_table,
 )
 from unpact_mech.report.verdicts import (
     control_caption,
@@ -55,7 +56,6 @@ from unpact_mech.report.verdicts import (
     verdicts,
     word_kind_caption,
 )
-from unpact_mech.stats import bootstrap_mean
 
 
 @dataclass
@@ -247,7 +247,7 @@ POWER_NS = (24, 48, 100)  # beside the study's own n: what more probes would buy
 @section(4.5, "What a null could have detected: power")
 def _power(ctx: ReportContext) -> Body:
     """The KeyToken-specific test's simulated power at the study's smallest and largest n of eligible probes and
-    at larger n, at the observed random-control rate (``unpact_mech.power``)."""
+    at larger n, at the observed random-control rate (``unpact_mech.findings.power``)."""
     ns, p_random = specific_tests(ctx.rows)
     if not ns:
         return None
@@ -263,17 +263,8 @@ def _power(ctx: ReportContext) -> Body:
                                                                else f"n = {n}: none" for n in sizes) + ".")
     return ("<p>This study has " + (f"{min(ns)} to {max(ns)}" if min(ns) != max(ns) else f"{min(ns)}")
             + " eligible probes per test. A null here excludes only effects at least as large as the 80%-power "
-            "effect at that n (unpact_mech/power.py; analyses/power.py runs the full curve).</p>"
+            "effect at that n (unpact_mech/findings/power.py; analyses/power.py runs the full curve).</p>"
             + ctx.figure(power_curves(curve), "power", cap))
-
-
-def word_kind_table(fw: pd.DataFrame) -> pd.DataFrame:
-    """Mean contribution change per (method, word kind) with its 95% bootstrap interval over tokens."""
-    rows = []
-    for (m, kind), g in fw.groupby(["method", "kind"], sort=False):
-        est, lo, hi = bootstrap_mean(list(g["change"].dropna()))
-        rows.append({"method": m, "kind": kind, "change": est, "low": lo, "high": hi, "n": len(g)})
-    return pd.DataFrame(rows)
 
 
 @section(5, "Finding 3: what unlearning penalised on retain probes")
@@ -337,7 +328,7 @@ def _task_metrics(ctx: ReportContext) -> Body:
     t["cell"] = [f"{v:.3f}" + (f" ({int(k)}/{int(n)}, {lo:.2f}-{hi:.2f})" if "k" in t and pd.notna(k) else f" (n={int(n)})")
                  for v, k, n, lo, hi in zip(t.value, t.get("k", t.n), t.n, t.get("low", t.value), t.get("high", t.value))]
     wide = t.pivot_table(index=[c for c in ("task", "split", "metric", "reference") if c in t], columns="role", values="cell", aggfunc="first", sort=False)
-    return ("<p>Scored as the benchmark scores them (<i>unpact_mech.tasks</i>; each row's reference is the file its "
+    return ("<p>Scored as the benchmark scores them (<i>unpact_mech.evals.tasks</i>; each row's reference is the file its "
             "formula follows). Rates: k/n with a Wilson 95% interval.</p>" + wide.reset_index().to_html(index=False))
 
 

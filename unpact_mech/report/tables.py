@@ -11,8 +11,9 @@ from typing import Any
 
 import pandas as pd
 
-from unpact_mech.criteria import CRITERIA
-from unpact_mech.emphasis import EMPHASIS_NAMES
+from unpact_mech.analysis.emphasis import EMPHASIS_NAMES
+from unpact_mech.core.stats import bootstrap_mean
+from unpact_mech.evals.criteria import CRITERIA
 
 
 def ci_text(est: float, lo: float, hi: float, extra: str = "") -> str:
@@ -168,3 +169,12 @@ def headline_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     best = [_best_specific(r) for r in rows]
     t["best specific recovery"], t["route, criterion"] = [b[0] for b in best], [b[1] for b in best]
     return t
+
+
+def word_kind_table(fw: pd.DataFrame) -> pd.DataFrame:
+    """Mean contribution change per (method, word kind) with its 95% bootstrap interval over tokens."""
+    rows = []
+    for (m, kind), g in fw.groupby(["method", "kind"], sort=False):
+        est, lo, hi = bootstrap_mean(list(g["change"].dropna()))
+        rows.append({"method": m, "kind": kind, "change": est, "low": lo, "high": hi, "n": len(g)})
+    return pd.DataFrame(rows)

@@ -9,7 +9,7 @@ Rules, per method and criterion (95% intervals throughout):
 * **Finding 3 (destruction):** a method *destroys* retain (general) facts if the Wilson interval of the
   destructive rate excludes 0; "all" when k = n.
 * **Recovery routes:** a route treatment *recovers beyond its control* if the excess interval lies above 0.
-* **Every null says what it could have detected** (``unpact_mech.power``): Finding 2's summary gives the
+* **Every null says what it could have detected** (``unpact_mech.findings.power``): Finding 2's summary gives the
   minimum KeyToken-specific effect found with 80% power at the n seen; each null destruction verdict the smallest
   destructive rate found with 80% power at its n.
 
@@ -25,8 +25,8 @@ from typing import Any
 
 import pandas as pd
 
-from unpact_mech.emphasis import EMPHASIS_NAMES
-from unpact_mech.power import destruction_mde, specific_mde
+from unpact_mech.analysis.emphasis import EMPHASIS_NAMES
+from unpact_mech.findings.power import destruction_mde, specific_mde
 from unpact_mech.report.tables import ci_text, criteria_of, finite
 
 
@@ -73,7 +73,7 @@ def power_rate(p_random: float) -> float:
 
 def power_note(ns: list[int], p_random: float, n_draws: int) -> str:
     """What the KeyToken-specific test could have detected at the n seen: the minimum detectable effect with 80%
-    power at the smallest and largest n (``unpact_mech.power``, simulated at the observed random-control rate)."""
+    power at the smallest and largest n (``unpact_mech.findings.power``, simulated at the observed random-control rate)."""
     sizes = sorted({int(n) for n in ns if n >= 1})
     if not sizes:
         return ""
@@ -83,7 +83,7 @@ def power_note(ns: list[int], p_random: float, n_draws: int) -> str:
                                     for n in (sizes[-1], sizes[0])))
     return (f". What a null could have detected: at these n of eligible probes, the test finds a KeyToken-specific "
             f"effect (KeyTokens recovering that much more often than random tokens) of {txt} with 80% power, "
-            f"at the observed random-control rate {p:.2f} with {n_draws} draws (simulated, unpact_mech/power.py)")
+            f"at the observed random-control rate {p:.2f} with {n_draws} draws (simulated, unpact_mech/findings/power.py)")
 
 
 def specific_tests(rows: list[dict[str, Any]]) -> tuple[list[int], float]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from unpact_mech.errors import UnpactError
+from unpact_mech.core.errors import UnpactError
 
 
 class UnlearningError(UnpactError):
@@ -18,7 +18,7 @@ class UnlearnConfig:
     ``gamma``, ``alpha`` and ``beta`` keep open-unlearning's names (its trainer configs), so a published config
     maps field for field: gamma weighs the forget term, alpha the retain term, beta is the inverse temperature of
     NPO, SimNPO and IdkDPO. They are unrelated to the KeyToken constants ``KeyTokenParams.alpha/beta`` (paper
-    eq. 3-4), which live in ``unpact_mech.keytokens``.
+    eq. 3-4), which live in ``unpact_mech.probes.keytokens``.
     """
 
     lr: float = 1e-5

@@ -31,7 +31,13 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from unpact_mech.backends.kernel import AnswerIndex, OutputTransform, answer_logprobs, per_sequence, unembed
+from unpact_mech.model.backends.kernel import (
+    AnswerIndex,
+    OutputTransform,
+    answer_logprobs,
+    per_sequence,
+    unembed,
+)
 from unpact_mech.unlearning.config import UnlearningError
 
 Batch = dict[str, Tensor]

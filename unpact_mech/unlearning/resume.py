@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from unpact_mech.errors import UnpactError
-from unpact_mech.io import atomic_write, atomic_write_json, json_safe, sha256_file
+from unpact_mech.core.errors import UnpactError
+from unpact_mech.core.io import atomic_write, atomic_write_json, json_safe, sha256_file
 
 FORMAT = "unpact-resume-v1"
 

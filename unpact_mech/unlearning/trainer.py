@@ -33,15 +33,15 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from unpact_mech.backends import fast_path, frozen
-from unpact_mech.backends.kernel import AnswerIndex, answer_logprobs, per_sequence
-from unpact_mech.errors import UnknownNameError
-from unpact_mech.io import check_output
-from unpact_mech.log import say
-from unpact_mech.models import data_hash, save_checkpoint
+from unpact_mech.core.errors import UnknownNameError
+from unpact_mech.core.io import check_output
+from unpact_mech.core.log import say
+from unpact_mech.model.backends import fast_path, frozen
+from unpact_mech.model.backends.kernel import AnswerIndex, answer_logprobs, per_sequence
+from unpact_mech.model.loading import data_hash, save_checkpoint
+from unpact_mech.model.subject import Subject
 from unpact_mech.probes import Probe
 from unpact_mech.scoring import pad_token_id
-from unpact_mech.subject import Subject
 from unpact_mech.unlearning import losses as L
 from unpact_mech.unlearning.config import UnlearnConfig, UnlearningError
 from unpact_mech.unlearning.data import Example, collate, to_examples

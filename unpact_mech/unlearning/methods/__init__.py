@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from unpact_mech.registry import Registry
+from unpact_mech.core.registry import Registry
 from unpact_mech.unlearning import losses as L
 from unpact_mech.unlearning.config import UnlearnConfig
 from unpact_mech.unlearning.data import Example

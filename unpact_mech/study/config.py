@@ -1,0 +1,161 @@
+"""The study as one config object: ``Study(StudyConfig(...)).run()``.
+
+A :class:`StudyConfig` holds every option of a study run that a file can state (model, methods or given
+checkpoints, probes, task, steps, target, KeyToken parameters, finetune, on_change, dtype, device). A run writes
+it to ``OUT/study.json`` once it finishes: ``unpact study --config OUT/study.json`` reruns exactly that study
+(every stage is then reused from its stamp, which is built from the same values). Config files are JSON, or
+YAML by their suffix (``.yaml``/``.yml``).
+
+The budgets (``BUDGET``, ``ROUTE_BUDGET`` in :mod:`unpact_mech.study.settings`) are not yet config fields:
+they are recorded in every stage's stamp and in the report's settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from unpact_mech.core.errors import UnpactError
+from unpact_mech.core.io import atomic_write_text
+from unpact_mech.evals.loaders import load_probe_spec
+from unpact_mech.model import loading as models
+from unpact_mech.probes.keytokens import KeyTokenParams
+from unpact_mech.study.dilemma import run_demo
+from unpact_mech.study.settings import BUDGET, PAPER_METHODS
+
+CONFIG_FILE = "study.json"  # what every run writes into its OUT
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything a study run depends on that a file can state (see the module docstring).
+
+    ``unlearned``: (name, checkpoint spec) pairs analysed as they are, instead of training ``methods``.
+    ``probes``: probe specs (:func:`unpact_mech.evals.loaders.load_probe_spec`), concatenated.
+    ``per_split``: known probes per split (None: all).
+    """
+
+    model: str = "smollm2-135m"
+    methods: tuple[str, ...] = PAPER_METHODS
+    unlearned: tuple[tuple[str, str], ...] = ()
+    probes: tuple[str, ...] = ("facts",)
+    task: str | None = None
+    out: str = "unpact_out/study"
+    steps: int | None = None
+    target: float = 0.25
+    patch: bool = True
+    per_split: int | None = BUDGET["per_split"]
+    known_only: bool = True
+    keytokens: KeyTokenParams = field(default_factory=KeyTokenParams)
+    finetune: bool = False
+    finetune_steps: int | None = None
+    retain_model: str | None = None
+    on_change: str = "recompute"
+    dtype: str = "float32"
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        # checked before any work (run_demo checks the rest: methods, task, steps, target, on_change)
+        if not self.probes:
+            raise UnpactError("a study needs probes: give at least one probe spec (e.g. 'facts')")
+        if self.dtype not in DTYPES:
+            raise UnpactError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.finetune_steps is not None and not self.finetune:
+            raise UnpactError("finetune_steps (--finetune-steps) sets the teaching of finetune: add --finetune "
+                              "(finetune: true in a config), or drop it")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values (tuples as lists, ``unlearned`` as a mapping)."""
+        d = dataclasses.asdict(self)
+        d["unlearned"] = dict(self.unlearned)
+        return json.loads(json.dumps(d))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> StudyConfig:
+        """The config of ``d`` (as :meth:`to_dict` writes it); an unknown key is refused, naming the known ones.
+        Lists become tuples (the config is frozen and hashable), ``unlearned`` may be a mapping."""
+        d = dict(d)
+        for key in ("methods", "probes"):
+            if isinstance(d.get(key), list):
+                d[key] = tuple(d[key])
+        if "unlearned" in d:
+            pairs = d["unlearned"].items() if isinstance(d["unlearned"], Mapping) else d["unlearned"] or ()
+            d["unlearned"] = tuple((str(n), str(s)) for n, s in pairs)
+        if isinstance(d.get("keytokens"), Mapping):
+            d["keytokens"] = _from_fields(KeyTokenParams, d["keytokens"], "keytokens")
+        return _from_fields(cls, d, "study config")
+
+    def dump(self, path: str | Path) -> Path:
+        """Write the config to ``path`` (JSON, or YAML for ``.yaml``/``.yml``), atomically."""
+        path = Path(path)
+        if path.suffix in (".yaml", ".yml"):
+            return atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> StudyConfig:
+        """The config in ``path`` (JSON, or YAML by suffix)."""
+        path = Path(path)
+        if not path.is_file():
+            raise UnpactError(f"study config {str(path)!r} does not exist (a study writes OUT/{CONFIG_FILE})")
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            try:
+                d = yaml.safe_load(text)
+            except yaml.YAMLError as e:
+                raise UnpactError(f"study config {str(path)!r} is not valid YAML: {e}") from None
+        else:
+            try:
+                d = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise UnpactError(f"study config {str(path)!r} is not valid JSON ({e}); YAML files end in .yaml") from None
+        if not isinstance(d, Mapping):
+            raise UnpactError(f"study config {str(path)!r} must hold a mapping of options, got {type(d).__name__}")
+        return cls.from_dict(d)
+
+
+def _from_fields(cls: Any, d: Mapping[str, Any], what: str) -> Any:
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise UnpactError(f"{what}: unknown option(s) {', '.join(map(repr, unknown))}; options are {', '.join(known)}")
+    try:
+        return cls(**d)
+    except TypeError as e:
+        raise UnpactError(f"{what}: {e}") from None
+
+
+class Study:
+    """One study run from its config: ``Study(config).run()`` returns the summary table (one row per method and
+    criterion) and writes ``OUT/report.html``, the stages' caches and ``OUT/study.json``."""
+
+    def __init__(self, config: StudyConfig | Mapping[str, Any]) -> None:
+        """``config``: a StudyConfig, or a mapping of its options (as a config file holds them)."""
+        self.config = config if isinstance(config, StudyConfig) else StudyConfig.from_dict(config)
+
+    def run(self, model: Any = None, on_keytokens: Callable[[pd.DataFrame], None] | None = None,
+            keytoken_probes: Sequence[Any] | None = None) -> pd.DataFrame:
+        """Run (or resume) the study. ``model``: an already loaded Subject of ``config.model`` (e.g. loaded with
+        options a file cannot state, such as ``max_memory``); default: loaded from the config. ``on_keytokens``
+        receives the base model's KeyToken table of ``keytoken_probes`` first (``unpact demo`` prints it)."""
+        c = self.config
+        probes = [p for spec in c.probes for p in load_probe_spec(spec)]
+        if model is None:
+            model = c.model
+            if c.dtype != "float32" or c.device is not None:
+                model = models.load_model(c.model, verbose=True, dtype=c.dtype, device=c.device)
+        table = run_demo(model, c.methods, c.out, steps=c.steps, target=c.target, patch=c.patch,
+                         per_split=c.per_split, probes=probes, known_only=c.known_only, params=c.keytokens,
+                         on_change=c.on_change, unlearned=dict(c.unlearned), task_name=c.task, finetune=c.finetune,
+                         finetune_settings=None if c.finetune_steps is None else {"steps": c.finetune_steps},
+                         retain_model=c.retain_model, on_keytokens=on_keytokens, keytoken_probes=keytoken_probes)
+        c.dump(Path(c.out) / CONFIG_FILE)
+        return table
