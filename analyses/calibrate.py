@@ -16,7 +16,7 @@ from pathlib import Path
 from unpact_mech.core.io import atomic_write_json, check_output
 from unpact_mech.core.options import choice_list
 from unpact_mech.evals.loaders import load_benchmark
-from unpact_mech.study import BUDGET, LazyBase, data_stage
+from unpact_mech.study import PER_SPLIT, LazyBase, data_stage
 from unpact_mech.study.settings import START_LR
 from unpact_mech.study.unlearn import calibrate_lr
 
@@ -33,7 +33,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     check_output(out / "calibration.json", overwrite=a.overwrite)
     lazy = LazyBase(a.model)
-    data, _ = data_stage(lazy, out, load_benchmark("facts"), True, BUDGET["per_split"])
+    data, _ = data_stage(lazy, out, load_benchmark("facts"), True, PER_SPLIT)
     rows = [calibrate_lr(lazy.get(), m, data["forget"], data["retain"], START_LR[m], a.target) for m in a.methods]
     atomic_write_json(out / "calibration.json", rows)
     for r in rows:

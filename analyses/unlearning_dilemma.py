@@ -13,15 +13,15 @@ import argparse
 import pandas as pd
 
 from unpact_mech.core.options import per_split
-from unpact_mech.study import BUDGET, add_run_arguments, run_demo
+from unpact_mech.study import PER_SPLIT, add_run_arguments, run_demo
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     add_run_arguments(ap, "unpact_out/dilemma")
     ap.add_argument("--no-patch", action="store_true")
-    ap.add_argument("--per-split", type=per_split, default=BUDGET["per_split"],
-                    help=f"known facts per split (default {BUDGET['per_split']}, the demo's), or 'all'")
+    ap.add_argument("--per-split", type=per_split, default=PER_SPLIT,
+                    help=f"known facts per split (default {PER_SPLIT}, the demo's), or 'all'")
     a = ap.parse_args()
     t = run_demo(a.model, a.methods, a.out, a.steps, a.target, patch=not a.no_patch, on_change=a.on_change,
                  per_split=a.per_split)

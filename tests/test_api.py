@@ -15,6 +15,7 @@ import unpact_mech as um
 from unpact_mech.core.errors import UnpactError
 from unpact_mech.probes.keytokens import KeyTokenParams
 from unpact_mech.study.config import CONFIG_FILE, Study, StudyConfig
+from unpact_mech.study.settings import Budget, FrontierBudget, RouteBudget
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,13 +121,35 @@ def test_docs_python_blocks_run(doc, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
 
 
+def test_docs_yaml_blocks_are_valid_study_configs():
+    """Every YAML block of docs/ is a study config as a file would hold it (checked field by field, budgets
+    included), so the guide's example cannot drift from StudyConfig."""
+    import yaml
+
+    blocks = [b for doc in sorted((ROOT / "docs").glob("*.md"))
+              for b in re.findall(r"```yaml\n(.*?)```", doc.read_text(), re.S)]
+    assert blocks
+    for b in blocks:
+        cfg = StudyConfig.from_dict(yaml.safe_load(b))
+        assert cfg.to_dict() == StudyConfig.from_dict(cfg.to_dict()).to_dict()
+    first = StudyConfig.from_dict(yaml.safe_load(blocks[0]))
+    assert first.route_budget.routes == ("emphasis", "quantize") and first.budget.n_draws == 3
+
+
 def test_study_config_round_trips_through_json_and_yaml(tmp_path):
     cfg = StudyConfig(model="m", methods=("ga_gdr",), unlearned=(("a", "dir/a"),), probes=("facts", "x.jsonl"),
-                      task="tofu", steps=3, per_split=None, keytokens=KeyTokenParams(alpha=0.2, beta=3))
+                      task="tofu", steps=3, per_split=None, keytokens=KeyTokenParams(alpha=0.2, beta=3),
+                      budget=Budget(n_draws=3, frontier=FrontierBudget(every=3)), factors=(1.0, 4.0),
+                      route_budget=RouteBudget(routes=("emphasis", "quantize"), quantizers=("rtn",)))
     for name in ("c.json", "c.yaml"):
         assert StudyConfig.load(cfg.dump(tmp_path / name)) == cfg
     d = json.loads((tmp_path / "c.json").read_text())
     assert d["unlearned"] == {"a": "dir/a"} and d["keytokens"]["alpha"] == 0.2 and d["methods"] == ["ga_gdr"]
+    assert d["budget"]["frontier"] == {"factors": [1.0, 8.0], "routes": ["attention"], "n_draws": 1, "every": 3}
+    assert d["route_budget"]["routes"] == ["emphasis", "quantize"] and d["factors"] == [1.0, 4.0]
+    # a file may state only what it changes: the rest of each budget keeps its default
+    part = StudyConfig.from_dict({"budget": {"n_draws": 5}, "route_budget": {"shots": 2}})
+    assert part.budget == Budget(n_draws=5) and part.route_budget == RouteBudget(shots=2)
     assert StudyConfig.from_dict({}) == StudyConfig() and hash(cfg) == hash(StudyConfig.from_dict(d))
 
 
@@ -137,6 +160,11 @@ def test_study_config_round_trips_through_json_and_yaml(tmp_path):
     ({"dtype": "int8"}, "dtype must be one of"),
     ({"probes": []}, "needs probes"),
     ({"finetune_steps": 3}, "add --finetune"),
+    ({"budget": {"n_drawz": 2}}, r"budget: unknown option\(s\) 'n_drawz'; options are candidates, n_draws"),
+    ({"budget": {"frontier": {"every": 0}}}, "budget.frontier.every must be a positive integer, got 0"),
+    ({"budget": [1, 2]}, "budget must be a mapping of candidates, n_draws"),
+    ({"route_budget": {"routes": ["emphasis", "quantise"]}}, r"unknown route\(s\) \['quantise'\]; routes are"),
+    ({"factors": [1, 2000]}, r"factors must be a non-empty list of emphasis factors in \(0, 1000\]"),
 ])
 def test_bad_study_configs_are_refused_with_the_fix(bad, msg):
     with pytest.raises(UnpactError, match=msg):
@@ -170,9 +198,28 @@ def test_a_study_writes_the_config_that_reruns_it(tiny_llama_dir, tmp_path, monk
     f = save_probes(TINY_FACTS, tmp_path / "p.jsonl")
     out = tmp_path / "study"
     cfg = StudyConfig(model=str(tiny_llama_dir), methods=("ga_gdr",), probes=(str(f),), out=str(out), steps=2,
-                      target=0.0, patch=False, known_only=False)
-    table = Study(cfg).run()
+                      target=0.0, patch=False, known_only=False, factors=(1.0, 4.0),
+                      budget=Budget(n_draws=1, gen_factors=(4.0,)),
+                      route_budget=RouteBudget(routes=("emphasis", "in_context"), shots=1, n_control=4))
+    res = Study(cfg).run()
+    table = res.summary
     assert StudyConfig.load(out / CONFIG_FILE) == cfg
+    # the typed result reads the same files the stages wrote, and loads back from OUT alone
+    assert list(res.methods) == ["ga_gdr"] and res.report == out / "report.html"
+    assert res["ga_gdr"].row == json.loads((out / "ga_gdr" / "result.json").read_text())
+    pd.testing.assert_frame_equal(res["ga_gdr"].table("recovery_routes"),
+                                  pd.read_csv(out / "ga_gdr" / "recovery_routes.csv"), check_dtype=False)
+    with pytest.raises(UnpactError, match="unknown result table 'recovery_route'; tables are keyword_focus"):
+        res["ga_gdr"].table("recovery_route")
+    with pytest.raises(UnpactError, match="has no patch_positions table"):  # patch=False: not written
+        res["ga_gdr"].table("patch_positions")
+    again = um.StudyResult.load(out)
+    assert list(again.methods) == ["ga_gdr"] and again["ga_gdr"].row == res["ga_gdr"].row
+    # the config's budgets are what ran: its routes, its emphasis factors, its draws
+    assert set(pd.read_csv(out / "ga_gdr" / "recovery_routes.csv").route) == {"emphasis", "in_context"}
+    rates = pd.read_csv(out / "ga_gdr" / "recovery_rates.csv")
+    assert set(rates.factor.dropna()) == {4.0}  # factor 1 is the unemphasised baseline, not a rate row
+    assert "config per_split" in (out / "report.html").read_text()
     stamps = {p: p.read_text() for p in out.rglob("*.stamp.json")}
     capsys.readouterr()
     assert main(["study", "--config", str(out / CONFIG_FILE)]) == 0
@@ -210,7 +257,7 @@ def test_the_demo_is_a_preset_study(monkeypatch, tmp_path):
     """`unpact demo` runs Study on a config (the built-in facts, the paper's methods, the settings' budget), the same
     config `unpact study` builds from the same options, so its OUT/study.json reruns it."""
     from unpact_mech.cli import main
-    from unpact_mech.study.settings import BUDGET, PAPER_METHODS
+    from unpact_mech.study.settings import PAPER_METHODS, PER_SPLIT
 
     class Ran(Exception):
         pass
@@ -229,5 +276,5 @@ def test_the_demo_is_a_preset_study(monkeypatch, tmp_path):
         main(["study", "--out", out, "--steps", "3", "--alpha", "0.2"])
     (demo, model, kp), (study, _, _) = seen
     assert demo == study == StudyConfig(out=out, steps=3, keytokens=KeyTokenParams(alpha=0.2))
-    assert demo.methods == PAPER_METHODS and demo.probes == ("facts",) and demo.per_split == BUDGET["per_split"]
+    assert demo.methods == PAPER_METHODS and demo.probes == ("facts",) and demo.per_split == PER_SPLIT
     assert model is None and len(kp) == 12  # the KeyToken table's probes: the demo's --n

@@ -58,6 +58,8 @@ _API: dict[str, tuple[str, str]] = {
     "evaluate": ("unpact_mech.evals.tasks", "evaluate"),
     "Study": ("unpact_mech.study.config", "Study"),
     "StudyConfig": ("unpact_mech.study.config", "StudyConfig"),
+    "StudyResult": ("unpact_mech.runtime.results", "StudyResult"),
+    "MethodResult": ("unpact_mech.runtime.results", "MethodResult"),
 }
 
 # registry kind -> (module, registry): list_<kind>() names what is registered
@@ -89,7 +91,8 @@ globals().update(_LISTERS)
 
 # every public name (checked against _API and the listers in tests/test_api.py)
 __all__ = [
-    "Analysis", "KeyTokenParams", "Probe", "Study", "StudyConfig", "Subject", "TokenizedProbe", "UnpactError",
+    "Analysis", "KeyTokenParams", "MethodResult", "Probe", "Study", "StudyConfig", "StudyResult", "Subject",
+    "TokenizedProbe", "UnpactError",
     "attribute", "compare", "destruction", "emphasize", "evaluate", "filter_known", "list_attribution_methods",
     "list_benchmarks", "list_criteria", "list_methods", "list_metrics", "list_models", "list_routes", "list_tasks",
     "load_benchmark", "load_model", "load_nnsight", "load_probes", "localise", "patch", "recover", "recovery",
@@ -144,6 +147,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time each name l
     from unpact_mech.probes import Probe, TokenizedProbe, load_probes, tokenize_probe, tokenize_probes
     from unpact_mech.probes.keytokens import KeyTokenParams, select_keytokens
     from unpact_mech.routes import recover
+    from unpact_mech.runtime.results import MethodResult, StudyResult
     from unpact_mech.study.config import Study, StudyConfig
     from unpact_mech.unlearning import unlearn
 

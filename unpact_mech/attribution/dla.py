@@ -353,9 +353,9 @@ class AttentionView:
 @torch.no_grad()
 def attention_view(subject: Subject, tp: TokenizedProbe, heads: Sequence[tuple[int, int]]) -> AttentionView:
     """The attention patterns of ``heads`` ((layer, head) pairs) on ``tp``, from one cached forward."""
-    bad = [(layer, h) for layer, h in heads if not (0 <= layer < subject.cfg.n_layers and 0 <= h < subject.cfg.n_heads)]
+    bad = [(layer, h) for layer, h in heads if not (0 <= layer < subject.n_layers and 0 <= h < subject.cfg.n_heads)]
     if bad:
-        raise UnpactError(f"no such head(s) {bad}: layers 0..{subject.cfg.n_layers - 1}, heads "
+        raise UnpactError(f"no such head(s) {bad}: layers 0..{subject.n_layers - 1}, heads "
                           f"0..{subject.cfg.n_heads - 1}")
     names = {act_name("pattern", layer) for layer, _ in heads}
     _, cache = run_cache(subject, tp.ids, names)

@@ -162,7 +162,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     cfg = StudyConfig(model=a.model, methods=tuple(a.methods), probes=("facts",), out=a.out, steps=a.steps,
                       target=a.target, keytokens=_params(a), on_change=a.on_change, dtype=a.dtype, device=a.device)
     loaded = _load(a, a.model) if loads_beyond_config(a) else None
-    table = Study(cfg).run(loaded, on_keytokens=show, keytoken_probes=kprobes)
+    table = Study(cfg).run(loaded, on_keytokens=show, keytoken_probes=kprobes).summary
     print("\nSummary (one row per unlearning method):")
     _print_df(format_rates(table).round(3))  # rates rounded once, by format_rates
     return 0
@@ -347,7 +347,7 @@ def cmd_patch(a: argparse.Namespace) -> int:
                    for t in ("positions", "heads"))
     else:
         base, unl = _models(a)
-        layers = list(range(0, base.cfg.n_layers, a.layer_step))
+        layers = list(range(0, base.n_layers, a.layer_step))
         frames, heads = [], []
         for d in a.direction:
             for tp in tokenize_probes(base, probes, a.format):

@@ -329,10 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="write the metrics table (.csv or .parquet)")
     _output_args(s)
     _model_args(s)
-    route(s, "evaluate", "--formulations", lambda a: a.task == "wmdp", "--task wmdp")
-    route(s, "evaluate", "--description", lambda a: a.task == "wmdp", "--task wmdp")
-    route(s, "evaluate", "--retain-model", lambda a: a.task == "tofu", "--task tofu")
-    route(s, "evaluate", "--max-new-tokens", lambda a: a.task in ("tofu", "muse-knowmem", "muse-verbmem"),
+    route(s, "evaluate", "--formulations", lambda a: TASKS[a.task].takes("formulations"), "--task wmdp")
+    route(s, "evaluate", "--description", lambda a: TASKS[a.task].takes("description"), "--task wmdp")
+    route(s, "evaluate", "--retain-model", lambda a: TASKS[a.task].takes("retain_model"),
+          "a task scored against a retain model (--task tofu)")
+    route(s, "evaluate", "--max-new-tokens", lambda a: TASKS[a.task].takes("max_new_tokens"),
           "--task tofu / muse-knowmem / muse-verbmem")
 
     s = sub.add_parser("data", help="list benchmarks or show a few rows of one")

@@ -78,7 +78,7 @@ def patch_work(models: list[Any], probe: Any, method: str, kinds: Sequence[str],
     from unpact_mech.probes import tokenize_probes
 
     base, unl = models
-    layers = list(range(0, base.cfg.n_layers, layer_step))
+    layers = list(range(0, base.n_layers, layer_step))
     (tp,) = tokenize_probes(base, [probe], fmt)
     pos, heads = [], []
     for d in directions:

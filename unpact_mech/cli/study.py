@@ -49,6 +49,7 @@ def _study_config(a: argparse.Namespace, parser_defaults: dict[str, Any]) -> Any
 def cmd_study(a: argparse.Namespace) -> int:
     from unpact_mech.cli.parser import build_parser
     from unpact_mech.core.io import read_table
+    from unpact_mech.evals.tasks import TASKS
     from unpact_mech.report.tables import format_rates
     from unpact_mech.study.config import Study
     from unpact_mech.study.dilemma import check_given
@@ -60,7 +61,8 @@ def cmd_study(a: argparse.Namespace) -> int:
     if cfg.finetune and given:
         raise UnpactError("--finetune trains the model the checkpoints would be compared with; --unlearned "
                           "checkpoints were made from another model: give one or the other")
-    if cfg.retain_model is not None and (cfg.finetune or cfg.task != "tofu"):
+    if cfg.retain_model is not None and (cfg.finetune or cfg.task is None
+                                         or not TASKS[cfg.task].takes("retain_model")):
         raise UnpactError("--retain-model is forget quality's reference for --task tofu (and --finetune teaches its "
                           "own): add --task tofu, or drop it")
     if given:
@@ -68,7 +70,7 @@ def cmd_study(a: argparse.Namespace) -> int:
     # options a config cannot state (placement, remote code, pickles) load the model here, as the config says
     a.dtype, a.device = cfg.dtype, cfg.device
     loaded = _load(a, cfg.model) if loads_beyond_config(a) else None
-    table = Study(cfg).run(loaded)
+    table = Study(cfg).run(loaded).summary
     print("\nSummary (one row per unlearned model):")
     _print_df(format_rates(table).round(3))
     if cfg.task:

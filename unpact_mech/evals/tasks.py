@@ -25,6 +25,7 @@ tokens and EOS); generation stops at EOS / end of turn, not at MUSE's stop words
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,20 +62,34 @@ MetricsFn = Callable[..., list[dict[str, Any]]]
 
 @dataclass(frozen=True)
 class Task:
-    """A registered benchmark protocol: its probe format, its correctness criterion for the findings, its metrics."""
+    """A registered benchmark protocol: its probe format, its correctness criterion for the findings, its metrics.
+
+    The study asks the task, never its name: ``by_split`` (scored per split, as TOFU reports its forget and retain
+    sets), ``utility`` (an aggregate of the per-split rows, e.g. TOFU's model utility), ``under_emphasis`` (its
+    forget metrics scored under an emphasis treatment); ``takes(option)`` whether its metrics accept an option
+    (``retain_model``, ``max_new_tokens``)."""
 
     name: str
     fmt: str
     criterion: str
     metrics: MetricsFn
     reference: str
+    by_split: bool = False
+    utility: Callable[[pd.DataFrame], dict[str, Any] | None] | None = None
+    under_emphasis: Callable[..., list[dict[str, Any]]] | None = None
+
+    def takes(self, option: str) -> bool:
+        return option in inspect.signature(self.metrics).parameters
 
 
 TASKS: Registry[Task] = Registry("task")
 
 
-def register_task(name: str, fmt: str, criterion: str, reference: str) -> Callable[[MetricsFn], MetricsFn]:
-    return TASKS.decorator(name, lambda fn: Task(name, fmt, criterion, fn, reference))
+def register_task(name: str, fmt: str, criterion: str, reference: str, **protocol: Any
+                  ) -> Callable[[MetricsFn], MetricsFn]:
+    """Register ``fn(subject, probes, **options) -> rows`` as task ``name``; ``protocol``: the :class:`Task`
+    fields ``by_split``, ``utility``, ``under_emphasis``."""
+    return TASKS.decorator(name, lambda fn: Task(name, fmt, criterion, fn, reference, **protocol))
 
 
 def task(name: str) -> Task:
@@ -197,7 +212,8 @@ def tofu_under_emphasis(subject: Subject, probes: list[Probe], emphasis: Emphasi
     return rows
 
 
-@register_task("tofu", fmt="auto", criterion="generation", reference=OU + "memorization.py")
+@register_task("tofu", fmt="auto", criterion="generation", reference=OU + "memorization.py", by_split=True,
+               utility=tofu_model_utility, under_emphasis=tofu_under_emphasis)
 def _tofu(subject: Subject, probes: list[Probe], retain_model: Subject | None = None, max_new_tokens: int = 200,
           fmt: str = "auto") -> list[dict[str, Any]]:
     sets = {p.meta.get("tofu_set") for p in probes}

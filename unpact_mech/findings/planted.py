@@ -38,7 +38,7 @@ def suppressed(an: Analysis, planted: Subject, probe: Probe, strength: float) ->
     """The planted suppression hooks for one probe: its base KeyTokens' attention scores times ``strength``."""
     tp = an.probes.get(probe)
     keys = an.keytoken_positions([tp])[0]
-    return steer_attention(keys, strength, planted.cfg.n_layers)
+    return steer_attention(keys, strength, planted.n_layers)
 
 
 def planted_recovery(an: Analysis, planted: Subject, recoverable: Sequence[Probe], erased: Sequence[Probe] = (),

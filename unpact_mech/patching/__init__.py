@@ -115,7 +115,7 @@ def patch_heads(
         fast = patch_fast(base, unlearned, tp, kinds=(), layers=layers, direction=direction)
         if fast is not None:
             return fast[1]
-    layers = list(range(base.cfg.n_layers)) if layers is None else list(layers)
+    layers = list(range(base.n_layers)) if layers is None else list(layers)
     n_heads = base.cfg.n_heads
     names = {act_name("z", layer) for layer in layers}
     target, cache, lp_src, lp_tgt = _endpoints(base, unlearned, tp, direction, names)

@@ -57,7 +57,7 @@ def _grid(base: Subject, tp: TokenizedProbe, kinds: Sequence[str], layers: Seque
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         raise UnpactError(f"unknown patch kind(s) {unknown}: use {sorted(KINDS)}")
-    n_layers, n_pos = base.cfg.n_layers, len(tp.ids) - 1  # the last token predicts nothing
+    n_layers, n_pos = base.n_layers, len(tp.ids) - 1  # the last token predicts nothing
     layers = list(range(n_layers)) if layers is None else list(layers)
     positions = list(range(min(tp.attributable), n_pos)) if positions is None else list(positions)
     bad_l = [x for x in layers if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < n_layers]

@@ -24,6 +24,7 @@ from unpact_mech.core.meter import describe
 from unpact_mech.evals.criteria import CRITERIA
 from unpact_mech.model.loading import read_provenance
 from unpact_mech.runtime.pipeline import read_cost, read_stamp
+from unpact_mech.runtime.results import table_path
 from unpact_mech.unlearning import METHODS
 
 # the hyperparameters every method uses; each method's own are its registered defaults
@@ -60,8 +61,7 @@ SHORT = {"teacher_forced": "tf", "generation": "gen", "multiple_choice": "mc"}  
 def forget_drill(out: Path, method: str, data: dict[str, list]) -> pd.DataFrame:
     """One row per forget probe: prompt, answer, and per criterion whether the base and the unlearned model
     answer it, whether it is eligible for recovery, which routes recovered it, and the generated answers."""
-    d = out / method
-    elig, sweep = _read(d / "eligibility.csv"), _read(d / "emphasis_sweep.csv")
+    elig, sweep = _read(table_path(out, method, "eligibility")), _read(table_path(out, method, "emphasis_sweep"))
     rec = recovered_by(sweep) if sweep is not None and not sweep.empty else pd.DataFrame(
         columns=["criterion", "probe_id", "recovered_by"])
     rows = []
@@ -88,7 +88,7 @@ def forget_drill(out: Path, method: str, data: dict[str, list]) -> pd.DataFrame:
 def destruction_drill(out: Path, method: str, data: dict[str, list]) -> pd.DataFrame:
     """One row per retain or general probe: per criterion whether the base and the unlearned model answer it and
     whether it was destroyed, with the generated answers."""
-    t = _read(out / method / "destruction.csv")
+    t = _read(table_path(out, method, "destruction"))
     if t is None:
         return pd.DataFrame()
     by_id = {p.id: p for s in ("retain", "general") for p in data.get(s, [])}
@@ -125,7 +125,7 @@ def eligibility_counts(out: Path, methods: list[str]) -> pd.DataFrame:
     general probes the base answers (the n of each destructive rate)."""
     rows = []
     for m in methods:
-        e, dt = _read(out / m / "eligibility.csv"), _read(out / m / "destruction.csv")
+        e, dt = _read(table_path(out, m, "eligibility")), _read(table_path(out, m, "destruction"))
         for crit in CRITERIA:
             if CRITERIA[crit].needs_choices and (e is None or not (e.criterion == crit).any()):
                 continue  # judged only on studies of probes with choices
@@ -202,6 +202,8 @@ def settings_rows(out: Path, rows: list[dict[str, Any]], data: dict[str, list], 
     if "factors" in settings:
         out_rows.append(("emphasis factors", ", ".join(f"x{f:g}" for f in settings["factors"])))
     out_rows += [(f"{group} {k}", str(v)) for group in ("budget", "route_budget") for k, v in settings.get(group, {}).items()]
+    shown = {"budget", "route_budget", "factors", "keytokens"}  # the study's config (OUT/study.json), the rest of it
+    out_rows += [(f"config {k}", json.dumps(v)) for k, v in settings.get("config", {}).items() if k not in shown]
     out_rows.append(("seeds", "random-token control draws: seed 0 (recovery); unlearning: each method's seed above"))
     out_rows += [(f"version {p}", _version(p)) for p in ("unpact_mech", "torch", "transformers", "transformer-lens")]
     return out_rows + stage_stamps(out)

@@ -56,6 +56,7 @@ from unpact_mech.report.verdicts import (
     verdicts,
     word_kind_caption,
 )
+from unpact_mech.runtime.results import table_path
 
 
 @dataclass
@@ -75,14 +76,14 @@ class ReportContext:
         return self.out / "figures"
 
     def table(self, method: str, name: str) -> pd.DataFrame:
-        """``OUT/METHOD/NAME.csv``, read once."""
+        """The method's table ``name`` (``runtime.results.METHOD_TABLES``), read once."""
         key = f"{method}/{name}"
         if key not in self.cache:
-            self.cache[key] = read_table(self.out / method / f"{name}.csv")
+            self.cache[key] = read_table(table_path(self.out, method, name))
         return self.cache[key]
 
     def has(self, method: str, name: str) -> bool:
-        return (self.out / method / f"{name}.csv").exists()
+        return table_path(self.out, method, name).exists()
 
     def figure(self, fig: Figure, name: str, caption: str) -> str:
         """Save ``fig`` as ``figures/NAME.png`` and return it embedded, numbered in report order, with its

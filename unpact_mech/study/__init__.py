@@ -7,8 +7,12 @@ from unpact_mech.study.settings import (
     BUDGET,
     FACTORS,
     PAPER_METHODS,
+    PER_SPLIT,
     ROUTE_BUDGET,
     SETTINGS,
+    Budget,
+    FrontierBudget,
+    RouteBudget,
     add_run_arguments,
     budget_order,
     control_candidates,
@@ -16,6 +20,6 @@ from unpact_mech.study.settings import (
 )
 from unpact_mech.study.unlearn import unlearn_stage
 
-__all__ = ["BUDGET", "FACTORS", "PAPER_METHODS", "ROUTE_BUDGET", "SETTINGS", "LazyBase", "add_run_arguments",
+__all__ = ["BUDGET", "FACTORS", "PAPER_METHODS", "PER_SPLIT", "Budget", "FrontierBudget", "RouteBudget", "ROUTE_BUDGET", "SETTINGS", "LazyBase", "add_run_arguments",
            "budget_order", "control_candidates", "data_stage", "keytoken_stage", "method_settings", "run_demo",
            "unlearn_stage"]

@@ -1,24 +1,32 @@
-"""The base model of a study, loaded only when a stage needs it, and its Analysis (the base side, built once)."""
+"""What every stage of a study shares: the base model, loaded only when a stage needs it, its Analysis (the base
+side, built once), the candidate pool, the given checkpoints and the budgets."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from unpact_mech.analysis import Analysis
 from unpact_mech.model import loading as models
+from unpact_mech.study.settings import BUDGET, FACTORS, ROUTE_BUDGET, Budget, RouteBudget
 
 
 class LazyBase:
-    """The base model, loaded (and memoized) only when a stage needs it, and its Analysis (built once)."""
+    """The base model, loaded (and memoized) only when a stage needs it, and its Analysis (built once); with what
+    every stage reads: ``pool`` (the candidate facts; the recovery routes draw their controls from it), ``given``
+    (name -> spec of checkpoints analysed as they are), the ``budget``, ``route_budget`` and emphasis
+    ``factors``."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, pool: Sequence[Any] = (), given: Mapping[str, str] | None = None,
+                 budget: Budget = BUDGET, route_budget: RouteBudget = ROUTE_BUDGET,
+                 factors: Sequence[float] = FACTORS) -> None:
         self.spec = model if isinstance(model, str) else None
         self._subject = None if isinstance(model, str) else model.memoize() if model.memo is None else model
         self._analysis: Any = None
         self.route_cache: dict[Any, Any] = {}  # the quantised base, shared by every method's recovery routes
-        self.pool: list[Any] = []  # the demo's candidate facts (the recovery routes draw their controls from it)
-        self.given: dict[str, str] = {}  # name -> spec of checkpoints analysed as they are (run_demo's ``unlearned``)
+        self.pool: list[Any] = list(pool)
+        self.given: dict[str, str] = dict(given or {})
+        self.budget, self.route_budget, self.factors = budget, route_budget, tuple(factors)
 
     def analysis(self, probes: Sequence[Any], params: Any) -> Any:
         """The base side on ``probes`` under ``params``: scores, leave-one-out and KeyTokens, computed once."""

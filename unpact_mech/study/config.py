@@ -1,13 +1,13 @@
 """The study as one config object: ``Study(StudyConfig(...)).run()``.
 
 A :class:`StudyConfig` holds every option of a study run that a file can state (model, methods or given
-checkpoints, probes, task, steps, target, KeyToken parameters, finetune, on_change, dtype, device). A run writes
+checkpoints, probes, task, steps, target, KeyToken parameters, finetune, on_change, dtype, device, and the
+budgets: ``budget``, ``route_budget`` and the emphasis ``factors``). A run writes
 it to ``OUT/study.json`` once it finishes: ``unpact study --config OUT/study.json`` reruns exactly that study
 (every stage is then reused from its stamp, which is built from the same values). Config files are JSON, or
 YAML by their suffix (``.yaml``/``.yml``).
 
-The budgets (``BUDGET``, ``ROUTE_BUDGET`` in :mod:`unpact_mech.study.settings`) are not yet config fields:
-they are recorded in every stage's stamp and in the report's settings.
+The report's settings section shows the config it ran under.
 """
 
 from __future__ import annotations
@@ -27,8 +27,20 @@ from unpact_mech.core.io import atomic_write_text
 from unpact_mech.evals.loaders import load_probe_spec
 from unpact_mech.model import loading as models
 from unpact_mech.probes.keytokens import KeyTokenParams
+from unpact_mech.routes import RECOVERY_ROUTES
+from unpact_mech.runtime.results import MethodResult, StudyResult
 from unpact_mech.study.dilemma import run_demo
-from unpact_mech.study.settings import BUDGET, PAPER_METHODS
+from unpact_mech.study.settings import (
+    BUDGET,
+    FACTORS,
+    PAPER_METHODS,
+    PER_SPLIT,
+    ROUTE_BUDGET,
+    Budget,
+    FrontierBudget,
+    RouteBudget,
+    budget_from,
+)
 
 CONFIG_FILE = "study.json"  # what every run writes into its OUT
 DTYPES = ("float32", "bfloat16", "float16")
@@ -41,6 +53,7 @@ class StudyConfig:
     ``unlearned``: (name, checkpoint spec) pairs analysed as they are, instead of training ``methods``.
     ``probes``: probe specs (:func:`unpact_mech.evals.loaders.load_probe_spec`), concatenated.
     ``per_split``: known probes per split (None: all).
+    ``budget``, ``route_budget``, ``factors``: what each method spends (:mod:`unpact_mech.study.settings`).
     """
 
     model: str = "smollm2-135m"
@@ -52,7 +65,7 @@ class StudyConfig:
     steps: int | None = None
     target: float = 0.25
     patch: bool = True
-    per_split: int | None = BUDGET["per_split"]
+    per_split: int | None = PER_SPLIT
     known_only: bool = True
     keytokens: KeyTokenParams = field(default_factory=KeyTokenParams)
     finetune: bool = False
@@ -61,6 +74,9 @@ class StudyConfig:
     on_change: str = "recompute"
     dtype: str = "float32"
     device: str | None = None
+    budget: Budget = BUDGET
+    route_budget: RouteBudget = ROUTE_BUDGET
+    factors: tuple[float, ...] = FACTORS
 
     def __post_init__(self) -> None:
         # checked before any work (run_demo checks the rest: methods, task, steps, target, on_change)
@@ -71,6 +87,7 @@ class StudyConfig:
         if self.finetune_steps is not None and not self.finetune:
             raise UnpactError("finetune_steps (--finetune-steps) sets the teaching of finetune: add --finetune "
                               "(finetune: true in a config), or drop it")
+        _check_budgets(self)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values (tuples as lists, ``unlearned`` as a mapping)."""
@@ -83,12 +100,16 @@ class StudyConfig:
         """The config of ``d`` (as :meth:`to_dict` writes it); an unknown key is refused, naming the known ones.
         Lists become tuples (the config is frozen and hashable), ``unlearned`` may be a mapping."""
         d = dict(d)
-        for key in ("methods", "probes"):
+        for key in ("methods", "probes", "factors"):
             if isinstance(d.get(key), list):
                 d[key] = tuple(d[key])
         if "unlearned" in d:
             pairs = d["unlearned"].items() if isinstance(d["unlearned"], Mapping) else d["unlearned"] or ()
             d["unlearned"] = tuple((str(n), str(s)) for n, s in pairs)
+        if "budget" in d:
+            d["budget"] = budget_from(Budget, d["budget"], "budget")
+        if "route_budget" in d:
+            d["route_budget"] = budget_from(RouteBudget, d["route_budget"], "route_budget")
         if isinstance(d.get("keytokens"), Mapping):
             d["keytokens"] = _from_fields(KeyTokenParams, d["keytokens"], "keytokens")
         return _from_fields(cls, d, "study config")
@@ -122,6 +143,27 @@ class StudyConfig:
         return cls.from_dict(d)
 
 
+def _check_budgets(c: StudyConfig) -> None:
+    """The budgets' values, before any work: positive counts, known routes, factors in (0, 1000]."""
+    b, rb, fr = c.budget, c.route_budget, c.budget.frontier
+    if not (isinstance(b, Budget) and isinstance(rb, RouteBudget) and isinstance(fr, FrontierBudget)):
+        raise UnpactError("budget, route_budget (and budget.frontier) must be Budget, RouteBudget (FrontierBudget) "
+                          "or, in a config file, mappings of their fields")
+    for name, v in (("budget.candidates", b.candidates), ("budget.n_draws", b.n_draws),
+                    ("budget.frontier.n_draws", fr.n_draws), ("budget.frontier.every", fr.every),
+                    ("route_budget.group_size", rb.group_size), ("route_budget.shots", rb.shots),
+                    ("route_budget.n_control", rb.n_control)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise UnpactError(f"{name} must be a positive integer, got {v!r}")
+    unknown = [r for r in rb.routes if r not in RECOVERY_ROUTES]
+    if unknown:
+        raise UnpactError(f"route_budget.routes: unknown route(s) {unknown}; routes are {', '.join(RECOVERY_ROUTES)}")
+    for name, fs in (("factors", c.factors), ("budget.gen_factors", b.gen_factors), ("budget.frontier.factors",
+                                                                                   fr.factors)):
+        if not fs or any(not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f <= 1000 for f in fs):
+            raise UnpactError(f"{name} must be a non-empty list of emphasis factors in (0, 1000], got {list(fs)!r}")
+
+
 def _from_fields(cls: Any, d: Mapping[str, Any], what: str) -> Any:
     known = [f.name for f in fields(cls)]
     unknown = sorted(set(d) - set(known))
@@ -134,15 +176,15 @@ def _from_fields(cls: Any, d: Mapping[str, Any], what: str) -> Any:
 
 
 class Study:
-    """One study run from its config: ``Study(config).run()`` returns the summary table (one row per method and
-    criterion) and writes ``OUT/report.html``, the stages' caches and ``OUT/study.json``."""
+    """One study run from its config: ``Study(config).run()`` returns a :class:`StudyResult` (the summary table,
+    each method's results, the report) and writes ``OUT/report.html``, the stages' caches and ``OUT/study.json``."""
 
     def __init__(self, config: StudyConfig | Mapping[str, Any]) -> None:
         """``config``: a StudyConfig, or a mapping of its options (as a config file holds them)."""
         self.config = config if isinstance(config, StudyConfig) else StudyConfig.from_dict(config)
 
     def run(self, model: Any = None, on_keytokens: Callable[[pd.DataFrame], None] | None = None,
-            keytoken_probes: Sequence[Any] | None = None) -> pd.DataFrame:
+            keytoken_probes: Sequence[Any] | None = None) -> StudyResult:
         """Run (or resume) the study. ``model``: an already loaded Subject of ``config.model`` (e.g. loaded with
         options a file cannot state, such as ``max_memory``); default: loaded from the config. ``on_keytokens``
         receives the base model's KeyToken table of ``keytoken_probes`` first (``unpact demo`` prints it)."""
@@ -156,6 +198,9 @@ class Study:
                          per_split=c.per_split, probes=probes, known_only=c.known_only, params=c.keytokens,
                          on_change=c.on_change, unlearned=dict(c.unlearned), task_name=c.task, finetune=c.finetune,
                          finetune_settings=None if c.finetune_steps is None else {"steps": c.finetune_steps},
-                         retain_model=c.retain_model, on_keytokens=on_keytokens, keytoken_probes=keytoken_probes)
+                         retain_model=c.retain_model, on_keytokens=on_keytokens, keytoken_probes=keytoken_probes,
+                         budget=c.budget, route_budget=c.route_budget, factors=c.factors, config=c.to_dict())
         c.dump(Path(c.out) / CONFIG_FILE)
-        return table
+        out = Path(c.out)
+        methods = list(dict(c.unlearned)) or list(c.methods)
+        return StudyResult(out, table, {m: MethodResult.load(out, m) for m in methods}, out / "report.html")

@@ -25,7 +25,7 @@ from unpact_mech.core.io import check_output, read_table, write_table
 from unpact_mech.core.log import say
 from unpact_mech.evals.loaders import load_benchmark
 from unpact_mech.evals.ou_metrics import truth_ratio_of
-from unpact_mech.evals.tasks import UTILITY_SETS, task, task_metrics, tofu_model_utility, tofu_under_emphasis
+from unpact_mech.evals.tasks import UTILITY_SETS, task, task_metrics
 from unpact_mech.findings import control_positions
 from unpact_mech.hooks import Emphasis
 from unpact_mech.model import loading as models
@@ -39,7 +39,16 @@ from unpact_mech.study.finetune import check_finetune_pool, finetune_stage, reta
 from unpact_mech.study.measure import findings_stamp, method_stage
 from unpact_mech.study.prepare import data_stage, keytoken_stage
 from unpact_mech.study.recover import routes_stage
-from unpact_mech.study.settings import BUDGET, FACTORS, PAPER_METHODS, ROUTE_BUDGET, probe_key
+from unpact_mech.study.settings import (
+    BUDGET,
+    FACTORS,
+    PAPER_METHODS,
+    PER_SPLIT,
+    ROUTE_BUDGET,
+    Budget,
+    RouteBudget,
+    probe_key,
+)
 from unpact_mech.study.unlearn import given_fingerprint
 from unpact_mech.unlearning import METHODS
 
@@ -57,13 +66,15 @@ def check_given(given: Mapping[str, str]) -> list[str]:
 
 
 def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS, out: str | Path = "unpact_out/demo",
-             steps: int | None = None, target: float = 0.25, patch: bool = True, per_split: int | None = BUDGET["per_split"],
+             steps: int | None = None, target: float = 0.25, patch: bool = True, per_split: int | None = PER_SPLIT,
              probes: Sequence[Any] | None = None, known_only: bool = True,
              on_keytokens: Callable[[pd.DataFrame], None] | None = None,
              keytoken_probes: Sequence[Any] | None = None, params: Any = None,
              on_change: str = "recompute", unlearned: Mapping[str, str] | None = None,
              task_name: str | None = None, finetune: bool = False,
-             finetune_settings: Mapping[str, Any] | None = None, retain_model: str | None = None) -> pd.DataFrame:
+             finetune_settings: Mapping[str, Any] | None = None, retain_model: str | None = None,
+             budget: Budget = BUDGET, route_budget: RouteBudget = ROUTE_BUDGET,
+             factors: Sequence[float] = FACTORS, config: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """Run (or resume) the demo; returns the summary table and writes ``OUT/report.html``.
 
     ``finetune`` (TOFU's finetune-then-forget, :mod:`unpact_mech.study.finetune`): the probes' forget and
@@ -74,6 +85,10 @@ def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS
     ``unlearned`` (name -> local directory or hub id) analyses those checkpoints as they are, e.g. released
     unlearned models, instead of training ``methods``: no unlearning runs, and each one's frontier is its one point.
     ``retain_model`` (a spec; not with ``finetune``, which makes its own) is the reference of TOFU's forget quality.
+
+    ``budget``, ``route_budget`` and ``factors`` (the emphasis factors of finding 2) are what each method spends
+    (:mod:`unpact_mech.study.settings`); ``config`` (the StudyConfig's values, which :class:`Study` passes) is
+    what the report's settings section shows of the run.
 
     ``model`` is a model spec or a loaded Subject. ``on_keytokens`` receives the base model's KeyToken table
     of ``keytoken_probes`` (default: the first 12 probes) before the unlearning stages; the CLI prints it.
@@ -97,16 +112,15 @@ def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS
     out = check_output(out, kind="dir", overwrite=True)  # an existing directory is resumed; a file is refused
     params = params or KeyTokenParams()
     t0 = time.perf_counter()
-    lazy = LazyBase(model)
     pool = list(probes) if probes is not None else load_benchmark("facts")
+    lazy = LazyBase(model, pool, given, budget, route_budget, factors)
     retain_spec, task_pool = retain_model, pool
     if finetune:
         tuned = finetune_stage(lazy, pool, out, dict(finetune_settings or {}), on_change=on_change)
-        lazy, retain_spec = LazyBase(tuned_base(model, tuned["full"])), tuned["retain"]
         if not any(p.split == "general" for p in pool):
             pool = pool + load_benchmark("facts", split="general")
-    lazy.given = given
-    lazy.pool = pool
+        lazy = LazyBase(tuned_base(model, tuned["full"]), pool, given, budget, route_budget, factors)
+        retain_spec = tuned["retain"]
     if on_keytokens is not None:
         kp = list(keytoken_probes) if keytoken_probes is not None else pool[:12]
         on_keytokens(keytoken_stage(lazy, out, kp, params, on_change))
@@ -126,8 +140,9 @@ def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS
         task_stage(lazy, task_name, methods, out, task_pool, given, on_change, retain_spec)
     table = summary_table(rows)
     write_table(table, out / "summary.csv")
-    report = build_report(out, rows, data, model_name, {"budget": BUDGET, "route_budget": ROUTE_BUDGET,
-                                                        "factors": FACTORS, "keytoken_params": asdict(params)})
+    settings = {"budget": asdict(budget), "route_budget": asdict(route_budget), "factors": list(factors),
+                "keytoken_params": asdict(params), **({"config": dict(config)} if config is not None else {})}
+    report = build_report(out, rows, data, model_name, settings)
     say(f"[unpact] demo finished in {time.perf_counter() - t0:.0f} s "
         f"({'model loaded' if lazy.loaded else 'all stages cached, model not loaded'}); report: {report}")
     return table
@@ -142,7 +157,7 @@ def task_stage(lazy: LazyBase, task_name: str, methods: Sequence[str], out: str 
     real-authors and world-facts sets where the probes hold them; with all of retain, real authors and world facts,
     TOFU's nine-number model utility (split ``all``);
     ``retain_model`` (a spec) is the reference model of the forget split's forget quality."""
-    task(task_name)
+    t = task(task_name)
     out, given = Path(out), dict(given or {})
     specs = {m: given.get(m, str(out / "checkpoints" / m)) for m in methods}
     f = out / "task_metrics.csv"
@@ -154,27 +169,28 @@ def task_stage(lazy: LazyBase, task_name: str, methods: Sequence[str], out: str 
 
     def compute() -> pd.DataFrame:
         base = lazy.get()
-        ref = None if retain_model is None or task_name != "tofu" else retain_subject(retain_model, base)
+        ref = None if retain_model is None or not t.takes("retain_model") else retain_subject(retain_model, base)
         split = {s: [p for p in probes if p.split == s and not p.meta.get("tofu_set")] for s in ("forget", "retain")}
         split.update({s: [p for p in probes if p.meta.get("tofu_set") == s] for s in UTILITY_SETS})
-        groups: dict[str | None, list[Any]] = ({s: ps for s, ps in split.items() if ps} if task_name == "tofu"
+        groups: dict[str | None, list[Any]] = ({s: ps for s, ps in split.items() if ps} if t.by_split
                                                else {}) or {None: list(probes)}
 
         def score(subject: Any, role: str) -> list[pd.DataFrame]:
             frames = [task_metrics(task_name, subject, ps, **({"retain_model": ref} if ref and s == "forget" else {}))
                       .assign(role=role, **({} if s is None else {"split": s})) for s, ps in groups.items()]
-            nine = tofu_model_utility(pd.concat(frames, ignore_index=True)) if task_name == "tofu" else None
+            nine = t.utility(pd.concat(frames, ignore_index=True)) if t.utility else None
             return frames + ([pd.DataFrame([nine]).assign(task=task_name, model=subject.name, role=role)] if nine else [])
 
         frames = score(base, "base")
         forget = [p for p in split.get("forget", []) if {"paraphrased_answer", "perturbed_answer"} <= set(p.meta)]
-        emph = emphasis_units(base, forget) if task_name == "tofu" and forget and specs else []
+        emph = emphasis_units(base, forget, lazy.factors) if t.under_emphasis and forget and specs else []
         ref_tr = truth_ratio_of(ref, forget)[0] if ref is not None and emph else None
         for m, spec in specs.items():
             unl = models.load_model(spec, dtype=base.dtype, device=str(base.device))
             frames += score(unl, m)
             for treatment, cond, e in emph:  # does emphasis bring TOFU's forget numbers back?
-                frames.append(pd.DataFrame(tofu_under_emphasis(unl, forget, e, retain_tr=ref_tr)).assign(
+                assert t.under_emphasis is not None  # emph is empty otherwise
+                frames.append(pd.DataFrame(t.under_emphasis(unl, forget, e, retain_tr=ref_tr)).assign(
                     task=task_name, model=unl.name, role=m, split="forget", treatment=treatment, positions=cond))
         table = pd.concat(frames, ignore_index=True)
         write_table(table, f)
@@ -184,13 +200,14 @@ def task_stage(lazy: LazyBase, task_name: str, methods: Sequence[str], out: str 
                  compute, on_change)
 
 
-def emphasis_units(base: Any, probes: Sequence[Any]) -> list[tuple[str, str, Emphasis]]:
+def emphasis_units(base: Any, probes: Sequence[Any], factors: Sequence[float] = FACTORS
+                   ) -> list[tuple[str, str, Emphasis]]:
     """The recovery treatments TOFU's metrics are scored under: each emphasis route at the largest of the demo's
     factors, on the base model's KeyTokens and on as many random non-KeyTokens (one seeded draw, the control)."""
     an = Analysis(base, list(probes), KeyTokenParams())
     tps = an.probes.select(list(probes))
     keys = an.keytoken_positions(tps)
     ctrl = [control_positions(tp, k, 1) for tp, k in zip(tps, keys)]
-    f = max(FACTORS)
+    f = max(factors)
     return [(f"{route} x{f:g}", cond, Emphasis.of(route, [c[cond][0] for c in ctrl], f))
             for route in ("embed", "attention") for cond in ("keytokens", "random")]

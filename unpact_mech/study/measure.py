@@ -13,7 +13,6 @@ import pandas as pd
 
 from unpact_mech.analysis.compare import compare
 from unpact_mech.analysis.localise import localise
-from unpact_mech.core.io import atomic_write_json, write_table
 from unpact_mech.core.stats import bootstrap_mean, rate_columns
 from unpact_mech.evals.criteria import CRITERIA, choice_table, criteria_for, generation_table
 from unpact_mech.evals.metrics import accuracy
@@ -24,9 +23,10 @@ from unpact_mech.patching import patch_positions
 from unpact_mech.probes.keytokens import KeyTokenParams, select_keytokens
 from unpact_mech.routes.frontier import frontier_point
 from unpact_mech.runtime.pipeline import announce, make_stamp, stage
+from unpact_mech.runtime.results import RESULT_FILE, MethodResult
 from unpact_mech.scoring import probe_table
 from unpact_mech.study.base import LazyBase
-from unpact_mech.study.settings import BUDGET, FACTORS, probe_key
+from unpact_mech.study.settings import probe_key
 from unpact_mech.study.unlearn import checkpoint_stamp, unlearn_stage
 
 CODE = ("unpact_mech.study.measure",)
@@ -38,7 +38,7 @@ def findings_stamp(lazy: LazyBase, method: str, data: dict[str, list], steps: in
     patches, the budget and this stage's code."""
     return make_stamp(CODE, checkpoint=checkpoint_stamp(lazy, method, data["forget"], data["retain"], steps, target),
                       params=asdict(params), data={k: data_hash([probe_key(p) for p in v]) for k, v in data.items()},
-                      patch=patch, budget=BUDGET)
+                      patch=patch, budget=asdict(lazy.budget), factors=lazy.factors)
 
 
 def strip_choices(cmp_f: Any, cmp_r: Any) -> list[tuple[Any, int, str]]:
@@ -78,7 +78,7 @@ def method_stage(lazy: LazyBase, method: str, data: dict[str, list], out: Path, 
                  patch: bool, params: KeyTokenParams, on_change: str = "recompute") -> dict[str, Any]:
     """Unlearn with one method (cached) and measure the three findings under the KeyToken ``params``; results
     cached as JSON and reused while their stamp (:func:`findings_stamp`) is unchanged."""
-    res_file = out / method / "result.json"
+    res_file = out / method / RESULT_FILE
     return stage(f"findings {method}", out / method / "result.stamp.json",
                  findings_stamp(lazy, method, data, steps, target, patch, params), res_file.exists,
                  lambda: json.loads(res_file.read_text()),
@@ -89,15 +89,13 @@ def _measure(lazy: LazyBase, method: str, data: dict[str, list], out: Path, step
              patch: bool, params: Any, on_change: str) -> dict[str, Any]:
     """The body of :func:`method_stage`: unlearn (cached), then the three findings on the shared Analysis, under
     both correctness criteria, with the recovery controls and the frontier."""
-    res_file = out / method / "result.json"
     base = lazy.get()
     forget, retain, general = data["forget"], data["retain"], data["general"]
     an = lazy.analysis(forget + retain + general, params)  # the base side, once for every method
-    fr = BUDGET["frontier"]
+    fr = lazy.budget.frontier
 
     def point(name: str, subject: Any, strength: float) -> list[dict]:
-        return frontier_point(an, subject, forget, retain + general, strength, fr["factors"], fr["routes"],
-                              fr["n_draws"])
+        return frontier_point(an, subject, forget, retain + general, strength, fr.factors, fr.routes, fr.n_draws)
 
     ckpt, points = unlearn_stage(lazy, method, forget, retain, out, steps, target, on_change=on_change,
                                  frontier=point)
@@ -111,35 +109,26 @@ def _measure(lazy: LazyBase, method: str, data: dict[str, list], out: Path, step
     cmp_f = compare(an, unl, forget)
     announce(f"{method}: finding 2 (emphasis under both criteria, with random and function-word controls)")
     f_crits, d_crits = criteria_for(forget), criteria_for(retain + general)  # + multiple_choice on WMDP-like probes
-    rec = recovery(an, unl, forget, FACTORS, n_draws=BUDGET["n_draws"], gen_factors=BUDGET["gen_factors"],
-                   gen_prompt_styles=BUDGET["gen_prompt_styles"], criteria=f_crits)
+    b = lazy.budget
+    rec = recovery(an, unl, forget, lazy.factors, n_draws=b.n_draws, gen_factors=b.gen_factors,
+                   gen_prompt_styles=b.gen_prompt_styles, criteria=f_crits)
     announce(f"{method}: finding 3 (destructive rates, function-word penalisation), localisation")
     dest = {c: destruction(an, unl, retain + general, criterion=c) for c in d_crits}
     drates = {c: d[1] for c, d in dest.items()}
     cmp_r = compare(an, unl, retain)  # token-level finding 3 on the retain split (the demo's time budget)
     fw = function_word_penalisation(cmp_r)
     loc = localise(an, unl, forget[:4] + retain[:2])
-    d = out / method
-    write_table(cmp_f.per_probe, d / "keyword_focus.csv")
-    write_table(cmp_r.per_probe, d / "retain_focus.csv")
-    write_table(pd.concat([t for t, _ in dest.values()], ignore_index=True), d / "destruction.csv")
-    write_table(rec.sweep, d / "emphasis_sweep.csv")
-    write_table(rec.rates, d / "recovery_rates.csv")
-    write_table(rec.control, d / "recovery_control.csv")
-    write_table(rec.eligibility, d / "eligibility.csv")
-    write_table(pd.concat([f_tab.merge(f_gen[["probe_id", "generated", "rouge_l", "gen_correct"]], on="probe_id")]),
-                d / "forget_answers.csv")
-    write_table(fw, d / "function_words.csv")
-    write_table(pd.DataFrame(points).assign(method=method), d / "frontier.csv")
-    write_table(loc.heads, d / "heads.csv")
-    write_table(loc.keytoken_route, d / "keytoken_route.csv")
-    write_table(loc.logit_lens, d / "logit_lens.csv")
+    tables = {"keyword_focus": cmp_f.per_probe, "retain_focus": cmp_r.per_probe,
+              "destruction": pd.concat([t for t, _ in dest.values()], ignore_index=True), "emphasis_sweep": rec.sweep,
+              "recovery_rates": rec.rates, "recovery_control": rec.control, "eligibility": rec.eligibility,
+              "forget_answers": f_tab.merge(f_gen[["probe_id", "generated", "rouge_l", "gen_correct"]], on="probe_id"),
+              "function_words": fw, "frontier": pd.DataFrame(points).assign(method=method), "heads": loc.heads,
+              "keytoken_route": loc.keytoken_route, "logit_lens": loc.logit_lens}
     examples = [token_example(c, i, why, params) for c, i, why in strip_choices(cmp_f, cmp_r)]
     if patch:
         tp = an.probes.get(forget[0])
         # the residual stream every third layer (attn_out / mlp_out are one call away: unpact patch)
-        pt = patch_positions(base, unl, tp, ["resid_pre"], list(range(0, base.cfg.n_layers, 3)))
-        write_table(pt, d / "patch_positions.csv")
+        tables["patch_positions"] = patch_positions(base, unl, tp, ["resid_pre"], list(range(0, base.n_layers, 3)))
     rates, ctrl = rec.rates, rec.control
     fw_mean = fw.groupby("kind")["change"].mean().to_dict()
     focus: dict[str, float] = {}
@@ -183,5 +172,5 @@ def _measure(lazy: LazyBase, method: str, data: dict[str, list], out: Path, step
             row.update({name: c.vs_random_diff, f"{name}_low": c.vs_random_diff_low,
                         f"{name}_high": c.vs_random_diff_high, f"{name}_p": c.vs_random_p})
     row["analysis_s"] = round(time.perf_counter() - t0, 1)
-    atomic_write_json(res_file, row)
+    MethodResult(method, out, row).save(tables)  # the tables, then result.json
     return row

@@ -19,7 +19,7 @@ from unpact_mech.probes import tokenize_probes
 from unpact_mech.probes.keytokens import KeyTokenParams, keytoken_table
 from unpact_mech.runtime.pipeline import make_stamp, stage
 from unpact_mech.study.base import LazyBase
-from unpact_mech.study.settings import BUDGET, budget_order, probe_key
+from unpact_mech.study.settings import budget_order, probe_key
 
 CODE = ("unpact_mech.study.prepare",)
 
@@ -31,13 +31,13 @@ def data_stage(lazy: LazyBase, out: Path, pool: Sequence[Any], known_only: bool,
     has the largest log-likelihood (:func:`unpact_mech.evals.criteria.choice_table`).
 
     ``per_split``: the demo's budget, at most that many probes per split, drawn in :func:`budget_order` from the
-    first ``BUDGET["candidates"]`` facts of that order (None: every known fact of the pool)."""
+    first ``lazy.budget.candidates`` facts of that order (None: every known fact of the pool)."""
     f = out / "data.json"
     stamp = make_stamp(CODE, model=lazy.key, pool=data_hash([probe_key(p) for p in pool]), known_only=known_only,
-                       per_split=per_split, candidates=BUDGET["candidates"])
+                       per_split=per_split, candidates=lazy.budget.candidates)
 
     def compute() -> dict[str, Any]:
-        cands = budget_order(pool)[: BUDGET["candidates"]] if per_split else list(pool)
+        cands = budget_order(pool)[: lazy.budget.candidates] if per_split else list(pool)
         known = known_probes(lazy.get(), list(cands)) if known_only else cands
         ids = {s: [p.id for p in known if p.split == s][:per_split] for s in ("forget", "retain", "general")}
         cached = {"model_name": lazy.get().name, "ids": ids, "candidates": len(cands), "known": len(known)}

@@ -7,9 +7,11 @@ Everything here was fixed before any finding was measured; ``unpact demo`` runs 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+from unpact_mech.core.errors import UnpactError
 from unpact_mech.core.options import MAX_STEPS, choice_list, positive_int, unit_float
 from unpact_mech.unlearning import METHODS
 
@@ -39,22 +41,79 @@ FINETUNE: dict[str, Any] = {"lr": 1e-4, "steps": 40, "batch_size": 8, "check_eve
 # factors 1-2-4-8, 3 draws, every route and prompt edit under both criteria, a longer trajectory): probes per
 # split, random-control draws, what generation judges (costly: one forward per generated token), and the
 # frontier's emphasis (attention x8, teacher forced, one draw) at every 2nd step and the last, and Task
-# Vector's frontier scales.
-BUDGET: dict[str, Any] = {"per_split": 12, "candidates": 200, "n_draws": 2, "gen_factors": (8.0,),
-                          "gen_prompt_styles": ("instruct",),
-                          "frontier": {"factors": (1.0, 8.0), "routes": ("attention",), "n_draws": 1, "every": 2},
-                          "tv_fractions": (0.5, 1.0)}
+# Vector's frontier scales. A study's config holds its own (StudyConfig.budget, .route_budget); these are the
+# defaults.
+PER_SPLIT = 12  # known probes per split (StudyConfig.per_split)
+
+
+@dataclass(frozen=True)
+class FrontierBudget:
+    """The frontier's emphasis at each snapshot: factors, emphasis modes, random draws; every ``every`` steps."""
+
+    factors: tuple[float, ...] = (1.0, 8.0)
+    routes: tuple[str, ...] = ("attention",)
+    n_draws: int = 1
+    every: int = 2
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a study spends per method: ``candidates`` facts tried for the splits, ``n_draws`` random-control
+    draws, the emphasis factors and prompt styles judged by generation, the frontier, and Task Vector's frontier
+    fractions of its calibrated scale."""
+
+    candidates: int = 200
+    n_draws: int = 2
+    gen_factors: tuple[float, ...] = (8.0,)
+    gen_prompt_styles: tuple[str, ...] = ("instruct",)
+    frontier: FrontierBudget = field(default_factory=FrontierBudget)
+    tv_fractions: tuple[float, ...] = (0.5, 1.0)
+
+
 # The "how superficial is the forgetting" table (unpact_mech.routes), fixed before any route was run: emphasis
 # from the findings stage (both criteria), weights RTN-quantised to 8 and 4 bits (group 64) and, as Zhang et al.
-# (ICLR 2025) quantised, bitsandbytes NF4 (added with the bitsandbytes quantisers; RTN was fixed first), relearning on the
-# retain split evaluated at 1, 2 and 4 steps, a 3-shot prompt of general facts; control facts drawn from the
-# candidates no split uses. For time (measured: ~90 s per method with generation, ~2.5x the teacher-forced
+# (ICLR 2025) quantised, bitsandbytes NF4 (added with the bitsandbytes quantisers; RTN was fixed first), relearning
+# on the retain split evaluated at 1, 2 and 4 steps, a 3-shot prompt of general facts; control facts drawn from
+# the candidates no split uses. For time (measured: ~90 s per method with generation, ~2.5x the teacher-forced
 # cost) the new routes are judged teacher forced here (and, on probes with choices such as WMDP's, by the
 # benchmark's own multiple_choice too); `unpact recover` and analyses/recovery_routes.py judge both.
-ROUTE_BUDGET: dict[str, Any] = {"routes": ("emphasis", "quantize", "relearn", "in_context"), "bits": (8, 4),
-                                "quantizers": ("rtn", "nf4"),
-                                "group_size": 64, "relearn_steps": (1, 2, 4), "relearn_lr": 1e-5, "shots": 3,
-                                "n_control": 16, "criteria": ("teacher_forced",)}
+@dataclass(frozen=True)
+class RouteBudget:
+    """The study's recovery routes and their options (see :mod:`unpact_mech.routes` for each)."""
+
+    routes: tuple[str, ...] = ("emphasis", "quantize", "relearn", "in_context")
+    bits: tuple[int, ...] = (8, 4)
+    quantizers: tuple[str, ...] = ("rtn", "nf4")
+    group_size: int = 64
+    relearn_steps: tuple[int, ...] = (1, 2, 4)
+    relearn_lr: float = 1e-5
+    shots: int = 3
+    n_control: int = 16
+    criteria: tuple[str, ...] = ("teacher_forced",)
+
+
+BUDGET = Budget()
+ROUTE_BUDGET = RouteBudget()
+
+
+def budget_from(cls: Any, d: Any, what: str) -> Any:
+    """A budget dataclass from a mapping (as a config file holds it): lists as tuples, nested budgets built, an
+    unknown key refused with the known ones."""
+    if isinstance(d, cls):
+        return d
+    if not isinstance(d, Mapping):
+        raise UnpactError(f"{what} must be a mapping of {', '.join(f.name for f in fields(cls))}, got {d!r}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise UnpactError(f"{what}: unknown option(s) {', '.join(map(repr, unknown))}; options are {', '.join(known)}")
+    out = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    if "frontier" in out and cls is Budget:
+        out["frontier"] = budget_from(FrontierBudget, out["frontier"], f"{what}.frontier")
+    try:
+        return cls(**out)
+    except TypeError as e:
+        raise UnpactError(f"{what}: {e}") from None
 
 
 def method_settings(method: str, steps: int | None, target: float) -> dict[str, Any]:
@@ -101,8 +160,9 @@ def budget_order(pool: Sequence[Any], seed: int = 0) -> list[Any]:
     return order
 
 
-def control_candidates(pool: Sequence[Any], data: dict[str, list], n: int) -> list[Any]:
-    """Candidates of the demo's pool that no split uses, in :func:`budget_order`: the routes' control facts (the
-    routes keep those that neither model answers)."""
+def control_candidates(pool: Sequence[Any], data: dict[str, list], n: int, candidates: int = BUDGET.candidates
+                       ) -> list[Any]:
+    """Of the first ``candidates`` facts of the pool in :func:`budget_order`, the first ``n`` that no split uses:
+    the routes' control facts (the routes keep those that neither model answers)."""
     used = {p.id for v in data.values() for p in v}
-    return [p for p in budget_order(pool)[: BUDGET["candidates"]] if p.id not in used][:n]
+    return [p for p in budget_order(pool)[:candidates] if p.id not in used][:n]

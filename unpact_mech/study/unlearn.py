@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from unpact_mech.model.subject import Subject
 from unpact_mech.routes.frontier import interpolated, snapshot_subject
 from unpact_mech.runtime.pipeline import make_stamp, stage
 from unpact_mech.study.base import LazyBase
-from unpact_mech.study.settings import BUDGET, CALIBRATION, method_settings, probe_key
+from unpact_mech.study.settings import CALIBRATION, method_settings, probe_key
 from unpact_mech.unlearning import UnlearningError, unlearn
 
 # the frontier's measurements run inside this stage (experiments.findings builds them)
@@ -39,7 +40,7 @@ def unlearn_stage(lazy: LazyBase, method: str, forget: list, retain: list, out: 
     def train() -> tuple[Path, list[dict]]:
         base = lazy.get()
         points: list[dict] = []
-        every = BUDGET["frontier"]["every"]
+        every = lazy.budget.frontier.every
 
         def snap(step: int, model: Any) -> None:
             if frontier is not None and method != "task_vector" and step % every == 0:
@@ -53,7 +54,7 @@ def unlearn_stage(lazy: LazyBase, method: str, forget: list, retain: list, out: 
         prov = read_provenance(path)
         if frontier is not None and method == "task_vector":  # strengths: fractions of the calibrated scale
             a = prov.get("resolved", {}).get("tv_scale", settings.get("tv_scale", 1.0))
-            for frac in BUDGET["tv_fractions"]:
+            for frac in lazy.budget.tv_fractions:
                 name = f"{method}@{frac:g}a"
                 subject = models.load_model(str(path), dtype=base.dtype) if frac == 1 else interpolated(base, path, frac, name)
                 points.extend(frontier(name, subject, float(frac * a)))
@@ -118,7 +119,7 @@ def checkpoint_stamp(lazy: LazyBase, method: str, forget: list, retain: list, st
         return make_stamp(CODE, model=lazy.key, given=given_fingerprint(lazy.given[method]))
     return make_stamp(CODE, model=lazy.key, method=method, settings=method_settings(method, steps, target),
                       forget=data_hash([probe_key(p) for p in forget]),
-                      retain=data_hash([probe_key(p) for p in retain]), frontier=BUDGET["frontier"])
+                      retain=data_hash([probe_key(p) for p in retain]), frontier=asdict(lazy.budget.frontier))
 
 
 def calibrate_lr(base: Subject, method: str, forget: Sequence[Any], retain: Sequence[Any], lr0: float,
