@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--check-every", type=int, default=2, help="a frontier point every this many steps")
     ap.add_argument("--per-split", type=int, default=None, help="at most this many known facts per split")
     ap.add_argument("--factors", default="1,2,4,8")
-    ap.add_argument("--routes", default="embed,attention")
+    ap.add_argument("--modes", "--routes", dest="modes", default="embed,attention")  # emphasis modes (--routes: old name)
     ap.add_argument("--draws", type=int, default=3)
     ap.add_argument("--criteria", default="teacher_forced,generation")
     ap.add_argument("--tv-fractions", default="0.25,0.5,0.75,1,1.5")
@@ -46,7 +46,7 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     factors = [float(x) for x in a.factors.split(",")]
-    routes, criteria = a.routes.split(","), a.criteria.split(",")
+    routes, criteria = a.modes.split(","), a.criteria.split(",")
     base = load_model(a.model, verbose=True).memoize()
     known, report = filter_known(base, budget_order(load_benchmark("facts")))
     write_table(report, out / "known.csv")

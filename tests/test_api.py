@@ -145,7 +145,7 @@ def test_study_config_round_trips_through_json_and_yaml(tmp_path):
         assert StudyConfig.load(cfg.dump(tmp_path / name)) == cfg
     d = json.loads((tmp_path / "c.json").read_text())
     assert d["unlearned"] == {"a": "dir/a"} and d["keytokens"]["alpha"] == 0.2 and d["methods"] == ["ga_gdr"]
-    assert d["budget"]["frontier"] == {"factors": [1.0, 8.0], "routes": ["attention"], "n_draws": 1, "every": 3}
+    assert d["budget"]["frontier"] == {"factors": [1.0, 8.0], "modes": ["attention"], "n_draws": 1, "every": 3}
     assert d["route_budget"]["routes"] == ["emphasis", "quantize"] and d["factors"] == [1.0, 4.0]
     # a file may state only what it changes: the rest of each budget keeps its default
     part = StudyConfig.from_dict({"budget": {"n_draws": 5}, "route_budget": {"shots": 2}})
@@ -278,3 +278,17 @@ def test_the_demo_is_a_preset_study(monkeypatch, tmp_path):
     assert demo == study == StudyConfig(out=out, steps=3, keytokens=KeyTokenParams(alpha=0.2))
     assert demo.methods == PAPER_METHODS and demo.probes == ("facts",) and demo.per_split == PER_SPLIT
     assert model is None and len(kp) == 12  # the KeyToken table's probes: the demo's --n
+
+
+def test_emphasis_modes_are_modes_and_the_old_name_warns(tiny_llama, tiny_probes):
+    """"mode" names an emphasis mode everywhere in the API; ``routes=`` works for one release with a
+    DeprecationWarning and gives the same tables; both at once are refused."""
+    new = um.recovery(tiny_llama, tiny_llama, tiny_probes[:1], (1.0, 2.0), modes=("embed",), prompt_styles=(),
+                      criteria=("teacher_forced",), eligible_only=False, n_draws=1)
+    with pytest.warns(DeprecationWarning, match="routes= is now modes="):
+        old = um.recovery(tiny_llama, tiny_llama, tiny_probes[:1], (1.0, 2.0), routes=("embed",), prompt_styles=(),
+                          criteria=("teacher_forced",), eligible_only=False, n_draws=1)
+    pd.testing.assert_frame_equal(new.sweep, old.sweep)
+    assert set(new.sweep.route) == {"embed"}  # the tables keep their column name (the demo's CSVs are unchanged)
+    with pytest.raises(UnpactError, match="give modes= .* not both"):
+        um.recovery(tiny_llama, tiny_llama, tiny_probes[:1], (1.0, 2.0), modes=("embed",), routes=("embed",))

@@ -29,6 +29,6 @@ def test_comparison_and_recovery_html(tiny_llama, tiny_probes):
     cmp = compare(tiny_llama, tiny_llama, tiny_probes[:2], fmt="plain")
     html = cmp._repr_html_()
     assert "Comparison</b> of 2 probes" in html and _scores_in(html, cmp.base[1]) and "mean keytoken jaccard" in html
-    res = recovery(tiny_llama, tiny_llama, tiny_probes[:1], factors=(1.0, 2.0), routes=("attention",),
+    res = recovery(tiny_llama, tiny_llama, tiny_probes[:1], factors=(1.0, 2.0), modes=("attention",),
                    prompt_styles=(), criteria=("teacher_forced",), n_draws=1, fmt="plain")
     assert "KeyTokens minus random" in res._repr_html_()

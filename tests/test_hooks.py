@@ -27,9 +27,9 @@ def tps(tiny_llama, tiny_probes):
 def test_factor_one_changes_nothing(tiny_llama, tps, route):
     tp = tps[0]
     plain = score_probes(tiny_llama, [tp])[0].lp
-    res = emphasize(tiny_llama, tp, 1.0, positions=list(tp.attributable[:3]), route=route)
+    res = emphasize(tiny_llama, tp, 1.0, positions=list(tp.attributable[:3]), mode=route)
     assert abs(res.lp - plain) < 1e-6
-    res8 = emphasize(tiny_llama, tp, 8.0, positions=list(tp.attributable[:3]), route=route)
+    res8 = emphasize(tiny_llama, tp, 8.0, positions=list(tp.attributable[:3]), mode=route)
     assert abs(res8.lp - plain) > 1e-4  # and a real factor does change it
     assert active_hook_count(tiny_llama.bridge) == 0
 
@@ -179,11 +179,11 @@ def test_batched_sweep_equals_per_probe_emphasis(tiny_llama, tps, route):
     """Per-row hooks in one padded batch == emphasising each probe alone (the naive loop)."""
     positions = [list(tp.attributable[1:3]) for tp in tps]
     positions[2] = []  # a probe without KeyTokens stays the plain model
-    df = sweep(tiny_llama, tps, positions, factors=(1.0, 3.0, 8.0), routes=[route])
+    df = sweep(tiny_llama, tps, positions, factors=(1.0, 3.0, 8.0), modes=[route])
     for tp, pos in zip(tps, positions):
         for f in (1.0, 3.0, 8.0):
             got = df[(df.probe_id == tp.probe.id) & (df.factor == f)].iloc[0]
-            ref = emphasize(tiny_llama, tp, f, positions=pos, route=route) if pos else None
+            ref = emphasize(tiny_llama, tp, f, positions=pos, mode=route) if pos else None
             ref_lp = ref.lp if ref else score_probes(tiny_llama, [tp])[0].lp
             assert abs(got.lp - ref_lp) < 1e-5, (tp.probe.id, f, got.lp, ref_lp)
             if ref:
@@ -254,7 +254,7 @@ def test_recovery_rates_equal_naive_emphasis_loop(tiny_llama, tiny_probes, tmp_p
                     hit = []
                     for q in draws:
                         if crit == "teacher_forced":
-                            hit.append(any(emphasize(unl, tp, f, positions=q, route=route).fact_top1
+                            hit.append(any(emphasize(unl, tp, f, positions=q, mode=route).fact_top1
                                            for f in factors if f > 1) if q else False)
                         else:
                             hit.append(any(gen_ok(unl, tp, emphasis_hooks(unl, Emphasis.of(route, [q], f))) for f in factors if f > 1)

@@ -153,7 +153,7 @@ def test_recovery_under_the_choice_criterion(tiny_llama, tiny_llama_dir, tmp_pat
     ck = unlearn(tiny_llama, "ga_klr", probes[:2], probes[2:3], tmp_path / "ck", steps=3, lr=5e-2, progress=False,
                  fmt="plain")
     unl = load_model(str(ck))
-    rec = recovery(tiny_llama, unl, probes, (1.0, 4.0), routes=("embed",), prompt_styles=(), fmt="plain",
+    rec = recovery(tiny_llama, unl, probes, (1.0, 4.0), modes=("embed",), prompt_styles=(), fmt="plain",
                    criteria=("multiple_choice",), eligible_only=False, n_draws=1)
     tps = tokenize_probes(tiny_llama, probes, "plain")
     b, u = choice_table(tiny_llama, tps), choice_table(unl, tps)

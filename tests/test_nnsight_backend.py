@@ -20,8 +20,8 @@ def _agree(tl, nn, tps):
     assert max(float((x.contributions - y.contributions).abs().max()) for x, y in zip(la, lb)) < 1e-4
     tp = tps[0]
     pos = list(tp.attributable[:2])
-    ea = emphasize(tl, tp, 4.0, positions=pos, route="embed")
-    eb = emphasize(nn, tp, 4.0, positions=pos, route="embed")
+    ea = emphasize(tl, tp, 4.0, positions=pos, mode="embed")
+    eb = emphasize(nn, tp, 4.0, positions=pos, mode="embed")
     assert abs(ea.lp - eb.lp) < 1e-4 and abs(ea.lp - a[0].lp) > 1e-4
     # layer-output patching: TL resid_post of layer 1 from another prompt's run vs nnsight's
     other = list(tps[1].ids[: len(tp.ids)]) + [0] * max(0, len(tp.ids) - len(tps[1].ids))
@@ -66,7 +66,7 @@ def test_attention_route_refused_and_remote_flag_reaches_trace(tiny_llama_dir, t
     nn = load_nnsight(str(tiny_llama_dir))
     tp = tokenize_probes(nn, tiny_probes[:1], "plain")[0]
     with pytest.raises(ValueError, match="nnsight backend supports route='embed'"):
-        emphasize(nn, tp, 2.0, positions=[1], route="attention")
+        emphasize(nn, tp, 2.0, positions=[1], mode="attention")
     seen = {}
     real = nn.backend.lm.trace
 

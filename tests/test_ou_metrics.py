@@ -2,6 +2,7 @@
 scipy where it has the statistic, and a naive per-probe forward for the subject-level numbers."""
 
 import math
+import zlib
 
 import numpy as np
 import pytest
@@ -138,9 +139,12 @@ def test_truth_ratio_of_a_subject(tiny_llama):
                   "paraphrased_answer": "shakespeare wrote it", "perturbed_answer": ["paris", "a city", "au"]})]
     tr, value = om.truth_ratio_of(tiny_llama, probes, "true_better", fmt="plain")
 
-    def nll(prompt, answer):  # one probe at a time
-        st = token_stats(tiny_llama, tokenize_probes(tiny_llama, [Probe("x", prompt, answer)], "plain"))[0]
-        return -float(st.logprobs.mean())
+    def nll(prompt, answer):  # one probe at a time: open-unlearning's labels on the plain format are answer + EOS
+        tp = tokenize_probes(tiny_llama, [Probe("x", prompt, answer)], "plain")[0]
+        ids = list(tp.ids) + ([] if tp.ids[-1] == EOS else [EOS])
+        with torch.no_grad():
+            logp = torch.log_softmax(tiny_llama.backend.forward(torch.tensor([ids]), ())[0].double(), -1)
+        return -sum(float(logp[t - 1, ids[t]]) for t in range(tp.prompt_len, len(ids))) / (len(ids) - tp.prompt_len)
 
     want = []
     for p in probes:
@@ -154,8 +158,120 @@ def test_truth_ratio_of_a_subject(tiny_llama):
 
 
 def test_mia_scores_of_a_subject(tiny_llama, tiny_probes):
+    """Raw text labels the continuation (no EOS), and the token-level attacks drop its last token, as
+    ``tokenwise_logprobs`` does."""
     st = token_stats(tiny_llama, tokenize_probes(tiny_llama, tiny_probes, "raw"))
     got = om.mia_scores_of(tiny_llama, tiny_probes, "min_k", k=0.5)
-    assert np.allclose(got, [om.min_k(s.logprobs.numpy(), 0.5) for s in st])
+    assert np.allclose(got, [om.min_k(s.logprobs.numpy()[:-1], 0.5) if len(s.logprobs) > 1 else np.nan for s in st],
+                       equal_nan=True)
     with pytest.raises(UnpactError, match="unknown MIA attack"):
-        om.mia_scores_of(tiny_llama, tiny_probes, "zlib")
+        om.mia_scores_of(tiny_llama, tiny_probes, "zlb")
+    with pytest.raises(UnpactError, match="give reference=SUBJECT"):
+        om.mia_scores_of(tiny_llama, tiny_probes, "reference")
+
+
+EOS = 2  # the tiny models' eos_token_id
+
+
+def _labelled_nll(hf, ids, labels):
+    """open-unlearning's ``evaluate_probability`` written out: CrossEntropy(logits[:-1], labels[1:]) summed over the
+    labelled tokens, divided by their count."""
+    with torch.no_grad():
+        logits = hf(torch.tensor([ids])).logits[0, :-1].double()
+    lab = torch.tensor(labels[1:])
+    loss = torch.nn.functional.cross_entropy(logits, lab, ignore_index=-100, reduction="sum")
+    return float(loss) / sum(x != -100 for x in labels)
+
+
+def test_plain_qa_scores_answer_then_eos_as_open_unlearning(tiny_llama, tiny_probes):
+    """The probability metrics average over open-unlearning's labels: ``[-100] * len(prompt_ids) + chat_ids[len(prompt_ids):]``
+    with EOS appended (``preprocess_chat_instance``), here built from the prompt and answer ids by hand."""
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(tiny_llama.source).eval()
+    tps = tokenize_probes(tiny_llama, tiny_probes, "plain")
+    want = []
+    for tp in tps:
+        ids = list(tp.ids) + [EOS]
+        want.append(_labelled_nll(hf, ids, [-100] * tp.prompt_len + ids[tp.prompt_len:]))
+    assert np.allclose(om.avg_nll_of(tiny_llama, tiny_probes, "plain"), want, rtol=1e-5)
+    # the LOSS attack is that number; zlib divides it by the compressed length of the labels' text
+    assert np.allclose(om.mia_scores_of(tiny_llama, tiny_probes, "loss", fmt="plain"), want, rtol=1e-5)
+    texts = [tiny_llama.tokenizer.decode(list(tp.answer_ids) + [EOS], skip_special_tokens=True) for tp in tps]
+    assert np.allclose(om.mia_scores_of(tiny_llama, tiny_probes, "zlib", fmt="plain"),
+                       [w / len(zlib.compress(t.encode())) for w, t in zip(want, texts)], rtol=1e-5)
+
+
+def test_reference_and_gradnorm_attacks_written_out(tiny_llama, tiny_llama_other_dir, tiny_probes):
+    from transformers import AutoModelForCausalLM
+
+    from unpact_mech.model.loading import load_model
+
+    other = load_model(str(tiny_llama_other_dir))
+    got = om.mia_scores_of(tiny_llama, tiny_probes, "reference", reference=other)
+    want = om.avg_nll_of(tiny_llama, tiny_probes, "raw") - om.avg_nll_of(other, tiny_probes, "raw")
+    assert np.allclose(got, want) and np.abs(got).max() > 0
+    # gradnorm: mean over parameter tensors of ||grad of -mean log p(labelled tokens but the last)||_2
+    hf = AutoModelForCausalLM.from_pretrained(tiny_llama.source).eval()
+    want = []
+    for tp in tokenize_probes(tiny_llama, tiny_probes, "raw"):
+        ids = list(tp.ids)
+        targets = list(range(tp.prompt_len, len(ids) - 1))  # the last labelled token left out
+        if not targets:
+            want.append(np.nan)
+            continue
+        logp = torch.log_softmax(hf(torch.tensor([ids])).logits[0], -1)
+        loss = -sum(logp[t - 1, ids[t]] for t in targets) / len(targets)
+        grads = torch.autograd.grad(loss, [q for q in hf.parameters()], allow_unused=True)
+        want.append(float(np.mean([float(torch.linalg.vector_norm(g)) for g in grads if g is not None])))
+    assert np.allclose(om.mia_scores_of(tiny_llama, tiny_probes, "gradnorm"), want, rtol=1e-4, equal_nan=True)
+
+
+def test_token_level_metrics_drop_the_last_labelled_token(tiny_llama):
+    """Exact memorisation and extraction strength read the labelled tokens but the last; a one-token raw answer keeps
+    none: extraction strength 0 and exact memorisation left out (NaN), as open-unlearning scores them."""
+    probes = [Probe("a", "the capital of france is", " paris is the capital"), Probe("b", "the red planet is", " mars")]
+    tps = tokenize_probes(tiny_llama, probes, "raw")
+    st = token_stats(tiny_llama, tps)
+    es, em = om.extraction_strength_of(tiny_llama, tps), om.exact_memorization_of(tiny_llama, tps)
+    top1 = st[0].top1.numpy()[:-1]
+    n = len(top1)
+    k = next((k for k in range(n) if top1[k:].all()), n - 1)
+    assert es[0] == pytest.approx(1 - k / n) and em[0] == pytest.approx(top1.mean())
+    assert len(st[1].top1) == 1 and es[1] == 0.0 and np.isnan(em[1])
+
+
+def test_rouge1_recall_and_rel_diff_written_out():
+    # reference unigrams: the x2, cat, sat, on, mat; the prediction has the, cat, on, mat once each -> 4 / 6
+    assert om.rouge1(["the cat on a mat"], ["the cat sat on the mat"])[0] == pytest.approx(4 / 6)
+    assert om.rel_diff(0.3, 0.4) == pytest.approx((0.3 - 0.4) / (0.4 + 1e-10) * 100)
+    assert om.privleak(0.6, 0.7) == pytest.approx(om.rel_diff(1 - 0.6, 1 - 0.7))
+
+
+def _ids(out):
+    """apply_chat_template(tokenize=True) gives ids, or (newer transformers) a mapping holding them."""
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+@pytest.mark.slow  # SmolLM2
+def test_chat_labels_are_open_unlearnings_on_smollm2(smol, smol_probes):
+    """On a real chat template, the probability metrics score exactly open-unlearning's labels, built here as
+    ``preprocess_chat_instance`` builds them: ``apply_chat_template`` of the conversation with and without the
+    answer turn (``add_generation_prompt=True`` for the prompt), EOS appended unless last, labels from the prompt's
+    length on (the answer, ``<|im_end|>``, ``\\n``, EOS)."""
+    from transformers import AutoModelForCausalLM
+
+    tok = smol.tokenizer
+    probes = smol_probes[:3]
+    hf = AutoModelForCausalLM.from_pretrained(smol.source, torch_dtype=torch.float32).eval()
+    want = []
+    for p in probes:
+        chat = [{"role": "user", "content": p.prompt}, {"role": "assistant", "content": p.answer}]
+        chat_ids, prompt_ids = (_ids(tok.apply_chat_template(c, tokenize=True, add_generation_prompt=g))
+                                for c, g in ((chat, False), (chat[:1], True)))
+        if chat_ids[-1] != tok.eos_token_id:
+            chat_ids.append(tok.eos_token_id)
+        labels = [-100] * len(prompt_ids) + chat_ids[len(prompt_ids):]
+        assert len(chat_ids) - len(prompt_ids) > len(tok(p.answer, add_special_tokens=False)["input_ids"])
+        want.append(_labelled_nll(hf, chat_ids, labels))
+    assert np.allclose(om.avg_nll_of(smol, probes, "chat"), want, rtol=1e-4)

@@ -50,7 +50,7 @@ def test_alpha_reaches_focus_recovery_and_function_words(tiny_llama_dir, tmp_pat
 
         an = Analysis(models.load_model(str(tiny_llama_dir)), demo_probes(), KeyTokenParams(alpha=alpha, beta=1),
                       fmt="plain")
-        sweep = recovery(an, an.base, demo_probes()[:2], (1.0, 2.0), routes=("embed",), prompt_styles=(),
+        sweep = recovery(an, an.base, demo_probes()[:2], (1.0, 2.0), modes=("embed",), prompt_styles=(),
                          eligible_only=False, criteria=("teacher_forced",)).sweep
         sweep = sweep[sweep.condition == "keytokens"]
         tables[alpha] = (focus, sweep, fw)

@@ -202,7 +202,7 @@ def test_destruction_and_eligibility_carry_each_criterion_evidence(tiny_llama, t
     assert list(tab.generated_base) == list(direct.generated) == list(tab.generated_unlearned)
     tf, _ = destruction(tiny_llama, tiny_llama, tiny_probes[:3], fmt="plain")
     assert {"lp_base", "lp_unlearned"} <= set(tf.columns)
-    res = recovery(tiny_llama, tiny_llama, tiny_probes[:2], (1.0, 2.0), routes=("embed",), prompt_styles=(),
+    res = recovery(tiny_llama, tiny_llama, tiny_probes[:2], (1.0, 2.0), modes=("embed",), prompt_styles=(),
                    fmt="plain", eligible_only=False, n_draws=1)
     gen = res.eligibility[res.eligibility.criterion == "generation"]
     assert list(gen.generated_base) == list(direct.generated[:2])

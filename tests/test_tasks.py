@@ -17,6 +17,22 @@ from unpact_mech.evals.tasks import TASKS, greedy_texts, task, task_metrics
 from unpact_mech.probes import Probe, tokenize_probes
 from unpact_mech.scoring import score_probes
 
+EOS = 2  # the tiny models' eos_token_id
+
+
+def _labelled(tp):
+    """open-unlearning's labels on the plain format, written out: the answer tokens, then EOS
+    (``preprocess_chat_instance`` appends it); the tokenized probe with EOS appended."""
+    from dataclasses import replace
+
+    return replace(tp, ids=tp.ids + (EOS,), tokens=tp.tokens + ("</s>",))
+
+
+def _ou_nll(subject, q: str, a: str) -> float:
+    """Mean NLL over the labelled tokens (``evaluate_probability``)."""
+    tp = _labelled(tokenize_probes(subject, [Probe("x", q, a)], "plain")[0])
+    return -float(score_probes(subject, [tp])[0].logprobs.mean())
+
 
 def _jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -92,7 +108,7 @@ def test_tofu_task_with_forget_quality(tmp_path, tiny_llama, tiny_llama_other_di
     ps = load_benchmark("tofu", "forget05_perturbed", source=_jsonl(tmp_path / "t.jsonl", rows))
     other = load_model(str(tiny_llama_other_dir))
     t = task_metrics("tofu", tiny_llama, ps, retain_model=other, max_new_tokens=4, fmt="plain").set_index("metric")
-    nll = [-float(score_probes(tiny_llama, tokenize_probes(tiny_llama, [p], "plain"))[0].logprobs.mean()) for p in ps]
+    nll = [_ou_nll(tiny_llama, p.prompt, p.answer) for p in ps]
     assert t.loc["probability", "value"] == pytest.approx(np.mean([math.exp(-x) for x in nll]))
     assert {"rouge_l_recall", "truth_ratio_closer_to_1_better", "forget_quality"} <= set(t.index)
     assert 0 <= t.loc["forget_quality", "value"] <= 1 and t.loc["forget_quality", "against"] == other.name
@@ -110,8 +126,7 @@ def test_tofu_model_utility_on_the_retain_set(tmp_path, tiny_llama):
     t = task_metrics("tofu", tiny_llama, ps, max_new_tokens=4, fmt="plain").set_index("metric")
 
     def avg_nll(q: str, a: str) -> float:
-        p = Probe("x", q, a)
-        return -float(score_probes(tiny_llama, tokenize_probes(tiny_llama, [p], "plain"))[0].logprobs.mean())
+        return _ou_nll(tiny_llama, q, a)
     # truth ratio, written out: p_wrong = exp(-mean NLL over the perturbed answers), p_true from the paraphrase;
     # TR = p_wrong / p_true; "true_better" aggregates mean(max(0, 1 - TR))
     tr = [math.exp(-np.mean([avg_nll(r["question"], w) for w in r["perturbed_answer"]]))
@@ -142,9 +157,13 @@ def test_muse_tasks(tmp_path, tiny_llama):
         tp = tokenize_probes(tiny_llama, [p], "raw")[0]
         with torch.no_grad():
             logits = tiny_llama.backend.forward(torch.tensor([tp.ids]), ())[0]
-        top = [int(logits[i - 1].argmax()) == tp.ids[i] for i in range(tp.prompt_len, len(tp.ids))]
-        es.append(extraction_strength(top))
+        # raw text labels the continuation; the last labelled token is left out (tokenwise_vocab_logprobs), and a
+        # continuation of one token ("shakespeare") keeps none: open-unlearning scores it 0
+        top = [int(logits[i - 1].argmax()) == tp.ids[i] for i in range(tp.prompt_len, len(tp.ids) - 1)]
+        es.append(extraction_strength(top) if top else 0.0)
+    assert len(tokenize_probes(tiny_llama, [vps[1]], "raw")[0].answer_ids) == 1
     assert t.loc["extraction_strength", "value"] == pytest.approx(np.mean(es))
+    assert t.loc["extraction_strength", "n"] == 2 and t.loc["extraction_strength", "n_empty"] == 0
     assert 0 <= t.loc["rouge_l_f1", "value"] <= 1
 
 
@@ -187,7 +206,7 @@ def test_tofu_model_utility_of_all_nine_numbers(tmp_path, tiny_llama, tiny_llama
     from unpact_mech.study.dilemma import task_stage
 
     def avg_nll(q: str, a: str) -> float:
-        return -float(score_probes(tiny_llama, tokenize_probes(tiny_llama, [Probe("x", q, a)], "plain"))[0].logprobs.mean())
+        return _ou_nll(tiny_llama, q, a)
 
     ra = [{"question": "who wrote hamlet ?", "answer": "shakespeare", "perturbed_answer": ["homer", "au", "mars"]},
           {"question": "what is the red planet ?", "answer": "mars", "perturbed_answer": ["paris", "tokyo", "au"]}]
@@ -245,7 +264,7 @@ def test_tofu_forget_metrics_under_emphasis(tmp_path, tiny_llama, route):
     pos = [list(tp.attributable[:2]) for tp in tps]
 
     def avg_nll(q, a, positions):
-        tp = tokenize_probes(tiny_llama, [Probe("x", q, a)], "plain")[0]
+        tp = _labelled(tokenize_probes(tiny_llama, [Probe("x", q, a)], "plain")[0])
         with torch.no_grad():
             logits = tiny_llama.bridge.run_with_hooks(
                 torch.tensor([tp.ids]), fwd_hooks=emphasis_hooks(tiny_llama, Emphasis.of(route, [positions], 8.0)))[0]

@@ -35,7 +35,7 @@ def test_focus_rule():
 def test_recovery_rule_null_then_positive_then_negative():
     null = recovery_verdicts([_row()])
     assert len(null) == 1 and not null[0].positive
-    assert null[0].text.startswith("No emphasis route is KeyToken-specific: of 1 paired")
+    assert null[0].text.startswith("No emphasis mode is KeyToken-specific: of 1 paired")
     pos = recovery_verdicts([_row(specific_attention=0.3, specific_attention_low=0.1, specific_attention_high=0.5)])
     assert [v.positive for v in pos] == [False, True]
     assert pos[0].text.startswith("1 of 1 paired KeyTokens-minus-random intervals lie above 0; with no effect "

@@ -356,7 +356,7 @@ def generate_answers(subject: Subject, tprobes: Sequence[TokenizedProbe], hooks:
 
     With no hooks given or attached and a ``kv_prefix`` backend, runs on its KV cache (emphasis as scaled input
     embeddings or an attention-score bias); otherwise (and when a sequence would outgrow a sliding attention
-    window) the exact recompute loop of :func:`greedy_batch` with the emphasis route's hooks. The two are tested
+    window) the exact recompute loop of :func:`greedy_batch` with the emphasis mode's hooks. The two are tested
     equal.
     """
     if emphasis is not None and (callable(hooks) or hooks):

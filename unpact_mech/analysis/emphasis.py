@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from unpact_mech.analysis import Analysis
-from unpact_mech.core.errors import UnpactError, check_finite_factor
+from unpact_mech.core.errors import UnpactError, check_finite_factor, renamed
 from unpact_mech.evals.criteria import criterion as get_criterion
 from unpact_mech.hooks import EMPHASIS_MODES, Emphasis
 from unpact_mech.model.subject import Subject
@@ -62,17 +62,20 @@ def emphasize(
     probe: Probe | TokenizedProbe,
     factor: float,
     positions: Sequence[int] | None = None,
-    route: str = "embed",
+    mode: str | None = None,
     reference: Subject | None = None,
     params: KeyTokenParams | None = None,
+    route: str | None = None,
 ) -> EmphasisResult:
-    """Score a probe with its KeyTokens emphasised (positions default to ``reference``'s KeyTokens, else own)."""
+    """Score a probe with its KeyTokens emphasised by ``mode`` (``embed``, the default, or ``attention``;
+    ``route=`` is its old name); positions default to ``reference``'s KeyTokens, else its own."""
+    mode = renamed(mode, route, "mode", "route", "embed")
     tp = probe if isinstance(probe, TokenizedProbe) else tokenize_probe(subject.tokenizer, probe, max_len=subject.n_ctx)
     check_finite_factor(factor)
     if positions is None:
         positions = keytoken_positions(reference or subject, [tp], params)[0]
     check_positions(tp, positions)
-    hooks = emphasis_hooks(subject, Emphasis.of(route, [positions], factor))
+    hooks = emphasis_hooks(subject, Emphasis.of(mode, [positions], factor))
     s = score_probes(subject, [tp], hooks if positions else [])[0]
     return EmphasisResult(s.lp, fact_top1(tp, s), bool(s.top1.all()))
 
@@ -82,14 +85,16 @@ def sweep(
     tprobes: Sequence[TokenizedProbe],
     positions: Sequence[Sequence[int]],
     factors: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
-    routes: Sequence[str] = EMPHASIS_MODES,
+    modes: Sequence[str] | None = None,
+    routes: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Answer LP and fact top-1 per probe, emphasis mode and factor (factor 1 is the unemphasised model); the
     mode is the table's ``route`` column.
 
     Each (mode, factor) scores all probes in one batch (:func:`emphasis_sweep`), every row emphasised at its
-    own KeyTokens.
+    own KeyTokens. ``routes=`` is the old name of ``modes``.
     """
+    routes = list(renamed(modes, routes, "modes", "routes", EMPHASIS_MODES))
     if len(positions) != len(tprobes):
         raise UnpactError(f"{len(positions)} KeyToken position lists for {len(tprobes)} probes")
     for f in factors:

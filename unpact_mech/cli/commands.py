@@ -267,7 +267,7 @@ def cmd_emphasize(a: argparse.Namespace) -> int:
     from unpact_mech.findings import destruction, recovery
 
     factors = sorted({1.0, *a.factors}) if a.sweep else [1.0, max(a.factors)]
-    routes, criteria = a.routes, a.criteria
+    modes, criteria = a.modes, a.criteria
     out = _check_out(a, "dir")
     probes = _load_probes_arg(a.probes)
     forget = [p for p in probes if p.split == "forget"]
@@ -275,7 +275,7 @@ def cmd_emphasize(a: argparse.Namespace) -> int:
         raise UnpactError(f"{a.probes} holds no probes with split 'forget'; emphasis tests forget probes (splits: "
                           f"{sorted({p.split for p in probes})})")
     base, unl = _models(a)
-    res = recovery(base, unl, forget, factors, routes, params=_params(a), fmt=a.format, criteria=criteria,
+    res = recovery(base, unl, forget, factors, modes, params=_params(a), fmt=a.format, criteria=criteria,
                    n_draws=a.draws)
     write_table(res.sweep, out / "emphasis_sweep.csv")
     write_table(res.rates, out / "recovery_rates.csv")

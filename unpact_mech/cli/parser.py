@@ -230,8 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sweep", action="store_true", help="score every factor of --factors")
     route(s, "emphasize", "--factors", lambda a: a.sweep or len([f for f in a.factors if f != 1.0]) == 1,
           "--sweep when it lists several factors (without --sweep give one)")
-    s.add_argument("--routes", default="embed,attention", type=choice_list(EMPHASIS_MODES),
-                   help="emphasis routes: " + ", ".join(EMPHASIS_MODES))
+    s.add_argument("--modes", "--routes", dest="modes", default="embed,attention", type=choice_list(EMPHASIS_MODES),
+                   help="emphasis modes (--routes: the old name): " + ", ".join(EMPHASIS_MODES))
     s.add_argument("--criteria", default="teacher_forced,generation", type=choice_list(list(CRITERIA)),
                    help="correctness criteria: teacher_forced (fact span top-1), generation (greedy answer, ROUGE-L), "
                    "multiple_choice (probes with choices, e.g. --probes wmdp: the gold choice has the largest LL)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -100,3 +101,15 @@ def check_finite_factor(factor: Any, what: str = "emphasis factor") -> float:
 
 class ModelSpecError(UnpactError):
     """A model spec that cannot be resolved or loaded."""
+
+
+def renamed(new_value: Any, old_value: Any, new: str, old: str, default: Any) -> Any:
+    """The value of an option renamed from ``old`` to ``new``: ``old`` works for one release with a
+    ``DeprecationWarning`` (at the caller's caller); giving both is refused; neither gives ``default``."""
+    if old_value is None:
+        return default if new_value is None else new_value
+    if new_value is not None:
+        raise UnpactError(f"give {new}= (the new name of {old}=), not both")
+    warnings.warn(f"{old}= is now {new}=; the old name is removed in the next release", DeprecationWarning,
+                  stacklevel=3)
+    return old_value

@@ -39,13 +39,19 @@ GEN_THRESHOLD = 0.5  # ROUGE-L recall of the short gold answer at or above which
 
 @functools.cache
 def _scorer() -> Any:
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)  # open-unlearning's scorer
 
 
 def rouge_l_recall(prediction: str, reference: str) -> float:
     """ROUGE-L recall of a generated answer against the reference (``rouge-score`` package, stemmed):
     LCS(prediction, reference) / len(reference), in lower-cased word tokens."""
     return float(_scorer().score(reference, prediction)["rougeL"].recall)
+
+
+def rouge1_recall(prediction: str, reference: str) -> float:
+    """ROUGE-1 recall (``rouge-score``, stemmed): reference unigrams also in the prediction / reference unigrams
+    (open-unlearning ``utils.py: eval_text_similarity``, ``rouge1_recall``)."""
+    return float(_scorer().score(reference, prediction)["rouge1"].recall)
 
 
 def rouge_l_f1(prediction: str, reference: str) -> float:

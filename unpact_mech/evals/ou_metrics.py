@@ -1,9 +1,12 @@
 """open-unlearning's evaluation metrics, as its files define them (locuslab/open-unlearning, ``src/evals/metrics``).
 
 Each metric is registered with the file its formula follows. The formulas work on per-example numbers; the
-``*_of`` functions compute those numbers for a subject by teacher forcing (:func:`unpact_mech.scoring.token_stats`).
-An example's numbers come from its answer tokens (``TokenizedProbe.answer_ids``); open-unlearning's ``labels``
-also cover the template's closing tokens and EOS, which our probes do not score (the one departure).
+``*_of`` functions compute those numbers for a subject by teacher forcing (:func:`unpact_mech.scoring.token_stats`)
+over the tokens open-unlearning labels (:mod:`unpact_mech.probes.labels`): for QA the answer, the template's
+closing tokens and EOS; for raw text the continuation. Sequence-level numbers (probability, truth ratio, the
+loss-based attacks) average over all of them; token-level ones (exact memorisation, extraction strength, Min-K%,
+Min-K%++) drop the last labelled token, as ``tokenwise_logprobs`` does. An example left with no token is left out
+of the mean and counted (``n_empty``), as open-unlearning leaves out its None scores.
 
 * probability: ``p = exp(-mean NLL of the answer tokens)`` (``utils.py: evaluate_probability``);
   with options ``p_c / (p_c + sum_k p_w,k + 1e-10)`` (``memorization.py: probability_w_options``).
@@ -23,24 +26,31 @@ also cover the template's closing tokens and EOS, which our probes do not score 
 * MIA AUC: ROC AUC with forget labelled 0 and holdout 1 (``mia/utils.py: mia_auc``), i.e.
   ``P(s_holdout > s_forget) + P(tie) / 2``; privleak ``((1 - AUC) - (1 - ref)) / (1 - ref + 1e-10) * 100``
   (``privacy.py: privleak``, ref 0.5 by default as in ``configs/eval/muse_metrics/privleak.yaml``).
-* ROUGE-L recall of a greedy answer (``utils.py: eval_text_similarity``): :func:`unpact_mech.evals.metrics.rouge_l_recall`.
+* ROUGE-L recall and ROUGE-1 recall of a greedy answer (``utils.py: eval_text_similarity``):
+  :func:`unpact_mech.evals.metrics.rouge_l_recall`, :func:`~unpact_mech.evals.metrics.rouge1_recall`.
+* rel_diff: ``(score - ref) / (ref + 1e-10) * 100`` (``privacy.py: rel_diff``); privleak is the same on
+  ``1 - AUC`` with the retain model's AUC as ``ref_auc`` where it was measured (MUSE), 0.5 otherwise.
+* MIA attacks (:func:`mia_scores_of`): Min-K%, Min-K%++, LOSS, zlib, reference, gradient norm (``mia/``).
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import torch
 from scipy import stats as sps
 
 from unpact_mech.core.errors import UnpactError
 from unpact_mech.core.registry import Registry
-from unpact_mech.evals.metrics import rouge_l_recall
+from unpact_mech.evals.metrics import rouge1_recall, rouge_l_recall
 from unpact_mech.hooks import Emphasis
 from unpact_mech.model.subject import Subject
 from unpact_mech.probes import Probe, TokenizedProbe, tokenize_probes
+from unpact_mech.probes.labels import labelled
 from unpact_mech.scoring import TokenStats, score_probes, token_stats
 
 OU = "locuslab/open-unlearning src/evals/metrics/"
@@ -189,6 +199,20 @@ def privleak(auc: float, ref_auc: float = 0.5) -> float:
     return (s - r) / (r + EPS) * 100
 
 
+@register_metric("rel_diff", "privacy.py: rel_diff")
+def rel_diff(score: float, ref: float) -> float:
+    """(score - ref) / (ref + 1e-10) * 100: a statistic relative to the retain model's."""
+    return (float(score) - float(ref)) / (float(ref) + EPS) * 100
+
+
+@register_metric("rouge1_recall", "utils.py: eval_text_similarity")
+def rouge1(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
+    """Per example: ROUGE-1 recall of the generation against the reference (stemmed, ``rouge-score``)."""
+    if len(predictions) != len(references):
+        raise UnpactError(f"rouge1: {len(predictions)} predictions and {len(references)} references")
+    return np.array([rouge1_recall(p, r) for p, r in zip(predictions, references)])
+
+
 @register_metric("rouge_l_recall", "utils.py: eval_text_similarity")
 def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
     """Per example: ROUGE-L recall of the generation against the reference (stemmed, ``rouge-score``)."""
@@ -199,18 +223,30 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray
 
 # --- per-example numbers of a subject ---------------------------------------------------------------------
 
+def labelled_probes(subject: Subject, probes: Sequence[Probe], fmt: str = "auto") -> list[TokenizedProbe]:
+    """The probes tokenized with open-unlearning's labelled tokens as the answer span (:func:`labelled`)."""
+    return [labelled(subject.tokenizer, tp) for tp in tokenize_probes(subject, list(probes), fmt)]
+
+
 def stats_of(subject: Subject, probes: Sequence[Probe], fmt: str = "auto") -> list[TokenStats]:
-    """:class:`~unpact_mech.scoring.TokenStats` of each probe's answer under ``subject``."""
-    return token_stats(subject, tokenize_probes(subject, list(probes), fmt))
+    """:class:`~unpact_mech.scoring.TokenStats` of each probe's labelled tokens under ``subject``."""
+    return token_stats(subject, labelled_probes(subject, probes, fmt))
 
 
 def avg_nll_of(subject: Subject, probes: Sequence[Probe], fmt: str = "auto", emphasis: Emphasis | None = None) -> np.ndarray:
-    """Mean answer-token NLL of each probe (open-unlearning's ``avg_loss``); with ``emphasis`` (row r on probe r's
-    prompt positions) as the emphasised model scores it."""
+    """Mean NLL over each probe's labelled tokens (open-unlearning's ``avg_loss``: ``utils.py:
+    evaluate_probability``); with ``emphasis`` (row r on probe r's prompt positions) as the emphasised model
+    scores it."""
     if emphasis is None:
         return np.array([-float(s.logprobs.mean()) for s in stats_of(subject, probes, fmt)])
-    tps = tokenize_probes(subject, list(probes), fmt)
+    tps = labelled_probes(subject, probes, fmt)
     return np.array([-float(s.logprobs.mean()) for s in score_probes(subject, tps, emphasis=emphasis)])
+
+
+def tokenwise(values: Any) -> Any:
+    """A per-labelled-token array without its last entry: what open-unlearning's token-level metrics read
+    (``utils.py: tokenwise_logprobs``: "-1 to ignore eos prediction")."""
+    return values[:-1]
 
 
 def _answers(p: Probe, key: str) -> list[str]:
@@ -252,21 +288,84 @@ def truth_ratio_of(subject: Subject, probes: Sequence[Probe], aggregator: str = 
     return truth_ratio(*answer_nll_of(subject, probes, correct_key, wrong_key, fmt), aggregator)
 
 
-MIA_ATTACKS = ("min_k", "min_k_plus_plus")
+MIA_ATTACKS = ("min_k", "min_k_plus_plus", "loss", "zlib", "reference", "gradnorm")
 
 
 def mia_scores_of(subject: Subject, probes: Sequence[Probe], attack: str = "min_k_plus_plus", k: float = 0.4,
-                  fmt: str = "raw") -> np.ndarray:
-    """Per-probe membership scores (higher = less likely seen in training); ``fmt='raw'`` scores the answer as a
-    continuation of the prompt text as it is, as MUSE's MIA sets are scored."""
+                  fmt: str = "raw", reference: Subject | None = None, p: float = 2) -> np.ndarray:
+    """Per-probe membership scores (higher = less likely seen in training; ``mia_auc`` labels forget 0 and holdout
+    1); ``fmt='raw'`` scores the answer as a continuation of the prompt text as it is, as MUSE's MIA sets are
+    scored. The attacks of ``src/evals/metrics/mia/``:
+
+    * ``min_k`` / ``min_k_plus_plus``: :func:`min_k` / :func:`min_k_plus_plus` of the labelled tokens but the last
+      (``min_k.py``, ``min_k_plus_plus.py``); NaN for a probe left with none;
+    * ``loss``: the mean NLL of the labelled tokens (``loss.py``);
+    * ``zlib``: that NLL over the zlib-compressed length in bytes of the labelled tokens' text, decoded without
+      special tokens (``zlib.py``);
+    * ``reference``: that NLL minus the ``reference`` model's (``reference.py``);
+    * ``gradnorm``: the mean over parameter tensors of the p-norm of the gradient of the mean log-prob of the
+      labelled tokens but the last (``gradnorm.py``; here in eval mode, which differs from its train mode only
+      for a model with dropout)."""
     if attack not in MIA_ATTACKS:
         raise UnpactError(f"unknown MIA attack {attack!r}; use one of {', '.join(MIA_ATTACKS)}")
+    if attack == "reference" and reference is None:
+        raise UnpactError("the reference attack compares with a reference model: give reference=SUBJECT (MUSE: the "
+                          "retain model)")
+    if attack == "gradnorm" and p not in (1, 2, float("inf")):
+        raise UnpactError(f"gradnorm: p must be 1, 2 or inf, got {p}")
+    if attack in ("loss", "zlib", "reference"):
+        nll = avg_nll_of(subject, probes, fmt)
+        if attack == "reference":
+            assert reference is not None
+            return nll - avg_nll_of(reference, probes, fmt)
+        if attack == "loss":
+            return nll
+        texts = [subject.tokenizer.decode(list(tp.answer_ids), skip_special_tokens=True)
+                 for tp in labelled_probes(subject, probes, fmt)]
+        return np.array([x / len(zlib.compress(t.encode("utf-8"))) for x, t in zip(nll, texts)])
+    if attack == "gradnorm":
+        return _gradnorms(subject, labelled_probes(subject, probes, fmt), p)
     st = stats_of(subject, probes, fmt)
-    if attack == "min_k":
-        return np.array([min_k(s.logprobs.numpy(), k) for s in st])
-    return np.array([min_k_plus_plus(s.logprobs.numpy(), s.mu.numpy(), s.var.numpy(), k) for s in st])
+    out = []
+    for s in st:
+        lp, mu, var = tokenwise(s.logprobs.numpy()), tokenwise(s.mu.numpy()), tokenwise(s.var.numpy())
+        if not len(lp):  # a one-token answer keeps no token: no score, as open-unlearning scores it
+            out.append(float("nan"))
+        else:
+            out.append(min_k(lp, k) if attack == "min_k" else min_k_plus_plus(lp, mu, var, k))
+    return np.array(out)
+
+
+def _gradnorms(subject: Subject, tps: Sequence[TokenizedProbe], p: float) -> np.ndarray:
+    """Per probe: mean over parameter tensors of ||d(-mean log p of the labelled tokens but the last)/dW||_p, on a
+    fresh copy of the weights (one probe per backward pass, as ``gradnorm.py``)."""
+    model = subject.load_hf_model().to(subject.device).eval()
+    out = []
+    for tp in tps:
+        ids = torch.tensor([tp.ids], device=subject.device)
+        logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+        targets = torch.tensor(tp.ids[1:], device=subject.device)
+        lp = logp.gather(1, targets[:, None])[:, 0][tp.prompt_len - 1:-1]  # labelled tokens, the last left out
+        if not len(lp):
+            out.append(float("nan"))
+            continue
+        model.zero_grad()
+        (-lp.mean()).backward()
+        norms = [q.grad.detach().float().norm(p=p) for q in model.parameters() if q.grad is not None]
+        out.append(float(torch.stack(norms).mean()))
+    del model
+    return np.array(out)
 
 
 def extraction_strength_of(subject: Subject, tprobes: Sequence[TokenizedProbe]) -> np.ndarray:
-    """Per-probe :func:`extraction_strength` of the answer under teacher forcing."""
-    return np.array([extraction_strength(s.top1.numpy()) for s in token_stats(subject, tprobes)])
+    """Per-probe :func:`extraction_strength` of the labelled tokens but the last, teacher forced; a probe left
+    with none scores 0, as open-unlearning scores it (``memorization.py: extraction_strength``)."""
+    st = token_stats(subject, [labelled(subject.tokenizer, tp) for tp in tprobes])
+    return np.array([extraction_strength(tokenwise(s.top1.numpy())) if len(s.top1) > 1 else 0.0 for s in st])
+
+
+def exact_memorization_of(subject: Subject, tprobes: Sequence[TokenizedProbe]) -> np.ndarray:
+    """Per-probe :func:`exact_memorization` of the labelled tokens but the last; NaN for a probe left with none
+    (open-unlearning's None, left out of its mean)."""
+    st = token_stats(subject, [labelled(subject.tokenizer, tp) for tp in tprobes])
+    return np.array([exact_memorization(tokenwise(s.top1.numpy())) if len(s.top1) > 1 else float("nan") for s in st])

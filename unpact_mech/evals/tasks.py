@@ -117,7 +117,12 @@ def _rate(metric: str, r: Rate, reference: str, **extra: Any) -> dict[str, Any]:
 
 
 def _mean(metric: str, values: Sequence[float], reference: str) -> dict[str, Any]:
-    return {"metric": metric, "value": float(np.mean(values)), "n": len(values), "reference": reference}
+    """The mean over the examples that have a score; those without (NaN: no token left to score) are left out, as
+    open-unlearning leaves out its None scores, and counted in ``n_empty``."""
+    v = np.asarray(values, dtype=float)
+    kept = v[~np.isnan(v)]
+    return {"metric": metric, "value": float(kept.mean()) if len(kept) else float("nan"), "n": len(kept),
+            "n_empty": int(len(v) - len(kept)), "reference": reference}
 
 
 def greedy_texts(subject: Subject, probes: Sequence[Probe], fmt: str, max_new_tokens: int) -> list[str]:

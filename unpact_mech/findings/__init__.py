@@ -14,7 +14,14 @@ from unpact_mech.analysis import Analysis, annotate
 from unpact_mech.analysis.compare import prepare_comparison
 from unpact_mech.analysis.emphasis import emphasis_sweep
 from unpact_mech.core.display import frame_html, nb_html
-from unpact_mech.core.errors import UnpactError, check_choices, check_finite_factor, check_int, check_unique
+from unpact_mech.core.errors import (
+    UnpactError,
+    check_choices,
+    check_finite_factor,
+    check_int,
+    check_unique,
+    renamed,
+)
 from unpact_mech.core.stats import draw_mean_rate, paired_difference, wilson
 from unpact_mech.evals.criteria import check_criteria, universal_criteria
 from unpact_mech.evals.criteria import criterion as get_criterion
@@ -90,7 +97,7 @@ def recovery(
     unlearned: Subject,
     probes: Sequence[Probe] | None = None,
     factors: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
-    routes: Sequence[str] = EMPHASIS_MODES,
+    modes: Sequence[str] | None = None,
     prompt_styles: Sequence[str] = ("repeat", "mark", "instruct"),
     params: KeyTokenParams | None = None,
     fmt: str = "auto",
@@ -100,6 +107,7 @@ def recovery(
     seed: int = 0,
     gen_factors: Sequence[float] | None = None,
     gen_prompt_styles: Sequence[str] | None = None,
+    routes: Sequence[str] | None = None,
 ) -> RecoveryResult:
     """Finding 2: emphasis on the base model's KeyTokens, weights unchanged, against two controls.
 
@@ -109,12 +117,15 @@ def recovery(
     factors scored by a costly criterion (generation: one forward per generated token; default: all) and
     ``gen_prompt_styles`` its prompt edits (default: all).
     ``base``: an :class:`~unpact_mech.analysis.Analysis` (its KeyTokens and scores are reused) or a Subject.
+    ``modes``: the emphasis modes (default every one of ``hooks.EMPHASIS_MODES``; ``routes=`` is its old name);
+    the tables name the mode in their ``route`` column.
     """
+    routes = list(renamed(modes, routes, "modes", "routes", EMPHASIS_MODES))
     check_criteria(criteria, probes)  # a multiple-choice criterion needs probes with choices
     factors = check_unique([check_finite_factor(f, "each factor") for f in factors], "factors")
     check_int(n_draws, "n_draws", 1)
     if routes:
-        check_choices(list(routes), EMPHASIS_MODES, "routes")
+        check_choices(list(routes), EMPHASIS_MODES, "modes")
     emph = [f for f in factors if f != 1.0]
     if (routes or prompt_styles) and not emph:
         raise UnpactError(f"factors {list(factors)} hold no emphasis (1 is the unemphasised baseline, always scored); "

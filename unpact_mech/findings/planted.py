@@ -57,7 +57,7 @@ def planted_recovery(an: Analysis, planted: Subject, recoverable: Sequence[Probe
         for p in probes:
             hooks = suppressed(an, planted, p, strength) if kind == "suppressed" else []
             with applied(planted, hooks):
-                res = recovery(an, planted, [p], (1.0, *factors), routes=(route,), prompt_styles=(),
+                res = recovery(an, planted, [p], (1.0, *factors), modes=(route,), prompt_styles=(),
                                criteria=criteria, n_draws=n_draws, seed=seed, eligible_only=(kind == "suppressed"))
             for crit in criteria:
                 e = res.eligibility[res.eligibility.criterion == crit].iloc[0]

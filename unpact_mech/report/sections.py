@@ -288,9 +288,9 @@ def _frontier(ctx: ReportContext) -> Body:
     fr = ctx.settings["budget"]["frontier"]
     best = ", ".join(f"x{f:g}" for f in fr["factors"] if f != 1)
     parts = []
-    for route in fr["routes"]:
+    for route in fr.get("modes", fr.get("routes", ())):  # "routes" in reports written before the rename
         g = fdf[(fdf.route == route) & (fdf.criterion == "teacher_forced")]
-        parts.append(ctx.figure(frontier(g, title=f"Dilemma frontier, route {route} (teacher forced)",
+        parts.append(ctx.figure(frontier(g, title=f"Dilemma frontier, emphasis mode {route} (teacher forced)",
                                          ylabel=f"recovery rate (best over {best})",
                                          strength_label="unlearning steps (Task Vector: its negation scale)"),
                                 f"frontier_{route}", frontier_caption(g)))

@@ -141,7 +141,7 @@ def criterion_table_html(rows: list[dict[str, Any]], criterion: str) -> str:
 
 
 def _best_specific(row: dict[str, Any]) -> tuple[str, str]:
-    """The largest KeyToken-specific estimate over emphasis routes and criteria: (estimate with interval, where)."""
+    """The largest KeyToken-specific estimate over emphasis modes and criteria: (estimate with interval, where)."""
     best: tuple[float, str, str] | None = None
     for crit in criteria_of([row]):
         for name in EMPHASIS_NAMES:

@@ -4,7 +4,7 @@ Rules, per method and criterion (95% intervals throughout):
 
 * **Finding 1 (focus):** focus *falls* if the after-unlearning interval lies wholly below the before interval,
   *rises* if wholly above, else *no clear change* (the intervals overlap).
-* **Finding 2 (recovery):** an emphasis route is *KeyToken-specific* if the paired KeyTokens-minus-random
+* **Finding 2 (recovery):** an emphasis mode is *KeyToken-specific* if the paired KeyTokens-minus-random
   interval (``specific_*``) lies wholly above 0, *worse than random* if wholly below, else *null*.
 * **Finding 3 (destruction):** a method *destroys* retain (general) facts if the Wilson interval of the
   destructive rate excludes 0; "all" when k = n.
@@ -118,8 +118,8 @@ def recovery_verdicts(rows: list[dict[str, Any]], n_draws: int = 2) -> list[Verd
                                        f"under {crit.name}: KeyTokens - random {ci_text(est, lo, hi)}"))
     note = power_note(*specific_tests(rows), n_draws)
     if tested and not any(v.positive for v in out):
-        out.insert(0, Verdict("2", "", False, f"No emphasis route is KeyToken-specific: of {tested} paired "
-                              "KeyTokens-minus-random intervals (method x route x criterion), none lies above 0"
+        out.insert(0, Verdict("2", "", False, f"No emphasis mode is KeyToken-specific: of {tested} paired "
+                              "KeyTokens-minus-random intervals (method x mode x criterion), none lies above 0"
                               + note))
     elif tested:
         k = sum(v.positive for v in out)

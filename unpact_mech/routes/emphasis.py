@@ -26,7 +26,7 @@ class EmphasisOptions(RouteOptions):
 
 @register_route("emphasis", EmphasisOptions)
 def _emphasis(ctx: RouteContext) -> list[dict[str, Any]]:
-    """Best over factors per emphasis route; control = random non-KeyTokens, paired per probe: the
+    """Best over factors per emphasis mode; control = random non-KeyTokens, paired per probe: the
     KeyToken-minus-random difference that :func:`~unpact_mech.findings.recovery` computed (its ``control`` table),
     reused, never recomputed. A precomputed :class:`~unpact_mech.findings.RecoveryResult` may be given as option
     ``result`` (its ``rates`` and ``control`` tables)."""

@@ -26,19 +26,19 @@ from unpact_mech.probes import Probe
 
 
 def frontier_point(an: Analysis, subject: Subject, forget: Sequence[Probe], others: Sequence[Probe],
-                   strength: float, factors: Sequence[float] = (1.0, 4.0), routes: Sequence[str] = ("attention",),
+                   strength: float, factors: Sequence[float] = (1.0, 4.0), modes: Sequence[str] = ("attention",),
                    n_draws: int = 2, criteria: Sequence[str] = ("teacher_forced",)) -> list[dict[str, Any]]:
-    """One row per (criterion, route): forget accuracy, best-over-factors recovery on KeyTokens, on random
+    """One row per (criterion, emphasis mode): forget accuracy, best-over-factors recovery on KeyTokens, on random
     tokens and on function words (eligible probes only, so n changes along the frontier) and the destructive
     rate on ``others`` (retain + general), each with its counts and interval."""
     rows = []
-    res = recovery(an, subject, list(forget), factors, routes, prompt_styles=(), criteria=criteria, n_draws=n_draws)
+    res = recovery(an, subject, list(forget), factors, modes, prompt_styles=(), criteria=criteria, n_draws=n_draws)
     for crit in criteria:
         _, d = destruction(an, subject, list(others), criterion=crit)
         pooled = _pool(d)
         f_ok = list(res.eligibility[res.eligibility.criterion == crit].unlearned_correct)
         fa = accuracy(f_ok)
-        for route in routes:
+        for route in modes:
             best = res.rates[(res.rates.criterion == crit) & (res.rates.route == route) & (res.rates.scope == "best")]
             row: dict[str, Any] = {"model": subject.name, "strength": float(strength), "criterion": crit,
                                    "route": route, **rate_columns("forget_acc", fa),

@@ -29,18 +29,9 @@ from unpact_mech.model import loading as models
 from unpact_mech.probes.keytokens import KeyTokenParams
 from unpact_mech.routes import RECOVERY_ROUTES
 from unpact_mech.runtime.results import MethodResult, StudyResult
+from unpact_mech.study import settings as defaults
 from unpact_mech.study.dilemma import run_demo
-from unpact_mech.study.settings import (
-    BUDGET,
-    FACTORS,
-    PAPER_METHODS,
-    PER_SPLIT,
-    ROUTE_BUDGET,
-    Budget,
-    FrontierBudget,
-    RouteBudget,
-    budget_from,
-)
+from unpact_mech.study.settings import Budget, FrontierBudget, RouteBudget, budget_from
 
 CONFIG_FILE = "study.json"  # what every run writes into its OUT
 DTYPES = ("float32", "bfloat16", "float16")
@@ -57,7 +48,7 @@ class StudyConfig:
     """
 
     model: str = "smollm2-135m"
-    methods: tuple[str, ...] = PAPER_METHODS
+    methods: tuple[str, ...] = defaults.PAPER_METHODS
     unlearned: tuple[tuple[str, str], ...] = ()
     probes: tuple[str, ...] = ("facts",)
     task: str | None = None
@@ -65,7 +56,7 @@ class StudyConfig:
     steps: int | None = None
     target: float = 0.25
     patch: bool = True
-    per_split: int | None = PER_SPLIT
+    per_split: int | None = defaults.PER_SPLIT
     known_only: bool = True
     keytokens: KeyTokenParams = field(default_factory=KeyTokenParams)
     finetune: bool = False
@@ -74,9 +65,9 @@ class StudyConfig:
     on_change: str = "recompute"
     dtype: str = "float32"
     device: str | None = None
-    budget: Budget = BUDGET
-    route_budget: RouteBudget = ROUTE_BUDGET
-    factors: tuple[float, ...] = FACTORS
+    budget: Budget = defaults.BUDGET
+    route_budget: RouteBudget = defaults.ROUTE_BUDGET
+    factors: tuple[float, ...] = defaults.FACTORS
 
     def __post_init__(self) -> None:
         # checked before any work (run_demo checks the rest: methods, task, steps, target, on_change)

@@ -202,7 +202,7 @@ def task_stage(lazy: LazyBase, task_name: str, methods: Sequence[str], out: str 
 
 def emphasis_units(base: Any, probes: Sequence[Any], factors: Sequence[float] = FACTORS
                    ) -> list[tuple[str, str, Emphasis]]:
-    """The recovery treatments TOFU's metrics are scored under: each emphasis route at the largest of the demo's
+    """The recovery treatments TOFU's metrics are scored under: each emphasis mode at the largest of the demo's
     factors, on the base model's KeyTokens and on as many random non-KeyTokens (one seeded draw, the control)."""
     an = Analysis(base, list(probes), KeyTokenParams())
     tps = an.probes.select(list(probes))

@@ -95,7 +95,7 @@ def _measure(lazy: LazyBase, method: str, data: dict[str, list], out: Path, step
     fr = lazy.budget.frontier
 
     def point(name: str, subject: Any, strength: float) -> list[dict]:
-        return frontier_point(an, subject, forget, retain + general, strength, fr.factors, fr.routes, fr.n_draws)
+        return frontier_point(an, subject, forget, retain + general, strength, fr.factors, fr.modes, fr.n_draws)
 
     ckpt, points = unlearn_stage(lazy, method, forget, retain, out, steps, target, on_change=on_change,
                                  frontier=point)

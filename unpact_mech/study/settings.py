@@ -51,7 +51,7 @@ class FrontierBudget:
     """The frontier's emphasis at each snapshot: factors, emphasis modes, random draws; every ``every`` steps."""
 
     factors: tuple[float, ...] = (1.0, 8.0)
-    routes: tuple[str, ...] = ("attention",)
+    modes: tuple[str, ...] = ("attention",)
     n_draws: int = 1
     every: int = 2
 

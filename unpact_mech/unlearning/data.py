@@ -3,9 +3,8 @@
 Which QA tokens carry a label depends on ``loss_convention``:
 
 * ``"open_unlearning"`` (default): the answer, then the chat template's closing tokens of the assistant turn,
-  then EOS unless the sequence already ends with it, as open-unlearning's ``preprocess_chat_instance``
-  (``src/data/utils.py``) labels ``chat_ids[len(prompt_ids):]``. On SmolLM2: answer, ``<|im_end|>``, ``\n``,
-  ``<|im_end|>``. The plain format has no closing tag, so it labels the answer and EOS.
+  then EOS unless the sequence already ends with it (:mod:`unpact_mech.probes.labels`, the same tokens the
+  open-unlearning metrics score). The plain format has no closing tag, so it labels the answer and EOS.
 * ``"unpact_v1"``: the answer tokens only (this toolkit's first form).
 """
 
@@ -17,7 +16,8 @@ from typing import Any
 
 import torch
 
-from unpact_mech.probes import Probe, TokenizedProbe, render_prompt, tokenize_probe
+from unpact_mech.probes import Probe, tokenize_probe
+from unpact_mech.probes.labels import closing_ids
 from unpact_mech.unlearning.config import UnlearningError
 from unpact_mech.unlearning.losses import Batch, check_convention
 
@@ -32,28 +32,6 @@ class Example:
     # positions that belong to this example's content (QA: question + answer, not the shared chat template;
     # raw text: all but the first token); RMU's forget term acts only here
     content: tuple[int, ...] = ()
-
-
-def closing_ids(tokenizer: Any, tp: TokenizedProbe) -> list[int]:
-    """The labelled tokens open-unlearning puts after the answer: the chat template's text after the assistant
-    answer (``apply_chat_template(..., add_generation_prompt=False)`` minus the rendered prompt and the answer),
-    then EOS unless the sequence already ends with it (``src/data/utils.py``, ``preprocess_chat_instance``)."""
-    tail: list[int] = []
-    if tp.format == "chat":
-        prompt = render_prompt(tokenizer, tp.probe.prompt, "chat")[0]
-        full = tokenizer.apply_chat_template([{"role": "user", "content": tp.probe.prompt},
-                                              {"role": "assistant", "content": tp.probe.answer}], tokenize=False)
-        at = full.find(tp.probe.answer, len(prompt)) if full.startswith(prompt) else -1
-        if at < 0:
-            raise UnlearningError(
-                f"probe '{tp.probe.id}': the chat template does not render the answer turn as the prompt followed by "
-                "the answer, so its closing tokens cannot be found; use loss_convention='unpact_v1' (answer tokens "
-                "only) or fmt='plain'")
-        tail = list(tokenizer(full[at + len(tp.probe.answer):], add_special_tokens=False)["input_ids"])
-    eos = getattr(tokenizer, "eos_token_id", None)
-    if eos is not None and (list(tp.ids) + tail)[-1] != eos:
-        tail.append(eos)
-    return tail
 
 
 def qa_example(tokenizer: Any, probe: Probe, fmt: str = "auto", answer: str | None = None,
