@@ -54,18 +54,33 @@ def _same_path(x: str, y: str) -> bool:
     return x == y or (Path(x).expanduser().exists() and Path(x).expanduser().resolve() == Path(y).expanduser().resolve())
 
 
-def _models(a: argparse.Namespace) -> tuple[Any, Any]:
-    """The base (--base) and unlearned (--unlearned) models; their specs and on-disk tokenizers checked first."""
+def _check_lengths(a: argparse.Namespace, specs: Sequence[str], probes: Sequence[Any]) -> None:
+    """Before any weights load: every probe fits each model's context, from the tokenizer and config.json on disk
+    (where they are not, the same check runs once the model is loaded)."""
+    from unpact_mech.model.loading import tokenizer_and_context
+    from unpact_mech.probes import tokenize_probe
+
+    for spec in dict.fromkeys(specs) if probes else ():
+        got = tokenizer_and_context(spec, a.trust_remote_code)
+        if got is not None:
+            for p in probes:
+                tokenize_probe(got[0], p, a.format, max_len=got[1])
+
+
+def _models(a: argparse.Namespace, probes: Sequence[Any] = ()) -> tuple[Any, Any]:
+    """The base (--base) and unlearned (--unlearned) models; their on-disk tokenizers compared and ``probes``
+    checked against their contexts first."""
     from unpact_mech.model.loading import check_pair_before_loading
 
     check_pair_before_loading(a.base, a.unlearned, a.trust_remote_code)
+    _check_lengths(a, [a.base, a.unlearned], probes)
     return _load(a, a.base), _load(a, a.unlearned)
 
 
 def _base_and_unlearned(a: argparse.Namespace) -> tuple[list[Any], Any, Any]:
     """Probes (--probes), base model (--base) and unlearned model (--unlearned) of a comparison command."""
     probes = _load_probes_arg(a.probes)
-    return (probes, *_models(a))
+    return (probes, *_models(a, probes))
 
 
 def _print_df(df: pd.DataFrame) -> None:
@@ -84,6 +99,7 @@ def cmd_attribute(a: argparse.Namespace) -> int:
         _check_out(a)
     key = run_key("attribute", {"model": a.model, "method": a.method, "format": a.format}, [p.id for p in probes])
     probes, failed = take_shard(probes, shard), scale.no_failures()
+    _check_lengths(a, [a.model], probes)
     if uses_ray(a):
         tables, failed = scale.run(a, "attribute", {"model": a.model, "method": a.method, "format": a.format},
                                    [a.model], scale.attribute_job(a.method, a.format), probes)
@@ -274,7 +290,7 @@ def cmd_emphasize(a: argparse.Namespace) -> int:
     if not forget:
         raise UnpactError(f"{a.probes} holds no probes with split 'forget'; emphasis tests forget probes (splits: "
                           f"{sorted({p.split for p in probes})})")
-    base, unl = _models(a)
+    base, unl = _models(a, probes)
     res = recovery(base, unl, forget, factors, modes, params=_params(a), fmt=a.format, criteria=criteria,
                    n_draws=a.draws)
     write_table(res.sweep, out / "emphasis_sweep.csv")
@@ -307,7 +323,7 @@ def cmd_recover(a: argparse.Namespace) -> int:
     probes = _load_probes_arg(a.probes)
     forget, retain, shots, unknown = rt.route_data(probes, a.n, a.shots, a.n_control)
     rt.check_route_data(routes, forget, unknown, retain, shots)  # before the models load
-    base, unl = _models(a)
+    base, unl = _models(a, [*forget, *retain, *shots, *unknown])
     options = {"quantize": rt.QuantizeOptions(bits=tuple(bits), quantizers=tuple(a.quantizers)),
                "relearn": rt.RelearnOptions(steps=tuple(steps), lr=a.relearn_lr),
                "in_context": rt.InContextOptions(shots=a.shots),
@@ -338,6 +354,7 @@ def cmd_patch(a: argparse.Namespace) -> int:
                           f"already exact (use --method {' or '.join(ESTIMATES)} --verify {a.verify})")
     out, failed = _check_out(a, "dir"), scale.no_failures()
     probes = _load_probes_arg(a.probes)[: a.n]
+    _check_lengths(a, [a.base, a.unlearned], probes)
     if uses_ray(a):
         opts = {"base": a.base, "unlearned": a.unlearned, "method": a.method, "kinds": list(a.kinds),
                 "layer_step": a.layer_step, "direction": list(a.direction), "format": a.format, "verify": a.verify}
@@ -346,7 +363,7 @@ def cmd_patch(a: argparse.Namespace) -> int:
         pos, hd = (tables[t].sort_values("direction", key=lambda c: c.map(order), kind="stable").reset_index(drop=True)
                    for t in ("positions", "heads"))
     else:
-        base, unl = _models(a)
+        base, unl = _models(a, probes)
         layers = list(range(0, base.n_layers, a.layer_step))
         frames, heads = [], []
         for d in a.direction:

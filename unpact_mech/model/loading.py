@@ -24,7 +24,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from unpact_mech.core.errors import ModelSpecError, UnpactError
 from unpact_mech.core.log import say
 from unpact_mech.core.options import check_device
-from unpact_mech.model.backends import frozen, resolve_dtype
+from unpact_mech.model.backends import context_length, frozen, resolve_dtype
 from unpact_mech.model.backends.nnsight import NNsightBackend
 from unpact_mech.model.builtin import (
     BUILTIN_MODELS,
@@ -69,19 +69,37 @@ def check_spec(spec: str) -> None:
                                  "the tokenizer of the model it came from into it (tokenizer.save_pretrained)")
 
 
+def on_disk(spec: str) -> str | None:
+    """The directory holding ``spec``'s tokenizer and config.json without loading anything: a local directory, or
+    a built-in model's cache once it is built; None for a hub id or a built-in not yet dequantised."""
+    if spec in BUILTIN_MODELS:
+        out, ready = _model_cache(spec)
+        return str(out) if ready else None
+    path = Path(spec).expanduser()
+    return str(path) if path.is_dir() and (path / "config.json").is_file() else None
+
+
+def tokenizer_and_context(spec: str, trust_remote_code: bool = False) -> tuple[Any, int] | None:
+    """``spec``'s tokenizer and context length from the files on disk (:func:`on_disk`), or None."""
+    d = on_disk(spec)
+    if d is None:
+        return None
+    try:
+        cfg = AutoConfig.from_pretrained(d, trust_remote_code=trust_remote_code)
+        for c in (cfg, getattr(cfg, "text_config", None)):  # only a context the config states (no default guessed)
+            if c is not None and any(getattr(c, k, None) for k in ("max_position_embeddings", "n_positions", "n_ctx")):
+                return _load_tokenizer(d, trust_remote_code), context_length(c)
+    except Exception:  # noqa: BLE001  (unreadable files: loading the model reports them, with the fix)
+        return None
+    return None
+
+
 def check_pair_before_loading(base: str, unlearned: str, trust_remote_code: bool = False) -> None:
     """Refuse, before either model's weights load, two specs whose tokenizers differ (token ids index both models'
     embeddings). Only tokenizers already on disk are read: a local directory, or a built-in model's cache; a hub id
     or a built-in not yet dequantised is checked once loaded (``check_same_tokenizer``)."""
 
-    def local(spec: str) -> str | None:
-        if spec in BUILTIN_MODELS:
-            out, ready = _model_cache(spec)
-            return str(out) if ready else None
-        path = Path(spec).expanduser()
-        return str(path) if path.is_dir() else None
-
-    b_dir, u_dir = local(base), local(unlearned)
+    b_dir, u_dir = on_disk(base), on_disk(unlearned)
     if b_dir is None or u_dir is None or b_dir == u_dir:
         return
     fps = [vocab_fingerprint(_load_tokenizer(d, trust_remote_code)) for d in (b_dir, u_dir)]
