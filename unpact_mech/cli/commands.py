@@ -99,12 +99,12 @@ def cmd_attribute(a: argparse.Namespace) -> int:
         _check_out(a)
     key = run_key("attribute", {"model": a.model, "method": a.method, "format": a.format}, [p.id for p in probes])
     probes, failed = take_shard(probes, shard), scale.no_failures()
-    _check_lengths(a, [a.model], probes)
     if uses_ray(a):
         tables, failed = scale.run(a, "attribute", {"model": a.model, "method": a.method, "format": a.format},
                                    [a.model], scale.attribute_job(a.method, a.format), probes)
         table = tables.get("table", pd.DataFrame(columns=["probe_id"]))
     else:
+        _check_lengths(a, [a.model], probes)  # (on Ray a probe that does not fit is recorded as failed, the rest run)
         subject = _load(a, a.model)
         table = attribute(subject, tokenize_probes(subject, probes, a.format), method=a.method, progress=True)
     if a.out:
@@ -354,7 +354,6 @@ def cmd_patch(a: argparse.Namespace) -> int:
                           f"already exact (use --method {' or '.join(ESTIMATES)} --verify {a.verify})")
     out, failed = _check_out(a, "dir"), scale.no_failures()
     probes = _load_probes_arg(a.probes)[: a.n]
-    _check_lengths(a, [a.base, a.unlearned], probes)
     if uses_ray(a):
         opts = {"base": a.base, "unlearned": a.unlearned, "method": a.method, "kinds": list(a.kinds),
                 "layer_step": a.layer_step, "direction": list(a.direction), "format": a.format, "verify": a.verify}
