@@ -528,3 +528,20 @@ def test_read_only_directory_is_refused_before_work(tiny_llama_dir, tmp_path, ca
     assert main(["attribute", "--model", str(tiny_llama_dir), "--prompt", "q", "--answer", "a", "--out",
                  str(ro / "t.csv")]) == 2
     assert "not writable" in capsys.readouterr().err
+
+
+def test_pair_checks_read_each_tokenizer_once_before_loading(tiny_llama_dir, tmp_path, monkeypatch, capsys):
+    """compare's pre-load checks (the tokenizer pair, then each probe against the context) read each model's
+    tokenizer from disk once, and a probe past the context is still refused before any weights load."""
+    other = tmp_path / "copy"
+    shutil.copytree(tiny_llama_dir, other)
+    reads: list[str] = []
+    real = models._load_tokenizer
+    monkeypatch.setattr(models, "_load_tokenizer", lambda d, *a, **k: (reads.append(str(d)), real(d, *a, **k))[1])
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("loaded before the checks"))
+    long = tmp_path / "long.jsonl"
+    long.write_text(json.dumps({"id": "x", "prompt": " ".join(["paris"] * 200), "answer": "a"}) + "\n")
+    assert main(["compare", "--base", str(tiny_llama_dir), "--unlearned", str(other), "--format", "plain",
+                 "--probes", str(long)]) == 2
+    assert "longer than the model context" in capsys.readouterr().err
+    assert sorted(reads) == sorted([str(tiny_llama_dir), str(other)])

@@ -54,14 +54,15 @@ def _same_path(x: str, y: str) -> bool:
     return x == y or (Path(x).expanduser().exists() and Path(x).expanduser().resolve() == Path(y).expanduser().resolve())
 
 
-def _check_lengths(a: argparse.Namespace, specs: Sequence[str], probes: Sequence[Any]) -> None:
+def _check_lengths(a: argparse.Namespace, specs: Sequence[str], probes: Sequence[Any],
+                   read: dict[str, Any] | None = None) -> None:
     """Before any weights load: every probe fits each model's context, from the tokenizer and config.json on disk
-    (where they are not, the same check runs once the model is loaded)."""
+    (where they are not, the same check runs once the model is loaded); ``read``: tokenizers already read."""
     from unpact_mech.model.loading import tokenizer_and_context
     from unpact_mech.probes import tokenize_probe
 
     for spec in dict.fromkeys(specs) if probes else ():
-        got = tokenizer_and_context(spec, a.trust_remote_code)
+        got = tokenizer_and_context(spec, a.trust_remote_code, read)
         if got is not None:
             for p in probes:
                 tokenize_probe(got[0], p, a.format, max_len=got[1])
@@ -72,8 +73,8 @@ def _models(a: argparse.Namespace, probes: Sequence[Any] = ()) -> tuple[Any, Any
     checked against their contexts first."""
     from unpact_mech.model.loading import check_pair_before_loading
 
-    check_pair_before_loading(a.base, a.unlearned, a.trust_remote_code)
-    _check_lengths(a, [a.base, a.unlearned], probes)
+    read = check_pair_before_loading(a.base, a.unlearned, a.trust_remote_code)
+    _check_lengths(a, [a.base, a.unlearned], probes, read)
     return _load(a, a.base), _load(a, a.unlearned)
 
 

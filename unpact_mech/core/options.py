@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -42,6 +42,28 @@ def _typed(name: str, check: Callable[[str], Any]) -> Callable[[str], Any]:
 
     parse.__name__ = name  # argparse names the type in "invalid <name> value" messages
     return parse
+
+
+def dataclass_from(cls: Any, d: Any, what: str, nested: Mapping[str, Any] | None = None) -> Any:
+    """An options dataclass from a mapping, as a config file holds it: lists become tuples, the ``nested`` fields
+    (name -> dataclass) are built the same way, an unknown key is refused naming the known ones, and a bad value
+    with the dataclass's own message; an instance of ``cls`` is returned as it is."""
+    if isinstance(d, cls):
+        return d
+    known = [f.name for f in fields(cls)]
+    if not isinstance(d, Mapping):
+        raise UnpactError(f"{what} must be a mapping of {', '.join(known)}, got {d!r}")
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise UnpactError(f"{what}: unknown option(s) {', '.join(map(repr, unknown))}; options are {', '.join(known)}")
+    out = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    for name, sub in (nested or {}).items():
+        if name in out:
+            out[name] = dataclass_from(sub, out[name], f"{what}.{name}")
+    try:
+        return cls(**out)
+    except TypeError as e:
+        raise UnpactError(f"{what}: {e}") from None
 
 
 def positive_int(hi: int | None = None) -> Callable[[str], int]:

@@ -228,9 +228,14 @@ def labelled_probes(subject: Subject, probes: Sequence[Probe], fmt: str = "auto"
     return [labelled(subject.tokenizer, tp) for tp in tokenize_probes(subject, list(probes), fmt)]
 
 
+def _labelled_stats(subject: Subject, tprobes: Sequence[TokenizedProbe]) -> list[TokenStats]:
+    """:class:`~unpact_mech.scoring.TokenStats` of already tokenized probes' labelled tokens (:func:`labelled`)."""
+    return token_stats(subject, [labelled(subject.tokenizer, tp) for tp in tprobes])
+
+
 def stats_of(subject: Subject, probes: Sequence[Probe], fmt: str = "auto") -> list[TokenStats]:
     """:class:`~unpact_mech.scoring.TokenStats` of each probe's labelled tokens under ``subject``."""
-    return token_stats(subject, labelled_probes(subject, probes, fmt))
+    return _labelled_stats(subject, tokenize_probes(subject, list(probes), fmt))
 
 
 def avg_nll_of(subject: Subject, probes: Sequence[Probe], fmt: str = "auto", emphasis: Emphasis | None = None) -> np.ndarray:
@@ -360,12 +365,12 @@ def _gradnorms(subject: Subject, tps: Sequence[TokenizedProbe], p: float) -> np.
 def extraction_strength_of(subject: Subject, tprobes: Sequence[TokenizedProbe]) -> np.ndarray:
     """Per-probe :func:`extraction_strength` of the labelled tokens but the last, teacher forced; a probe left
     with none scores 0, as open-unlearning scores it (``memorization.py: extraction_strength``)."""
-    st = token_stats(subject, [labelled(subject.tokenizer, tp) for tp in tprobes])
+    st = _labelled_stats(subject, tprobes)
     return np.array([extraction_strength(tokenwise(s.top1.numpy())) if len(s.top1) > 1 else 0.0 for s in st])
 
 
 def exact_memorization_of(subject: Subject, tprobes: Sequence[TokenizedProbe]) -> np.ndarray:
     """Per-probe :func:`exact_memorization` of the labelled tokens but the last; NaN for a probe left with none
     (open-unlearning's None, left out of its mean)."""
-    st = token_stats(subject, [labelled(subject.tokenizer, tp) for tp in tprobes])
+    st = _labelled_stats(subject, tprobes)
     return np.array([exact_memorization(tokenwise(s.top1.numpy())) if len(s.top1) > 1 else float("nan") for s in st])

@@ -79,8 +79,10 @@ def on_disk(spec: str) -> str | None:
     return str(path) if path.is_dir() and (path / "config.json").is_file() else None
 
 
-def tokenizer_and_context(spec: str, trust_remote_code: bool = False) -> tuple[Any, int] | None:
-    """``spec``'s tokenizer and context length from the files on disk (:func:`on_disk`), or None."""
+def tokenizer_and_context(spec: str, trust_remote_code: bool = False, read: dict[str, Any] | None = None
+                          ) -> tuple[Any, int] | None:
+    """``spec``'s tokenizer and context length from the files on disk (:func:`on_disk`), or None; ``read``: the
+    tokenizers already read, by directory (:func:`check_pair_before_loading` returns them)."""
     d = on_disk(spec)
     if d is None:
         return None
@@ -88,25 +90,29 @@ def tokenizer_and_context(spec: str, trust_remote_code: bool = False) -> tuple[A
         cfg = AutoConfig.from_pretrained(d, trust_remote_code=trust_remote_code)
         for c in (cfg, getattr(cfg, "text_config", None)):  # only a context the config states (no default guessed)
             if c is not None and any(getattr(c, k, None) for k in ("max_position_embeddings", "n_positions", "n_ctx")):
-                return _load_tokenizer(d, trust_remote_code), context_length(c)
+                tok = (read or {}).get(d) or _load_tokenizer(d, trust_remote_code)
+                return tok, context_length(c)
     except Exception:  # noqa: BLE001  (unreadable files: loading the model reports them, with the fix)
         return None
     return None
 
 
-def check_pair_before_loading(base: str, unlearned: str, trust_remote_code: bool = False) -> None:
+def check_pair_before_loading(base: str, unlearned: str, trust_remote_code: bool = False) -> dict[str, Any]:
     """Refuse, before either model's weights load, two specs whose tokenizers differ (token ids index both models'
     embeddings). Only tokenizers already on disk are read: a local directory, or a built-in model's cache; a hub id
-    or a built-in not yet dequantised is checked once loaded (``check_same_tokenizer``)."""
+    or a built-in not yet dequantised is checked once loaded (``check_same_tokenizer``). Returns the tokenizers it
+    read, by directory, for the next check before loading (:func:`tokenizer_and_context`)."""
 
     b_dir, u_dir = on_disk(base), on_disk(unlearned)
     if b_dir is None or u_dir is None or b_dir == u_dir:
-        return
-    fps = [vocab_fingerprint(_load_tokenizer(d, trust_remote_code)) for d in (b_dir, u_dir)]
+        return {}
+    read = {d: _load_tokenizer(d, trust_remote_code) for d in (b_dir, u_dir)}
+    fps = [vocab_fingerprint(read[d]) for d in (b_dir, u_dir)]
     if fps[0] != fps[1]:
         raise TokenizerMismatch(f"--base {base} and --unlearned {unlearned} use different tokenizers (vocabularies "
                                 f"{fps[0]} and {fps[1]}): token ids would index the wrong embeddings. Compare an "
                                 "unlearned model with the base it was made from")
+    return read
 
 
 def placement_kwargs(device: str | None = None, device_map: Any = None, n_devices: int | None = None,

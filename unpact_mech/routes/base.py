@@ -3,13 +3,13 @@ table row (recovered k/n against a control k/n, Newcombe's interval on the exces
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from unpact_mech.analysis import Analysis
 from unpact_mech.core.errors import UnpactError
+from unpact_mech.core.options import dataclass_from
 from unpact_mech.core.registry import Registry
 from unpact_mech.core.stats import newcombe, rate_columns, wilson
 from unpact_mech.findings import CRITERIA, judge
@@ -33,11 +33,7 @@ class RouteOptions:
             if not isinstance(given, cls):
                 raise UnpactError(f"the {route} route takes {cls.__name__}, not {type(given).__name__}")
             return given
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(given) - set(names))
-        if unknown:
-            raise UnpactError(f"unknown option(s) {unknown} for the {route} route; its options: {', '.join(names)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+        return dataclass_from(cls, given, f"the {route} route's options")
 
 
 OptionsT = TypeVar("OptionsT", bound=RouteOptions)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import yaml
 
 from unpact_mech.core.errors import UnpactError
 from unpact_mech.core.io import atomic_write_text
+from unpact_mech.core.options import dataclass_from
 from unpact_mech.evals.loaders import load_probe_spec
 from unpact_mech.model import loading as models
 from unpact_mech.probes.keytokens import KeyTokenParams
@@ -31,7 +32,7 @@ from unpact_mech.routes import RECOVERY_ROUTES
 from unpact_mech.runtime.results import MethodResult, StudyResult
 from unpact_mech.study import settings as defaults
 from unpact_mech.study.dilemma import run_demo
-from unpact_mech.study.settings import Budget, FrontierBudget, RouteBudget, budget_from
+from unpact_mech.study.settings import Budget, FrontierBudget, RouteBudget
 
 CONFIG_FILE = "study.json"  # what every run writes into its OUT
 DTYPES = ("float32", "bfloat16", "float16")
@@ -98,12 +99,12 @@ class StudyConfig:
             pairs = d["unlearned"].items() if isinstance(d["unlearned"], Mapping) else d["unlearned"] or ()
             d["unlearned"] = tuple((str(n), str(s)) for n, s in pairs)
         if "budget" in d:
-            d["budget"] = budget_from(Budget, d["budget"], "budget")
+            d["budget"] = dataclass_from(Budget, d["budget"], "budget", {"frontier": FrontierBudget})
         if "route_budget" in d:
-            d["route_budget"] = budget_from(RouteBudget, d["route_budget"], "route_budget")
+            d["route_budget"] = dataclass_from(RouteBudget, d["route_budget"], "route_budget")
         if isinstance(d.get("keytokens"), Mapping):
-            d["keytokens"] = _from_fields(KeyTokenParams, d["keytokens"], "keytokens")
-        return _from_fields(cls, d, "study config")
+            d["keytokens"] = dataclass_from(KeyTokenParams, d["keytokens"], "keytokens")
+        return dataclass_from(cls, d, "study config")
 
     def dump(self, path: str | Path) -> Path:
         """Write the config to ``path`` (JSON, or YAML for ``.yaml``/``.yml``), atomically."""
@@ -153,17 +154,6 @@ def _check_budgets(c: StudyConfig) -> None:
                                                                                    fr.factors)):
         if not fs or any(not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f <= 1000 for f in fs):
             raise UnpactError(f"{name} must be a non-empty list of emphasis factors in (0, 1000], got {list(fs)!r}")
-
-
-def _from_fields(cls: Any, d: Mapping[str, Any], what: str) -> Any:
-    known = [f.name for f in fields(cls)]
-    unknown = sorted(set(d) - set(known))
-    if unknown:
-        raise UnpactError(f"{what}: unknown option(s) {', '.join(map(repr, unknown))}; options are {', '.join(known)}")
-    try:
-        return cls(**d)
-    except TypeError as e:
-        raise UnpactError(f"{what}: {e}") from None
 
 
 class Study:

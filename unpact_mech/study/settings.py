@@ -7,11 +7,10 @@ Everything here was fixed before any finding was measured; ``unpact demo`` runs 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from unpact_mech.core.errors import UnpactError
 from unpact_mech.core.options import MAX_STEPS, choice_list, positive_int, unit_float
 from unpact_mech.unlearning import METHODS
 
@@ -94,26 +93,6 @@ class RouteBudget:
 
 BUDGET = Budget()
 ROUTE_BUDGET = RouteBudget()
-
-
-def budget_from(cls: Any, d: Any, what: str) -> Any:
-    """A budget dataclass from a mapping (as a config file holds it): lists as tuples, nested budgets built, an
-    unknown key refused with the known ones."""
-    if isinstance(d, cls):
-        return d
-    if not isinstance(d, Mapping):
-        raise UnpactError(f"{what} must be a mapping of {', '.join(f.name for f in fields(cls))}, got {d!r}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(d) - set(known))
-    if unknown:
-        raise UnpactError(f"{what}: unknown option(s) {', '.join(map(repr, unknown))}; options are {', '.join(known)}")
-    out = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-    if "frontier" in out and cls is Budget:
-        out["frontier"] = budget_from(FrontierBudget, out["frontier"], f"{what}.frontier")
-    try:
-        return cls(**out)
-    except TypeError as e:
-        raise UnpactError(f"{what}: {e}") from None
 
 
 def method_settings(method: str, steps: int | None, target: float) -> dict[str, Any]:
