@@ -144,7 +144,7 @@ def test_muse_tasks(tmp_path, tiny_llama):
     qa = _jsonl(tmp_path / "qa.jsonl", [{"question": "what is the capital of france ?", "answer": "paris"},
                                         {"question": "who wrote hamlet ?", "answer": "shakespeare"}])
     ps = load_benchmark("muse-news", "knowmem", "forget_qa", source=qa)
-    t = task_metrics("muse-knowmem", tiny_llama, ps, max_new_tokens=3, fmt="plain")
+    t = task_metrics("muse-knowmem", tiny_llama, ps, max_new_tokens=3, fmt="plain", convention="unpact_v1")
     gens = greedy_texts(tiny_llama, ps, "plain", 3)
     assert t.iloc[0].value == pytest.approx(np.mean([rouge_l_f1(g, p.answer) for g, p in zip(gens, ps)]))
     vm = tmp_path / "verbmem.parquet"
@@ -152,6 +152,7 @@ def test_muse_tasks(tmp_path, tiny_llama):
                   "gt": ["is mars and gold is au", "shakespeare"]}).to_parquet(vm)
     vps = load_benchmark("muse-books", "verbmem", "forget", source=vm)
     t = task_metrics("muse-verbmem", tiny_llama, vps, max_new_tokens=4).set_index("metric")
+    assert t.loc["rouge_l_f1", "convention"] == "open-unlearning"
     es = []
     for p in vps:  # naive: one forward per probe, greedy tokens against the gold continuation
         tp = tokenize_probes(tiny_llama, [p], "raw")[0]

@@ -44,6 +44,7 @@ _API: dict[str, tuple[str, str]] = {
     "KeyTokenParams": ("unpact_mech.probes.keytokens", "KeyTokenParams"),
     "select_keytokens": ("unpact_mech.probes.keytokens", "select_keytokens"),
     "load_benchmark": ("unpact_mech.evals.loaders", "load_benchmark"),
+    "Passage": ("unpact_mech.evals.loaders", "Passage"),
     "filter_known": ("unpact_mech.evals.loaders", "filter_known"),
     "Analysis": ("unpact_mech.analysis", "Analysis"),
     "attribute": ("unpact_mech.attribution", "attribute"),
@@ -91,7 +92,7 @@ globals().update(_LISTERS)
 
 # every public name (checked against _API and the listers in tests/test_api.py)
 __all__ = [
-    "Analysis", "KeyTokenParams", "MethodResult", "Probe", "Study", "StudyConfig", "StudyResult", "Subject",
+    "Analysis", "KeyTokenParams", "MethodResult", "Passage", "Probe", "Study", "StudyConfig", "StudyResult", "Subject",
     "TokenizedProbe", "UnpactError",
     "attribute", "compare", "destruction", "emphasize", "evaluate", "filter_known", "list_attribution_methods",
     "list_benchmarks", "list_criteria", "list_methods", "list_metrics", "list_models", "list_routes", "list_tasks",
@@ -138,7 +139,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time each name l
     from unpact_mech.analysis.localise import localise
     from unpact_mech.attribution import attribute
     from unpact_mech.core.errors import UnpactError
-    from unpact_mech.evals.loaders import filter_known, load_benchmark
+    from unpact_mech.evals.loaders import Passage, filter_known, load_benchmark
     from unpact_mech.evals.tasks import evaluate
     from unpact_mech.findings import destruction, recovery
     from unpact_mech.model.loading import load_model, load_nnsight, save_checkpoint

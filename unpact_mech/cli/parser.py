@@ -102,6 +102,7 @@ def _output_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from unpact_mech.attribution import ATTRIBUTION_METHODS, method_info
     from unpact_mech.evals.multiple_choice import FORMULATIONS
+    from unpact_mech.evals.muse import CONVENTIONS as MUSE_CONVENTIONS
     from unpact_mech.evals.tasks import TASKS
 
     p = argparse.ArgumentParser(prog="unpact", description="Look inside unlearned language models: KeyTokens, direct "
@@ -324,8 +325,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the line that opens every lettered WMDP prompt (default: lm-eval's line of the probe's subset, "
                    "e.g. 'The following are multiple choice questions (with answers) about biology.' and a blank line; "
                    "'' for none)")
-    s.add_argument("--retain-model", help="TOFU: the retain-only model, for forget quality (KS test)")
+    s.add_argument("--retain-model", help="the retain-only model: TOFU's forget quality (KS test), MUSE's privleak")
     s.add_argument("--max-new-tokens", type=POS, help="generation budget (TOFU 200, MUSE KnowMem 32, VerbMem 128)")
+    s.add_argument("--convention", choices=list(MUSE_CONVENTIONS), default="open-unlearning",
+                   help="MUSE: score as open-unlearning runs it, as MUSE's own repository does (muse), or the "
+                   "toolkit's earlier zero-shot protocol (unpact_v1, not for privleak)")
+    s.add_argument("--shots", help="MUSE KnowMem's in-context examples: a split of the benchmark (forget_qa_icl, "
+                   "retain_qa_icl) or a local file in its schema; default with a hub benchmark: the split's _icl")
+    s.add_argument("--ref-auc", type=unit_float(), help="MUSE privleak: the retain model's AUC when it is not given "
+                   "as --retain-model (default 0.5)")
     s.add_argument("--out", help="write the metrics table (.csv or .parquet)")
     _output_args(s)
     _model_args(s)
@@ -335,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
           "a task scored against a retain model (--task tofu)")
     route(s, "evaluate", "--max-new-tokens", lambda a: TASKS[a.task].takes("max_new_tokens"),
           "--task tofu / muse-knowmem / muse-verbmem")
+    route(s, "evaluate", "--convention", lambda a: TASKS[a.task].takes("convention"), "a MUSE task (--task muse-*)")
+    route(s, "evaluate", "--shots", lambda a: TASKS[a.task].takes("shots"), "--task muse-knowmem")
+    route(s, "evaluate", "--ref-auc", lambda a: TASKS[a.task].takes("ref_auc"), "--task muse-privleak")
 
     s = sub.add_parser("data", help="list benchmarks or show a few rows of one")
     s.add_argument("action", choices=["list", "show"])

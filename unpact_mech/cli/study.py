@@ -81,15 +81,58 @@ def cmd_study(a: argparse.Namespace) -> int:
     return 0
 
 
+def _passages(a: argparse.Namespace) -> list[Any]:
+    """MUSE's privleak passages of ``--probes`` (a MUSE benchmark): the ``--split`` list (default forget,holdout),
+    each from the hub or from ``--source SPLIT=FILE,...``."""
+    from unpact_mech.evals.loaders import load_benchmark
+
+    if not a.probes.startswith("muse-") or a.subset not in (None, "privleak"):
+        raise UnpactError(f"--task {a.task} scores MUSE's privleak passages: give --probes muse-news or muse-books "
+                          "(subset privleak)")
+    splits = [x.strip() for x in (a.split or "forget,holdout").split(",")]
+    sources: dict[str, str | None] = dict.fromkeys(splits)
+    if a.source:
+        pairs = [x.partition("=") for x in a.source.split(",")]
+        if len(splits) == 1 and len(pairs) == 1 and not pairs[0][1]:
+            sources[splits[0]] = a.source
+        elif any(not sep or k not in sources for k, sep, _ in pairs) or {k for k, _, _ in pairs} != set(splits):
+            raise UnpactError(f"--source: give one local file per split as SPLIT=FILE,... for the splits "
+                              f"{', '.join(splits)}, e.g. forget=forget.jsonl,holdout=holdout.jsonl")
+        else:
+            sources.update({k: v for k, _, v in pairs})
+    return [x for sp in splits for x in load_benchmark(a.probes, "privleak", sp, source=sources[sp])]
+
+
+def _shots(a: argparse.Namespace) -> list[Any]:
+    """KnowMem's in-context examples: ``--shots`` (a split of the benchmark, or a local file in its schema), or
+    by default the ``_icl`` split beside the scored one when it comes from the hub; none otherwise."""
+    from unpact_mech.evals.loaders import BENCHMARKS, load_benchmark
+
+    bench = a.probes in BENCHMARKS
+    if a.shots is None:
+        if not bench or a.source or a.convention == "unpact_v1":
+            return []
+        return load_benchmark(a.probes, "knowmem", f"{a.split or 'forget_qa'}_icl")
+    if Path(a.shots).expanduser().exists():
+        return load_benchmark(a.probes, "knowmem", "forget_qa_icl", source=a.shots) if bench else _load_probes_arg(a.shots)
+    if not bench:
+        raise UnpactError(f"--shots {a.shots!r}: no such file, and a split name needs a benchmark as --probes")
+    return load_benchmark(a.probes, "knowmem", a.shots)
+
+
 @command("evaluate")
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from unpact_mech.core.io import write_table
     from unpact_mech.evals.loaders import BENCHMARKS, load_benchmark
-    from unpact_mech.evals.tasks import task_metrics
+    from unpact_mech.evals.tasks import TASKS, task_metrics
+    from unpact_mech.probes import Probe
 
     if a.out:
         _check_out(a)
-    if a.probes in BENCHMARKS:
+    t = TASKS[a.task]
+    if t.inputs is not Probe:
+        probes = _passages(a)
+    elif a.probes in BENCHMARKS:
         probes = load_benchmark(a.probes, subset=a.subset, split=a.split, source=a.source)
     elif a.subset or a.split or a.source:
         raise UnpactError(f"--subset/--split/--source belong to a benchmark name; {a.probes!r} is read as a probe file "
@@ -101,13 +144,19 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         opts["formulations"] = a.formulations
         if a.description is not None:
             opts["description"] = a.description
+    if t.takes("convention"):
+        opts["convention"] = a.convention
+    if t.takes("shots"):
+        opts["shots"] = _shots(a)
+    if a.ref_auc is not None:
+        opts["ref_auc"] = a.ref_auc
     if a.max_new_tokens is not None:
         opts["max_new_tokens"] = a.max_new_tokens
     if a.retain_model is not None:
         opts["retain_model"] = _load(a, a.retain_model)
     table = pd.concat([task_metrics(a.task, _load(a, m), probes, **opts) for m in a.model], ignore_index=True)
-    cols = [c for c in ("model", "metric", "value", "k", "n", "low", "high", "chance", "above_chance", "convention")
-            if c in table]
+    cols = [c for c in ("model", "metric", "value", "k", "n", "low", "high", "chance", "above_chance", "ref_auc",
+                        "n_shots", "convention") if c in table]
     _print_df(table[cols].round(4))
     if a.out:
         write_table(table, a.out)

@@ -38,8 +38,9 @@ GEN_THRESHOLD = 0.5  # ROUGE-L recall of the short gold answer at or above which
 
 
 @functools.cache
-def _scorer() -> Any:
-    return rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)  # open-unlearning's scorer
+def _scorer(stem: bool = True) -> Any:
+    """open-unlearning's scorer (stemmed); MUSE's own repository scores unstemmed (``metrics/logger.py``)."""
+    return rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=stem)
 
 
 def rouge_l_recall(prediction: str, reference: str) -> float:
@@ -54,10 +55,10 @@ def rouge1_recall(prediction: str, reference: str) -> float:
     return float(_scorer().score(reference, prediction)["rouge1"].recall)
 
 
-def rouge_l_f1(prediction: str, reference: str) -> float:
-    """ROUGE-L F1 (``rouge-score``, stemmed): the harmonic mean of LCS / len(prediction) and LCS / len(reference),
-    what open-unlearning's MUSE configs report (``rouge_type: rougeL_f1``)."""
-    return float(_scorer().score(reference, prediction)["rougeL"].fmeasure)
+def rouge_l_f1(prediction: str, reference: str, stem: bool = True) -> float:
+    """ROUGE-L F1 (``rouge-score``, stemmed unless ``stem=False``): the harmonic mean of LCS / len(prediction) and
+    LCS / len(reference), what open-unlearning's MUSE configs report (``rouge_type: rougeL_f1``)."""
+    return float(_scorer(stem).score(reference, prediction)["rougeL"].fmeasure)
 
 
 def gold_short(probe: Any) -> str:
@@ -75,3 +76,12 @@ def generated_correct(prediction: str, probe: Any, threshold: float = GEN_THRESH
     if probe.fact and re.search(rf"(?<!\w){re.escape(probe.fact.lower())}(?!\w)", prediction.lower()):
         return True
     return rouge_l_recall(prediction, gold) >= threshold
+
+
+def mean_row(metric: str, values: Sequence[float], reference: str, **extra: Any) -> dict[str, Any]:
+    """A metric row: the mean over the examples that have a score; those without (NaN: no token left to score)
+    are left out, as open-unlearning leaves out its None scores, and counted in ``n_empty``."""
+    v = np.asarray(values, dtype=float)
+    kept = v[~np.isnan(v)]
+    return {"metric": metric, "value": float(kept.mean()) if len(kept) else float("nan"), "n": len(kept),
+            "n_empty": int(len(v) - len(kept)), "reference": reference, **extra}

@@ -303,7 +303,7 @@ def mia_scores_of(subject: Subject, probes: Sequence[Probe], attack: str = "min_
     scored. The attacks of ``src/evals/metrics/mia/``:
 
     * ``min_k`` / ``min_k_plus_plus``: :func:`min_k` / :func:`min_k_plus_plus` of the labelled tokens but the last
-      (``min_k.py``, ``min_k_plus_plus.py``); NaN for a probe left with none;
+      (``min_k.py``, ``min_k_plus_plus.py``); 0 for a probe left with none, as there;
     * ``loss``: the mean NLL of the labelled tokens (``loss.py``);
     * ``zlib``: that NLL over the zlib-compressed length in bytes of the labelled tokens' text, decoded without
       special tokens (``zlib.py``);
@@ -334,8 +334,8 @@ def mia_scores_of(subject: Subject, probes: Sequence[Probe], attack: str = "min_
     out = []
     for s in st:
         lp, mu, var = tokenwise(s.logprobs.numpy()), tokenwise(s.mu.numpy()), tokenwise(s.var.numpy())
-        if not len(lp):  # a one-token answer keeps no token: no score, as open-unlearning scores it
-            out.append(float("nan"))
+        if not len(lp):  # a one-token answer keeps no token: 0, as min_k.py / min_k_plus_plus.py score it
+            out.append(0.0)
         else:
             out.append(min_k(lp, k) if attack == "min_k" else min_k_plus_plus(lp, mu, var, k))
     return np.array(out)

@@ -13,14 +13,15 @@ metrics. ``task_metrics(name, subject, probes)`` returns one tidy row per metric
   the truth ratio with the answer itself as the correct one (``true_better``); with all three sets scored,
   :func:`tofu_model_utility` is TOFU's model utility, the harmonic mean of the nine numbers
   (``configs/eval/tofu_metrics/model_utility.yaml``, ``utility.py: hm_aggregate``).
-* ``muse-knowmem``: ROUGE-L F1 of greedy answers, at most 32 new tokens (``muse_metrics/forget_knowmem_ROUGE.yaml``).
-* ``muse-verbmem``: the prefix as raw text, ROUGE-L F1 of the greedy continuation (128 new tokens,
-  ``forget_verbmem_ROUGE.yaml``) and extraction strength of the gold continuation (``extraction_strength.yaml``).
+* ``muse-knowmem``: ROUGE-L F1 of greedy answers (32 new tokens) with in-context examples, cut at MUSE's stop
+  words; ``muse-verbmem``: ROUGE-L F1 of the greedy continuation of a prefix (128 new tokens) and extraction
+  strength; ``muse-privleak``: the Min-40% MIA AUC of forget vs holdout passages and privleak against the
+  retain model's AUC. Each as open-unlearning runs it (default) or as MUSE's repository does
+  (``convention='muse'``): :mod:`unpact_mech.evals.muse`.
 * ``facts``: accuracy under each correctness criterion of the registry that can judge the probes.
 
-Departures from the references, stated: answers are scored on their own tokens (not the template's closing
-tokens and EOS); generation stops at EOS / end of turn, not at MUSE's stop words, and KnowMem runs zero-shot
-(open-unlearning prepends few-shot examples).
+Teacher-forced metrics score open-unlearning's labelled tokens (:mod:`unpact_mech.probes.labels`); generation
+stops at EOS / end of turn (:func:`unpact_mech.scoring.stop_token_ids`).
 """
 
 from __future__ import annotations
@@ -37,13 +38,14 @@ from unpact_mech.core.errors import UnpactError
 from unpact_mech.core.registry import Registry
 from unpact_mech.core.stats import Rate
 from unpact_mech.evals.criteria import check_criteria, criteria_for, criterion
-from unpact_mech.evals.metrics import accuracy, rouge_l_f1
+from unpact_mech.evals.loaders import Passage
+from unpact_mech.evals.metrics import accuracy, mean_row
 from unpact_mech.evals.multiple_choice import FORMULATIONS, mc_accuracy, mc_table
+from unpact_mech.evals.muse import REFERENCES, generations, knowmem_metrics, privleak_metrics, verbmem_metrics
 from unpact_mech.evals.ou_metrics import (
     OU,
     answer_nll_of,
     avg_nll_of,
-    extraction_strength_of,
     forget_quality,
     model_utility,
     probability,
@@ -55,7 +57,6 @@ from unpact_mech.evals.ou_metrics import (
 from unpact_mech.hooks import Emphasis
 from unpact_mech.model.subject import Subject
 from unpact_mech.probes import Probe, tokenize_probes
-from unpact_mech.scoring import greedy_batch, stop_token_ids
 
 MetricsFn = Callable[..., list[dict[str, Any]]]
 
@@ -77,6 +78,7 @@ class Task:
     by_split: bool = False
     utility: Callable[[pd.DataFrame], dict[str, Any] | None] | None = None
     under_emphasis: Callable[..., list[dict[str, Any]]] | None = None
+    inputs: type = Probe  # what it scores: probes, or passages (MUSE's privleak sets)
 
     def takes(self, option: str) -> bool:
         return option in inspect.signature(self.metrics).parameters
@@ -88,7 +90,7 @@ TASKS: Registry[Task] = Registry("task")
 def register_task(name: str, fmt: str, criterion: str, reference: str, **protocol: Any
                   ) -> Callable[[MetricsFn], MetricsFn]:
     """Register ``fn(subject, probes, **options) -> rows`` as task ``name``; ``protocol``: the :class:`Task`
-    fields ``by_split``, ``utility``, ``under_emphasis``."""
+    fields ``by_split``, ``utility``, ``under_emphasis``, ``inputs``."""
     return TASKS.decorator(name, lambda fn: Task(name, fmt, criterion, fn, reference, **protocol))
 
 
@@ -96,16 +98,21 @@ def task(name: str) -> Task:
     return TASKS[name]
 
 
-def task_metrics(name: str, subject: Subject, probes: Sequence[Probe], **options: Any) -> pd.DataFrame:
+def task_metrics(name: str, subject: Subject, probes: Sequence[Any], **options: Any) -> pd.DataFrame:
     """The task's metrics of ``subject`` on ``probes``, one row per metric, with the subject's name."""
     t = task(name)
     if not probes:
         raise UnpactError(f"task {name!r}: no probes to score")
+    wrong = next((p for p in probes if not isinstance(p, t.inputs)), None)
+    if wrong is not None:
+        raise UnpactError(f"task {name!r} scores {t.inputs.__name__}s, got a {type(wrong).__name__} ({wrong!r:.80}); "
+                          + ("load them with load_benchmark('muse-news', 'privleak', SPLIT)" if t.inputs is not Probe
+                             else "give question/answer probes"))
     rows = t.metrics(subject, list(probes), **options)
     return pd.DataFrame(rows).assign(task=name, model=subject.name)
 
 
-def evaluate(subject: Subject, probes: Sequence[Probe], task: str, **options: Any) -> pd.DataFrame:
+def evaluate(subject: Subject, probes: Sequence[Any], task: str, **options: Any) -> pd.DataFrame:
     """The registered task ``task``'s own metrics of ``subject`` on ``probes`` (:func:`task_metrics`), one row per
     metric with its counts and interval: ``um.evaluate(model, um.load_benchmark("wmdp"), "wmdp")``."""
     return task_metrics(task, subject, probes, **options)
@@ -116,20 +123,10 @@ def _rate(metric: str, r: Rate, reference: str, **extra: Any) -> dict[str, Any]:
             "reference": reference, **extra}
 
 
-def _mean(metric: str, values: Sequence[float], reference: str) -> dict[str, Any]:
-    """The mean over the examples that have a score; those without (NaN: no token left to score) are left out, as
-    open-unlearning leaves out its None scores, and counted in ``n_empty``."""
-    v = np.asarray(values, dtype=float)
-    kept = v[~np.isnan(v)]
-    return {"metric": metric, "value": float(kept.mean()) if len(kept) else float("nan"), "n": len(kept),
-            "n_empty": int(len(v) - len(kept)), "reference": reference}
-
-
 def greedy_texts(subject: Subject, probes: Sequence[Probe], fmt: str, max_new_tokens: int) -> list[str]:
-    """Greedy continuations of the rendered prompts (stopping at EOS / end of turn), decoded."""
-    tps = tokenize_probes(subject, probes, fmt)
-    outs = greedy_batch(subject, [tp.prompt_ids for tp in tps], max_new_tokens, stop_ids=stop_token_ids(subject.tokenizer))
-    return [subject.tokenizer.decode(o, skip_special_tokens=True).strip() for o in outs]
+    """Greedy continuations of the rendered prompts (stopping at EOS / end of turn), decoded as
+    ``eval_text_similarity`` decodes them (:func:`unpact_mech.evals.muse.generations`)."""
+    return generations(subject, [tp.prompt_ids for tp in tokenize_probes(subject, probes, fmt)], max_new_tokens)
 
 
 LM_EVAL_WMDP = "EleutherAI/lm-evaluation-harness lm_eval/tasks/wmdp/_default_template_yaml"
@@ -176,9 +173,9 @@ def _tofu_utility_set(subject: Subject, probes: list[Probe], max_new_tokens: int
     """Real authors / world facts: p_c / (p_c + sum_k p_w,k), ROUGE-L recall, truth ratio (answer vs perturbed)."""
     nll_c, nll_w = answer_nll_of(subject, probes, None, "perturbed_answer", fmt)
     tr, value = truth_ratio(nll_c, nll_w, "true_better")
-    return [_mean("probability_normalised", probability_w_options(np.exp(-nll_c), np.exp(-nll_w)).tolist(),
+    return [mean_row("probability_normalised", probability_w_options(np.exp(-nll_c), np.exp(-nll_w)).tolist(),
                   OU + "memorization.py: probability_w_options"),
-            _mean("rouge_l_recall", rouge_l(greedy_texts(subject, probes, fmt, max_new_tokens),
+            mean_row("rouge_l_recall", rouge_l(greedy_texts(subject, probes, fmt, max_new_tokens),
                                             [p.answer for p in probes]).tolist(), OU + "utils.py: eval_text_similarity"),
             {"metric": "truth_ratio_true_better", "value": value, "n": len(tr),
              "reference": OU + "memorization.py: truth_ratio"}]
@@ -208,7 +205,7 @@ def tofu_under_emphasis(subject: Subject, probes: list[Probe], emphasis: Emphasi
     model's plain per-example truth ratios) forget quality. Does emphasis bring the truth ratio back?"""
     nll = avg_nll_of(subject, probes, fmt, emphasis)
     tr, value = truth_ratio(*answer_nll_of(subject, probes, fmt=fmt, emphasis=emphasis), "closer_to_1_better")
-    rows = [_mean("probability", probability(nll).tolist(), OU + "utils.py"),
+    rows = [mean_row("probability", probability(nll).tolist(), OU + "utils.py"),
             {"metric": "truth_ratio_closer_to_1_better", "value": value, "n": len(tr),
              "reference": OU + "memorization.py: truth_ratio"}]
     if retain_tr is not None:
@@ -227,8 +224,8 @@ def _tofu(subject: Subject, probes: list[Probe], retain_model: Subject | None = 
             raise UnpactError(f"tofu: score the real-authors / world-facts probes apart from the others (got sets "
                               f"{sorted(map(str, sets))}); the study splits them by meta['tofu_set']")
         return _tofu_utility_set(subject, probes, max_new_tokens, fmt)
-    rows = [_mean("probability", probability(avg_nll_of(subject, probes, fmt)).tolist(), OU + "utils.py"),
-            _mean("rouge_l_recall", rouge_l(greedy_texts(subject, probes, fmt, max_new_tokens),
+    rows = [mean_row("probability", probability(avg_nll_of(subject, probes, fmt)).tolist(), OU + "utils.py"),
+            mean_row("rouge_l_recall", rouge_l(greedy_texts(subject, probes, fmt, max_new_tokens),
                                             [p.answer for p in probes]).tolist(), OU + "utils.py: eval_text_similarity")]
     if all("paraphrased_answer" in p.meta and "perturbed_answer" in p.meta for p in probes):
         agg = "closer_to_1_better" if all(p.split == "forget" for p in probes) else "true_better"
@@ -249,22 +246,26 @@ def _tofu(subject: Subject, probes: list[Probe], retain_model: Subject | None = 
     return rows
 
 
-@register_task("muse-knowmem", fmt="auto", criterion="generation",
-               reference="locuslab/open-unlearning configs/eval/muse_metrics/forget_knowmem_ROUGE.yaml")
-def _knowmem(subject: Subject, probes: list[Probe], max_new_tokens: int = 32, fmt: str = "auto") -> list[dict[str, Any]]:
-    gens = greedy_texts(subject, probes, fmt, max_new_tokens)
-    return [_mean("rouge_l_f1", [rouge_l_f1(g, p.answer) for g, p in zip(gens, probes)],
-                  OU + "memorization.py: rouge (rougeL_f1)")]
+@register_task("muse-knowmem", fmt="auto", criterion="generation", reference=REFERENCES["knowmem"]["open-unlearning"])
+def _knowmem(subject: Subject, probes: list[Probe], shots: Sequence[Probe] = (), max_new_tokens: int = 32,
+             convention: str = "open-unlearning", fmt: str = "auto") -> list[dict[str, Any]]:
+    """ROUGE-L F1 of greedy answers with ``shots`` as in-context examples (:mod:`unpact_mech.evals.muse`)."""
+    return knowmem_metrics(subject, probes, shots, max_new_tokens, convention, fmt)
 
 
-@register_task("muse-verbmem", fmt="raw", criterion="teacher_forced",
-               reference="locuslab/open-unlearning configs/eval/muse_metrics/forget_verbmem_ROUGE.yaml")
-def _verbmem(subject: Subject, probes: list[Probe], max_new_tokens: int = 128) -> list[dict[str, Any]]:
-    gens = greedy_texts(subject, probes, "raw", max_new_tokens)
-    es = extraction_strength_of(subject, tokenize_probes(subject, probes, "raw"))
-    return [_mean("rouge_l_f1", [rouge_l_f1(g, p.answer) for g, p in zip(gens, probes)],
-                  OU + "memorization.py: rouge (rougeL_f1)"),
-            _mean("extraction_strength", es.tolist(), OU + "memorization.py: extraction_strength")]
+@register_task("muse-verbmem", fmt="raw", criterion="teacher_forced", reference=REFERENCES["verbmem"]["open-unlearning"])
+def _verbmem(subject: Subject, probes: list[Probe], max_new_tokens: int = 128,
+             convention: str = "open-unlearning") -> list[dict[str, Any]]:
+    """ROUGE-L F1 of the greedy continuation, and open-unlearning's extraction strength."""
+    return verbmem_metrics(subject, probes, max_new_tokens, convention)
+
+
+@register_task("muse-privleak", fmt="raw", criterion="teacher_forced", reference=REFERENCES["privleak"]["open-unlearning"],
+               inputs=Passage)
+def _privleak(subject: Subject, probes: list[Passage], retain_model: Subject | None = None,
+              ref_auc: float | None = None, convention: str = "open-unlearning") -> list[dict[str, Any]]:
+    """Min-40% MIA AUC of forget vs holdout passages and privleak against the retain model's AUC."""
+    return privleak_metrics(subject, probes, retain_model, ref_auc, convention=convention)
 
 
 @register_task("facts", fmt="auto", criterion="teacher_forced", reference="unpact_mech.evals.criteria")

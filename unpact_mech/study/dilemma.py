@@ -30,6 +30,7 @@ from unpact_mech.findings import control_positions
 from unpact_mech.hooks import Emphasis
 from unpact_mech.model import loading as models
 from unpact_mech.model.loading import data_hash
+from unpact_mech.probes import Probe
 from unpact_mech.probes.keytokens import KeyTokenParams
 from unpact_mech.report.sections import build_report
 from unpact_mech.report.tables import summary_table
@@ -98,8 +99,9 @@ def run_demo(model: Any = "smollm2-135m", methods: Sequence[str] = PAPER_METHODS
         methods = check_given(given)
     else:
         methods = check_choices(list(methods), sorted(METHODS), "methods")  # before any stage runs
-    if task_name is not None:
-        task(task_name)
+    if task_name is not None and task(task_name).inputs is not Probe:
+        raise UnpactError(f"task {task_name!r} scores {task(task_name).inputs.__name__}s, not the study's probes: run it "
+                          f"with `unpact evaluate --task {task_name}` on the study's checkpoints")
     if retain_model is not None and finetune:
         raise UnpactError("finetune teaches its own retain model; give retain_model only without it")
     if finetune:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,23 @@ from unpact_mech.model.subject import Subject
 from unpact_mech.probes import Probe, load_probes, tokenize_probes
 from unpact_mech.scoring import probe_table
 
-Loader = Callable[..., list[Any]]  # probes, or raw texts for MUSE raw/verbmem subsets
+Loader = Callable[..., list[Any]]  # probes, raw texts (MUSE's raw subset) or passages (its privleak subset)
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One text of a membership-inference set, scored whole: ``split`` is ``forget`` (seen in training, to be
+    unlearned), ``holdout`` (never seen) or ``retain``."""
+
+    id: str
+    text: str
+    split: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str) or not self.text.strip():
+            raise UnpactError(f"passage {self.id!r}: empty text")
+        if self.split not in ("forget", "holdout", "retain"):
+            raise UnpactError(f"passage {self.id!r}: split must be forget, holdout or retain, got {self.split!r}")
 BENCHMARKS: Registry[Loader] = Registry("benchmark")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from unpact_mech.core.errors import UnpactError
-from unpact_mech.evals.loaders import register_benchmark
+from unpact_mech.evals.loaders import Passage, register_benchmark
 from unpact_mech.probes import Probe
 
 
@@ -58,6 +58,7 @@ MUSE_SUBSETS = {
     "knowmem": ({"forget_qa", "retain_qa", "forget_qa_icl", "retain_qa_icl"}, ("question", "answer")),
     "verbmem": ({"forget"}, ("prompt", "gt")),
     "raw": ({"forget", "retain1", "retain2", "holdout"}, ("text",)),
+    "privleak": ({"forget", "holdout", "retain"}, ("text",)),  # MUSE_MIA.yaml; muse_bench data/*/privleak
 }
 
 
@@ -72,6 +73,8 @@ def _muse(hub_id: str, name: str, subset: str | None, split: str | None, source:
     rows = _rows(hub_id, subset, split, source, fields)
     if subset == "raw":
         return [r["text"] for r in rows]  # a corpus: raw text for unlearning
+    if subset == "privleak":
+        return [Passage(f"{name}-privleak-{split}-{i}", r["text"], split) for i, r in enumerate(rows)]
     role = "forget" if split.startswith("forget") else "retain"
     if subset == "knowmem":
         return [Probe(f"{name}-{split}-{i}", r["question"], str(r["answer"]), role, domain=name) for i, r in enumerate(rows)]
