@@ -172,12 +172,14 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
     if a.keytokens_only:  # (the full demo's run_demo checks OUT itself, before any stage)
         check_output(a.out, kind="dir", overwrite=True)  # a directory the demo resumes in: refused before any work
-        show(keytoken_stage(LazyBase(a.model), Path(a.out), kprobes, _params(a)))
+        base = _load(a, a.model) if "chat" in load_kwargs(a) else a.model  # chat prompts rendered as asked
+        show(keytoken_stage(LazyBase(base), Path(a.out), kprobes, _params(a)))
         return 0
     # the demo is a preset study: the built-in facts, the paper's six methods, the budgets of experiments.settings;
     # it writes OUT/study.json, which `unpact study --config` reruns
     cfg = StudyConfig(model=a.model, methods=tuple(a.methods), probes=("facts",), out=a.out, steps=a.steps,
-                      target=a.target, keytokens=_params(a), on_change=a.on_change, dtype=a.dtype, device=a.device)
+                      target=a.target, keytokens=_params(a), on_change=a.on_change, dtype=a.dtype, device=a.device,
+                      system_prompt=a.system_prompt, date_string=a.date_string)
     loaded = _load(a, a.model) if loads_beyond_config(a) else None
     table = Study(cfg).run(loaded, on_keytokens=show, keytoken_probes=kprobes).summary
     print("\nSummary (one row per unlearning method):")

@@ -64,6 +64,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="run Python code shipped with the model (RISK: it runs with your permissions)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="accept pickled .bin weights (RISK: unpickling can run code); safetensors needs no flag")
+    p.add_argument("--system-prompt", metavar="TEXT", help="a system turn before every chat prompt, as the model's "
+                   "config gives it (open-unlearning's Llama-3.2/3.1-Instruct: 'You are a helpful assistant.')")
+    p.add_argument("--date-string", metavar="TEXT", help="the chat template's date_string (open-unlearning's "
+                   "Llama-3 configs: '10 Apr 2025')")
 
 
 def _pair_args(p: argparse.ArgumentParser, probes_help: str = "JSON-lines probe file or benchmark name, e.g. "

@@ -27,8 +27,12 @@ def no_failures() -> list[tuple[int, str, str]]:
 
 def load_kwargs(a: argparse.Namespace) -> dict[str, Any]:
     """``load_model`` keyword arguments of the model options (what every actor loads with)."""
+    from unpact_mech.model.subject import ChatArgs
+
+    chat = ChatArgs(getattr(a, "system_prompt", None), getattr(a, "date_string", None))
     return {"dtype": a.dtype, "device": a.device, "device_map": a.device_map, "max_memory": a.max_memory,
-            "trust_remote_code": a.trust_remote_code, "allow_pickle": a.allow_pickle}
+            "trust_remote_code": a.trust_remote_code, "allow_pickle": a.allow_pickle,
+            **({} if chat == ChatArgs() else {"chat": chat})}
 
 
 def loads_beyond_config(a: argparse.Namespace) -> bool:

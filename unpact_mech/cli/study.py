@@ -25,7 +25,7 @@ from unpact_mech.core.errors import UnpactError
 # the study options a config states; with --config none of them may be given
 _STUDY_OPTIONS = ("model", "methods", "out", "steps", "target", "on_change", "probes", "unlearned", "per_split",
                   "no_patch", "include_unknown", "task", "finetune", "finetune_steps", "retain_model", "alpha", "beta",
-                  "max_keytokens", "dtype", "device")
+                  "max_keytokens", "dtype", "device", "system_prompt", "date_string")
 
 
 def _study_config(a: argparse.Namespace, parser_defaults: dict[str, Any]) -> Any:
@@ -42,7 +42,8 @@ def _study_config(a: argparse.Namespace, parser_defaults: dict[str, Any]) -> Any
                        probes=tuple(a.probes or ["facts"]), task=a.task, out=a.out, steps=a.steps, target=a.target,
                        patch=not a.no_patch, per_split=a.per_split, known_only=not a.include_unknown,
                        keytokens=_params(a), finetune=a.finetune, finetune_steps=a.finetune_steps,
-                       retain_model=a.retain_model, on_change=a.on_change, dtype=a.dtype, device=a.device)
+                       retain_model=a.retain_model, on_change=a.on_change, dtype=a.dtype, device=a.device,
+                       system_prompt=a.system_prompt, date_string=a.date_string)
 
 
 @command("study")
@@ -68,7 +69,7 @@ def cmd_study(a: argparse.Namespace) -> int:
     if given:
         check_given(given)  # before any probe file or model is read
     # options a config cannot state (placement, remote code, pickles) load the model here, as the config says
-    a.dtype, a.device = cfg.dtype, cfg.device
+    a.dtype, a.device, a.system_prompt, a.date_string = cfg.dtype, cfg.device, cfg.system_prompt, cfg.date_string
     loaded = _load(a, cfg.model) if loads_beyond_config(a) else None
     table = Study(cfg).run(loaded).summary
     print("\nSummary (one row per unlearned model):")

@@ -41,7 +41,7 @@ from unpact_mech.evals.loaders import Passage
 from unpact_mech.evals.metrics import mean_row, rouge_l_f1
 from unpact_mech.evals.ou_metrics import extraction_strength_of, mia_auc, min_k, privleak
 from unpact_mech.model.subject import Subject
-from unpact_mech.probes import Probe, tokenize_probes
+from unpact_mech.probes import Probe, chat_text, tokenize_probes
 from unpact_mech.scoring import greedy_batch, score_sequences, stop_token_ids
 
 CONVENTIONS = ("open-unlearning", "muse", "unpact_v1")
@@ -79,9 +79,9 @@ def qa_text(question: str, shots: Sequence[tuple[str, str]] = ()) -> str:
     return "".join(f"Question: {q}\nAnswer: {a}\n\n" for q, a in shots) + f"Question: {question}\nAnswer: "
 
 
-def _chat(tokenizer: Any, turns: list[dict[str, str]], generation_prompt: bool) -> list[int]:
-    out = tokenizer.apply_chat_template(turns, tokenize=True, add_generation_prompt=generation_prompt)
-    return list(out["input_ids"] if hasattr(out, "keys") else out)  # a BatchEncoding in newer transformers
+def _chat(tokenizer: Any, turns: list[tuple[str, str]], generation_prompt: bool) -> list[int]:
+    """``apply_chat_template(..., tokenize=True)``: the rendered text encoded without added special tokens."""
+    return list(tokenizer(chat_text(tokenizer, turns, generation_prompt), add_special_tokens=False)["input_ids"])
 
 
 def knowmem_inputs(tokenizer: Any, question: str, answer: str, shots: Sequence[tuple[str, str]] = (),
@@ -96,8 +96,7 @@ def knowmem_inputs(tokenizer: Any, question: str, answer: str, shots: Sequence[t
             return prompt, answer
         full = _ids(tokenizer, text + answer)
     else:
-        turns = [m for q, a in (*shots, (question, answer))
-                 for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
+        turns = [m for q, a in (*shots, (question, answer)) for m in (("user", q), ("assistant", a))]
         prompt, full = _chat(tokenizer, turns[:-1], True), _chat(tokenizer, turns, False)
     eos = getattr(tokenizer, "eos_token_id", None)
     if eos is not None and full[-1] != eos:

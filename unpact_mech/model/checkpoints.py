@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -13,6 +14,7 @@ from typing import Any
 
 from unpact_mech.core.errors import ModelSpecError
 from unpact_mech.core.io import atomic_write_json, check_output, umask
+from unpact_mech.model.subject import ChatArgs, chat_args
 
 PROVENANCE_FILE = "unpact.json"
 
@@ -58,7 +60,9 @@ def save_checkpoint(hf_model: Any, tokenizer: Any, out_dir: str | Path, provenan
     try:
         hf_model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        prov = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), **provenance}
+        chat = chat_args(tokenizer)  # the prompts' system turn and date string travel with the checkpoint
+        prov = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), **provenance,
+                **({"chat": dataclasses.asdict(chat)} if chat != ChatArgs() else {})}
         atomic_write_json(tmp / PROVENANCE_FILE, prov)
         for f in tmp.rglob("*"):  # safetensors writes 0600; outputs follow the user's umask
             os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask())

@@ -35,7 +35,15 @@ from unpact_mech.model.builtin import (
     quiet_transformers,
 )
 from unpact_mech.model.checkpoints import PROVENANCE_FILE, data_hash, read_provenance, save_checkpoint
-from unpact_mech.model.subject import Subject, TokenizerMismatch, vocab_fingerprint, wrap
+from unpact_mech.model.subject import (
+    ChatArgs,
+    Subject,
+    TokenizerMismatch,
+    chat_args,
+    set_chat_args,
+    vocab_fingerprint,
+    wrap,
+)
 
 __all__ = ["BUILTIN_MODELS", "PROVENANCE_FILE", "ModelSpecError", "Subject", "cache_dir", "check_device", "check_spec",
            "data_hash", "load_model", "load_hf", "load_nnsight", "read_provenance", "save_checkpoint"]
@@ -265,6 +273,7 @@ def load_model(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     max_memory: dict[Any, str] | None = None,
+    chat: ChatArgs | None = None,
 ) -> Subject:
     """Load a model spec (built-in name, local HF dir or hub id) as a :class:`Subject` (TransformerLens backend).
 
@@ -275,6 +284,8 @@ def load_model(
     processing (``no_processing=True``): the weights are used as loaded, with no folded second copy.
     ``trust_remote_code`` runs Python code shipped with the model (off: such models are refused);
     ``allow_pickle`` accepts pickled ``.bin`` weights (off: safetensors only). Both run code a model's author wrote.
+    ``chat``: the system turn and date string every chat prompt is rendered with (:class:`ChatArgs`); default:
+    those a checkpoint was saved with (its ``unpact.json``), else the template's own.
     """
     t0 = time.perf_counter()
     if device is not None:
@@ -282,12 +293,19 @@ def load_model(
     placement = placement_kwargs(device, device_map, n_devices, max_memory)
     model_name, source, hf, tok = _load_parts(spec, dtype, trust_remote_code, allow_pickle, placement)
     prov = read_provenance(source)
+    set_chat_args(tok, chat if chat is not None else ChatArgs(**prov["chat"]) if isinstance(prov.get("chat"), dict)
+                  else None)
     subject = wrap(hf, tok, name or prov.get("name") or model_name, source, "transformer_lens", prov)
     subject.load_options = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle, **placement}
     subject.from_source, subject.loader = True, load_hf
     if verbose:
         say(f"[unpact] loaded {subject.name} ({subject.dtype}) in {time.perf_counter() - t0:.1f} s")
     return subject
+
+
+def load_like(spec: str, like: Subject, **kw: Any) -> Subject:
+    """``spec`` loaded as ``like`` runs: its dtype, device and chat arguments (a checkpoint compared with it)."""
+    return load_model(spec, dtype=like.dtype, device=str(like.device), chat=chat_args(like.tokenizer), **kw)
 
 
 def _nnsight_lm(model: Any, tokenizer: Any) -> Any:

@@ -4,7 +4,8 @@ Formatting lives here: ``chat`` renders the prompt with the tokenizer's chat tem
 ``plain`` uses ``Question: ...\\nAnswer:`` and ``raw`` the prompt text as it is (a benchmark that writes its own
 prompt, as lm-evaluation-harness's WMDP task does; BOS added where the tokenizer adds one). Only the tokens of the user's prompt text are *attributable*
 (leave-one-out deletes them, emphasis scales them); template scaffolding, the system prompt and BOS are not,
-unless ``attribute_scaffolding=True``.
+unless ``attribute_scaffolding=True``. A model's :class:`ChatArgs` (a system turn, the template's date string)
+are rendered with every chat prompt of its tokenizer.
 """
 
 from __future__ import annotations
@@ -17,12 +18,20 @@ from typing import Any
 
 from unpact_mech.core.errors import UnpactError
 from unpact_mech.core.io import atomic_write_text
-from unpact_mech.model.subject import Subject
+from unpact_mech.model.subject import Subject, chat_args
 from unpact_mech.probes.words import WORD
 
 Format = str  # "chat" | "plain" | "raw" | "auto", checked at run time by _resolve_format
 FORMATS = ("auto", "chat", "plain", "raw")
 PLAIN_TEMPLATE = "Question: {prompt}\nAnswer:"
+def chat_text(tokenizer: Any, turns: Sequence[tuple[str, str]], generation_prompt: bool) -> str:
+    """The chat template over ``(role, content)`` turns, after the system turn of the tokenizer's
+    :class:`ChatArgs` and with its date string (``preprocess_chat_instance``'s rendering)."""
+    args = chat_args(tokenizer)
+    msgs = [{"role": "system", "content": args.system_prompt}] if args.system_prompt else []
+    msgs += [{"role": r, "content": c} for r, c in turns]
+    extra = {"date_string": args.date_string} if args.date_string else {}
+    return str(tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt, **extra))
 
 
 class ProbeError(UnpactError):
@@ -191,9 +200,7 @@ def render_prompt(tokenizer: Any, prompt: str, fmt: Format = "auto") -> tuple[st
     """Rendered prompt text and the character span [start, end) of the user's prompt inside it."""
     fmt = _resolve_format(tokenizer, fmt)
     if fmt == "chat":
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
+        text = chat_text(tokenizer, [("user", prompt)], generation_prompt=True)
     elif fmt == "plain":
         text = PLAIN_TEMPLATE.format(prompt=prompt)
     else:

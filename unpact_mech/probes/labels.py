@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from unpact_mech.probes import ProbeError, TokenizedProbe, render_prompt
+from unpact_mech.probes import ProbeError, TokenizedProbe, chat_text, render_prompt
 
 
 def closing_ids(tokenizer: Any, tp: TokenizedProbe) -> list[int]:
@@ -28,8 +28,7 @@ def closing_ids(tokenizer: Any, tp: TokenizedProbe) -> list[int]:
     tail: list[int] = []
     if tp.format == "chat":
         prompt = render_prompt(tokenizer, tp.probe.prompt, "chat")[0]
-        full = tokenizer.apply_chat_template([{"role": "user", "content": tp.probe.prompt},
-                                              {"role": "assistant", "content": tp.probe.answer}], tokenize=False)
+        full = chat_text(tokenizer, [("user", tp.probe.prompt), ("assistant", tp.probe.answer)], False)
         at = full.find(tp.probe.answer, len(prompt)) if full.startswith(prompt) else -1
         if at < 0:
             raise ProbeError(

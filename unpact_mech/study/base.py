@@ -8,6 +8,7 @@ from typing import Any
 
 from unpact_mech.analysis import Analysis
 from unpact_mech.model import loading as models
+from unpact_mech.model.subject import ChatArgs, chat_args
 from unpact_mech.study.settings import BUDGET, FACTORS, ROUTE_BUDGET, Budget, RouteBudget
 
 
@@ -46,8 +47,10 @@ class LazyBase:
 
     @property
     def key(self) -> str:
-        """What cached stages are stamped with: the spec, or the given Subject's name (never loads the model)."""
+        """What cached stages are stamped with: the spec, or the given Subject's name and the chat arguments its
+        prompts are rendered with, where set (never loads the model)."""
         if self.spec is not None:
             return self.spec
         assert self._subject is not None
-        return str(self._subject.name)
+        chat = chat_args(self._subject.tokenizer)
+        return str(self._subject.name) + ("" if chat == ChatArgs() else f" {chat}")

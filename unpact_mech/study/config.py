@@ -27,6 +27,7 @@ from unpact_mech.core.io import atomic_write_text
 from unpact_mech.core.options import dataclass_from
 from unpact_mech.evals.loaders import load_probe_spec
 from unpact_mech.model import loading as models
+from unpact_mech.model.subject import ChatArgs
 from unpact_mech.probes.keytokens import KeyTokenParams
 from unpact_mech.routes import RECOVERY_ROUTES
 from unpact_mech.runtime.results import MethodResult, StudyResult
@@ -66,6 +67,8 @@ class StudyConfig:
     on_change: str = "recompute"
     dtype: str = "float32"
     device: str | None = None
+    system_prompt: str | None = None  # the chat prompts' system turn and date string (ChatArgs)
+    date_string: str | None = None
     budget: Budget = defaults.BUDGET
     route_budget: RouteBudget = defaults.ROUTE_BUDGET
     factors: tuple[float, ...] = defaults.FACTORS
@@ -74,6 +77,7 @@ class StudyConfig:
         # checked before any work (run_demo checks the rest: methods, task, steps, target, on_change)
         if not self.probes:
             raise UnpactError("a study needs probes: give at least one probe spec (e.g. 'facts')")
+        ChatArgs(self.system_prompt, self.date_string)  # checked here, before any work
         if self.dtype not in DTYPES:
             raise UnpactError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.finetune_steps is not None and not self.finetune:
@@ -173,8 +177,9 @@ class Study:
         probes = [p for spec in c.probes for p in load_probe_spec(spec)]
         if model is None:
             model = c.model
-            if c.dtype != "float32" or c.device is not None:
-                model = models.load_model(c.model, verbose=True, dtype=c.dtype, device=c.device)
+            chat = ChatArgs(c.system_prompt, c.date_string)
+            if c.dtype != "float32" or c.device is not None or chat != ChatArgs():
+                model = models.load_model(c.model, verbose=True, dtype=c.dtype, device=c.device, chat=chat)
         table = run_demo(model, c.methods, c.out, steps=c.steps, target=c.target, patch=c.patch,
                          per_split=c.per_split, probes=probes, known_only=c.known_only, params=c.keytokens,
                          on_change=c.on_change, unlearned=dict(c.unlearned), task_name=c.task, finetune=c.finetune,

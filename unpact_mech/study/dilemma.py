@@ -188,7 +188,7 @@ def task_stage(lazy: LazyBase, task_name: str, methods: Sequence[str], out: str 
         emph = emphasis_units(base, forget, lazy.factors) if t.under_emphasis and forget and specs else []
         ref_tr = truth_ratio_of(ref, forget)[0] if ref is not None and emph else None
         for m, spec in specs.items():
-            unl = models.load_model(spec, dtype=base.dtype, device=str(base.device))
+            unl = models.load_like(spec, base)
             frames += score(unl, m)
             for treatment, cond, e in emph:  # does emphasis bring TOFU's forget numbers back?
                 assert t.under_emphasis is not None  # emph is empty otherwise

@@ -73,7 +73,7 @@ def finetune_stage(lazy: LazyBase, pool: Sequence[Any], out: Path, settings: dic
 
 def retain_subject(spec: str, like: Any) -> Any:
     """The retain model, loaded in the dtype and on the device of ``like`` (the study's base)."""
-    return models.load_model(spec, dtype=like.dtype, device=str(like.device))
+    return models.load_like(spec, like)
 
 
 def tuned_base(model: Any, full: str) -> Any:

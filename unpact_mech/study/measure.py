@@ -101,7 +101,7 @@ def _measure(lazy: LazyBase, method: str, data: dict[str, list], out: Path, step
                                  frontier=point)
     t0 = time.perf_counter()
     prov = read_provenance(ckpt)
-    unl = models.load_model(str(ckpt), dtype=base.dtype, device=str(base.device)).memoize()
+    unl = models.load_like(str(ckpt), base).memoize()
     f_tps = an.probes.select(forget)
     announce(f"{method}: finding 1 (leave-one-out of the unlearned model, KeyTokens, focus)")
     f_tab = probe_table(unl, f_tps)

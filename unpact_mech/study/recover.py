@@ -37,7 +37,7 @@ def routes_stage(lazy: LazyBase, method: str, data: dict[str, list], out: Path, 
         forget, retain, general = data["forget"], data["retain"], data["general"]
         an = lazy.analysis(forget + retain + general, params)
         ckpt, _ = unlearn_stage(lazy, method, forget, retain, out, steps, target, on_change=on_change)
-        unl = models.load_model(str(ckpt), dtype=base.dtype, device=str(base.device)).memoize()
+        unl = models.load_like(str(ckpt), base).memoize()
         emph = SimpleNamespace(rates=read_table(table_path(out, method, "recovery_rates")),
                                control=read_table(table_path(out, method, "recovery_control")))
         shots = general[: rb.shots]  # fewer when the general split is smaller

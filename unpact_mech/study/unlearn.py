@@ -56,10 +56,10 @@ def unlearn_stage(lazy: LazyBase, method: str, forget: list, retain: list, out: 
             a = prov.get("resolved", {}).get("tv_scale", settings.get("tv_scale", 1.0))
             for frac in lazy.budget.tv_fractions:
                 name = f"{method}@{frac:g}a"
-                subject = models.load_model(str(path), dtype=base.dtype) if frac == 1 else interpolated(base, path, frac, name)
+                subject = models.load_like(str(path), base) if frac == 1 else interpolated(base, path, frac, name)
                 points.extend(frontier(name, subject, float(frac * a)))
         elif frontier is not None and prov["steps"] % every:  # the last snapshot: the checkpoint itself
-            points.extend(frontier(f"{method}@{prov['steps']}", models.load_model(str(path), dtype=base.dtype),
+            points.extend(frontier(f"{method}@{prov['steps']}", models.load_like(str(path), base),
                                    float(prov["steps"])))
         _write_points(points_file, points, frontier is not None)
         return path, points
@@ -92,7 +92,7 @@ def _given_stage(lazy: LazyBase, name: str, out: Path, points_file: Path, on_cha
         points: list[dict] = []
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         if frontier is not None:
-            points = frontier(f"{name}@given", models.load_model(spec, dtype=lazy.get().dtype), 1.0)
+            points = frontier(f"{name}@given", models.load_like(spec, lazy.get()), 1.0)
         _write_points(points_file, points, frontier is not None)
         return Path(spec), points
 
