@@ -99,13 +99,17 @@ def long_model(request, tmp_path_factory):
     return load_model(str(make_tiny(tmp_path_factory.mktemp(f"loo_{request.param}"), request.param)))
 
 
+@pytest.mark.parametrize("query_chunk", [None, 7])
 @pytest.mark.parametrize("variant", ["delete", "replace"])
-def test_prefix_reuse_equals_naive_deletion_loop(long_model, variant, monkeypatch):
+def test_prefix_reuse_equals_naive_deletion_loop(long_model, variant, query_chunk, monkeypatch):
     """A prompt of 50+ tokens (longer than the tiny Gemma-2's sliding window of 16): deletion i reuses the
-    original's cache before i; every contribution equals a full forward of the variant through the bridge."""
+    original's cache before i; every contribution equals a full forward of the variant through the bridge, also
+    with the rows' suffixes run 7 query positions at a time."""
     import unpact_mech.attribution.loo as loo_mod
     from unpact_mech.probes import Probe
 
+    if query_chunk is not None:
+        monkeypatch.setattr(loo_mod, "QUERY_CHUNK", query_chunk)
     tp = tokenize_probes(long_model, [Probe("long", LONG_PROMPT, "the capital of france is paris")], "plain")[0]
     assert len(tp.attributable) >= loo_mod.LONG_SPAN and len(tp.ids) > 16
     taken = []
@@ -160,3 +164,44 @@ def test_prefix_reuse_holds_one_cache_copy_at_a_time(monkeypatch, tmp_path):
     finally:
         gc.enable()
     assert len(copies) >= loo_mod.LONG_SPAN and peak[0] == 1
+
+
+@pytest.mark.slow
+def test_prefix_reuse_attention_grows_linearly_with_the_prompt(monkeypatch, tmp_path):
+    """Eager attention holds rows x heads x queries x keys scores per forward, the term that grows fastest with a
+    prompt. In the prefix reuse the rows' suffixes run ``QUERY_CHUNK`` queries at a time, so at a fixed number of
+    rows the largest forward's rows x queries x keys grows as the prompt (4x for 256 -> 1,024 tokens); one forward
+    per suffix grew as its square (16x). Counted from the forwards' shapes on a tiny Llama with a 2,048 context."""
+    from conftest import make_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import unpact_mech.attribution.loo as loo_mod
+    from unpact_mech.model.backends.hf import HFBackend
+    from unpact_mech.model.loading import load_model
+    from unpact_mech.probes import Probe
+
+    tok = make_tokenizer(tmp_path)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048)
+                     ).save_pretrained(tmp_path)
+    model = load_model(str(tmp_path))
+    scores: list[int] = []
+    real = HFBackend.hidden
+
+    def counted(self, ids, cache, position_ids=None):
+        scores.append(ids.shape[0] * ids.shape[1] * (cache.get_seq_length() + ids.shape[1]))
+        return real(self, ids, cache, position_ids)
+
+    monkeypatch.setattr(HFBackend, "hidden", counted)
+    words = LONG_PROMPT.split()
+    peak = {}
+    for n in (256, 1024):
+        tp = tokenize_probes(model, [Probe("p", " ".join(words[i % len(words)] for i in range(n)), "paris")],
+                             "plain")[0]
+        scores.clear()
+        r = loo_contributions(model, [tp], batch_tokens=8 * len(tp.ids))[0]  # 8 rows per forward at both lengths
+        assert len(r.contributions) == len(tp.attributable) == n and torch.isfinite(r.contributions).all()
+        peak[n] = max(scores)
+    assert peak[1024] <= 4.1 * peak[256], peak
+    assert loo_mod.QUERY_CHUNK == 256  # the bound above: at and past 256 tokens the queries per forward are capped

@@ -131,6 +131,7 @@ def _loo_prefix_cached(
 
 LONG_SPAN = 24  # probes with at least this many attributable tokens take the per-deletion prefix reuse
 REUSE_CHUNK = 8  # deletions per batch in the prefix reuse: a row recomputes at most REUSE_CHUNK - 1 positions
+QUERY_CHUNK = 256  # query positions per forward of those rows (attention scores linear in the prompt's length)
 
 
 def _loo_prefix_reuse(kvb: HFBackend, tp: TokenizedProbe, variant: Variant, baseline_id: int, batch_tokens: int,
@@ -144,7 +145,8 @@ def _loo_prefix_reuse(kvb: HFBackend, tp: TokenizedProbe, variant: Variant, base
     answer positions go through the unembedding.
 
     Memory: the original's cache once, plus one batch's copies (rows x prefix, bounded by ``batch_tokens``),
-    freed before the next chunk; nothing grows with the number of chunks.
+    freed before the next chunk; the rows' suffixes run ``QUERY_CHUNK`` positions at a time, so eager attention
+    holds rows x heads x ``QUERY_CHUNK`` x length scores, not x length squared. Linear in the prompt's length.
     """
     dev, ids = kvb.device, list(tp.ids)
     span = sorted(tp.attributable)
@@ -155,10 +157,11 @@ def _loo_prefix_reuse(kvb: HFBackend, tp: TokenizedProbe, variant: Variant, base
 
     def extend(to: int) -> None:  # the original run from position ``done`` to ``to``, on the one cache
         nonlocal done
-        if to > done:
-            pos = torch.arange(done, to, device=dev)[None]
-            finals.append(kvb.hidden(torch.tensor([ids[done:to]], device=dev), cache, position_ids=pos))
-            done = to
+        for a in range(done, to, QUERY_CHUNK):
+            b = min(to, a + QUERY_CHUNK)
+            pos = torch.arange(a, b, device=dev)[None]
+            finals.append(kvb.hidden(torch.tensor([ids[a:b]], device=dev), cache, position_ids=pos))
+        done = max(done, to)
 
     shift = 1 if variant == "delete" else 0  # a deletion moves the answer one position earlier
     lp_without: dict[int, float] = {}
@@ -170,7 +173,12 @@ def _loo_prefix_reuse(kvb: HFBackend, tp: TokenizedProbe, variant: Variant, base
         seqs = [ids[m:i] + mid + ids[i + 1 :] for i in g]
         n, w = len(seqs), len(seqs[0])
         pos = torch.arange(m, m + w, device=dev)[None].expand(n, -1)
-        h = kvb.hidden(torch.tensor(seqs, device=dev), expand_cache(cache, n), position_ids=pos)
+        rows, kv = torch.tensor(seqs, device=dev), expand_cache(cache, n)
+        # the rows' suffixes run QUERY_CHUNK positions at a time on their growing cache, so the attention scores
+        # held at once are rows x heads x QUERY_CHUNK x length: linear in the prompt, not quadratic
+        h = torch.cat([kvb.hidden(rows[:, a : a + QUERY_CHUNK], kv, position_ids=pos[:, a : a + QUERY_CHUNK])
+                       for a in range(0, w, QUERY_CHUNK)], 1)
+        del kv
         start = tp.prompt_len - shift - m  # the answer's first token in suffix coordinates
         ix = AnswerIndex.build([(s, start) for s in seqs], dev)
         lp, _ = answer_logprobs(kvb.logits(ix.gather(h)), ix.targets)
