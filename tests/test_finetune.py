@@ -4,6 +4,7 @@ model knows only the retain people, forget quality is the KS test against it, an
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from scipy.stats import ks_2samp
 
 from unpact_mech.evals.loaders.fictitious import N_PERTURBED, generate
@@ -44,9 +45,14 @@ def test_finetune_then_forget_on_smollm2(tmp_path, capsys):
 
     out = tmp_path / "study"
     # test size: 2 people x 3 facts taught in 10 steps (the loss is ~3e-3 there), 2 unlearning steps, 3 facts
-    # per split; the full size is analyses/tofu_study.py
-    argv = ["study", "--probes", "fictitious:2:0:3", "--finetune", "--finetune-steps", "10", "--methods", "ga_klr",
-            "--steps", "2", "--per-split", "3", "--task", "tofu", "--no-patch", "--out", str(out)]
+    # per split, and of the recovery routes only emphasis (quantisation, relearning and in-context prompts are
+    # tested in a study by test_demo.py); the full size is analyses/tofu_study.py
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": "smollm2-135m", "probes": ["fictitious:2:0:3"], "finetune": True, "finetune_steps": 10,
+        "methods": ["ga_klr"], "steps": 2, "per_split": 3, "task": "tofu", "patch": False, "out": str(out),
+        "route_budget": {"routes": ["emphasis"]}}))
+    argv = ["study", "--config", str(config)]
     assert main(argv) == 0
     people = load_benchmark("fictitious", "2:0:3")
     forget, retain = [p for p in people if p.split == "forget"], [p for p in people if p.split == "retain"]
