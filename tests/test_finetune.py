@@ -45,13 +45,15 @@ def test_finetune_then_forget_on_smollm2(tmp_path, capsys):
 
     out = tmp_path / "study"
     # test size: 2 people x 3 facts taught in 10 steps (the loss is ~3e-3 there), 2 unlearning steps, 3 facts
-    # per split, and of the recovery routes only emphasis (quantisation, relearning and in-context prompts are
-    # tested in a study by test_demo.py); the full size is analyses/tofu_study.py
+    # per split, emphasis at x8 with one random draw, and of the recovery routes only emphasis (the factor sweep,
+    # quantisation, relearning and in-context prompts are tested in a study by test_demo.py); the full size is
+    # analyses/tofu_study.py
     config = tmp_path / "study.yaml"
     config.write_text(yaml.safe_dump({
         "model": "smollm2-135m", "probes": ["fictitious:2:0:3"], "finetune": True, "finetune_steps": 10,
         "methods": ["ga_klr"], "steps": 2, "per_split": 3, "task": "tofu", "patch": False, "out": str(out),
-        "route_budget": {"routes": ["emphasis"]}}))
+        "route_budget": {"routes": ["emphasis"]}, "factors": [8.0],
+        "budget": {"n_draws": 1, "frontier": {"factors": [8.0]}}}))
     argv = ["study", "--config", str(config)]
     assert main(argv) == 0
     people = load_benchmark("fictitious", "2:0:3")

@@ -103,6 +103,8 @@ def test_privleak_both_conventions_written_out(tiny_llama, tiny_llama_other_dir,
     assert t.loc["privleak", "value"] == pytest.approx((auc - 0.4772) / 0.4772 * 100)
     with pytest.raises(UnpactError, match="scores Passages, got a Probe"):
         task_metrics("muse-privleak", tiny_llama, [Probe("q", "what ?", "a")])
+    with pytest.raises(UnpactError, match="ref_auc must be strictly between 0 and 1"):
+        muse.privleak_metrics(tiny_llama, passages, ref_auc=0.0, convention="muse")
     with pytest.raises(UnpactError, match="1 forget and 0 holdout"):
         muse.privleak_metrics(tiny_llama, passages[:1])
     with pytest.raises(UnpactError, match="unknown MUSE convention 'unpact_v1'"):

@@ -59,11 +59,13 @@ def _check_lengths(a: argparse.Namespace, specs: Sequence[str], probes: Sequence
     """Before any weights load: every probe fits each model's context, from the tokenizer and config.json on disk
     (where they are not, the same check runs once the model is loaded); ``read``: tokenizers already read."""
     from unpact_mech.model.loading import tokenizer_and_context
+    from unpact_mech.model.subject import set_chat_args
     from unpact_mech.probes import tokenize_probe
 
     for spec in dict.fromkeys(specs) if probes else ():
         got = tokenizer_and_context(spec, a.trust_remote_code, read)
         if got is not None:
+            set_chat_args(got[0], load_kwargs(a).get("chat"))  # the prompts as the loaded model will render them
             for p in probes:
                 tokenize_probe(got[0], p, a.format, max_len=got[1])
 

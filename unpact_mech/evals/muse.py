@@ -232,6 +232,8 @@ def privleak_metrics(subject: Subject, passages: Sequence[Passage], retain_model
     check_convention(convention, ("open-unlearning", "muse"))
     if retain_model is not None and ref_auc is not None:
         raise UnpactError("give the retain model or its AUC (ref_auc), not both")
+    if ref_auc is not None and not 0 < float(ref_auc) < 1:
+        raise UnpactError(f"ref_auc must be strictly between 0 and 1 (privleak divides by it, or by 1 - it), got {ref_auc}")
     auc, nf, nh = privleak_auc(subject, passages, k, convention)
     against = "0.5 (no retain model: open-unlearning's ref_value)"
     if retain_model is not None:
