@@ -121,7 +121,8 @@ def test_stop_words_and_the_prompt_text():
     assert muse.cut_at_stopwords(" Paris\n\nQuestion: next", STOP) == "Paris"
     assert muse.cut_at_stopwords("Paris\nQuestion", STOP) == "Paris"
     assert muse.cut_at_stopwords("Paris Question: x", STOP) == "Paris"
-    assert muse.qa_text("q?", [("a?", "A"), ("b?", "B")]) == "Question: a?\nAnswer: A\n\nQuestion: b?\nAnswer: B\n\nQuestion: q?\nAnswer: "
+    assert muse.qa_text("q?", [("a?", "A"), ("b?", "B")]) == ("Question: a?\nAnswer: A\n\nQuestion: b?\nAnswer: B\n\n"
+                                                              "Question: q?\nAnswer: ")
 
 
 def test_each_convention_scores_rouge_as_its_reference(tiny_llama, monkeypatch):

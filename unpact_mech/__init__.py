@@ -45,6 +45,7 @@ _API: dict[str, tuple[str, str]] = {
     "select_keytokens": ("unpact_mech.probes.keytokens", "select_keytokens"),
     "load_benchmark": ("unpact_mech.evals.loaders", "load_benchmark"),
     "Passage": ("unpact_mech.evals.loaders", "Passage"),
+    "ChatArgs": ("unpact_mech.model.subject", "ChatArgs"),
     "filter_known": ("unpact_mech.evals.loaders", "filter_known"),
     "Analysis": ("unpact_mech.analysis", "Analysis"),
     "attribute": ("unpact_mech.attribution", "attribute"),
@@ -92,8 +93,8 @@ globals().update(_LISTERS)
 
 # every public name (checked against _API and the listers in tests/test_api.py)
 __all__ = [
-    "Analysis", "KeyTokenParams", "MethodResult", "Passage", "Probe", "Study", "StudyConfig", "StudyResult", "Subject",
-    "TokenizedProbe", "UnpactError",
+    "Analysis", "ChatArgs", "KeyTokenParams", "MethodResult", "Passage", "Probe", "Study", "StudyConfig",
+    "StudyResult", "Subject", "TokenizedProbe", "UnpactError",
     "attribute", "compare", "destruction", "emphasize", "evaluate", "filter_known", "list_attribution_methods",
     "list_benchmarks", "list_criteria", "list_methods", "list_metrics", "list_models", "list_routes", "list_tasks",
     "load_benchmark", "load_model", "load_nnsight", "load_probes", "localise", "patch", "recover", "recovery",
@@ -143,7 +144,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time each name l
     from unpact_mech.evals.tasks import evaluate
     from unpact_mech.findings import destruction, recovery
     from unpact_mech.model.loading import load_model, load_nnsight, save_checkpoint
-    from unpact_mech.model.subject import Subject
+    from unpact_mech.model.subject import ChatArgs, Subject
     from unpact_mech.patching import patch
     from unpact_mech.probes import Probe, TokenizedProbe, load_probes, tokenize_probe, tokenize_probes
     from unpact_mech.probes.keytokens import KeyTokenParams, select_keytokens

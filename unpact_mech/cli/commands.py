@@ -266,7 +266,8 @@ def cmd_unlearn(a: argparse.Namespace) -> int:
     forget = _load_probes_arg(a.forget)
     retain = _load_probes_arg(a.retain) if a.retain else []
     over = {k: v for k, v in (("steps", a.steps), ("lr", a.lr), ("seed", a.seed), ("batch_size", a.batch_size),
-                              ("target_forget_acc", a.target_forget_acc), ("loss_convention", a.loss_convention))
+                              ("target_forget_acc", a.target_forget_acc), ("loss_convention", a.loss_convention),
+                              ("master_weights", a.master_weights))
             if v is not None}
     _, cfg = resolve_config(a.method, bool(retain), fmt=a.format, **over)  # settings, retain need: before the load
     _check_out(a, "dir")

@@ -220,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target-forget-acc", type=unit_float(), help="stop once forget fact top-1 accuracy <= this")
     s.add_argument("--loss-convention", choices=["open_unlearning", "unpact_v1"],
                    help="GA/GD/KL reductions: open-unlearning's (default) or this toolkit's first forms")
+    s.add_argument("--master-weights", action="store_true", default=None,
+                   help="with --dtype bfloat16/float16: AdamW on float32 copies of the weights, rounded into the "
+                   "model after each step (updates below bfloat16's resolution accumulate instead of vanishing)")
     s.add_argument("--format", default="auto", choices=list(FORMATS))
     _model_args(s)
 

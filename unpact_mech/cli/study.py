@@ -115,7 +115,9 @@ def _shots(a: argparse.Namespace) -> list[Any]:
             return []
         return load_benchmark(a.probes, "knowmem", f"{a.split or 'forget_qa'}_icl")
     if Path(a.shots).expanduser().exists():
-        return load_benchmark(a.probes, "knowmem", "forget_qa_icl", source=a.shots) if bench else _load_probes_arg(a.shots)
+        if not bench:
+            return _load_probes_arg(a.shots)
+        return load_benchmark(a.probes, "knowmem", "forget_qa_icl", source=a.shots)
     if not bench:
         raise UnpactError(f"--shots {a.shots!r}: no such file, and a split name needs a benchmark as --probes")
     return load_benchmark(a.probes, "knowmem", a.shots)

@@ -177,7 +177,9 @@ def verbmem_metrics(subject: Subject, probes: Sequence[Probe], max_new_tokens: i
                  convention)]
     if convention == "open-unlearning":
         base = tokenize_probes(subject, probes, "raw")
-        tps = [replace(tp, ids=tuple(full), prompt_len=max(len(prompt), 1), tokens=tuple(subject.tokenizer.convert_ids_to_tokens(full)))
+        tok = subject.tokenizer
+        tps = [replace(tp, ids=tuple(full), prompt_len=max(len(prompt), 1),
+                       tokens=tuple(tok.convert_ids_to_tokens(full)))
                for tp, (prompt, _, full) in zip(base, inputs)]
         rows.append(_row("extraction_strength", extraction_strength_of(subject, tps).tolist(), "verbmem", convention))
     return rows
@@ -233,7 +235,8 @@ def privleak_metrics(subject: Subject, passages: Sequence[Passage], retain_model
     if retain_model is not None and ref_auc is not None:
         raise UnpactError("give the retain model or its AUC (ref_auc), not both")
     if ref_auc is not None and not 0 < float(ref_auc) < 1:
-        raise UnpactError(f"ref_auc must be strictly between 0 and 1 (privleak divides by it, or by 1 - it), got {ref_auc}")
+        raise UnpactError(f"ref_auc must be strictly between 0 and 1 (privleak divides by it, or by 1 - it), "
+                          f"got {ref_auc}")
     auc, nf, nh = privleak_auc(subject, passages, k, convention)
     against = "0.5 (no retain model: open-unlearning's ref_value)"
     if retain_model is not None:

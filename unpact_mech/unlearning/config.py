@@ -50,3 +50,7 @@ class UnlearnConfig:
     # closing tokens + EOS; per-token mean NLL, KL(ref || current)) or "unpact_v1" (answer tokens only; summed NLL
     # per sequence, KL(current || ref)); see unpact_mech.unlearning.data and .losses
     loss_convention: str = "open_unlearning"
+    # AdamW on float32 copies of the trainable weights, rounded into the model's dtype after each step, as
+    # mixed-precision trainers keep them (a bfloat16 model's updates below its resolution then accumulate); a float32
+    # model is trained as it is
+    master_weights: bool = False

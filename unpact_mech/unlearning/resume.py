@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from unpact_mech.core.errors import UnpactError
 from unpact_mech.core.io import atomic_write, atomic_write_json, json_safe, sha256_file
+from unpact_mech.unlearning.optim import Optimizer
 
 FORMAT = "unpact-resume-v1"
 
@@ -62,7 +63,7 @@ def _dedupe(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], 
     return out, aliases
 
 
-def save_state(files: ResumeFiles, model: Any, opt: torch.optim.Optimizer, gen: torch.Generator, step: int,
+def save_state(files: ResumeFiles, model: Any, opt: Optimizer, gen: torch.Generator, step: int,
                history: list[dict[str, Any]], run_key: str, settings: dict[str, Any] | None = None) -> None:
     """Write the training state atomically (tensor file, then the JSON that vouches for it)."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
@@ -194,7 +195,7 @@ def _sha256_of_version(path: str, inode: int, size: int, mtime_ns: int) -> str:
     return sha256_file(path)
 
 
-def load_state(files: ResumeFiles, meta: dict[str, Any], run_key: str, model: Any, opt: torch.optim.Optimizer,
+def load_state(files: ResumeFiles, meta: dict[str, Any], run_key: str, model: Any, opt: Optimizer,
                gen: torch.Generator) -> tuple[int, list[dict[str, Any]]]:
     """Restore the state into model, optimizer and generator; ``meta`` is what :func:`check_resume` returned (it
     has checked the tensor file against the state's SHA-256)."""

@@ -46,6 +46,7 @@ from unpact_mech.unlearning import losses as L
 from unpact_mech.unlearning.config import UnlearnConfig, UnlearningError
 from unpact_mech.unlearning.data import Example, collate, to_examples
 from unpact_mech.unlearning.methods import METHODS, Method, State
+from unpact_mech.unlearning.optim import Optimizer, optimizer
 from unpact_mech.unlearning.resume import (
     ResumeError,
     ResumeFiles,
@@ -165,7 +166,7 @@ def _batch(n: int, cfg: UnlearnConfig, gen: torch.Generator) -> list[int]:
     return torch.randint(n, (min(cfg.batch_size, n),), generator=gen).tolist()
 
 
-def _run_steps(m: Method, state: State, params: list[torch.nn.Parameter], opt: torch.optim.Optimizer,
+def _run_steps(m: Method, state: State, params: list[torch.nn.Parameter], opt: Optimizer,
                gen: torch.Generator, f_ex: list[Example], r_ex: list[Example], pad_id: int, step: int,
                history: list[dict[str, Any]], progress: bool, on_step: Callable[[int, dict[str, float]], None] | None,
                on_snapshot: Callable[[int, Any], None] | None, save: Callable[[int], None] | None,
@@ -224,7 +225,7 @@ def _run_steps(m: Method, state: State, params: list[torch.nn.Parameter], opt: t
 
 def _prepare(subject: Subject, m: Method, cfg: UnlearnConfig, f_ex: list[Example], r_ex: list[Example],
              forget: Sequence[Probe | str], tok: Any, pad_id: int
-             ) -> tuple[Any, State, list[torch.nn.Parameter], torch.optim.Optimizer, torch.Generator]:
+             ) -> tuple[Any, State, list[torch.nn.Parameter], Optimizer, torch.Generator]:
     """A fresh trainable copy of the subject's model, the method's state, its parameters, AdamW and the data RNG."""
     torch.manual_seed(cfg.seed)
     if not subject.from_source:
@@ -242,7 +243,8 @@ def _prepare(subject: Subject, m: Method, cfg: UnlearnConfig, f_ex: list[Example
     train_ids = {id(p) for p in params}
     for p in model.parameters():
         p.requires_grad_(id(p) in train_ids)
-    return model, state, params, torch.optim.AdamW(params, lr=cfg.lr), torch.Generator().manual_seed(cfg.seed)
+    opt = optimizer(params, cfg.lr, cfg.master_weights)
+    return model, state, params, opt, torch.Generator().manual_seed(cfg.seed)
 
 
 def fit(subject: Subject, data: Sequence[Probe | str], method: Method | None = None, progress: bool = False,
