@@ -29,21 +29,38 @@ LLAMA3_STYLE = (
 )
 
 
-@pytest.fixture(scope="module")
-def llama3_tok():
+# Gemma-3's template, trimmed of images: a system message folded into the first user turn, "model" turns
+GEMMA3_STYLE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}{%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}{%- else -%}{%- set first_user_prefix = '' -%}"
+    "{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}{{ '<end_of_turn>\\n' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}"
+)
+
+
+def _word_tokenizer(specials: list[str], words: str, bos: str, eos: str, template: str):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
-    words = ("system user assistant Cutting Knowledge Date : December 2023 Today 10 Apr 2025 26 Jul 2024 You are a "
-             "helpful . what is the capital of france ? paris").split()
-    vocab = {w: i for i, w in enumerate([*specials, "<unk>", *dict.fromkeys(words)])}
+    vocab = {w: i for i, w in enumerate([*specials, "<unk>", *dict.fromkeys(words.split())])}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=specials[0], eos_token=specials[1], unk_token="<unk>",
-                                  additional_special_tokens=specials[2:])
-    tok.chat_template = LLAMA3_STYLE
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=bos, eos_token=eos, unk_token="<unk>",
+                                  additional_special_tokens=[t for t in specials if t not in (bos, eos)])
+    tok.chat_template = template
     return tok
+
+
+@pytest.fixture(scope="module")
+def llama3_tok():
+    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    words = ("system user assistant Cutting Knowledge Date : December 2023 Today 10 Apr 2025 26 Jul 2024 You are a "
+             "helpful . what is the capital of france ? paris")
+    return _word_tokenizer(specials, words, specials[0], specials[1], LLAMA3_STYLE)
 
 
 def test_system_prompt_and_date_string_in_the_scored_tokens(llama3_tok):
@@ -83,3 +100,21 @@ def test_chat_args_travel_with_checkpoints_and_come_from_the_cli(tiny_llama_dir,
                                                                 "--answer", "a"]))
     with pytest.raises(UnpactError, match="system_prompt must be a non-empty string"):
         ChatArgs(" ")
+
+
+def test_gemma3_style_template_folds_the_system_turn_into_the_user_turn():
+    """Gemma-3's template has no system role: the system text opens the first user turn. It is scaffolding (not
+    attributable), and the scored tokens are the answer, ``<end_of_turn>`` and EOS."""
+    tok = _word_tokenizer(["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"],
+                          "user model You are a helpful assistant . what is the capital of france ? paris", "<bos>",
+                          "<eos>", GEMMA3_STYLE)
+    set_chat_args(tok, ChatArgs("You are a helpful assistant."))
+    try:
+        tp = labelled(tok, tokenize_probe(tok, Probe("q", "what is the capital of france ?", "paris"), "chat"))
+    finally:
+        set_chat_args(tok, None)
+    prompt = ["<bos>", "<start_of_turn>", "user", "You", "are", "a", "helpful", "assistant", ".", "what", "is", "the",
+              "capital", "of", "france", "?", "<end_of_turn>", "<start_of_turn>", "model"]
+    assert tok.convert_ids_to_tokens(list(tp.ids)) == [*prompt, "paris", "<end_of_turn>", "<eos>"]
+    assert tp.prompt_len == len(prompt)
+    assert [tp.tokens[i] for i in tp.attributable] == ["what", "is", "the", "capital", "of", "france", "?"]
