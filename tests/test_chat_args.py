@@ -8,9 +8,9 @@ import pytest
 from unpact_mech.cli.parser import build_parser
 from unpact_mech.cli.scale import load_kwargs
 from unpact_mech.core.errors import UnpactError
+from unpact_mech.model.chat import ChatArgs, chat_args, set_chat_args
 from unpact_mech.model.checkpoints import read_provenance, save_checkpoint
 from unpact_mech.model.loading import load_like, load_model
-from unpact_mech.model.subject import ChatArgs, chat_args, set_chat_args
 from unpact_mech.probes import Probe, tokenize_probe
 from unpact_mech.probes.labels import labelled
 

@@ -45,7 +45,7 @@ _API: dict[str, tuple[str, str]] = {
     "select_keytokens": ("unpact_mech.probes.keytokens", "select_keytokens"),
     "load_benchmark": ("unpact_mech.evals.loaders", "load_benchmark"),
     "Passage": ("unpact_mech.evals.loaders", "Passage"),
-    "ChatArgs": ("unpact_mech.model.subject", "ChatArgs"),
+    "ChatArgs": ("unpact_mech.model.chat", "ChatArgs"),
     "filter_known": ("unpact_mech.evals.loaders", "filter_known"),
     "Analysis": ("unpact_mech.analysis", "Analysis"),
     "attribute": ("unpact_mech.attribution", "attribute"),
@@ -143,8 +143,9 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time each name l
     from unpact_mech.evals.loaders import Passage, filter_known, load_benchmark
     from unpact_mech.evals.tasks import evaluate
     from unpact_mech.findings import destruction, recovery
+    from unpact_mech.model.chat import ChatArgs
     from unpact_mech.model.loading import load_model, load_nnsight, save_checkpoint
-    from unpact_mech.model.subject import ChatArgs, Subject
+    from unpact_mech.model.subject import Subject
     from unpact_mech.patching import patch
     from unpact_mech.probes import Probe, TokenizedProbe, load_probes, tokenize_probe, tokenize_probes
     from unpact_mech.probes.keytokens import KeyTokenParams, select_keytokens

@@ -58,8 +58,8 @@ def _check_lengths(a: argparse.Namespace, specs: Sequence[str], probes: Sequence
                    read: dict[str, Any] | None = None) -> None:
     """Before any weights load: every probe fits each model's context, from the tokenizer and config.json on disk
     (where they are not, the same check runs once the model is loaded); ``read``: tokenizers already read."""
+    from unpact_mech.model.chat import set_chat_args
     from unpact_mech.model.loading import tokenizer_and_context
-    from unpact_mech.model.subject import set_chat_args
     from unpact_mech.probes import tokenize_probe
 
     for spec in dict.fromkeys(specs) if probes else ():

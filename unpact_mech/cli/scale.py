@@ -27,7 +27,7 @@ def no_failures() -> list[tuple[int, str, str]]:
 
 def load_kwargs(a: argparse.Namespace) -> dict[str, Any]:
     """``load_model`` keyword arguments of the model options (what every actor loads with)."""
-    from unpact_mech.model.subject import ChatArgs
+    from unpact_mech.model.chat import ChatArgs
 
     chat = ChatArgs(getattr(a, "system_prompt", None), getattr(a, "date_string", None))
     return {"dtype": a.dtype, "device": a.device, "device_map": a.device_map, "max_memory": a.max_memory,

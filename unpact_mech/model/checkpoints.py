@@ -14,7 +14,7 @@ from typing import Any
 
 from unpact_mech.core.errors import ModelSpecError
 from unpact_mech.core.io import atomic_write_json, check_output, umask
-from unpact_mech.model.subject import ChatArgs, chat_args
+from unpact_mech.model.chat import ChatArgs, chat_args
 
 PROVENANCE_FILE = "unpact.json"
 

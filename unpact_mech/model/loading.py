@@ -34,16 +34,9 @@ from unpact_mech.model.builtin import (
     check_cache_writable,
     quiet_transformers,
 )
+from unpact_mech.model.chat import ChatArgs, chat_args, set_chat_args
 from unpact_mech.model.checkpoints import PROVENANCE_FILE, data_hash, read_provenance, save_checkpoint
-from unpact_mech.model.subject import (
-    ChatArgs,
-    Subject,
-    TokenizerMismatch,
-    chat_args,
-    set_chat_args,
-    vocab_fingerprint,
-    wrap,
-)
+from unpact_mech.model.subject import Subject, TokenizerMismatch, vocab_fingerprint, wrap
 
 __all__ = ["BUILTIN_MODELS", "PROVENANCE_FILE", "ModelSpecError", "Subject", "cache_dir", "check_device", "check_spec",
            "data_hash", "load_model", "load_hf", "load_nnsight", "read_provenance", "save_checkpoint"]

@@ -18,12 +18,15 @@ from typing import Any
 
 from unpact_mech.core.errors import UnpactError
 from unpact_mech.core.io import atomic_write_text
-from unpact_mech.model.subject import Subject, chat_args
+from unpact_mech.model.chat import chat_args
+from unpact_mech.model.subject import Subject
 from unpact_mech.probes.words import WORD
 
 Format = str  # "chat" | "plain" | "raw" | "auto", checked at run time by _resolve_format
 FORMATS = ("auto", "chat", "plain", "raw")
 PLAIN_TEMPLATE = "Question: {prompt}\nAnswer:"
+
+
 def chat_text(tokenizer: Any, turns: Sequence[tuple[str, str]], generation_prompt: bool) -> str:
     """The chat template over ``(role, content)`` turns, after the system turn of the tokenizer's
     :class:`ChatArgs` and with its date string (``preprocess_chat_instance``'s rendering)."""

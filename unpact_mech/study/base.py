@@ -8,7 +8,7 @@ from typing import Any
 
 from unpact_mech.analysis import Analysis
 from unpact_mech.model import loading as models
-from unpact_mech.model.subject import ChatArgs, chat_args
+from unpact_mech.model.chat import ChatArgs, chat_args
 from unpact_mech.study.settings import BUDGET, FACTORS, ROUTE_BUDGET, Budget, RouteBudget
 
 

@@ -27,7 +27,7 @@ from unpact_mech.core.io import atomic_write_text
 from unpact_mech.core.options import dataclass_from
 from unpact_mech.evals.loaders import load_probe_spec
 from unpact_mech.model import loading as models
-from unpact_mech.model.subject import ChatArgs
+from unpact_mech.model.chat import ChatArgs
 from unpact_mech.probes.keytokens import KeyTokenParams
 from unpact_mech.routes import RECOVERY_ROUTES
 from unpact_mech.runtime.results import MethodResult, StudyResult

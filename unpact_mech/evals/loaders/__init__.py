@@ -31,6 +31,8 @@ class Passage:
             raise UnpactError(f"passage {self.id!r}: empty text")
         if self.split not in ("forget", "holdout", "retain"):
             raise UnpactError(f"passage {self.id!r}: split must be forget, holdout or retain, got {self.split!r}")
+
+
 BENCHMARKS: Registry[Loader] = Registry("benchmark")
 
 
