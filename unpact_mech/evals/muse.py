@@ -206,9 +206,8 @@ def min_k_scores(subject: Subject, passages: Sequence[Passage], k: float = MUSE_
         if convention == "open-unlearning":
             lp = lp[:-1]
             out.append(min_k(lp, k) if len(lp) else 0.0)
-        else:
-            n = int(len(lp) * k)
-            out.append(-float(np.mean(np.sort(lp)[:n])) if n else float("nan"))
+        else:  # int(n k) tokens, no floor of one: where that is >= 1 it is min_k's count; else no score
+            out.append(min_k(lp, k) if int(len(lp) * k) else float("nan"))
     return np.array(out)
 
 

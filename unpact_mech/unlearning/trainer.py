@@ -85,8 +85,9 @@ def fact_accuracy(model: Any, examples: Sequence[Example], pad_id: int) -> float
 
 
 def _nonfinite_fix(params: Sequence[torch.nn.Parameter], otherwise: str) -> str:
-    """What to change after a non-finite loss or weight: float16 weights (5 exponent bits, largest 65504, no
-    float32 master copy here) overflow in training whatever the rate, so their fix is another dtype."""
+    """What to change after a non-finite loss or weight: float16 weights (5 exponent bits, largest 65504) overflow
+    in training whatever the rate (float32 master weights keep the update, but the forward and backward still run
+    in float16), so their fix is another dtype."""
     if any(p.dtype == torch.float16 for p in params):
         return ("training in float16 is unstable (its range, up to 65504, overflows in the loss or the optimizer "
                 "update); train in bfloat16 (--dtype bfloat16) or float32")
