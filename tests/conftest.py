@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -62,6 +63,12 @@ WORDS = (
     "a an and in on to it was by city country river largest planet red mars gold symbol au "
     "? : . , \n"
 ).split(" ")
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    """A JSON-lines file of ``rows`` (a string row is written as it is: a broken line on purpose)."""
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
 
 
 def make_tokenizer(directory: Path):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_jsonl as _jsonl
 
 from unpact_mech.cli import main
 from unpact_mech.core.errors import UnpactError
@@ -25,10 +26,6 @@ GOOD = [
     {"id": "p2", "prompt": "what is the red planet ?", "answer": "mars", "split": "general"},
 ]
 
-
-def _jsonl(path: Path, rows) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture(scope="module")

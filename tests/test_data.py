@@ -1,18 +1,13 @@
-import json
 
 import pandas as pd
 import pytest
+from conftest import write_jsonl as _jsonl
 
 from unpact_mech.cli import main
 from unpact_mech.evals.loaders import filter_known, load_benchmark
 from unpact_mech.evals.loaders.fictitious import generate
 from unpact_mech.evals.loaders.hub import SchemaError
 from unpact_mech.evals.multiple_choice import mc_accuracy, mc_table
-
-
-def _jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def test_muse_knowmem_verbmem_raw_from_local_files(tmp_path):

@@ -6,13 +6,13 @@ own greedy loop."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import write_jsonl as _jsonl
 from rouge_score import rouge_scorer
 
 from unpact_mech.cli import main
@@ -216,10 +216,6 @@ def test_knowmem_and_verbmem_against_both_references_on_smollm2(smol):
         assert t.loc["rouge_l_f1", "value"] == pytest.approx(np.mean(want), abs=1e-12), conv
     assert want_muse != want_ou  # the two golds differ in length, so the references disagree here
 
-
-def _jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def test_cli_evaluate_muse(tmp_path, tiny_llama, tiny_llama_dir, tiny_llama_other_dir, passages, capsys):

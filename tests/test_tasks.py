@@ -1,13 +1,13 @@
 """Each task end to end on fixture files in its benchmark's schema (written here), against the metrics computed
 step by step from naive per-probe scoring."""
 
-import json
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import write_jsonl as _jsonl
 
 from unpact_mech.core.errors import UnknownNameError, UnpactError
 from unpact_mech.evals.loaders import load_benchmark
@@ -33,10 +33,6 @@ def _ou_nll(subject, q: str, a: str) -> float:
     tp = _labelled(tokenize_probes(subject, [Probe("x", q, a)], "plain")[0])
     return -float(score_probes(subject, [tp])[0].logprobs.mean())
 
-
-def _jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def _lcs(a, b):
