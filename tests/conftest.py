@@ -89,8 +89,9 @@ def make_tokenizer(directory: Path):
     return PreTrainedTokenizerFast.from_pretrained(directory)
 
 
-def make_tiny(directory: Path, arch: str, seed: int = 0) -> Path:
-    """Save a tiny random model (``llama`` with grouped-query attention, ``gpt2`` or a soft-capped ``gemma2``)."""
+def make_tiny(directory: Path, arch: str, seed: int = 0, context: int = 128) -> Path:
+    """Save a tiny random model (``llama`` with grouped-query attention, ``gpt2`` or a soft-capped ``gemma2``) of
+    ``context`` positions."""
     from transformers import AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, GPT2Config, LlamaConfig
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -98,7 +99,7 @@ def make_tiny(directory: Path, arch: str, seed: int = 0) -> Path:
     v = len(tok)
     if arch == "llama":
         cfg = LlamaConfig(vocab_size=v, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
-                          num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=128,
+                          num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=context,
                           bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
     elif arch == "gpt2":
         cfg = GPT2Config(vocab_size=v, n_embd=48, n_layer=3, n_head=4, n_positions=128,

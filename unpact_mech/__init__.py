@@ -34,6 +34,7 @@ _API: dict[str, tuple[str, str]] = {
     "UnpactError": ("unpact_mech.core.errors", "UnpactError"),
     "load_model": ("unpact_mech.model.loading", "load_model"),
     "load_nnsight": ("unpact_mech.model.loading", "load_nnsight"),
+    "read_shape": ("unpact_mech.model.shape", "read_shape"),
     "save_checkpoint": ("unpact_mech.model.loading", "save_checkpoint"),
     "Subject": ("unpact_mech.model.subject", "Subject"),
     "Probe": ("unpact_mech.probes", "Probe"),
@@ -97,8 +98,8 @@ __all__ = [
     "StudyResult", "Subject", "TokenizedProbe", "UnpactError",
     "attribute", "compare", "destruction", "emphasize", "evaluate", "filter_known", "list_attribution_methods",
     "list_benchmarks", "list_criteria", "list_methods", "list_metrics", "list_models", "list_routes", "list_tasks",
-    "load_benchmark", "load_model", "load_nnsight", "load_probes", "localise", "patch", "recover", "recovery",
-    "save_checkpoint", "select_keytokens", "tokenize_probe", "tokenize_probes", "unlearn",
+    "load_benchmark", "load_model", "load_nnsight", "load_probes", "localise", "patch", "read_shape", "recover",
+    "recovery", "save_checkpoint", "select_keytokens", "tokenize_probe", "tokenize_probes", "unlearn",
 ]
 
 
@@ -145,6 +146,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time each name l
     from unpact_mech.findings import destruction, recovery
     from unpact_mech.model.chat import ChatArgs
     from unpact_mech.model.loading import load_model, load_nnsight, save_checkpoint
+    from unpact_mech.model.shape import read_shape
     from unpact_mech.model.subject import Subject
     from unpact_mech.patching import patch
     from unpact_mech.probes import Probe, TokenizedProbe, load_probes, tokenize_probe, tokenize_probes

@@ -17,6 +17,7 @@ from pathlib import Path
 from unpact_mech.cli import study as _study  # noqa: F401  (registers study, evaluate, data, merge)
 from unpact_mech.cli.commands import COMMANDS, _params
 from unpact_mech.cli.parser import build_parser
+from unpact_mech.cli.plan import PlanShown, check_plannable
 from unpact_mech.cli.scale import check_executor
 from unpact_mech.core.errors import UnpactError
 from unpact_mech.core.options import resolve_routed
@@ -77,7 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_specs(args)
         _check_placement(args)
         check_executor(args)
+        check_plannable(args)
         return COMMANDS[args.cmd](args)
+    except PlanShown:
+        return 0
     except (UnpactError, OSError) as err:
         if args.debug:
             traceback.print_exc()

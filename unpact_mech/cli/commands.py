@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from unpact_mech.cli import scale
+from unpact_mech.cli import plan, scale
 from unpact_mech.cli.scale import FAILED, load_kwargs, loads_beyond_config, uses_ray
 from unpact_mech.core.errors import UnpactError
 from unpact_mech.core.registry import Registry
@@ -57,17 +57,21 @@ def _same_path(x: str, y: str) -> bool:
 def _check_lengths(a: argparse.Namespace, specs: Sequence[str], probes: Sequence[Any],
                    read: dict[str, Any] | None = None) -> None:
     """Before any weights load: every probe fits each model's context, from the tokenizer and config.json on disk
-    (where they are not, the same check runs once the model is loaded); ``read``: tokenizers already read."""
+    (where they are not, the same check runs once the model is loaded), and the run fits in memory
+    (:func:`unpact_mech.cli.plan.check`; ``--plan`` prints the plan and stops); ``read``: tokenizers already read."""
     from unpact_mech.model.chat import set_chat_args
     from unpact_mech.model.loading import tokenizer_and_context
     from unpact_mech.probes import tokenize_probe
 
+    tokenizers = {}
     for spec in dict.fromkeys(specs) if probes else ():
         got = tokenizer_and_context(spec, a.trust_remote_code, read)
         if got is not None:
             set_chat_args(got[0], load_kwargs(a).get("chat"))  # the prompts as the loaded model will render them
             for p in probes:
                 tokenize_probe(got[0], p, a.format, max_len=got[1])
+            tokenizers[spec] = got[0]
+    plan.check(a, specs, probes, tokenizers)  # --plan prints and stops; a run that cannot fit is refused here
 
 
 def _models(a: argparse.Namespace, probes: Sequence[Any] = ()) -> tuple[Any, Any]:
@@ -182,6 +186,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     cfg = StudyConfig(model=a.model, methods=tuple(a.methods), probes=("facts",), out=a.out, steps=a.steps,
                       target=a.target, keytokens=_params(a), on_change=a.on_change, dtype=a.dtype, device=a.device,
                       system_prompt=a.system_prompt, date_string=a.date_string)
+    plan.check_study(a, cfg)  # --plan prints the stages' costs and stops; a demo that cannot fit is refused
     loaded = _load(a, a.model) if loads_beyond_config(a) else None
     table = Study(cfg).run(loaded, on_keytokens=show, keytoken_probes=kprobes).summary
     print("\nSummary (one row per unlearning method):")
@@ -203,6 +208,7 @@ def _mech_table(a: argparse.Namespace) -> Any:
         tables, failed = scale.run(a, a.cmd, opts, [a.model], scale.attribute_job(a.cmd, a.format, a.target), probes)
         table = tables["table"]
     else:
+        _check_lengths(a, [a.model], probes)
         subject = _load(a, a.model)
         table = attribute(subject, tokenize_probes(subject, probes, a.format), method=a.cmd, target=a.target,
                           progress=True)
@@ -274,6 +280,7 @@ def cmd_unlearn(a: argparse.Namespace) -> int:
     resume = ResumeFiles.beside(Path(a.out))
     refuse_legacy(resume)
     check_resume(resume, {"method": a.method, "hyperparameters": asdict(cfg)}, cfg.steps)  # schema and settings
+    _check_lengths(a, [a.model], [*forget, *retain])
     subject = _load(a, a.model)
     out = unlearn(subject, a.method, forget, retain, a.out, fmt=a.format, overwrite=a.overwrite, **over)
     prov = read_provenance(out)

@@ -68,6 +68,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    "config gives it (open-unlearning's Llama-3.2/3.1-Instruct: 'You are a helpful assistant.')")
     p.add_argument("--date-string", metavar="TEXT", help="the chat template's date_string (open-unlearning's "
                    "Llama-3 configs: '10 Apr 2025')")
+    p.add_argument("--plan", action="store_true", help="print what the run will cost (passes, FLOPs, peak memory, "
+                   "disk, time on this CPU) from config.json and the inputs, load nothing, and stop")
+    p.add_argument("--skip-memory-check", action="store_true", help="run even where the plan's peak memory exceeds "
+                   "what the run may use (--max-memory, the GPU's free memory, or this machine's available memory)")
 
 
 def _pair_args(p: argparse.ArgumentParser, probes_help: str = "JSON-lines probe file or benchmark name, e.g. "
@@ -151,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         route(s, "demo", flag, lambda a: not a.keytokens_only, "the full demo (without --keytokens-only)")
     _keytoken_args(s)
     _model_args(s)
+    route(s, "demo", "--plan", lambda a: not a.keytokens_only, "the full demo (without --keytokens-only)")
 
     s = sub.add_parser("study", help="the dilemma study on any probes and model, training --methods or analysing "
                        "given (e.g. released) checkpoints with --unlearned NAME=DIR_OR_HUB_ID")

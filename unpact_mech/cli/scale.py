@@ -54,6 +54,9 @@ def check_executor(a: argparse.Namespace) -> None:
 
     if getattr(a, "out", None) is None:
         raise UnpactError("--executor ray streams its parts beside --out; give --out FILE")
+    if getattr(a, "plan", False):
+        raise UnpactError("--plan costs a run in this process; drop --executor ray to see it (each actor runs the "
+                          "same steps on its share of the probes)")
     check_ray(a.executor[1])
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from unpact_mech.cli import plan
 from unpact_mech.cli.commands import (
     _check_out,
     _load,
@@ -70,6 +71,7 @@ def cmd_study(a: argparse.Namespace) -> int:
         check_given(given)  # before any probe file or model is read
     # options a config cannot state (placement, remote code, pickles) load the model here, as the config says
     a.dtype, a.device, a.system_prompt, a.date_string = cfg.dtype, cfg.device, cfg.system_prompt, cfg.date_string
+    plan.check_study(a, cfg)  # --plan prints the stages' costs and stops; a study that cannot fit is refused
     loaded = _load(a, cfg.model) if loads_beyond_config(a) else None
     table = Study(cfg).run(loaded).summary
     print("\nSummary (one row per unlearned model):")

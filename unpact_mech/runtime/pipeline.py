@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from unpact_mech.core.errors import UnpactError
 from unpact_mech.core.io import atomic_write_json, json_safe
 from unpact_mech.core.log import say
-from unpact_mech.core.meter import describe, measure
+from unpact_mech.core.meter import describe, measure, release_memory
 
 T = TypeVar("T")
 ON_CHANGE = ("recompute", "stop")
@@ -160,6 +160,7 @@ def stage(name: str, stamp_file: Path, stamp: dict[str, Any], exists: Callable[[
     announce(f"stage {name}: computing ({why})")
     with measure() as cost:
         result = compute()
+    release_memory()  # what the stage freed leaves the process's RSS before the next one (glibc keeps it otherwise)
     announce(f"stage {name}: {describe(cost)}")
     atomic_write_json(stamp_file, {**stamp, COST: cost})
     return result

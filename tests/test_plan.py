@@ -1,0 +1,317 @@
+"""The plan (``unpact_mech.model.shape``, ``unpact_mech.runtime.plan``, ``--plan``, the up-front memory check):
+counts from config.json against what transformers builds and what torch's FLOP counter counts, memory against
+counts written out here, and the CLI's plan and refusal before any model loads."""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma2Config,
+    Gemma3TextConfig,
+    GPT2Config,
+    LlamaConfig,
+    MistralConfig,
+    Qwen2Config,
+    Qwen3Config,
+)
+
+from unpact_mech.model.shape import ModelShape, count_on_disk, read_shape
+from unpact_mech.runtime import plan as pl
+
+SMALL = {"vocab_size": 100, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 2}
+CONFIGS = {
+    "llama_untied": LlamaConfig(**SMALL, tie_word_embeddings=False),
+    "llama_bias": LlamaConfig(**SMALL, attention_bias=True),
+    "mistral": MistralConfig(**SMALL),
+    "qwen2": Qwen2Config(**SMALL),
+    "qwen3": Qwen3Config(**SMALL, head_dim=16),
+    "gemma2": Gemma2Config(**SMALL, head_dim=16),
+    "gemma3": Gemma3TextConfig(**SMALL, head_dim=16),
+    "gpt2": GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_parameter_count_from_config_equals_what_transformers_builds(name):
+    cfg = CONFIGS[name]
+    model = AutoModelForCausalLM.from_config(cfg)
+    assert ModelShape.from_config(cfg.to_dict()).n_params == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["llama_untied", "qwen2", "gemma3", "gpt2"])
+def test_forward_flops_equal_torch_flop_counter(name):
+    """2 N_mat T + 4 L H e T^2 + 2 d V T against torch's own count of every matmul in an eager forward (all T
+    positions unembedded, as a plain HF forward does)."""
+    cfg = CONFIGS[name]
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    t = 21
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(torch.randint(0, 100, (1, t)))
+    assert ModelShape.from_config(cfg.to_dict()).forward_flops(t, unembedded=t) == fc.get_total_flops()
+
+
+def test_kv_cache_bytes_equal_a_real_cache():
+    cfg = CONFIGS["llama_untied"]
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    t = 13
+    with torch.no_grad():
+        cache = model(torch.randint(0, 100, (1, t)), use_cache=True).past_key_values
+    held = sum(x.numel() * x.element_size() for layer in cache.layers for x in (layer.keys, layer.values))
+    assert ModelShape.from_config(cfg.to_dict()).kv_bytes_per_token("float32") * t == held
+
+
+def test_shape_of_a_directory_and_its_exact_count_on_disk(tmp_path):
+    cfg = CONFIGS["llama_untied"]
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path)
+    shape = read_shape(str(tmp_path))
+    assert shape.n_params == count_on_disk(tmp_path) == 100 * 32 * 2 + 2 * (32 * 32 * 2 + 2 * 32 * 16 + 3 * 32 * 48
+                                                                            + 2 * 32) + 32
+    assert shape.weight_bytes("bfloat16") == 2 * shape.n_params
+
+
+@pytest.mark.slow
+def test_builtin_shape_from_its_gguf_header_counts_the_dequantised_weights(smol):
+    """SmolLM2's plan before its cache exists reads the GGUF header; its parameter count equals the safetensors
+    headers of the dequantised cache (134,515,008)."""
+    from unpact_mech.model.builtin import _model_cache
+    from unpact_mech.model.shape import _gguf_config
+
+    shape = ModelShape.from_config(_gguf_config("smollm2-135m"))
+    assert shape.n_params == count_on_disk(_model_cache("smollm2-135m")[0]) == 134_515_008
+    assert (shape.n_layers, shape.n_heads, shape.n_kv_heads, shape.head_dim) == (30, 9, 3, 64)
+
+
+def test_config_problems_are_named(tmp_path):
+    from unpact_mech.core.errors import ModelSpecError
+
+    with pytest.raises(ModelSpecError, match="lacks hidden_size"):
+        ModelShape.from_config({"vocab_size": 10}, "x")
+    with pytest.raises(ModelSpecError, match="no config.json"):
+        read_shape(str(tmp_path))
+
+
+# memory and FLOPs of the steps, written out ---------------------------------------------------------------------
+TINY = ModelShape("tiny", vocab=100, d_model=32, d_mlp=48, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
+                  context=512)
+
+
+def test_scoring_activations_written_out():
+    """One probe of 10 prompt + 3 answer tokens, float32: 13 positions x 12 (d + f) x 4 bytes, 2.5 score-sized
+    float32 buffers of 4 x 13 x 13, 3 answer logits x 100 x (4 + 16) bytes."""
+    step = pl.score_step(TINY, "float32", [pl.Length(10, 3, 10)])
+    assert step.activations == int(13 * 12 * (32 + 48) * 4 + 2.5 * 4 * 13 * 13 * 4 + 3 * 100 * 20)
+    assert step.flops == 2 * 2 * (32 * 32 * 2 + 2 * 32 * 16 + 3 * 32 * 48) * 13 + 4 * 2 * 4 * 8 * 13 * 13 \
+        + 2 * 32 * 100 * 3
+    assert step.copies == 1
+
+
+def test_training_copies_written_out():
+    """The unlearning budget in weight copies: the loaded model and its trainable copy, a reference copy where
+    the method needs the starting weights, gradients, two AdamW states (float32 masters in bfloat16: three
+    float32 values per weight, six bfloat16 copies' worth)."""
+    lens = [pl.Length(10, 3, 10)]
+    assert pl.train_step(TINY, "float32", lens, 5, 4, reference_copy=True).copies == 2 + 1 + 1 + 2
+    assert pl.train_step(TINY, "float32", lens, 5, 4, reference_copy=False).copies == 2 + 0 + 1 + 2
+    assert pl.train_step(TINY, "bfloat16", lens, 5, 4, False, master_weights=True).copies == 2 + 1 + 6
+    assert pl.load_step(TINY, "float32", "bfloat16").copies == 1.5  # the bf16 file mapped while converted
+    assert pl.load_step(TINY, "float32", "float32").copies == 1
+
+
+def test_long_leave_one_out_is_planned_linear_in_the_prompt():
+    """The prefix reuse holds rows x heads x QUERY_CHUNK x length scores and (rows + 1) caches: the plan's
+    activations grow about linearly (x4 from 1,000 to 4,000 tokens, rows fixed at REUSE_CHUNK by a large token
+    budget), its FLOPs quadratically."""
+    a = pl.loo_step(TINY, "float32", [pl.Length(1000, 4, 1000)], batch_tokens=10**6)
+    b = pl.loo_step(TINY, "float32", [pl.Length(4000, 4, 4000)], batch_tokens=10**6)
+    assert 3.5 < b.activations / a.activations < 4.5
+    assert 16 < b.flops / a.flops < 64  # matmuls quadratic, eager attention cubic (each row attends to all)
+    assert a.passes == 1001
+
+
+def test_leave_one_out_flops_against_the_counter(tiny_llama):
+    """The plan's leave-one-out FLOPs against torch's count of the real run, both paths (short probes together on
+    their prefix's cache, a long probe by prefix reuse): equal up to the padding of the short path's batches and
+    the deleted position of each row (within 15%)."""
+    from unpact_mech.attribution import attribute
+    from unpact_mech.model.shape import ModelShape as MS
+    from unpact_mech.probes import Probe, tokenize_probes
+
+    shape = MS.from_config(tiny_llama.backend.config.to_dict())
+    words = "what is the capital of france who wrote hamlet".split()
+    for n in (6, 60):
+        tps = tokenize_probes(tiny_llama, [Probe("p", " ".join(words[i % len(words)] for i in range(n)), "paris")],
+                              "plain")
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            attribute(tiny_llama, tps, method="loo")
+        planned = pl.loo_step(shape, "float32", [pl.Length.of(tp) for tp in tps]).flops
+        assert 0.85 < planned / fc.get_total_flops() < 1.15, (n, planned, fc.get_total_flops())
+
+
+def test_a_plan_over_the_limit_is_refused_with_the_figure_and_the_fixes():
+    from unpact_mech.core.errors import UnpactError
+
+    plan = pl.Plan("attribute", TINY, "float32", [pl.score_step(TINY, "float32", [pl.Length(400, 4, 400)])])
+    pl.check_fits(plan, (plan.peak, "test"), "Shorten it")  # exactly at the limit: runs
+    with pytest.raises(UnpactError, match=r"needs about .* GB at its peak .* more than the .* GB test\. Shorten it"):
+        pl.check_fits(plan, (plan.peak - 1, "test"), "Shorten it")
+
+
+def test_available_memory_reads_max_memory_and_the_machine():
+    assert pl.available_memory(None, {"cpu": "2GiB", 0: "1GiB"}) == (3 * 2**30, "--max-memory")
+    got = pl.available_memory(None, None)
+    assert got is not None and got[0] > 0
+
+
+# the CLI: --plan loads nothing; a run that cannot fit is refused before loading ------------------------------------
+def _no_loading(monkeypatch):
+    import unpact_mech.model.loading as loading
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(loading, "load_model", refuse)
+
+
+def test_plan_prints_the_steps_and_loads_nothing(tiny_llama_dir, capsys, monkeypatch):
+    from unpact_mech.cli import main
+
+    _no_loading(monkeypatch)
+    assert main(["attribute", "--model", str(tiny_llama_dir), "--prompt", "what is the capital of france ?",
+                 "--answer", "paris", "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert "plan of unpact attribute" in out and "leave-one-out" in out and "nothing was loaded" in out
+    assert "fits in" in out
+
+
+def test_pair_plan_counts_both_models(tiny_llama_dir, tiny_llama_other_dir, tmp_path, capsys, monkeypatch):
+    from unpact_mech.cli import main
+
+    _no_loading(monkeypatch)
+    probes = tmp_path / "p.jsonl"
+    probes.write_text(json.dumps({"id": "a", "prompt": "who wrote hamlet ?", "answer": "shakespeare"}) + "\n")
+    assert main(["compare", "--base", str(tiny_llama_dir), "--unlearned", str(tiny_llama_other_dir), "--probes",
+                 str(probes), "--out", str(tmp_path / "c.csv"), "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert "plan of unpact compare" in out
+    row = next(ln for ln in out.splitlines() if ln.strip().startswith("leave-one-out")).split()
+    assert float(row[4]) == 2  # the weight_copies column: base and unlearned
+    assert not (tmp_path / "c.csv").exists()
+
+
+def test_a_run_that_cannot_fit_is_refused_before_loading(tiny_llama_dir, capsys, monkeypatch):
+    from unpact_mech.cli import main
+
+    _no_loading(monkeypatch)
+    monkeypatch.setattr(pl, "available_memory", lambda *a: (10**8, "available on this machine"))
+    args = ["attribute", "--model", str(tiny_llama_dir), "--prompt", "what is the capital of france ?", "--answer",
+            "paris"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs about" in err[0] and "more than the 0.1 GB available on this machine" in err[0]
+    assert "--skip-memory-check" in err[0]
+
+
+def test_skip_memory_check_runs_anyway(tiny_llama_dir, capsys, monkeypatch):
+    from unpact_mech.cli import main
+
+    monkeypatch.setattr(pl, "available_memory", lambda *a: (10**8, "available on this machine"))
+    assert main(["attribute", "--model", str(tiny_llama_dir), "--prompt", "what is the capital of france ?",
+                 "--answer", "paris", "--skip-memory-check"]) == 0
+    assert "[loo]" in capsys.readouterr().out  # the table of the run
+
+
+def test_plan_is_refused_with_ray(tiny_llama_dir, tmp_path, capsys):
+    from unpact_mech.cli import main
+
+    assert main(["attribute", "--model", str(tiny_llama_dir), "--prompt", "a b", "--answer", "c", "--plan",
+                 "--executor", "ray", "--out", str(tmp_path / "t.csv")]) == 2
+    assert "--plan costs a run in this process" in capsys.readouterr().err
+
+
+def test_plan_is_refused_where_there_is_none(tiny_llama_dir, capsys):
+    from unpact_mech.cli import main
+
+    assert main(["evaluate", "--task", "facts", "--probes", "facts", "--model", str(tiny_llama_dir), "--plan"]) == 2
+    assert "unpact evaluate has no plan yet" in capsys.readouterr().err
+    assert main(["demo", "--keytokens-only", "--plan"]) == 2
+    assert "--plan" in capsys.readouterr().err
+
+
+def test_study_plan_lists_every_stage_and_loads_nothing(tiny_llama_dir, tmp_path, capsys, monkeypatch):
+    """A study's plan on a probe file: the data and KeyToken steps, then per method its unlearning (with the
+    checkpoint's disk), findings and routes; relearning holds 6 W (base, unlearned, working copy, gradients, two
+    AdamW states)."""
+    from conftest import write_jsonl
+
+    from unpact_mech.cli import main
+
+    _no_loading(monkeypatch)
+    rows = [{"id": f"{s}{i}", "prompt": f"what is the capital of france {i} ?", "answer": "paris", "split": s}
+            for s in ("forget", "retain", "general") for i in range(3)]
+    probes = write_jsonl(tmp_path / "p.jsonl", rows)
+    assert main(["study", "--model", str(tiny_llama_dir), "--probes", str(probes), "--methods", "ga_gdr,rmu",
+                 "--out", str(tmp_path / "study"), "--plan"]) == 0
+    out = capsys.readouterr().out
+    for step in ("data: known facts", "keytokens: leave-one-out", "ga_gdr: unlearning", "ga_gdr: findings",
+                 "rmu: unlearning", "rmu: routes, relearning"):
+        assert step in out, step
+    table = {ln.split(":")[0] + ":" + ln.split(":")[1].split("  ")[0]: ln.split() for ln in out.splitlines()
+             if ": routes, relearning" in ln or ": unlearning" in ln}
+    copies = {k.strip(): float(v[-6]) for k, v in table.items()}
+    assert copies["ga_gdr: routes, relearning"] == 6 and copies["ga_gdr: unlearning"] == 5
+    assert copies["rmu: unlearning"] == 6  # RMU keeps the starting weights
+    assert not (tmp_path / "study").exists()
+
+
+# the long-input property: under a memory cap, every run finishes or is refused up front with one line ----------
+CAP_CHILD = r"""
+import resource, sys
+cap = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+from unpact_mech.cli import main
+raise SystemExit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+def test_long_inputs_under_a_memory_cap_finish_or_are_refused_up_front(tmp_path):
+    """Prompts and answers from short to past the model's context, for leave-one-out and direct logit
+    attribution (whose cache of attention patterns is quadratic in the length), each run in a process whose
+    address space is capped (``setrlimit``): it exits 0, or 2 with one error line, never killed or a traceback."""
+    from conftest import make_tiny
+
+    model = make_tiny(tmp_path / "long", "llama", context=4096)
+    words = "what is the capital of france who wrote hamlet".split()
+    probe = tmp_path / "p.jsonl"
+    cap = 4 * 2**30
+    outcomes = []
+    for n_prompt, n_answer, cmd in [(8, 2, "attribute"), (200, 1500, "attribute"), (3000, 2, "dla"),
+                                    (5000, 2, "attribute")]:
+        probe.write_text(json.dumps({"id": "p", "prompt": " ".join(words[i % 9] for i in range(n_prompt)),
+                                     "answer": " ".join(words[i % 9] for i in range(n_answer))}) + "\n")
+        extra = ["--out", str(tmp_path / f"{cmd}{n_prompt}.parquet"), "--overwrite"] if cmd == "dla" else []
+        res = subprocess.run([sys.executable, "-c", CAP_CHILD, str(cap), cmd, "--model", str(model), "--probes",
+                              str(probe), "--format", "plain", *extra], capture_output=True, text=True, timeout=600,
+                             env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+                                  "UNPACT_CACHE": str(tmp_path / "cache")})
+        errors = [ln for ln in res.stderr.splitlines() if "error:" in ln]
+        outcomes.append((n_prompt, n_answer, cmd, res.returncode, errors[:1]))
+        assert res.returncode in (0, 2), (n_prompt, n_answer, cmd, res.returncode, res.stderr[-1500:])
+        assert "Traceback" not in res.stderr, res.stderr[-1500:]
+        if res.returncode == 2:
+            assert len(errors) == 1
+    codes = {(o[0], o[2]): (o[3], o[4]) for o in outcomes}
+    assert codes[(8, "attribute")][0] == 0 and codes[(200, "attribute")][0] == 0  # a 1,500-token answer fits
+    assert codes[(3000, "dla")][0] == 2 and "needs about" in codes[(3000, "dla")][1][0]  # refused before loading
+    assert "the address-space limit (ulimit -v) leaves" in codes[(3000, "dla")][1][0]
+    assert codes[(5000, "attribute")][0] == 2 and "context" in codes[(5000, "attribute")][1][0]  # past the context
+    assert resource.getrlimit(resource.RLIMIT_AS)[0] != cap  # the cap was the child's alone

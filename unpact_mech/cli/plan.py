@@ -1,0 +1,273 @@
+"""``--plan`` and the up-front memory check of every command that loads a model (``unpact_mech.runtime.plan``).
+
+Before any weight loads, a command's work is costed from the models' config.json and its tokenized inputs: the
+steps it runs, their passes, FLOPs, peak memory and disk, and the time on this machine. ``--plan`` prints that and
+stops; otherwise a run whose peak exceeds the memory it may use (``--max-memory``, a CUDA device's free memory, or
+this machine's available memory) is refused with the figure and what to change, unless ``--skip-memory-check``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from unpact_mech.core.errors import UnpactError
+
+# the commands whose work has a plan (the others refuse --plan rather than ignore it)
+PLANNED = ("attribute", "dla", "paths", "compare", "localise", "patch", "emphasize", "recover", "unlearn", "study",
+           "demo")
+
+
+def check_plannable(a: argparse.Namespace) -> None:
+    """Refuse ``--plan`` on a command that has no plan, before anything runs."""
+    if getattr(a, "plan", False) and a.cmd not in PLANNED:
+        raise UnpactError(f"unpact {a.cmd} has no plan yet (planned: {', '.join(PLANNED)}); drop --plan")
+
+
+class PlanShown(Exception):  # noqa: N818  (not an error: the command's work was to print its plan)
+    """Raised once ``--plan`` has printed the plan; the command exits 0 without loading a model."""
+
+
+# attribution method -> its step (an unregistered method has no cost model; the plan says so)
+def _method_step(name: str, passes: int = 1) -> Callable[..., Any]:
+    from unpact_mech.runtime import plan as pl
+
+    if name in ("loo", "loo_replace"):
+        return pl.loo_step
+    if name == "grad_x_input":
+        return lambda shape, dtype, lengths, copies=1: pl.backward_step(shape, dtype, lengths, 1, copies)
+    if name == "integrated_gradients":
+        return lambda shape, dtype, lengths, copies=1: pl.backward_step(shape, dtype, lengths, 64, copies)
+    if name in ("dla", "paths"):
+        return lambda shape, dtype, lengths, copies=1: pl.cache_step(shape, dtype, lengths, copies, name)
+    raise UnpactError(f"attribution method {name!r} has no cost model, so it cannot be planned or checked; give "
+                      "--skip-memory-check to run it unchecked")
+
+
+def tokenizer_for_plan(spec: str, trust_remote_code: bool = False) -> Any:
+    """``spec``'s tokenizer without its weights: from disk, a built-in model's GGUF, or the hub (tokenizer files
+    only)."""
+    from transformers import AutoTokenizer
+
+    from unpact_mech.model.builtin import BUILTIN_GGUF, BUILTIN_MODELS
+    from unpact_mech.model.loading import on_disk
+
+    where = on_disk(spec)
+    if where is not None:
+        return AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
+    if spec in BUILTIN_GGUF:
+        gguf = BUILTIN_GGUF[spec]()
+        return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    if spec in BUILTIN_MODELS:
+        raise UnpactError(f"the plan of '{spec}' needs its tokenizer: load the model once, then plan")
+    try:
+        return AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise UnpactError(f"cannot read {spec}'s tokenizer for the plan ({err})") from err
+
+
+def lengths_of(a: argparse.Namespace, tokenizer: Any, probes: Sequence[Any]) -> list[Any]:
+    """The tokenized lengths of ``probes`` as the command renders them (format, chat arguments)."""
+    from unpact_mech.cli.scale import load_kwargs
+    from unpact_mech.model.chat import set_chat_args
+    from unpact_mech.probes import tokenize_probe
+    from unpact_mech.runtime.plan import Length
+
+    set_chat_args(tokenizer, load_kwargs(a).get("chat"))
+    return [Length.of(tokenize_probe(tokenizer, p, getattr(a, "format", "auto"))) for p in probes]
+
+
+def command_steps(a: argparse.Namespace, shape: Any, lengths: Sequence[Any]) -> list[Any]:
+    """The steps of ``a.cmd`` on probes of ``lengths``: what each command runs, with the models it holds."""
+    from unpact_mech.runtime import plan as pl
+
+    dt, cmd = a.dtype, a.cmd
+    forget = lengths
+    if cmd == "attribute":
+        return [_method_step(a.method)(shape, dt, lengths)]
+    if cmd in ("dla", "paths"):
+        return [pl.cache_step(shape, dt, lengths, 1, cmd)]
+    if cmd == "compare":
+        return [pl.loo_step(shape, dt, lengths, copies=2)]
+    if cmd == "localise":
+        return [pl.loo_step(shape, dt, lengths, copies=2), pl.cache_step(shape, dt, lengths, 2, "dla and logit lens")]
+    if cmd == "patch":
+        return [pl.cache_step(shape, dt, lengths, 2, "activation caches"),
+                pl.score_step(shape, dt, lengths * max(1, shape.n_layers // a.layer_step), 2, what="patched runs")]
+    if cmd in ("emphasize", "recover"):
+        n_cond = 1 + 2 * len(getattr(a, "factors", [1]) or [1]) * max(1, getattr(a, "draws", 1) or 1)
+        steps = [pl.loo_step(shape, dt, forget, copies=2),
+                 pl.score_step(shape, dt, list(forget) * n_cond, 2, what="emphasised scoring"),
+                 pl.generate_step(shape, dt, list(forget) * n_cond, copies=2)]
+        if cmd == "recover" and "relearn" in a.routes:
+            steps.append(pl.train_step(shape, dt, lengths, max(a.relearn_steps), 4, False, what="relearning"))
+            steps[-1] = pl.Step(**{**vars(steps[-1]), "copies": steps[-1].copies + 1, "disk": 0})
+        if cmd == "recover" and "quantize" in a.routes:
+            steps.append(pl.score_step(shape, dt, lengths, 3, what="quantised copy"))
+        return steps
+    if cmd == "unlearn":
+        from unpact_mech.unlearning.methods import METHODS
+
+        ref = METHODS[a.method].reference == "weights"
+        return [pl.train_step(shape, dt, lengths, a.steps or 10, a.batch_size or 4, ref, bool(a.master_weights))]
+    raise UnpactError(f"unpact {cmd} has no plan yet; drop --plan")
+
+
+def build(a: argparse.Namespace, spec: str, probes: Sequence[Any], tokenizer: Any = None) -> Any:
+    """The Plan of ``a.cmd`` on model ``spec`` (its config.json) and ``probes``."""
+    from unpact_mech.model.shape import read_shape
+    from unpact_mech.runtime.plan import Plan
+
+    if not probes:
+        raise UnpactError("nothing to plan: the command has no probes")
+    shape = read_shape(spec, a.trust_remote_code)
+    tok = tokenizer if tokenizer is not None else tokenizer_for_plan(spec, a.trust_remote_code)
+    return Plan(a.cmd, shape, a.dtype, command_steps(a, shape, lengths_of(a, tok, probes)))
+
+
+def show(plan: Any, limit: tuple[int, str] | None) -> None:
+    """Print a plan: one row per step, the peak against the memory the run may use, and the time on this CPU."""
+    import pandas as pd
+
+    from unpact_mech.runtime.plan import GB, measure_rates
+
+    rates = measure_rates(plan.shape, plan.dtype)
+    sh = plan.shape
+    size = f"{sh.n_params / 1e9:.2f}B" if sh.n_params >= 1e9 else f"{sh.n_params / 1e6:.1f}M"
+    print(f"plan of unpact {plan.command} on {sh.name}: {size} parameters, "
+          f"{plan.weight_bytes / GB:.2f} GB of weights in {plan.dtype}; nothing was loaded")
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(plan.table(rates).to_string(index=False))
+    print(f"peak {plan.peak / GB:.2f} GB (libraries {plan.baseline / GB:.2f} GB included); "
+          f"{plan.flops / 1e12:.2f} TFLOP; about {_human(plan.seconds(rates))} on this CPU "
+          f"({rates.matmul / 1e9:.0f} GFLOP/s measured now; no GPU has been measured)")
+    if limit is not None:
+        verdict = "fits in" if plan.peak <= limit[0] else "does NOT fit in"
+        print(f"{verdict} the {limit[0] / GB:.1f} GB {limit[1]}")
+
+
+def _human(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def fixes(cmd: str) -> str:
+    """What to change when a run does not fit."""
+    method = (", choose a cheaper --method (grad_x_input: one forward and backward per probe)" if cmd == "attribute"
+              else "")
+    return f"Shorten the inputs (fewer or shorter probes){method}, --dtype bfloat16, or run where more memory is"
+
+
+def check(a: argparse.Namespace, specs: Sequence[str], probes: Sequence[Any], tokenizers: dict[str, Any]) -> None:
+    """``--plan``: print the plan and stop (:class:`PlanShown`). Otherwise refuse a run that will not fit, before
+    any weight loads; ``tokenizers``: by spec, those already read from disk (a spec without one is checked
+    only with ``--plan``, which reads its tokenizer)."""
+    from unpact_mech.runtime.plan import available_memory, check_fits
+
+    if "plan" not in vars(a) or not probes:
+        return
+    limit = available_memory(a.device, a.max_memory)
+    if a.plan:  # (a pair's two models share one shape: the first one's plan counts both copies)
+        show(build(a, specs[0], probes, tokenizers.get(specs[0])), limit)
+        raise PlanShown
+    if a.skip_memory_check:
+        return
+    for spec in [s for s in specs if s in tokenizers][:1]:
+        try:
+            plan = build(a, spec, probes, tokenizers[spec])
+        except UnpactError:  # no cost model for this work: it runs unchecked, as before
+            continue
+        check_fits(plan, limit, fixes(a.cmd))
+        if plan.flops > LONG_FLOPS:
+            from unpact_mech.runtime.plan import measure_rates
+
+            steps = ", ".join(f"{s.what} {s.passes} passes" for s in plan.steps)
+            print(f"[unpact] planned for {spec}: {steps}; {plan.flops / 1e12:.1f} TFLOP, about "
+                  f"{_human(plan.seconds(measure_rates(plan.shape, plan.dtype)))} on this CPU, peak {plan.describe()}",
+                  file=sys.stderr)
+
+
+LONG_FLOPS = 5e12  # work above this (about 20 s on 2 CPU cores) is announced with its planned time
+
+
+def study_steps(cfg: Any, shape: Any, tokenizer: Any) -> list[Any]:
+    """The steps of a study (``unpact study`` / ``demo``) per stage, with the budget of ``study.settings``: the
+    data stage scores the candidate facts; KeyTokens are leave-one-out on the forget split; per method,
+    unlearning (its checkpoint written once), the findings on base + unlearned (leave-one-out of both splits,
+    emphasised scoring and generation, the localisation's caches) and the recovery routes (a quantised copy, and
+    relearning a working copy with its gradients and AdamW states beside base and unlearned)."""
+    from unpact_mech.evals.loaders import load_probe_spec
+    from unpact_mech.runtime import plan as pl
+    from unpact_mech.study.settings import BUDGET, ROUTE_BUDGET, budget_order, method_settings
+    from unpact_mech.unlearning import METHODS
+
+    pool = [p for spec in cfg.probes for p in load_probe_spec(spec)]
+    budget = cfg.budget or BUDGET
+    routes = cfg.route_budget or ROUTE_BUDGET
+    cands = budget_order(pool)[: budget.candidates] if cfg.per_split else pool
+    args = argparse.Namespace(format="auto", system_prompt=cfg.system_prompt, date_string=cfg.date_string,
+                              dtype=cfg.dtype, device=cfg.device, device_map=None, max_memory=None,
+                              trust_remote_code=False, allow_pickle=False)
+    lens = dict(zip([p.id for p in cands], lengths_of(args, tokenizer, cands)))
+    split = {s: [lens[p.id] for p in cands if p.split == s][: cfg.per_split or None]
+             for s in ("forget", "retain", "general")}
+    forget, others = split["forget"] or list(lens.values())[:1], split["retain"] + split["general"]
+    both = forget + others
+    dt, factors = cfg.dtype, len(cfg.factors or (1.0, 2.0, 8.0))
+    n_cond = factors * (1 + budget.n_draws + 1)  # KeyTokens, random draws, function words
+    steps = [pl.score_step(shape, dt, list(lens.values()), 1, what="data: known facts"),
+             pl.loo_step(shape, dt, forget, 1)]
+    steps[-1] = pl.Step(**{**vars(steps[-1]), "what": "keytokens: leave-one-out"})
+    given = dict(cfg.unlearned)
+    for m in list(given) or list(cfg.methods):
+        if m not in given:  # the frontier's emphasised scoring runs on the training copy between steps
+            s = method_settings(m, cfg.steps, cfg.target)
+            ref = METHODS[m].reference == "weights"
+            st = pl.train_step(shape, dt, forget + split["retain"], int(s["steps"]), 4, ref, what=f"{m}: unlearning")
+            fr = budget.frontier
+            front = pl.score_step(shape, dt, forget * len(fr.factors) * (2 + fr.n_draws) + others, 1)
+            steps.append(pl.Step(**{**vars(st), "activations": max(st.activations, front.activations),
+                                    "flops": st.flops + front.flops * max(1, int(s["steps"]) // fr.every)}))
+        for st in (pl.loo_step(shape, dt, both, 2),
+                   pl.score_step(shape, dt, forget * n_cond + others, 2, what="emphasis"),
+                   pl.generate_step(shape, dt, forget * (1 + len(budget.gen_factors) * 3), copies=2),
+                   pl.cache_step(shape, dt, forget[:4] + split["retain"][:2], 2, "localisation")):
+            steps.append(pl.Step(**{**vars(st), "what": f"{m}: findings, {st.what}"}))
+        if "relearn" in routes.routes:
+            st = pl.train_step(shape, dt, forget, max(routes.relearn_steps), len(forget), False,
+                               what=f"{m}: routes, relearning")
+            steps.append(pl.Step(**{**vars(st), "copies": st.copies + 1, "disk": 0}))
+        if "quantize" in routes.routes:
+            n_q = len(routes.bits) * len(routes.quantizers)
+            st = pl.score_step(shape, dt, (forget + others) * n_q, 3, what=f"{m}: routes, quantised copies")
+            steps.append(st)
+    return steps
+
+
+def study_plan(cfg: Any) -> Any:
+    """The Plan of a study config, from its model's config.json and tokenizer and its probes (no weights)."""
+    from unpact_mech.model.shape import read_shape
+    from unpact_mech.runtime.plan import Plan
+
+    shape = read_shape(cfg.model)
+    return Plan("study", shape, cfg.dtype, study_steps(cfg, shape, tokenizer_for_plan(cfg.model)))
+
+
+def check_study(a: argparse.Namespace, cfg: Any) -> None:
+    """``--plan`` of a study: print it and stop. Otherwise refuse, before the base model loads, a study whose
+    planned peak exceeds the memory it may use (where its tokenizer is on disk)."""
+    from unpact_mech.model.loading import on_disk
+    from unpact_mech.runtime.plan import available_memory, check_fits
+
+    limit = available_memory(cfg.device, a.max_memory)
+    if a.plan:
+        show(study_plan(cfg), limit)
+        raise PlanShown
+    if not a.skip_memory_check and on_disk(cfg.model) is not None:
+        check_fits(study_plan(cfg), limit, "Give fewer --methods, fewer probes per split (--per-split), --dtype "
+                   "bfloat16, or run where more memory is")
