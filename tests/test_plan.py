@@ -294,7 +294,7 @@ def test_long_inputs_under_a_memory_cap_finish_or_are_refused_up_front(tmp_path)
     probe = tmp_path / "p.jsonl"
     cap = 4 * 2**30
     outcomes = []
-    for n_prompt, n_answer, cmd in [(8, 2, "attribute"), (200, 1500, "attribute"), (3000, 2, "dla"),
+    for n_prompt, n_answer, cmd in [(8, 2, "attribute"), (200, 1500, "attribute"), (4000, 2, "dla"),
                                     (5000, 2, "attribute")]:
         probe.write_text(json.dumps({"id": "p", "prompt": " ".join(words[i % 9] for i in range(n_prompt)),
                                      "answer": " ".join(words[i % 9] for i in range(n_answer))}) + "\n")
@@ -311,7 +311,9 @@ def test_long_inputs_under_a_memory_cap_finish_or_are_refused_up_front(tmp_path)
             assert len(errors) == 1
     codes = {(o[0], o[2]): (o[3], o[4]) for o in outcomes}
     assert codes[(8, "attribute")][0] == 0 and codes[(200, "attribute")][0] == 0  # a 1,500-token answer fits
-    assert codes[(3000, "dla")][0] == 2 and "needs about" in codes[(3000, "dla")][1][0]  # refused before loading
-    assert "the address-space limit (ulimit -v) leaves" in codes[(3000, "dla")][1][0]
+    # the 4,000-token DLA plans about 3.9 GB against the 2.4 GB the cap leaves (a 3,000-token one plans 2.4 GB: too
+    # close to the line to say which side a given machine puts it)
+    assert codes[(4000, "dla")][0] == 2 and "needs about" in codes[(4000, "dla")][1][0]  # refused before loading
+    assert "the address-space limit (ulimit -v) leaves" in codes[(4000, "dla")][1][0]
     assert codes[(5000, "attribute")][0] == 2 and "context" in codes[(5000, "attribute")][1][0]  # past the context
     assert resource.getrlimit(resource.RLIMIT_AS)[0] != cap  # the cap was the child's alone

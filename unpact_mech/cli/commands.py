@@ -54,33 +54,13 @@ def _same_path(x: str, y: str) -> bool:
     return x == y or (Path(x).expanduser().exists() and Path(x).expanduser().resolve() == Path(y).expanduser().resolve())
 
 
-def _check_lengths(a: argparse.Namespace, specs: Sequence[str], probes: Sequence[Any],
-                   read: dict[str, Any] | None = None) -> None:
-    """Before any weights load: every probe fits each model's context, from the tokenizer and config.json on disk
-    (where they are not, the same check runs once the model is loaded), and the run fits in memory
-    (:func:`unpact_mech.cli.plan.check`; ``--plan`` prints the plan and stops); ``read``: tokenizers already read."""
-    from unpact_mech.model.chat import set_chat_args
-    from unpact_mech.model.loading import tokenizer_and_context
-    from unpact_mech.probes import tokenize_probe
-
-    tokenizers = {}
-    for spec in dict.fromkeys(specs) if probes else ():
-        got = tokenizer_and_context(spec, a.trust_remote_code, read)
-        if got is not None:
-            set_chat_args(got[0], load_kwargs(a).get("chat"))  # the prompts as the loaded model will render them
-            for p in probes:
-                tokenize_probe(got[0], p, a.format, max_len=got[1])
-            tokenizers[spec] = got[0]
-    plan.check(a, specs, probes, tokenizers)  # --plan prints and stops; a run that cannot fit is refused here
-
-
 def _models(a: argparse.Namespace, probes: Sequence[Any] = ()) -> tuple[Any, Any]:
     """The base (--base) and unlearned (--unlearned) models; their on-disk tokenizers compared and ``probes``
     checked against their contexts first."""
     from unpact_mech.model.loading import check_pair_before_loading
 
     read = check_pair_before_loading(a.base, a.unlearned, a.trust_remote_code)
-    _check_lengths(a, [a.base, a.unlearned], probes, read)
+    plan.check_inputs(a, [a.base, a.unlearned], probes, read)
     return _load(a, a.base), _load(a, a.unlearned)
 
 
@@ -111,7 +91,7 @@ def cmd_attribute(a: argparse.Namespace) -> int:
                                    [a.model], scale.attribute_job(a.method, a.format), probes)
         table = tables.get("table", pd.DataFrame(columns=["probe_id"]))
     else:
-        _check_lengths(a, [a.model], probes)  # (on Ray a probe that does not fit is recorded as failed, the rest run)
+        plan.check_inputs(a, [a.model], probes)  # (on Ray a probe that does not fit is recorded as failed, the rest run)
         subject = _load(a, a.model)
         table = attribute(subject, tokenize_probes(subject, probes, a.format), method=a.method, progress=True)
     if a.out:
@@ -208,7 +188,7 @@ def _mech_table(a: argparse.Namespace) -> Any:
         tables, failed = scale.run(a, a.cmd, opts, [a.model], scale.attribute_job(a.cmd, a.format, a.target), probes)
         table = tables["table"]
     else:
-        _check_lengths(a, [a.model], probes)
+        plan.check_inputs(a, [a.model], probes)
         subject = _load(a, a.model)
         table = attribute(subject, tokenize_probes(subject, probes, a.format), method=a.cmd, target=a.target,
                           progress=True)
@@ -280,7 +260,7 @@ def cmd_unlearn(a: argparse.Namespace) -> int:
     resume = ResumeFiles.beside(Path(a.out))
     refuse_legacy(resume)
     check_resume(resume, {"method": a.method, "hyperparameters": asdict(cfg)}, cfg.steps)  # schema and settings
-    _check_lengths(a, [a.model], [*forget, *retain])
+    plan.check_inputs(a, [a.model], [*forget, *retain])
     subject = _load(a, a.model)
     out = unlearn(subject, a.method, forget, retain, a.out, fmt=a.format, overwrite=a.overwrite, **over)
     prov = read_provenance(out)

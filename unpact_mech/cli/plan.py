@@ -95,12 +95,12 @@ def command_steps(a: argparse.Namespace, shape: Any, lengths: Sequence[Any]) -> 
         return [pl.loo_step(shape, dt, lengths, copies=2), pl.cache_step(shape, dt, lengths, 2, "dla and logit lens")]
     if cmd == "patch":
         return [pl.cache_step(shape, dt, lengths, 2, "activation caches"),
-                pl.score_step(shape, dt, lengths * max(1, shape.n_layers // a.layer_step), 2, what="patched runs")]
+                pl.score_step(shape, dt, lengths, 2, what="patched runs", repeat=max(1, shape.n_layers // a.layer_step))]
     if cmd in ("emphasize", "recover"):
         n_cond = 1 + 2 * len(getattr(a, "factors", [1]) or [1]) * max(1, getattr(a, "draws", 1) or 1)
         steps = [pl.loo_step(shape, dt, forget, copies=2),
-                 pl.score_step(shape, dt, list(forget) * n_cond, 2, what="emphasised scoring"),
-                 pl.generate_step(shape, dt, list(forget) * n_cond, copies=2)]
+                 pl.score_step(shape, dt, forget, 2, what="emphasised scoring", repeat=n_cond),
+                 pl.generate_step(shape, dt, forget, copies=2, repeat=n_cond)]
         if cmd == "recover" and "relearn" in a.routes:
             steps.append(pl.train_step(shape, dt, lengths, max(a.relearn_steps), 4, False, what="relearning"))
             steps[-1] = pl.Step(**{**vars(steps[-1]), "copies": steps[-1].copies + 1, "disk": 0})
@@ -161,6 +161,27 @@ def fixes(cmd: str) -> str:
     method = (", choose a cheaper --method (grad_x_input: one forward and backward per probe)" if cmd == "attribute"
               else "")
     return f"Shorten the inputs (fewer or shorter probes){method}, --dtype bfloat16, or run where more memory is"
+
+
+def check_inputs(a: argparse.Namespace, specs: Sequence[str], probes: Sequence[Any],
+                 read: dict[str, Any] | None = None) -> None:
+    """Before any weights load: every probe fits each model's context, from the tokenizer and config.json on disk
+    (where they are not, the same check runs once the model is loaded), and the run fits in memory
+    (:func:`check`; ``--plan`` prints the plan and stops); ``read``: tokenizers already read."""
+    from unpact_mech.cli.scale import load_kwargs
+    from unpact_mech.model.chat import set_chat_args
+    from unpact_mech.model.loading import tokenizer_and_context
+    from unpact_mech.probes import tokenize_probe
+
+    tokenizers = {}
+    for spec in dict.fromkeys(specs) if probes else ():
+        got = tokenizer_and_context(spec, a.trust_remote_code, read)
+        if got is not None:
+            set_chat_args(got[0], load_kwargs(a).get("chat"))  # the prompts as the loaded model will render them
+            for p in probes:
+                tokenize_probe(got[0], p, a.format, max_len=got[1])
+            tokenizers[spec] = got[0]
+    check(a, specs, probes, tokenizers)
 
 
 def check(a: argparse.Namespace, specs: Sequence[str], probes: Sequence[Any], tokenizers: dict[str, Any]) -> None:
@@ -230,12 +251,12 @@ def study_steps(cfg: Any, shape: Any, tokenizer: Any) -> list[Any]:
             ref = METHODS[m].reference == "weights"
             st = pl.train_step(shape, dt, forget + split["retain"], int(s["steps"]), 4, ref, what=f"{m}: unlearning")
             fr = budget.frontier
-            front = pl.score_step(shape, dt, forget * len(fr.factors) * (2 + fr.n_draws) + others, 1)
+            front = pl.score_step(shape, dt, forget, 1, repeat=len(fr.factors) * (2 + fr.n_draws))
             steps.append(pl.Step(**{**vars(st), "activations": max(st.activations, front.activations),
                                     "flops": st.flops + front.flops * max(1, int(s["steps"]) // fr.every)}))
         for st in (pl.loo_step(shape, dt, both, 2),
-                   pl.score_step(shape, dt, forget * n_cond + others, 2, what="emphasis"),
-                   pl.generate_step(shape, dt, forget * (1 + len(budget.gen_factors) * 3), copies=2),
+                   pl.score_step(shape, dt, forget, 2, what="emphasis", repeat=n_cond),
+                   pl.generate_step(shape, dt, forget, copies=2, repeat=1 + len(budget.gen_factors) * 3),
                    pl.cache_step(shape, dt, forget[:4] + split["retain"][:2], 2, "localisation")):
             steps.append(pl.Step(**{**vars(st), "what": f"{m}: findings, {st.what}"}))
         if "relearn" in routes.routes:
@@ -244,7 +265,7 @@ def study_steps(cfg: Any, shape: Any, tokenizer: Any) -> list[Any]:
             steps.append(pl.Step(**{**vars(st), "copies": st.copies + 1, "disk": 0}))
         if "quantize" in routes.routes:
             n_q = len(routes.bits) * len(routes.quantizers)
-            st = pl.score_step(shape, dt, (forget + others) * n_q, 3, what=f"{m}: routes, quantised copies")
+            st = pl.score_step(shape, dt, forget + others, 3, what=f"{m}: routes, quantised copies", repeat=n_q)
             steps.append(st)
     return steps
 

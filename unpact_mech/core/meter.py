@@ -10,6 +10,8 @@ block keeps the larger of its own and its inner blocks' peaks).
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import resource
 import sys
@@ -39,9 +41,6 @@ def release_memory() -> int:
     glibc's mmap threshold (32 MB at most) live on the heap, whose freed pages otherwise stay resident, so a
     finished stage's models and activations would still count in the process's RSS (on SmolLM2, 3.7 GB between
     stages instead of 1.3). Returns the bytes of RSS released (0 where glibc is absent)."""
-    import ctypes
-    import gc
-
     before = rss_bytes()
     gc.collect()
     try:

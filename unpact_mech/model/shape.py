@@ -21,7 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from safetensors import safe_open
+from transformers import AutoConfig
+from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
 from unpact_mech.core.errors import ModelSpecError
+from unpact_mech.model.builtin import BUILTIN_GGUF, BUILTIN_MODELS, _model_cache
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -144,8 +149,6 @@ class ModelShape:
 def read_config(spec: str, trust_remote_code: bool = False) -> dict[str, Any]:
     """``spec``'s config.json as a dict, reading no weights: a local directory, a built-in model (its dequantised
     cache, else its GGUF header) or a hub id (downloads config.json only)."""
-    from unpact_mech.model.builtin import BUILTIN_MODELS, _model_cache
-
     if spec in BUILTIN_MODELS:
         out, ready = _model_cache(spec)
         if ready:
@@ -157,8 +160,6 @@ def read_config(spec: str, trust_remote_code: bool = False) -> dict[str, Any]:
         if not f.is_file():
             raise ModelSpecError(f"'{spec}' has no config.json; a model directory needs one (save_pretrained writes it)")
         return dict(json.loads(f.read_text()))
-    from transformers import AutoConfig
-
     try:
         return dict(AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code).to_dict())
     except OSError as err:
@@ -168,10 +169,6 @@ def read_config(spec: str, trust_remote_code: bool = False) -> dict[str, Any]:
 
 def _gguf_config(spec: str) -> dict[str, Any]:
     """A built-in model's config from its GGUF header (the weights are not read)."""
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-
-    from unpact_mech.model.builtin import BUILTIN_GGUF
-
     if spec not in BUILTIN_GGUF:
         raise ModelSpecError(f"the plan of '{spec}' needs its config.json: load the model once (it is built into "
                              "$UNPACT_CACHE), then plan")
@@ -186,8 +183,6 @@ def read_shape(spec: str, trust_remote_code: bool = False) -> ModelShape:
 def count_on_disk(directory: str | Path) -> int | None:
     """The exact parameter count of a local safetensors checkpoint from its headers (no tensor is read); None
     when it holds no safetensors. Tied weights saved once count once."""
-    from safetensors import safe_open
-
     files = sorted(Path(directory).glob("*.safetensors"))
     if not files:
         return None

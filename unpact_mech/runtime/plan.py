@@ -26,15 +26,21 @@ score elements at an elementwise rate, and a fixed cost per model call, each rat
 from __future__ import annotations
 
 import os
+import resource
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+import torch
+from accelerate.utils import convert_file_size_to_int
 
+from unpact_mech.attribution.loo import LONG_SPAN, QUERY_CHUNK, REUSE_CHUNK
 from unpact_mech.core.errors import UnpactError
+from unpact_mech.core.meter import rss_bytes
 from unpact_mech.model.shape import ModelShape, dtype_bytes
+from unpact_mech.scoring import GEN_EXTRA_TOKENS
 
 GB = 1e9
 BASELINE_BYTES = int(0.55 * GB)  # RSS of `import unpact_mech` + torch + transformers + TransformerLens (CPU, measured)
@@ -114,15 +120,15 @@ def _scores(shape: ModelShape, rows: int, new: int, keys: int) -> float:
 
 
 def score_step(shape: ModelShape, dtype: str, lengths: Sequence[Length], copies: float = 1,
-               batch_tokens: int = 4096, what: str = "scoring") -> Step:
-    """Teacher-forced scoring of every probe once (batches of at most ``batch_tokens`` tokens)."""
+               batch_tokens: int = 4096, what: str = "scoring", repeat: int = 1) -> Step:
+    """Teacher-forced scoring of every probe ``repeat`` times (batches of at most ``batch_tokens`` tokens)."""
     longest = max(x.total for x in lengths)
-    rows = max(1, min(len(lengths), batch_tokens // longest))
-    flops = sum(shape.forward_flops(x.total, unembedded=x.answer) for x in lengths)
+    rows = max(1, min(len(lengths) * repeat, batch_tokens // longest))
+    flops = repeat * sum(shape.forward_flops(x.total, unembedded=x.answer) for x in lengths)
     act = activations(shape, dtype, rows, longest, longest, rows * max(x.answer for x in lengths))
-    return Step(what, len(lengths), sum(x.total for x in lengths), flops, copies, act,
-                scores=sum(_scores(shape, 1, x.total, x.total) for x in lengths),
-                forwards=-(-len(lengths) // rows))
+    return Step(what, len(lengths) * repeat, repeat * sum(x.total for x in lengths), flops, copies, act,
+                scores=repeat * sum(_scores(shape, 1, x.total, x.total) for x in lengths),
+                forwards=-(-len(lengths) * repeat // rows))
 
 
 def loo_step(shape: ModelShape, dtype: str, lengths: Sequence[Length], copies: float = 1,
@@ -131,8 +137,6 @@ def loo_step(shape: ModelShape, dtype: str, lengths: Sequence[Length], copies: f
     attributable tokens run together: every probe and its deletions, remainders after the shared prefix, in
     batches of ``batch_tokens // longest`` rows on copies of the prefix's cache. A longer probe reuses the
     original's cache before each chunk of ``REUSE_CHUNK`` deletions and runs ``QUERY_CHUNK`` positions at a time."""
-    from unpact_mech.attribution.loo import LONG_SPAN, QUERY_CHUNK, REUSE_CHUNK
-
     passes = tokens = forwards = 0
     flops = scores = 0.0
     act = 0
@@ -171,11 +175,9 @@ def loo_step(shape: ModelShape, dtype: str, lengths: Sequence[Length], copies: f
 
 
 def generate_step(shape: ModelShape, dtype: str, lengths: Sequence[Length], new_tokens: int | None = None,
-                  copies: float = 1) -> Step:
-    """Greedy generation on a KV cache: the prompt's prefill, then one position per new token (default: the
-    gold answer's length + ``GEN_EXTRA_TOKENS``)."""
-    from unpact_mech.scoring import GEN_EXTRA_TOKENS
-
+                  copies: float = 1, repeat: int = 1) -> Step:
+    """Greedy generation on a KV cache, ``repeat`` times per probe: the prompt's prefill, then one position per
+    new token (default: the gold answer's length + ``GEN_EXTRA_TOKENS``)."""
     flops = scores = 0.0
     act = gen = 0
     for x in lengths:
@@ -185,8 +187,8 @@ def generate_step(shape: ModelShape, dtype: str, lengths: Sequence[Length], new_
         flops += sum(shape.forward_flops(1, keys=x.prompt + i, unembedded=1) for i in range(n))
         scores += _scores(shape, 1, x.prompt, x.prompt) + _scores(shape, 1, n, x.prompt + n)
         act = max(act, activations(shape, dtype, 1, x.prompt, x.prompt, 1, cached=x.prompt + n))
-    return Step("generation", len(lengths), sum(x.prompt for x in lengths) + gen, flops, copies, act,
-                generated=gen, scores=scores, forwards=len(lengths) + gen)
+    return Step("generation", len(lengths) * repeat, repeat * (sum(x.prompt for x in lengths) + gen), repeat * flops,
+                copies, act, generated=repeat * gen, scores=repeat * scores, forwards=repeat * (len(lengths) + gen))
 
 
 SAVED_LIN = 3  # (d + f)-wide values per token and layer kept for a backward (measured with the score copies)
@@ -297,16 +299,10 @@ def available_memory(device: str | None = None, max_memory: dict[Any, str] | Non
     memory of a CUDA device, or the CPU's MemAvailable plus this process's own resident memory. None where it
     cannot be read."""
     if max_memory:
-        from accelerate.utils import convert_file_size_to_int
-
         return sum(convert_file_size_to_int(v) for v in max_memory.values()), "--max-memory"
     if device and str(device).startswith("cuda"):
-        import torch
-
         free, _ = torch.cuda.mem_get_info(torch.device(device))
         return int(free), f"free on {device}"
-    from unpact_mech.core.meter import rss_bytes
-
     try:
         with open("/proc/meminfo") as f:
             info = dict(line.split(":", 1) for line in f)
@@ -320,8 +316,6 @@ def available_memory(device: str | None = None, max_memory: dict[Any, str] | Non
 def _address_space_cap() -> tuple[int, str] | None:
     """The resident memory an address-space limit (``ulimit -v``, ``setrlimit(RLIMIT_AS)``) leaves: the limit less
     what is mapped but not resident now (libraries, reserved arenas); None without a limit."""
-    import resource
-
     soft = resource.getrlimit(resource.RLIMIT_AS)[0]
     if soft == resource.RLIM_INFINITY:
         return None
@@ -377,8 +371,6 @@ def _best_seconds(work: Any, repeats: int = 3, seconds: float = 0.1) -> float:
 def matmul_rate(shape: ModelShape, dtype: str = "float32") -> float:
     """FLOP/s of matrix products the size of the model's MLP (``256 x d @ d x f``) in ``dtype`` on this CPU (a
     CPU with bfloat16 matrix units multiplies bfloat16 several times faster than float32)."""
-    import torch
-
     key = f"{shape.d_model}x{shape.d_mlp}x{dtype}x{torch.get_num_threads()}"
     if key not in _RATE:
         t, d, f = 256, min(shape.d_model, 4096), min(shape.d_mlp, 16384)
@@ -391,8 +383,6 @@ def matmul_rate(shape: ModelShape, dtype: str = "float32") -> float:
 def score_seconds() -> float:
     """Seconds per element of eager attention's elementwise work (scale, add the mask, softmax in float32, as
     transformers' eager attention runs it in every dtype), on a 16M-element score tensor on this CPU."""
-    import torch
-
     key = f"scores{torch.get_num_threads()}"
     if key not in _RATE:
         x, mask = torch.randn(16, 1024, 1024), torch.zeros(1, 1024, 1024)  # 64 MB: mapped afresh, as long prompts are
@@ -405,6 +395,3 @@ def measure_rates(shape: ModelShape, dtype: str = "float32") -> Rates:
     return Rates(MATMUL_EFFICIENCY * matmul_rate(shape, dtype), SCORE_FACTOR * score_seconds(),
                  CALL_SECONDS_PER_LAYER * shape.n_layers)
 
-
-def cpu_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
