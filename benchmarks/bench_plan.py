@@ -64,10 +64,11 @@ def main() -> None:
 
     from unpact_mech.model.shape import read_shape
     from unpact_mech.runtime import plan as pl
+    from unpact_mech.runtime.speed import measure_rates
 
     torch.set_num_threads(2)
     shape = read_shape(a.model)
-    rates = pl.measure_rates(shape, a.dtype)
+    rates = measure_rates(shape, a.dtype)
     rows = []
     for case in a.cases.split(","):
         kind, n = case.split(":")

@@ -126,6 +126,24 @@ def test_training_copies_written_out():
     assert pl.load_step(TINY, "float32", "float32").copies == 1
 
 
+def test_past_a_sliding_window_scoring_and_generation_take_the_exact_path():
+    """Beyond the window the toolkit runs the backend's full forward (logits at every position) and generation
+    recomputes the sequence for each new token (``model.backends.fast_path`` refuses the cache path there)."""
+    from dataclasses import replace
+
+    local = replace(TINY, sliding_window=16)
+    short, long_ = [pl.Length(10, 3, 10)], [pl.Length(30, 3, 30)]
+    assert pl.score_step(local, "float32", short).flops == pl.score_step(TINY, "float32", short).flops
+    exact = pl.score_step(local, "float32", long_)
+    assert exact.flops == TINY.forward_flops(33, unembedded=33)  # every position unembedded
+    assert exact.activations == pl.score_step(TINY, "float32", long_).activations + 33 * 100 * 4
+    gen = pl.generate_step(local, "float32", long_, new_tokens=5)
+    assert gen.flops == sum(TINY.forward_flops(30 + i, unembedded=30 + i) for i in range(5)) and gen.forwards == 5
+    assert ModelShape.from_config(CONFIGS["gemma3"].to_dict()).sliding_window == CONFIGS["gemma3"].sliding_window
+    assert ModelShape.from_config({**CONFIGS["qwen2"].to_dict(), "sliding_window": 4096,
+                                   "use_sliding_window": False}).sliding_window == 0
+
+
 def test_long_leave_one_out_is_planned_linear_in_the_prompt():
     """The prefix reuse holds rows x heads x QUERY_CHUNK x length scores and (rows + 1) caches: the plan's
     activations grow about linearly (x4 from 1,000 to 4,000 tokens, rows fixed at REUSE_CHUNK by a large token

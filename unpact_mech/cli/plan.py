@@ -131,7 +131,8 @@ def show(plan: Any, limit: tuple[int, str] | None) -> None:
     """Print a plan: one row per step, the peak against the memory the run may use, and the time on this CPU."""
     import pandas as pd
 
-    from unpact_mech.runtime.plan import GB, measure_rates
+    from unpact_mech.runtime.plan import GB
+    from unpact_mech.runtime.speed import measure_rates
 
     rates = measure_rates(plan.shape, plan.dtype)
     sh = plan.shape
@@ -205,7 +206,7 @@ def check(a: argparse.Namespace, specs: Sequence[str], probes: Sequence[Any], to
             continue
         check_fits(plan, limit, fixes(a.cmd))
         if plan.flops > LONG_FLOPS:
-            from unpact_mech.runtime.plan import measure_rates
+            from unpact_mech.runtime.speed import measure_rates
 
             steps = ", ".join(f"{s.what} {s.passes} passes" for s in plan.steps)
             print(f"[unpact] planned for {spec}: {steps}; {plan.flops / 1e12:.1f} TFLOP, about "

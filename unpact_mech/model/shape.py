@@ -67,6 +67,7 @@ class ModelShape:
     learned_positions: int = 0
     layer_norms: int = 2  # d-wide norms per layer (Gemma 2/3: four)
     qk_norm: bool = False  # Gemma 3 / Qwen3: an e-wide norm on queries and keys
+    sliding_window: int = 0  # local attention layers' window (0: none); beyond it the toolkit takes exact paths
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], name: str = "") -> ModelShape:
@@ -100,6 +101,7 @@ class ModelShape:
             learned_positions=int(_first(cfg, "n_positions", default=0)) if gpt2 else 0,
             layer_norms=4 if kind.startswith(("gemma2", "gemma3")) else 2,
             qk_norm=kind.startswith(("gemma3", "qwen3")),
+            sliding_window=0 if cfg.get("use_sliding_window") is False else int(cfg.get("sliding_window") or 0),
         )
 
     # parameters -------------------------------------------------------------------------------------------------

@@ -20,14 +20,13 @@ Memory, with W the bytes of one copy of the weights (:class:`~unpact_mech.model.
 FLOPs are :meth:`ModelShape.forward_flops` per pass (x2 with a backward to the inputs, x3 with weight
 gradients). Time is FLOPs at a matmul rate, attention
 score elements at an elementwise rate, and a fixed cost per model call, each rate timed on this machine in about
-0.8 s (:func:`measure_rates`).
+0.8 s (:mod:`unpact_mech.runtime.speed`).
 """
 
 from __future__ import annotations
 
 import os
 import resource
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +39,7 @@ from unpact_mech.attribution.loo import LONG_SPAN, QUERY_CHUNK, REUSE_CHUNK
 from unpact_mech.core.errors import UnpactError
 from unpact_mech.core.meter import rss_bytes
 from unpact_mech.model.shape import ModelShape, dtype_bytes
+from unpact_mech.runtime.speed import Rates
 from unpact_mech.scoring import GEN_EXTRA_TOKENS
 
 GB = 1e9
@@ -119,13 +119,23 @@ def _scores(shape: ModelShape, rows: int, new: int, keys: int) -> float:
     return float(shape.n_layers * shape.n_heads * rows * new * keys)
 
 
+def beyond_window(shape: ModelShape, length: int) -> bool:
+    """Whether sequences this long outgrow the model's sliding attention window, where scoring and generation take
+    the exact path through the backend (``model.backends.fast_path``): logits at every position, and generation
+    recomputing the whole sequence for each new token."""
+    return bool(shape.sliding_window) and length > shape.sliding_window
+
+
 def score_step(shape: ModelShape, dtype: str, lengths: Sequence[Length], copies: float = 1,
                batch_tokens: int = 4096, what: str = "scoring", repeat: int = 1) -> Step:
     """Teacher-forced scoring of every probe ``repeat`` times (batches of at most ``batch_tokens`` tokens)."""
     longest = max(x.total for x in lengths)
+    exact = beyond_window(shape, longest)
     rows = max(1, min(len(lengths) * repeat, batch_tokens // longest))
-    flops = repeat * sum(shape.forward_flops(x.total, unembedded=x.answer) for x in lengths)
+    flops = repeat * sum(shape.forward_flops(x.total, unembedded=x.total if exact else x.answer) for x in lengths)
     act = activations(shape, dtype, rows, longest, longest, rows * max(x.answer for x in lengths))
+    if exact:  # the backend's forward returns logits at every position
+        act += rows * longest * shape.vocab * dtype_bytes(dtype)
     return Step(what, len(lengths) * repeat, repeat * sum(x.total for x in lengths), flops, copies, act,
                 scores=repeat * sum(_scores(shape, 1, x.total, x.total) for x in lengths),
                 forwards=-(-len(lengths) * repeat // rows))
@@ -180,6 +190,17 @@ def generate_step(shape: ModelShape, dtype: str, lengths: Sequence[Length], new_
     new token (default: the gold answer's length + ``GEN_EXTRA_TOKENS``)."""
     flops = scores = 0.0
     act = gen = 0
+    longest = max(x.prompt + (x.answer + GEN_EXTRA_TOKENS if new_tokens is None else new_tokens) for x in lengths)
+    if beyond_window(shape, longest):  # the exact loop: every new token reruns the whole sequence, no cache
+        for x in lengths:
+            n = x.answer + GEN_EXTRA_TOKENS if new_tokens is None else new_tokens
+            gen += n
+            flops += sum(shape.forward_flops(x.prompt + i, unembedded=x.prompt + i) for i in range(n))
+            scores += sum(_scores(shape, 1, x.prompt + i, x.prompt + i) for i in range(n))
+            act = max(act, activations(shape, dtype, 1, x.prompt + n, x.prompt + n, 0)
+                      + (x.prompt + n) * shape.vocab * dtype_bytes(dtype))
+        return Step("generation", len(lengths) * repeat, repeat * gen * longest, repeat * flops, copies, act,
+                    generated=repeat * gen, scores=repeat * scores, forwards=repeat * gen)
     for x in lengths:
         n = x.answer + GEN_EXTRA_TOKENS if new_tokens is None else new_tokens
         gen += n
@@ -333,65 +354,3 @@ def check_fits(plan: Plan, limit: tuple[int, str] | None, fixes: str) -> None:
         return
     raise UnpactError(f"this run needs about {plan.describe()}, more than the {limit[0] / GB:.1f} GB {limit[1]}. "
                       f"{fixes}; --plan prints the cost of each step, and --skip-memory-check runs it anyway")
-
-
-@dataclass(frozen=True)
-class Rates:
-    """How fast this machine runs the three kinds of work a forward is made of (:func:`measure_rates`)."""
-
-    matmul: float  # FLOP/s of float32 matrix products the size of the model's MLP
-    score_seconds: float  # seconds per attention score element (scale, mask, softmax: memory-bound)
-    call_seconds: float  # fixed seconds per model call (per-layer Python and kernel overhead)
-
-
-CALL_SECONDS_PER_LAYER = 1e-3  # a model call's fixed cost per layer on a CPU (measured in bench_plan.py)
-# A model's own matmuls run at about MATMUL_EFFICIENCY of the rate of one MLP-sized product, and eager attention
-# costs SCORE_FACTOR times the timed scale-mask-softmax per score element (its QK and AV products at head width
-# are slow batched matmuls). Least squares over seven kinds of work on SmolLM2 in float32 (bench_plan.py: predicted
-# over measured time 0.83..1.24 after the fit), then checked, not fitted, on a random 1B Llama and in bfloat16.
-MATMUL_EFFICIENCY = 0.87
-SCORE_FACTOR = 1.35
-_RATE: dict[str, float] = {}
-
-
-def _best_seconds(work: Any, repeats: int = 3, seconds: float = 0.1) -> float:
-    """The fastest seconds per call of ``work()`` over ``repeats`` timed windows of about ``seconds`` each, after
-    one untimed call (first-touch page faults and lazy initialisation are not this machine's speed)."""
-    work()
-    best = float("inf")
-    for _ in range(repeats):
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            work()
-            n += 1
-        best = min(best, (time.perf_counter() - t0) / n)
-    return best
-
-
-def matmul_rate(shape: ModelShape, dtype: str = "float32") -> float:
-    """FLOP/s of matrix products the size of the model's MLP (``256 x d @ d x f``) in ``dtype`` on this CPU (a
-    CPU with bfloat16 matrix units multiplies bfloat16 several times faster than float32)."""
-    key = f"{shape.d_model}x{shape.d_mlp}x{dtype}x{torch.get_num_threads()}"
-    if key not in _RATE:
-        t, d, f = 256, min(shape.d_model, 4096), min(shape.d_mlp, 16384)
-        tdt = getattr(torch, dtype)
-        a, b = torch.randn(t, d, dtype=tdt), torch.randn(d, f, dtype=tdt)
-        _RATE[key] = 2.0 * t * d * f / _best_seconds(lambda: a @ b)
-    return _RATE[key]
-
-
-def score_seconds() -> float:
-    """Seconds per element of eager attention's elementwise work (scale, add the mask, softmax in float32, as
-    transformers' eager attention runs it in every dtype), on a 16M-element score tensor on this CPU."""
-    key = f"scores{torch.get_num_threads()}"
-    if key not in _RATE:
-        x, mask = torch.randn(16, 1024, 1024), torch.zeros(1, 1024, 1024)  # 64 MB: mapped afresh, as long prompts are
-        _RATE[key] = _best_seconds(lambda: torch.softmax(x * 0.125 + mask, dim=-1)) / x.numel()
-    return _RATE[key]
-
-
-def measure_rates(shape: ModelShape, dtype: str = "float32") -> Rates:
-    """This CPU's :class:`Rates` for ``shape`` in ``dtype`` (about 0.8 s of timing, once per process)."""
-    return Rates(MATMUL_EFFICIENCY * matmul_rate(shape, dtype), SCORE_FACTOR * score_seconds(),
-                 CALL_SECONDS_PER_LAYER * shape.n_layers)
-
