@@ -122,6 +122,8 @@ def test_training_copies_written_out():
     assert pl.train_step(TINY, "float32", lens, 5, 4, reference_copy=True).copies == 2 + 1 + 1 + 2
     assert pl.train_step(TINY, "float32", lens, 5, 4, reference_copy=False).copies == 2 + 0 + 1 + 2
     assert pl.train_step(TINY, "bfloat16", lens, 5, 4, False, master_weights=True).copies == 2 + 1 + 6
+    relearn = pl.train_step(TINY, "float32", lens, 4, 4, False, held=2, checkpoint=False)  # base and unlearned held
+    assert relearn.copies == 6 and relearn.disk == 0
     assert pl.load_step(TINY, "float32", "bfloat16").copies == 1.5  # the bf16 file mapped while converted
     assert pl.load_step(TINY, "float32", "float32").copies == 1
 
@@ -139,6 +141,7 @@ def test_past_a_sliding_window_scoring_and_generation_take_the_exact_path():
     assert exact.activations == pl.score_step(TINY, "float32", long_).activations + 33 * 100 * 4
     gen = pl.generate_step(local, "float32", long_, new_tokens=5)
     assert gen.flops == sum(TINY.forward_flops(30 + i, unembedded=30 + i) for i in range(5)) and gen.forwards == 5
+    assert gen.tokens == sum(30 + i for i in range(5))  # each new token recomputes the sequence so far
     assert ModelShape.from_config(CONFIGS["gemma3"].to_dict()).sliding_window == CONFIGS["gemma3"].sliding_window
     assert ModelShape.from_config({**CONFIGS["qwen2"].to_dict(), "sliding_window": 4096,
                                    "use_sliding_window": False}).sliding_window == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from unpact_mech.core.errors import UnpactError
@@ -31,7 +32,7 @@ class PlanShown(Exception):  # noqa: N818  (not an error: the command's work was
 
 
 # attribution method -> its step (an unregistered method has no cost model; the plan says so)
-def _method_step(name: str, passes: int = 1) -> Callable[..., Any]:
+def _method_step(name: str) -> Callable[..., Any]:
     from unpact_mech.runtime import plan as pl
 
     if name in ("loo", "loo_replace"):
@@ -68,15 +69,16 @@ def tokenizer_for_plan(spec: str, trust_remote_code: bool = False) -> Any:
         raise UnpactError(f"cannot read {spec}'s tokenizer for the plan ({err})") from err
 
 
-def lengths_of(a: argparse.Namespace, tokenizer: Any, probes: Sequence[Any]) -> list[Any]:
-    """The tokenized lengths of ``probes`` as the command renders them (format, chat arguments)."""
-    from unpact_mech.cli.scale import load_kwargs
+def lengths_of(tokenizer: Any, probes: Sequence[Any], fmt: str, chat: Any = None, max_len: int | None = None
+               ) -> list[Any]:
+    """The tokenized lengths of ``probes`` as the loaded model will render them (format, chat arguments);
+    ``max_len``: refuse a probe longer than the model's context."""
     from unpact_mech.model.chat import set_chat_args
     from unpact_mech.probes import tokenize_probe
     from unpact_mech.runtime.plan import Length
 
-    set_chat_args(tokenizer, load_kwargs(a).get("chat"))
-    return [Length.of(tokenize_probe(tokenizer, p, getattr(a, "format", "auto"))) for p in probes]
+    set_chat_args(tokenizer, chat)
+    return [Length.of(tokenize_probe(tokenizer, p, fmt, max_len=max_len)) for p in probes]
 
 
 def command_steps(a: argparse.Namespace, shape: Any, lengths: Sequence[Any]) -> list[Any]:
@@ -84,7 +86,6 @@ def command_steps(a: argparse.Namespace, shape: Any, lengths: Sequence[Any]) -> 
     from unpact_mech.runtime import plan as pl
 
     dt, cmd = a.dtype, a.cmd
-    forget = lengths
     if cmd == "attribute":
         return [_method_step(a.method)(shape, dt, lengths)]
     if cmd in ("dla", "paths"):
@@ -98,12 +99,12 @@ def command_steps(a: argparse.Namespace, shape: Any, lengths: Sequence[Any]) -> 
                 pl.score_step(shape, dt, lengths, 2, what="patched runs", repeat=max(1, shape.n_layers // a.layer_step))]
     if cmd in ("emphasize", "recover"):
         n_cond = 1 + 2 * len(getattr(a, "factors", [1]) or [1]) * max(1, getattr(a, "draws", 1) or 1)
-        steps = [pl.loo_step(shape, dt, forget, copies=2),
-                 pl.score_step(shape, dt, forget, 2, what="emphasised scoring", repeat=n_cond),
-                 pl.generate_step(shape, dt, forget, copies=2, repeat=n_cond)]
+        steps = [pl.loo_step(shape, dt, lengths, copies=2),
+                 pl.score_step(shape, dt, lengths, 2, what="emphasised scoring", repeat=n_cond),
+                 pl.generate_step(shape, dt, lengths, copies=2, repeat=n_cond)]
         if cmd == "recover" and "relearn" in a.routes:
-            steps.append(pl.train_step(shape, dt, lengths, max(a.relearn_steps), 4, False, what="relearning"))
-            steps[-1] = pl.Step(**{**vars(steps[-1]), "copies": steps[-1].copies + 1, "disk": 0})
+            steps.append(pl.train_step(shape, dt, lengths, max(a.relearn_steps), 4, False, what="relearning", held=2,
+                                       checkpoint=False))
         if cmd == "recover" and "quantize" in a.routes:
             steps.append(pl.score_step(shape, dt, lengths, 3, what="quantised copy"))
         return steps
@@ -115,16 +116,19 @@ def command_steps(a: argparse.Namespace, shape: Any, lengths: Sequence[Any]) -> 
     raise UnpactError(f"unpact {cmd} has no plan yet; drop --plan")
 
 
-def build(a: argparse.Namespace, spec: str, probes: Sequence[Any], tokenizer: Any = None) -> Any:
-    """The Plan of ``a.cmd`` on model ``spec`` (its config.json) and ``probes``."""
+def build(a: argparse.Namespace, spec: str, probes: Sequence[Any], lengths: Sequence[Any] | None = None) -> Any:
+    """The Plan of ``a.cmd`` on model ``spec`` (its config.json) and ``probes`` (``lengths``: already tokenized)."""
+    from unpact_mech.cli.scale import load_kwargs
     from unpact_mech.model.shape import read_shape
     from unpact_mech.runtime.plan import Plan
 
     if not probes:
         raise UnpactError("nothing to plan: the command has no probes")
     shape = read_shape(spec, a.trust_remote_code)
-    tok = tokenizer if tokenizer is not None else tokenizer_for_plan(spec, a.trust_remote_code)
-    return Plan(a.cmd, shape, a.dtype, command_steps(a, shape, lengths_of(a, tok, probes)))
+    if lengths is None:
+        tok = tokenizer_for_plan(spec, a.trust_remote_code)
+        lengths = lengths_of(tok, probes, getattr(a, "format", "auto"), load_kwargs(a).get("chat"))
+    return Plan(a.cmd, shape, a.dtype, command_steps(a, shape, lengths))
 
 
 def show(plan: Any, limit: tuple[int, str] | None) -> None:
@@ -170,48 +174,56 @@ def check_inputs(a: argparse.Namespace, specs: Sequence[str], probes: Sequence[A
     (where they are not, the same check runs once the model is loaded), and the run fits in memory
     (:func:`check`; ``--plan`` prints the plan and stops); ``read``: tokenizers already read."""
     from unpact_mech.cli.scale import load_kwargs
-    from unpact_mech.model.chat import set_chat_args
     from unpact_mech.model.loading import tokenizer_and_context
-    from unpact_mech.probes import tokenize_probe
 
-    tokenizers = {}
+    lengths = {}
     for spec in dict.fromkeys(specs) if probes else ():
         got = tokenizer_and_context(spec, a.trust_remote_code, read)
-        if got is not None:
-            set_chat_args(got[0], load_kwargs(a).get("chat"))  # the prompts as the loaded model will render them
-            for p in probes:
-                tokenize_probe(got[0], p, a.format, max_len=got[1])
-            tokenizers[spec] = got[0]
-    check(a, specs, probes, tokenizers)
+        if got is not None:  # the prompts as the loaded model will render them, each checked against its context
+            lengths[spec] = lengths_of(got[0], probes, a.format, load_kwargs(a).get("chat"), max_len=got[1])
+    check(a, specs, probes, lengths)
 
 
-def check(a: argparse.Namespace, specs: Sequence[str], probes: Sequence[Any], tokenizers: dict[str, Any]) -> None:
+def check(a: argparse.Namespace, specs: Sequence[str], probes: Sequence[Any], lengths: dict[str, Any]) -> None:
     """``--plan``: print the plan and stop (:class:`PlanShown`). Otherwise refuse a run that will not fit, before
-    any weight loads; ``tokenizers``: by spec, those already read from disk (a spec without one is checked
-    only with ``--plan``, which reads its tokenizer)."""
-    from unpact_mech.runtime.plan import available_memory, check_fits
-
+    any weight loads; ``lengths``: by spec, the probes' lengths from a tokenizer on disk (a spec without them is
+    checked only with ``--plan``, which reads its tokenizer). A pair's two models share one shape: the first
+    one's plan counts both copies."""
     if "plan" not in vars(a) or not probes:
         return
-    limit = available_memory(a.device, a.max_memory)
-    if a.plan:  # (a pair's two models share one shape: the first one's plan counts both copies)
-        show(build(a, specs[0], probes, tokenizers.get(specs[0])), limit)
-        raise PlanShown
-    if a.skip_memory_check:
+    spec = specs[0] if a.plan else next((s for s in specs if s in lengths), None)
+    if spec is None:
         return
-    for spec in [s for s in specs if s in tokenizers][:1]:
+    def make() -> Any:
         try:
-            plan = build(a, spec, probes, tokenizers[spec])
-        except UnpactError:  # no cost model for this work: it runs unchecked, as before
-            continue
-        check_fits(plan, limit, fixes(a.cmd))
-        if plan.flops > LONG_FLOPS:
-            from unpact_mech.runtime.speed import measure_rates
+            return build(a, spec, probes, lengths.get(spec))
+        except UnpactError:  # no cost model for this work: --plan says so; a run goes on unchecked, as before
+            if a.plan:
+                raise
+            return None
 
-            steps = ", ".join(f"{s.what} {s.passes} passes" for s in plan.steps)
-            print(f"[unpact] planned for {spec}: {steps}; {plan.flops / 1e12:.1f} TFLOP, about "
-                  f"{_human(plan.seconds(measure_rates(plan.shape, plan.dtype)))} on this CPU, peak {plan.describe()}",
-                  file=sys.stderr)
+    plan = _plan_or_refuse(a, a.device, make, fixes(a.cmd))
+    if plan is not None and plan.flops > LONG_FLOPS:
+        from unpact_mech.runtime.speed import measure_rates
+
+        steps = ", ".join(f"{s.what} {s.passes} passes" for s in plan.steps)
+        print(f"[unpact] planned for {spec}: {steps}; {plan.flops / 1e12:.1f} TFLOP, about "
+              f"{_human(plan.seconds(measure_rates(plan.shape, plan.dtype)))} on this CPU, peak {plan.describe()}",
+              file=sys.stderr)
+
+
+def _plan_or_refuse(a: argparse.Namespace, device: str | None, make: Callable[[], Any], fix: str) -> Any:
+    """``--plan``: print ``make()`` and stop. Else, unless ``--skip-memory-check``, refuse the plan where its peak
+    exceeds the memory the run may use; returns the plan checked (None when skipped or when ``make`` has none)."""
+    from unpact_mech.runtime.plan import available_memory, check_fits
+
+    if a.plan:
+        show(make(), available_memory(device, a.max_memory))
+        raise PlanShown
+    plan = None if a.skip_memory_check else make()
+    if plan is not None:
+        check_fits(plan, available_memory(device, a.max_memory), fix)
+    return plan
 
 
 LONG_FLOPS = 5e12  # work above this (about 20 s on 2 CPU cores) is announced with its planned time
@@ -224,27 +236,24 @@ def study_steps(cfg: Any, shape: Any, tokenizer: Any) -> list[Any]:
     emphasised scoring and generation, the localisation's caches) and the recovery routes (a quantised copy, and
     relearning a working copy with its gradients and AdamW states beside base and unlearned)."""
     from unpact_mech.evals.loaders import load_probe_spec
+    from unpact_mech.model.chat import ChatArgs
     from unpact_mech.runtime import plan as pl
-    from unpact_mech.study.settings import BUDGET, ROUTE_BUDGET, budget_order, method_settings
+    from unpact_mech.study.settings import budget_order, method_settings
     from unpact_mech.unlearning import METHODS
 
     pool = [p for spec in cfg.probes for p in load_probe_spec(spec)]
-    budget = cfg.budget or BUDGET
-    routes = cfg.route_budget or ROUTE_BUDGET
+    budget, routes = cfg.budget, cfg.route_budget
     cands = budget_order(pool)[: budget.candidates] if cfg.per_split else pool
-    args = argparse.Namespace(format="auto", system_prompt=cfg.system_prompt, date_string=cfg.date_string,
-                              dtype=cfg.dtype, device=cfg.device, device_map=None, max_memory=None,
-                              trust_remote_code=False, allow_pickle=False)
-    lens = dict(zip([p.id for p in cands], lengths_of(args, tokenizer, cands)))
+    chat = ChatArgs(cfg.system_prompt, cfg.date_string)
+    lens = dict(zip([p.id for p in cands], lengths_of(tokenizer, cands, "auto", chat)))
     split = {s: [lens[p.id] for p in cands if p.split == s][: cfg.per_split or None]
              for s in ("forget", "retain", "general")}
     forget, others = split["forget"] or list(lens.values())[:1], split["retain"] + split["general"]
     both = forget + others
-    dt, factors = cfg.dtype, len(cfg.factors or (1.0, 2.0, 8.0))
-    n_cond = factors * (1 + budget.n_draws + 1)  # KeyTokens, random draws, function words
+    dt = cfg.dtype
+    n_cond = len(cfg.factors) * (1 + budget.n_draws + 1)  # KeyTokens, random draws, function words
     steps = [pl.score_step(shape, dt, list(lens.values()), 1, what="data: known facts"),
-             pl.loo_step(shape, dt, forget, 1)]
-    steps[-1] = pl.Step(**{**vars(steps[-1]), "what": "keytokens: leave-one-out"})
+             replace(pl.loo_step(shape, dt, forget, 1), what="keytokens: leave-one-out")]
     given = dict(cfg.unlearned)
     for m in list(given) or list(cfg.methods):
         if m not in given:  # the frontier's emphasised scoring runs on the training copy between steps
@@ -253,17 +262,16 @@ def study_steps(cfg: Any, shape: Any, tokenizer: Any) -> list[Any]:
             st = pl.train_step(shape, dt, forget + split["retain"], int(s["steps"]), 4, ref, what=f"{m}: unlearning")
             fr = budget.frontier
             front = pl.score_step(shape, dt, forget, 1, repeat=len(fr.factors) * (2 + fr.n_draws))
-            steps.append(pl.Step(**{**vars(st), "activations": max(st.activations, front.activations),
-                                    "flops": st.flops + front.flops * max(1, int(s["steps"]) // fr.every)}))
+            steps.append(replace(st, activations=max(st.activations, front.activations),
+                                 flops=st.flops + front.flops * max(1, int(s["steps"]) // fr.every)))
         for st in (pl.loo_step(shape, dt, both, 2),
                    pl.score_step(shape, dt, forget, 2, what="emphasis", repeat=n_cond),
                    pl.generate_step(shape, dt, forget, copies=2, repeat=1 + len(budget.gen_factors) * 3),
                    pl.cache_step(shape, dt, forget[:4] + split["retain"][:2], 2, "localisation")):
-            steps.append(pl.Step(**{**vars(st), "what": f"{m}: findings, {st.what}"}))
+            steps.append(replace(st, what=f"{m}: findings, {st.what}"))
         if "relearn" in routes.routes:
-            st = pl.train_step(shape, dt, forget, max(routes.relearn_steps), len(forget), False,
-                               what=f"{m}: routes, relearning")
-            steps.append(pl.Step(**{**vars(st), "copies": st.copies + 1, "disk": 0}))
+            steps.append(pl.train_step(shape, dt, forget, max(routes.relearn_steps), len(forget), False,
+                                       what=f"{m}: routes, relearning", held=2, checkpoint=False))
         if "quantize" in routes.routes:
             n_q = len(routes.bits) * len(routes.quantizers)
             st = pl.score_step(shape, dt, forget + others, 3, what=f"{m}: routes, quantised copies", repeat=n_q)
@@ -284,12 +292,7 @@ def check_study(a: argparse.Namespace, cfg: Any) -> None:
     """``--plan`` of a study: print it and stop. Otherwise refuse, before the base model loads, a study whose
     planned peak exceeds the memory it may use (where its tokenizer is on disk)."""
     from unpact_mech.model.loading import on_disk
-    from unpact_mech.runtime.plan import available_memory, check_fits
 
-    limit = available_memory(cfg.device, a.max_memory)
-    if a.plan:
-        show(study_plan(cfg), limit)
-        raise PlanShown
-    if not a.skip_memory_check and on_disk(cfg.model) is not None:
-        check_fits(study_plan(cfg), limit, "Give fewer --methods, fewer probes per split (--per-split), --dtype "
-                   "bfloat16, or run where more memory is")
+    if a.plan or on_disk(cfg.model) is not None:
+        _plan_or_refuse(a, cfg.device, lambda: study_plan(cfg), "Give fewer --methods, fewer probes per split "
+                        "(--per-split), --dtype bfloat16, or run where more memory is")

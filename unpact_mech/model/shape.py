@@ -17,6 +17,7 @@ the cache is not built) or a hub id (``config.json`` only).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,10 +192,5 @@ def count_on_disk(directory: str | Path) -> int | None:
     n = 0
     for f in files:
         with safe_open(str(f), framework="pt") as st:
-            for k in st.keys():  # noqa: SIM118  (safe_open has no __iter__)
-                shape = st.get_slice(k).get_shape()
-                size = 1
-                for s in shape:
-                    size *= int(s)
-                n += size
+            n += sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys())  # noqa: SIM118  (no __iter__)
     return n

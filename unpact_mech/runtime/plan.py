@@ -38,7 +38,7 @@ from accelerate.utils import convert_file_size_to_int
 from unpact_mech.attribution.loo import LONG_SPAN, QUERY_CHUNK, REUSE_CHUNK
 from unpact_mech.core.errors import UnpactError
 from unpact_mech.core.meter import rss_bytes
-from unpact_mech.model.shape import ModelShape, dtype_bytes
+from unpact_mech.model.shape import DTYPE_BYTES, ModelShape, dtype_bytes
 from unpact_mech.runtime.speed import Rates
 from unpact_mech.scoring import GEN_EXTRA_TOKENS
 
@@ -108,10 +108,8 @@ class Length:
 def load_step(shape: ModelShape, dtype: str, file_dtype: str | None = None) -> Step:
     """Loading the weights: safetensors are mapped, so a checkpoint stored in the dtype asked for costs one copy;
     one stored in another dtype is held (its pages mapped) while its converted copy is made: 1 + b_file / b."""
-    extra = 0.0
-    if file_dtype and file_dtype.replace("torch.", "") in ("float32", "bfloat16", "float16"):
-        if file_dtype.replace("torch.", "") != dtype:
-            extra = dtype_bytes(file_dtype) / dtype_bytes(dtype)
+    stored = (file_dtype or "").replace("torch.", "")
+    extra = dtype_bytes(stored) / dtype_bytes(dtype) if stored in DTYPE_BYTES and stored != dtype else 0.0
     return Step("load", 0, 0, 0.0, 1 + extra, 0)
 
 
@@ -189,27 +187,27 @@ def generate_step(shape: ModelShape, dtype: str, lengths: Sequence[Length], new_
     """Greedy generation on a KV cache, ``repeat`` times per probe: the prompt's prefill, then one position per
     new token (default: the gold answer's length + ``GEN_EXTRA_TOKENS``)."""
     flops = scores = 0.0
-    act = gen = 0
-    longest = max(x.prompt + (x.answer + GEN_EXTRA_TOKENS if new_tokens is None else new_tokens) for x in lengths)
-    if beyond_window(shape, longest):  # the exact loop: every new token reruns the whole sequence, no cache
-        for x in lengths:
-            n = x.answer + GEN_EXTRA_TOKENS if new_tokens is None else new_tokens
-            gen += n
+    act = gen = tokens = forwards = 0
+    news = [x.answer + GEN_EXTRA_TOKENS if new_tokens is None else new_tokens for x in lengths]
+    exact = beyond_window(shape, max(x.prompt + n for x, n in zip(lengths, news)))
+    for x, n in zip(lengths, news):
+        gen += n
+        if exact:  # the exact loop: every new token reruns the whole sequence, no cache
+            tokens += sum(x.prompt + i for i in range(n))
+            forwards += n
             flops += sum(shape.forward_flops(x.prompt + i, unembedded=x.prompt + i) for i in range(n))
             scores += sum(_scores(shape, 1, x.prompt + i, x.prompt + i) for i in range(n))
             act = max(act, activations(shape, dtype, 1, x.prompt + n, x.prompt + n, 0)
                       + (x.prompt + n) * shape.vocab * dtype_bytes(dtype))
-        return Step("generation", len(lengths) * repeat, repeat * gen * longest, repeat * flops, copies, act,
-                    generated=repeat * gen, scores=repeat * scores, forwards=repeat * gen)
-    for x in lengths:
-        n = x.answer + GEN_EXTRA_TOKENS if new_tokens is None else new_tokens
-        gen += n
+            continue
+        tokens += x.prompt + n
+        forwards += 1 + n
         flops += shape.forward_flops(x.prompt, unembedded=1)
         flops += sum(shape.forward_flops(1, keys=x.prompt + i, unembedded=1) for i in range(n))
         scores += _scores(shape, 1, x.prompt, x.prompt) + _scores(shape, 1, n, x.prompt + n)
         act = max(act, activations(shape, dtype, 1, x.prompt, x.prompt, 1, cached=x.prompt + n))
-    return Step("generation", len(lengths) * repeat, repeat * (sum(x.prompt for x in lengths) + gen), repeat * flops,
-                copies, act, generated=repeat * gen, scores=repeat * scores, forwards=repeat * (len(lengths) + gen))
+    return Step("generation", len(lengths) * repeat, repeat * tokens, repeat * flops, copies, act,
+                generated=repeat * gen, scores=repeat * scores, forwards=repeat * forwards)
 
 
 SAVED_LIN = 3  # (d + f)-wide values per token and layer kept for a backward (measured with the score copies)
@@ -252,19 +250,21 @@ def cache_step(shape: ModelShape, dtype: str, lengths: Sequence[Length], copies:
 
 def train_step(shape: ModelShape, dtype: str, lengths: Sequence[Length], steps: int, batch_size: int,
                reference_copy: bool, master_weights: bool = False, trainable: float = 1.0,
-               what: str = "unlearning") -> Step:
-    """Unlearning (or relearning) with AdamW: the loaded model, its trainable copy, a reference copy where the
-    method needs the starting weights (``reference_copy``), gradients and two AdamW states per trainable
-    weight (float32 masters: three float32 values per trainable weight instead of two in the model's dtype),
-    and a batch's saved activations. The checkpoint is written once, in the model's dtype."""
+               what: str = "unlearning", held: int = 1, checkpoint: bool = True) -> Step:
+    """Unlearning (or relearning) with AdamW: the ``held`` models loaded beside it (unlearning: the base;
+    relearning: base and unlearned), the trainable copy, a reference copy where the method needs the starting
+    weights (``reference_copy``), gradients and two AdamW states per trainable weight (float32 masters: three
+    float32 values per trainable weight instead of two in the model's dtype), and a batch's saved activations.
+    With ``checkpoint`` the result is written once, in the model's dtype."""
     b = dtype_bytes(dtype)
     optim = (3 * 4 / b) if master_weights and b < 4 else 2.0
-    copies = 2 + (1 if reference_copy else 0) + trainable * (1 + optim)
+    copies = held + 1 + (1 if reference_copy else 0) + trainable * (1 + optim)
     longest, m = max(x.total for x in lengths), max(x.answer for x in lengths)
     act = _saved(shape, dtype, batch_size, longest) + activations(shape, dtype, batch_size, longest, longest,
                                                                   batch_size * m)
     flops = 3.0 * steps * batch_size * shape.forward_flops(longest, unembedded=m)
-    return Step(what, steps, steps * batch_size * longest, flops, copies, act, disk=shape.weight_bytes(dtype),
+    return Step(what, steps, steps * batch_size * longest, flops, copies, act,
+                disk=shape.weight_bytes(dtype) if checkpoint else 0,
                 scores=2 * steps * _scores(shape, batch_size, longest, longest), forwards=2 * steps)
 
 
@@ -317,8 +317,8 @@ class Plan:
 
 def available_memory(device: str | None = None, max_memory: dict[Any, str] | None = None) -> tuple[int, str] | None:
     """The memory a run may use and where that figure comes from: ``--max-memory``'s entries summed, the free
-    memory of a CUDA device, or the CPU's MemAvailable plus this process's own resident memory. None where it
-    cannot be read."""
+    memory of a CUDA device, or the CPU's MemAvailable plus this process's own resident memory (less, where an
+    address-space limit leaves less). None where it cannot be read."""
     if max_memory:
         return sum(convert_file_size_to_int(v) for v in max_memory.values()), "--max-memory"
     if device and str(device).startswith("cuda"):
