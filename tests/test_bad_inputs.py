@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import fake_hub_cache
 from conftest import write_jsonl as _jsonl
 
 from unpact_mech.cli import main
@@ -344,6 +345,9 @@ CASES = [
     Case("late-compare-other-tokenizer", ["compare", "--base", T, "--unlearned", f"{A}/othertok_ckpt", "--probes", P,
                                           "--format", "plain", "--out", "{w}/c.csv"], "use different tokenizers",
          absent=["c.csv"]),
+    Case("late-compare-cached-hub-ids-other-tokenizer", ["compare", "--base", "org/tiny", "--unlearned", "org/othertok",
+                                                         "--probes", P, "--format", "plain", "--out", "{w}/c.csv"],
+         "use different tokenizers", setup="hub_cache", absent=["c.csv"]),
     Case("late-demo-out-is-a-file", ["demo", "--keytokens-only", "--model", T, "--out", f"{A}/trunc.csv"],
          "exists and is a file, not a directory"),
     Case("late-relearn-steps-huge", [*REC, "--relearn-steps", "100000", "--routes", "relearn"], "in 1..1000"),
@@ -393,6 +397,9 @@ def test_bad_input(case: Case, assets, tmp_path, capsys, monkeypatch):
     elif case.setup in RESUME_SETUPS:
         (w / "ck.resume.json").write_text(json.dumps(RESUME_SETUPS[case.setup]))
         before = (w / "ck.resume.json").read_bytes()
+    elif case.setup == "hub_cache":  # hub ids whose files the local Hugging Face cache holds: read with no network
+        fake_hub_cache(w / "hub", {"org/tiny": Path(assets["tiny"]), "org/othertok": Path(assets["d"]) / "othertok_ckpt"},
+                       monkeypatch)
     elif case.setup == "cache_unwritable":
         monkeypatch.setenv("UNPACT_CACHE", str(Path(assets["d"]) / "a_file" / "cache"))
     if case.before_load:

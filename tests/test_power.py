@@ -4,6 +4,7 @@ against the study's own interval."""
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -28,6 +29,36 @@ def test_one_replicate_decides_as_the_study_does():
         assert lo == pytest.approx(bootstrap_mean(list(row), seed=0)[1], abs=1e-12)
         pd_ = paired_difference(list(row + 0.0), [0.0] * len(row))
         assert lo == pytest.approx(pd_["diff_low"], abs=1e-12)
+
+
+def _exact_low(values: list[Fraction], idx: np.ndarray, q: float = 0.025) -> Fraction:
+    """The percentile bootstrap's lower end in exact arithmetic: resample means as fractions, then numpy's linear
+    quantile (h = (N - 1) q between the two order statistics around it)."""
+    means = sorted(sum((values[j] for j in row), Fraction(0)) / len(row) for row in idx)
+    h = (len(means) - 1) * Fraction(q)
+    j = math.floor(h)
+    return means[j] + (h - j) * (means[min(j + 1, len(means) - 1)] - means[j])
+
+
+def test_an_interval_end_at_an_exact_tie_is_zero_not_a_rounding_above_it():
+    """Differences in thirds (3 random draws): (1 - 1/3 - 1/3 - 1/3) / 4 is 0, and float sums make it 1.4e-17.
+    The lower end is exactly 0 here, so the study's rule (low > 0) must not call it KeyToken-specific."""
+    values = [Fraction(1), Fraction(-1, 3), Fraction(1), Fraction(1)]
+    idx = np.random.default_rng(0).integers(0, 4, (10_000, 4))
+    exact = _exact_low(values, idx)
+    assert exact == 0
+    _, low, _ = bootstrap_mean([float(v) for v in values], seed=0)
+    assert low == 0.0
+    assert paired_difference([1.0, 0.0, 1.0, 1.0], [0.0, 1 / 3, 0.0, 0.0])["diff_low"] == 0.0
+
+
+def test_simulated_power_in_thirds_counts_ties_as_not_above_zero():
+    """With 3 draws the differences are thirds; each replicate's decision equals the exact-arithmetic one."""
+    n, reps, n_boot = 6, 30, 400
+    diffs = simulate_diffs(n, 0.2, 0.3, 3, reps, seed=2)
+    idx = np.random.default_rng(2).integers(0, n, (n_boot, n))
+    exact = [_exact_low([Fraction(round(3 * x), 3) for x in row], idx) > 0 for row in diffs]
+    assert specific_power(n, 0.2, p_random=0.3, n_draws=3, reps=reps, seed=2, n_boot=n_boot) == sum(exact) / reps
 
 
 def _binom_tail(n: int, p: float, k0: int) -> float:

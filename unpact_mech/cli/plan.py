@@ -47,28 +47,6 @@ def _method_step(name: str) -> Callable[..., Any]:
                       "--skip-memory-check to run it unchecked")
 
 
-def tokenizer_for_plan(spec: str, trust_remote_code: bool = False) -> Any:
-    """``spec``'s tokenizer without its weights: from disk, a built-in model's GGUF, or the hub (tokenizer files
-    only)."""
-    from transformers import AutoTokenizer
-
-    from unpact_mech.model.builtin import BUILTIN_GGUF, BUILTIN_MODELS
-    from unpact_mech.model.loading import on_disk
-
-    where = on_disk(spec)
-    if where is not None:
-        return AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
-    if spec in BUILTIN_GGUF:
-        gguf = BUILTIN_GGUF[spec]()
-        return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    if spec in BUILTIN_MODELS:
-        raise UnpactError(f"the plan of '{spec}' needs its tokenizer: load the model once, then plan")
-    try:
-        return AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
-    except OSError as err:
-        raise UnpactError(f"cannot read {spec}'s tokenizer for the plan ({err})") from err
-
-
 def lengths_of(tokenizer: Any, probes: Sequence[Any], fmt: str, chat: Any = None, max_len: int | None = None
                ) -> list[Any]:
     """The tokenized lengths of ``probes`` as the loaded model will render them (format, chat arguments);
@@ -119,6 +97,7 @@ def command_steps(a: argparse.Namespace, shape: Any, lengths: Sequence[Any]) -> 
 def build(a: argparse.Namespace, spec: str, probes: Sequence[Any], lengths: Sequence[Any] | None = None) -> Any:
     """The Plan of ``a.cmd`` on model ``spec`` (its config.json) and ``probes`` (``lengths``: already tokenized)."""
     from unpact_mech.cli.scale import load_kwargs
+    from unpact_mech.model.loading import read_tokenizer
     from unpact_mech.model.shape import read_shape
     from unpact_mech.runtime.plan import Plan
 
@@ -126,7 +105,7 @@ def build(a: argparse.Namespace, spec: str, probes: Sequence[Any], lengths: Sequ
         raise UnpactError("nothing to plan: the command has no probes")
     shape = read_shape(spec, a.trust_remote_code)
     if lengths is None:
-        tok = tokenizer_for_plan(spec, a.trust_remote_code)
+        tok = read_tokenizer(spec, a.trust_remote_code)
         lengths = lengths_of(tok, probes, getattr(a, "format", "auto"), load_kwargs(a).get("chat"))
     return Plan(a.cmd, shape, a.dtype, command_steps(a, shape, lengths))
 
@@ -281,11 +260,12 @@ def study_steps(cfg: Any, shape: Any, tokenizer: Any) -> list[Any]:
 
 def study_plan(cfg: Any) -> Any:
     """The Plan of a study config, from its model's config.json and tokenizer and its probes (no weights)."""
+    from unpact_mech.model.loading import read_tokenizer
     from unpact_mech.model.shape import read_shape
     from unpact_mech.runtime.plan import Plan
 
     shape = read_shape(cfg.model)
-    return Plan("study", shape, cfg.dtype, study_steps(cfg, shape, tokenizer_for_plan(cfg.model)))
+    return Plan("study", shape, cfg.dtype, study_steps(cfg, shape, read_tokenizer(cfg.model)))
 
 
 def check_study(a: argparse.Namespace, cfg: Any) -> None:

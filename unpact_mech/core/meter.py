@@ -27,13 +27,20 @@ GB = 1e9
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-def rss_bytes() -> int:
-    """This process's resident set size now (Linux ``/proc/self/statm``; elsewhere the process peak)."""
+def mapped_bytes() -> tuple[int, int] | None:
+    """This process's mapped (virtual) and resident bytes now, from Linux ``/proc/self/statm``; None elsewhere."""
     try:
         with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except OSError:
-        return process_peak_bytes()
+            size, resident = f.read().split()[:2]
+        return int(size) * _PAGE, int(resident) * _PAGE
+    except (OSError, ValueError):
+        return None
+
+
+def rss_bytes() -> int:
+    """This process's resident set size now (Linux ``/proc/self/statm``; elsewhere the process peak)."""
+    mapped = mapped_bytes()
+    return process_peak_bytes() if mapped is None else mapped[1]
 
 
 def release_memory() -> int:

@@ -68,7 +68,15 @@ def bootstrap_mean(values: Sequence[float], n_boot: int = 10_000, seed: int = 0,
         return math.nan, math.nan, math.nan
     means = v[np.random.default_rng(seed).integers(0, v.size, (n_boot, v.size))].mean(1)
     q = (1 - level) / 2
-    return float(v.mean()), float(np.quantile(means, q)), float(np.quantile(means, 1 - q))
+    scale = float(np.abs(v).max())
+    return (_exact_zero(float(v.mean()), scale), _exact_zero(float(np.quantile(means, q)), scale),
+            _exact_zero(float(np.quantile(means, 1 - q)), scale))
+
+
+def _exact_zero(x: float, scale: float) -> float:
+    """0 for a value within rounding (1e-12 of the values' scale) of 0: a mean of thirds such as
+    (1 - 1/3 - 1/3 - 1/3) / 4 sums to 1.4e-17, and an interval end there must not read as above 0."""
+    return 0.0 if abs(x) <= 1e-12 * max(scale, 1.0) else x
 
 
 def draw_mean_rate(shares: Sequence[float], seed: int = 0) -> dict[str, float]:

@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
@@ -47,12 +48,17 @@ def register_builtin(name: str) -> Callable[[Callable[[], Path]], Callable[[], P
     return BUILTIN_MODELS.decorator(name)
 
 
+def gguf_tokenizer(gguf_path: Path) -> Any:
+    """The tokenizer a GGUF file holds (its weights are not read)."""
+    return AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+
+
 def _gguf_to_hf_dir(gguf_path: Path, out_dir: Path) -> Path:
     """Dequantise a GGUF file into a float32 HF safetensors directory, atomically."""
     check_cache_writable(out_dir)
     quiet_transformers()
     say(f"[unpact] dequantising {gguf_path.name} once into {out_dir} (about 30 s) ...")
-    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    tok = gguf_tokenizer(gguf_path)
     quant = AutoModelForCausalLM.from_pretrained(
         str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
     )

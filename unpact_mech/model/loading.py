@@ -12,7 +12,6 @@ The dequantised built-in model is cached as safetensors under ``$UNPACT_CACHE`` 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -27,32 +26,24 @@ from unpact_mech.core.options import check_device
 from unpact_mech.model.backends import context_length, frozen, resolve_dtype
 from unpact_mech.model.backends.nnsight import NNsightBackend
 from unpact_mech.model.builtin import (
+    BUILTIN_GGUF,
     BUILTIN_MODELS,
     _model_cache,
     builtin_ready,
     cache_dir,
     check_cache_writable,
+    gguf_tokenizer,
     quiet_transformers,
 )
 from unpact_mech.model.chat import ChatArgs, chat_args, set_chat_args
 from unpact_mech.model.checkpoints import PROVENANCE_FILE, data_hash, read_provenance, save_checkpoint
+from unpact_mech.model.shape import config_json, hub_snapshot
 from unpact_mech.model.subject import Subject, TokenizerMismatch, vocab_fingerprint, wrap
 
 __all__ = ["BUILTIN_MODELS", "PROVENANCE_FILE", "ModelSpecError", "Subject", "cache_dir", "check_device", "check_spec",
-           "data_hash", "load_model", "load_hf", "load_nnsight", "read_provenance", "save_checkpoint"]
+           "data_hash", "load_model", "load_hf", "load_nnsight", "read_provenance", "read_tokenizer", "save_checkpoint"]
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "tokenizer_config.json")
-
-
-def _read_config(source: str) -> dict[str, Any]:
-    try:
-        cfg = json.loads((Path(source) / "config.json").read_text() or "{}")
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ModelSpecError(f"'{source}/config.json' is not valid JSON ({err}); the model directory is damaged") from err
-    if not isinstance(cfg, dict):
-        raise ModelSpecError(f"'{source}/config.json' holds a JSON {type(cfg).__name__}, not an object; the model "
-                             "directory is damaged")
-    return cfg
 
 
 def check_spec(spec: str) -> None:
@@ -64,20 +55,27 @@ def check_spec(spec: str) -> None:
         return
     _, source = _resolve(spec)
     if Path(source).is_dir():
-        _read_config(source)
+        config_json(source)
         if not any((Path(source) / f).exists() for f in TOKENIZER_FILES):
             raise ModelSpecError(f"'{source}' has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); copy "
                                  "the tokenizer of the model it came from into it (tokenizer.save_pretrained)")
 
 
 def on_disk(spec: str) -> str | None:
-    """The directory holding ``spec``'s tokenizer and config.json without loading anything: a local directory, or
-    a built-in model's cache once it is built; None for a hub id or a built-in not yet dequantised."""
+    """The directory holding ``spec``'s tokenizer and config.json without loading anything: a local directory, a
+    built-in model's cache once it is built, or a hub id's snapshot in the local Hugging Face cache with its
+    tokenizer files (no network); None for anything else (a hub id not downloaded, a built-in not yet
+    dequantised)."""
     if spec in BUILTIN_MODELS:
         out, ready = _model_cache(spec)
         return str(out) if ready else None
     path = Path(spec).expanduser()
-    return str(path) if path.is_dir() and (path / "config.json").is_file() else None
+    if path.is_dir():
+        return str(path) if (path / "config.json").is_file() else None
+    snapshot = hub_snapshot(spec)
+    if snapshot is not None and any((snapshot / f).is_file() for f in TOKENIZER_FILES):
+        return str(snapshot)
+    return None
 
 
 def tokenizer_and_context(spec: str, trust_remote_code: bool = False, read: dict[str, Any] | None = None
@@ -100,8 +98,9 @@ def tokenizer_and_context(spec: str, trust_remote_code: bool = False, read: dict
 
 def check_pair_before_loading(base: str, unlearned: str, trust_remote_code: bool = False) -> dict[str, Any]:
     """Refuse, before either model's weights load, two specs whose tokenizers differ (token ids index both models'
-    embeddings). Only tokenizers already on disk are read: a local directory, or a built-in model's cache; a hub id
-    or a built-in not yet dequantised is checked once loaded (``check_same_tokenizer``). Returns the tokenizers it
+    embeddings). Only tokenizers already on disk are read (:func:`on_disk`: a local directory, a built-in model's
+    cache, a hub id's cached snapshot); a hub id not downloaded yet or a built-in not yet dequantised is checked
+    once loaded (``check_same_tokenizer``). Returns the tokenizers it
     read, by directory, for the next check before loading (:func:`tokenizer_and_context`)."""
 
     b_dir, u_dir = on_disk(base), on_disk(unlearned)
@@ -181,6 +180,24 @@ def _load_tokenizer(source: str, trust_remote_code: bool = False) -> Any:
     return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
 
 
+def read_tokenizer(spec: str, trust_remote_code: bool = False) -> Any:
+    """``spec``'s tokenizer without its weights: from disk (:func:`on_disk`), a built-in model's GGUF before its
+    cache is built, or the hub (the tokenizer files only)."""
+    where = on_disk(spec)
+    if where is not None:
+        return _load_tokenizer(where, trust_remote_code)
+    if spec in BUILTIN_GGUF:
+        return gguf_tokenizer(BUILTIN_GGUF[spec]())
+    if spec in BUILTIN_MODELS:
+        raise ModelSpecError(f"'{spec}' has no tokenizer on disk yet: load the model once (it is built into "
+                             "$UNPACT_CACHE)")
+    try:
+        return _load_tokenizer(spec, trust_remote_code)
+    except OSError as err:
+        raise ModelSpecError(f"cannot read {spec}'s tokenizer ({err}); check the name, or download the model's "
+                             "directory once and give its path") from err
+
+
 def _resolve(spec: str) -> tuple[str, str]:
     """Return (name, source) where source is a local directory or a hub id."""
     if not isinstance(spec, str) or not spec.strip():
@@ -211,7 +228,7 @@ def _load_parts(spec: str, dtype: str | torch.dtype, trust_remote_code: bool, al
     local = Path(source).is_dir()
     if local:
         check_spec(str(source))
-        auto_map = _read_config(source).get("auto_map")
+        auto_map = config_json(source).get("auto_map")
         if auto_map and not trust_remote_code:
             raise ModelSpecError(
                 f"'{source}' asks to run its own Python code (config.json has auto_map); that code would run with "

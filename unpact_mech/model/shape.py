@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import try_to_load_from_cache
 from safetensors import safe_open
 from transformers import AutoConfig
 from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
@@ -149,20 +150,47 @@ class ModelShape:
                 + 2.0 * self.d_model * self.vocab * unembedded)
 
 
+def config_json(directory: str | Path) -> dict[str, Any]:
+    """``directory/config.json`` as a dict (an empty file reads as {}); a file that is not a JSON object is one
+    clear error naming the damaged directory."""
+    try:
+        cfg = json.loads((Path(directory) / "config.json").read_text() or "{}")
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ModelSpecError(f"'{directory}/config.json' is not valid JSON ({err}); the model directory is "
+                             "damaged") from err
+    if not isinstance(cfg, dict):
+        raise ModelSpecError(f"'{directory}/config.json' holds a JSON {type(cfg).__name__}, not an object; the model "
+                             "directory is damaged")
+    return cfg
+
+
+def hub_snapshot(spec: str) -> Path | None:
+    """The local snapshot directory of hub id ``spec`` when its config.json is already in the Hugging Face cache
+    (found without the network), else None."""
+    parts = spec.split("/")
+    if len(parts) != 2 or not all(parts) or spec.startswith((".", "/", "~")) or Path(spec).expanduser().exists():
+        return None
+    cfg = try_to_load_from_cache(spec, "config.json")
+    return Path(cfg).parent if isinstance(cfg, str) else None
+
+
 def read_config(spec: str, trust_remote_code: bool = False) -> dict[str, Any]:
     """``spec``'s config.json as a dict, reading no weights: a local directory, a built-in model (its dequantised
-    cache, else its GGUF header) or a hub id (downloads config.json only)."""
+    cache, else its GGUF header) or a hub id (from the local Hugging Face cache, else downloading config.json
+    only)."""
     if spec in BUILTIN_MODELS:
         out, ready = _model_cache(spec)
         if ready:
-            return dict(json.loads((out / "config.json").read_text()))
+            return config_json(out)
         return _gguf_config(spec)
     path = Path(spec).expanduser()
     if path.is_dir():
-        f = path / "config.json"
-        if not f.is_file():
+        if not (path / "config.json").is_file():
             raise ModelSpecError(f"'{spec}' has no config.json; a model directory needs one (save_pretrained writes it)")
-        return dict(json.loads(f.read_text()))
+        return config_json(path)
+    snapshot = hub_snapshot(spec)
+    if snapshot is not None:  # no network: the hub's own loading would ask it for a newer revision first
+        return config_json(snapshot)
     try:
         return dict(AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code).to_dict())
     except OSError as err:

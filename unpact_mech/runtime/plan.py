@@ -25,7 +25,6 @@ score elements at an elementwise rate, and a fixed cost per model call, each rat
 
 from __future__ import annotations
 
-import os
 import resource
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from accelerate.utils import convert_file_size_to_int
 
 from unpact_mech.attribution.loo import LONG_SPAN, QUERY_CHUNK, REUSE_CHUNK
 from unpact_mech.core.errors import UnpactError
-from unpact_mech.core.meter import rss_bytes
+from unpact_mech.core.meter import mapped_bytes, rss_bytes
 from unpact_mech.model.shape import DTYPE_BYTES, ModelShape, dtype_bytes
 from unpact_mech.runtime.speed import Rates
 from unpact_mech.scoring import GEN_EXTRA_TOKENS
@@ -340,12 +339,10 @@ def _address_space_cap() -> tuple[int, str] | None:
     soft = resource.getrlimit(resource.RLIMIT_AS)[0]
     if soft == resource.RLIM_INFINITY:
         return None
-    try:
-        with open("/proc/self/statm") as f:
-            size, resident = (int(x) * os.sysconf("SC_PAGE_SIZE") for x in f.read().split()[:2])
-    except (OSError, ValueError):
+    mapped = mapped_bytes()
+    if mapped is None:
         return None
-    return max(0, soft - (size - resident)), "the address-space limit (ulimit -v) leaves"
+    return max(0, soft - (mapped[0] - mapped[1])), "the address-space limit (ulimit -v) leaves"
 
 
 def check_fits(plan: Plan, limit: tuple[int, str] | None, fixes: str) -> None:
