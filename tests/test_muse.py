@@ -251,3 +251,14 @@ def test_cli_evaluate_muse(tmp_path, tiny_llama, tiny_llama_dir, tiny_llama_othe
     assert row.n_shots == 2 and row.convention == "muse"
     assert row.value == pytest.approx(task_metrics("muse-knowmem", tiny_llama, ps, shots=shots, max_new_tokens=3,
                                                    convention="muse").iloc[0].value)
+    # --plan: KnowMem generates 3 tokens per question after its 2 in-context examples; privleak scores each passage
+    capsys.readouterr()
+    assert main(["evaluate", "--task", "muse-knowmem", "--probes", "muse-news", "--subset", "knowmem", "--source",
+                 str(qa), "--shots", str(icl), "--max-new-tokens", "3", "--model", str(tiny_llama_dir), "--plan"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "after 2 in-context examples" in ln)
+    passes, _, generated = line.split("examples")[1].split()[:3]
+    assert (passes, generated) == ("2", "6")
+    assert main(["evaluate", "--task", "muse-privleak", "--probes", "muse-news", "--source", f"forget={f},holdout={h}",
+                 "--model", str(tiny_llama_dir), "--plan"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "passages scored" in ln)
+    assert int(line.split("(Min-k%)")[1].split()[0]) == len(passages)

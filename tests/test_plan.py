@@ -281,11 +281,48 @@ def test_plan_is_refused_with_ray(tiny_llama_dir, tmp_path, capsys):
     assert "--plan costs a run in this process" in capsys.readouterr().err
 
 
+def _row(out: str, step: str) -> list[float]:
+    """The numbers of a plan table's row ``step`` (passes, tokens, generated, copies, ...)."""
+    line = next(ln for ln in out.splitlines() if ln.strip().startswith(step + "  "))
+    return [float(x) for x in line.strip()[len(step):].split()]
+
+
+def test_evaluate_plan_counts_every_sequence_its_task_scores_and_loads_nothing(tiny_llama_dir, tmp_path, capsys,
+                                                                               monkeypatch):
+    """WMDP: every choice under each formulation, for each model; TOFU: the answers, 200 greedy tokens per probe,
+    and each paraphrased and perturbed answer; the retain model is held beside the one scored (2 copies). Counts
+    written out here; nothing is loaded; a run that cannot fit is refused before loading."""
+    from conftest import write_jsonl
+
+    from unpact_mech.cli import main
+
+    _no_loading(monkeypatch)
+    m = str(tiny_llama_dir)
+    w = write_jsonl(tmp_path / "w.jsonl", [{"question": f"what is the capital of france {i} ?",
+                                           "choices": ["tokyo", "paris", "mars"], "answer": 1} for i in range(2)])
+    assert main(["evaluate", "--task", "wmdp", "--probes", "wmdp", "--source", str(w), "--model", m, "--model", m,
+                 "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert "plan of unpact evaluate" in out
+    for f in ("lettered", "cloze"):  # 2 models x 2 questions x 3 choices, one model at a time
+        assert _row(out, f"{f} choices")[0] == 12 and _row(out, f"{f} choices")[3] == 1
+    t = write_jsonl(tmp_path / "t.jsonl", [{"question": f"who wrote hamlet {i} ?", "answer": "shakespeare",
+                                           "paraphrased_answer": "it was shakespeare",
+                                           "perturbed_answer": ["paris", "tokyo", "mars"]} for i in range(3)])
+    assert main(["evaluate", "--task", "tofu", "--probes", "tofu", "--subset", "forget01_perturbed", "--source",
+                 str(t), "--model", m, "--retain-model", m, "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert _row(out, "answers")[0] == 3 and _row(out, "answers")[3] == 2
+    assert _row(out, "greedy answers")[2] == 3 * 200  # generated tokens
+    assert _row(out, "paraphrased and perturbed answers")[0] == 3 * (1 + 3)
+    monkeypatch.setattr(pl, "available_memory", lambda *a: (10**8, "available on this machine"))
+    assert main(["evaluate", "--task", "wmdp", "--probes", "wmdp", "--source", str(w), "--model", m]) == 2
+    assert "needs about" in capsys.readouterr().err
+
+
 def test_plan_is_refused_where_there_is_none(tiny_llama_dir, capsys):
     from unpact_mech.cli import main
 
-    assert main(["evaluate", "--task", "facts", "--probes", "facts", "--model", str(tiny_llama_dir), "--plan"]) == 2
-    assert "unpact evaluate has no plan yet" in capsys.readouterr().err
     assert main(["demo", "--keytokens-only", "--plan"]) == 2
     assert "--plan" in capsys.readouterr().err
 

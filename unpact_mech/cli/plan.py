@@ -17,8 +17,8 @@ from typing import Any
 from unpact_mech.core.errors import UnpactError
 
 # the commands whose work has a plan (the others refuse --plan rather than ignore it)
-PLANNED = ("attribute", "dla", "paths", "compare", "localise", "patch", "emphasize", "recover", "unlearn", "study",
-           "demo")
+PLANNED = ("attribute", "dla", "paths", "compare", "localise", "patch", "emphasize", "recover", "unlearn", "evaluate",
+           "study", "demo")
 
 
 def check_plannable(a: argparse.Namespace) -> None:
@@ -203,6 +203,41 @@ def _plan_or_refuse(a: argparse.Namespace, device: str | None, make: Callable[[]
     if plan is not None:
         check_fits(plan, available_memory(device, a.max_memory), fix)
     return plan
+
+
+def check_evaluate(a: argparse.Namespace, probes: Sequence[Any], options: dict[str, Any]) -> None:
+    """``unpact evaluate`` before any model loads: the task's work (:func:`unpact_mech.evals.work.task_work`) on
+    the first model's tokenizer, each sequence checked against its context, then ``--plan`` or the memory check
+    (:func:`_plan_or_refuse`). The models are scored one after another, beside the retain model when one is given.
+    Where the tokenizer is not on disk (and no ``--plan``), the run is checked once loaded."""
+    from unpact_mech.cli.scale import load_kwargs
+    from unpact_mech.evals.work import task_work
+    from unpact_mech.model.loading import read_tokenizer, tokenizer_and_context
+    from unpact_mech.model.shape import read_shape
+    from unpact_mech.runtime import plan as pl
+
+    spec = a.model[0]
+    got = tokenizer_and_context(spec, a.trust_remote_code)
+    if got is None and not a.plan:
+        return
+    tok, context = got if got is not None else (read_tokenizer(spec, a.trust_remote_code), None)
+    chat = load_kwargs(a).get("chat")
+    parts = []
+    for w in task_work(a.task, probes, **options):
+        lengths = lengths_of(tok, w.probes, w.fmt, chat, max_len=None if w.cut else context)
+        parts.append((w, [replace(x, answer=max(1, min(x.answer, w.cut - x.prompt))) for x in lengths] if w.cut
+                      else lengths))
+    held, runs = (2 if a.retain_model else 1), len(a.model)
+
+    def make() -> Any:
+        shape = read_shape(spec, a.trust_remote_code)
+        steps = [replace(pl.score_step(shape, a.dtype, lengths, held, repeat=runs) if w.new_tokens == 0 else
+                         pl.generate_step(shape, a.dtype, lengths, w.new_tokens, held, repeat=runs), what=w.what)
+                 for w, lengths in parts if lengths]
+        return pl.Plan("evaluate", shape, a.dtype, steps)
+
+    _plan_or_refuse(a, a.device, make, "Evaluate fewer probes (--subset, or a shorter probe file), fewer "
+                    "--max-new-tokens, --dtype bfloat16, or run where more memory is")
 
 
 LONG_FLOPS = 5e12  # work above this (about 20 s on 2 CPU cores) is announced with its planned time

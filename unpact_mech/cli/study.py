@@ -127,6 +127,7 @@ def _shots(a: argparse.Namespace) -> list[Any]:
 
 @command("evaluate")
 def cmd_evaluate(a: argparse.Namespace) -> int:
+    from unpact_mech.cli.plan import check_evaluate
     from unpact_mech.core.io import write_table
     from unpact_mech.evals.loaders import BENCHMARKS, load_benchmark
     from unpact_mech.evals.tasks import TASKS, task_metrics
@@ -157,6 +158,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         opts["ref_auc"] = a.ref_auc
     if a.max_new_tokens is not None:
         opts["max_new_tokens"] = a.max_new_tokens
+    check_evaluate(a, probes, opts)  # --plan, the contexts and the memory, before any model loads
     if a.retain_model is not None:
         opts["retain_model"] = _load(a, a.retain_model)
     table = pd.concat([task_metrics(a.task, _load(a, m), probes, **opts) for m in a.model], ignore_index=True)

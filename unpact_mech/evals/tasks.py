@@ -98,8 +98,8 @@ def task(name: str) -> Task:
     return TASKS[name]
 
 
-def task_metrics(name: str, subject: Subject, probes: Sequence[Any], **options: Any) -> pd.DataFrame:
-    """The task's metrics of ``subject`` on ``probes``, one row per metric, with the subject's name."""
+def check_task_inputs(name: str, probes: Sequence[Any]) -> Task:
+    """Task ``name``, once ``probes`` are what it scores (some; probes, or passages for MUSE's privleak)."""
     t = task(name)
     if not probes:
         raise UnpactError(f"task {name!r}: no probes to score")
@@ -108,6 +108,12 @@ def task_metrics(name: str, subject: Subject, probes: Sequence[Any], **options: 
         raise UnpactError(f"task {name!r} scores {t.inputs.__name__}s, got a {type(wrong).__name__} ({wrong!r:.80}); "
                           + ("load them with load_benchmark('muse-news', 'privleak', SPLIT)" if t.inputs is not Probe
                              else "give question/answer probes"))
+    return t
+
+
+def task_metrics(name: str, subject: Subject, probes: Sequence[Any], **options: Any) -> pd.DataFrame:
+    """The task's metrics of ``subject`` on ``probes``, one row per metric, with the subject's name."""
+    t = check_task_inputs(name, probes)
     rows = t.metrics(subject, list(probes), **options)
     return pd.DataFrame(rows).assign(task=name, model=subject.name)
 
@@ -277,4 +283,4 @@ def _facts(subject: Subject, probes: list[Probe], criteria: Sequence[str] | None
             for c in names]
 
 
-__all__ = ["TASKS", "Task", "greedy_texts", "register_task", "task", "task_metrics"]
+__all__ = ["TASKS", "Task", "check_task_inputs", "greedy_texts", "register_task", "task", "task_metrics"]
