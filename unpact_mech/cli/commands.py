@@ -59,6 +59,7 @@ def _models(a: argparse.Namespace, probes: Sequence[Any] = ()) -> tuple[Any, Any
     checked against their contexts first."""
     from unpact_mech.model.loading import check_pair_before_loading
 
+    plan.build_builtins(a, [a.base, a.unlearned])  # a cold built-in's tokenizer on disk for the pair check
     read = check_pair_before_loading(a.base, a.unlearned, a.trust_remote_code)
     plan.check_inputs(a, [a.base, a.unlearned], probes, read)
     return _load(a, a.base), _load(a, a.unlearned)

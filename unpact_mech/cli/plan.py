@@ -124,7 +124,7 @@ def show(plan: Any, limit: tuple[int, str] | None) -> None:
           f"{plan.weight_bytes / GB:.2f} GB of weights in {plan.dtype}; nothing was loaded")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(plan.table(rates).to_string(index=False))
-    print(f"peak {plan.peak / GB:.2f} GB (libraries {plan.baseline / GB:.2f} GB included); "
+    print(f"peak {plan.peak / GB:.2f} GB (libraries and tokenizer {plan.baseline / GB:.2f} GB included); "
           f"{plan.flops / 1e12:.2f} TFLOP; about {_human(plan.seconds(rates))} on this CPU "
           f"({rates.matmul / 1e9:.0f} GFLOP/s measured now; no GPU has been measured)")
     if limit is not None:
@@ -147,6 +147,16 @@ def fixes(cmd: str) -> str:
     return f"Shorten the inputs (fewer or shorter probes){method}, --dtype bfloat16, or run where more memory is"
 
 
+def build_builtins(a: argparse.Namespace, specs: Sequence[str]) -> None:
+    """Without ``--plan`` (which reads a built-in's GGUF and builds nothing), build any built-in model's cache
+    first, so that its tokenizer and config are on disk for the checks before loading."""
+    from unpact_mech.model.loading import build_builtin
+
+    if not getattr(a, "plan", False):
+        for spec in dict.fromkeys(specs):
+            build_builtin(spec)
+
+
 def check_inputs(a: argparse.Namespace, specs: Sequence[str], probes: Sequence[Any],
                  read: dict[str, Any] | None = None) -> None:
     """Before any weights load: every probe fits each model's context, from the tokenizer and config.json on disk
@@ -155,6 +165,7 @@ def check_inputs(a: argparse.Namespace, specs: Sequence[str], probes: Sequence[A
     from unpact_mech.cli.scale import load_kwargs
     from unpact_mech.model.loading import tokenizer_and_context
 
+    build_builtins(a, specs)
     lengths = {}
     for spec in dict.fromkeys(specs) if probes else ():
         got = tokenizer_and_context(spec, a.trust_remote_code, read)
@@ -217,6 +228,7 @@ def check_evaluate(a: argparse.Namespace, probes: Sequence[Any], options: dict[s
     from unpact_mech.runtime import plan as pl
 
     spec = a.model[0]
+    build_builtins(a, [spec])
     got = tokenizer_and_context(spec, a.trust_remote_code)
     if got is None and not a.plan:
         return
@@ -308,6 +320,7 @@ def check_study(a: argparse.Namespace, cfg: Any) -> None:
     planned peak exceeds the memory it may use (where its tokenizer is on disk)."""
     from unpact_mech.model.loading import on_disk
 
+    build_builtins(a, [cfg.model])
     if a.plan or on_disk(cfg.model) is not None:
         _plan_or_refuse(a, cfg.device, lambda: study_plan(cfg), "Give fewer --methods, fewer probes per split "
                         "(--per-split), --dtype bfloat16, or run where more memory is")

@@ -78,6 +78,13 @@ def on_disk(spec: str) -> str | None:
     return None
 
 
+def build_builtin(spec: str) -> None:
+    """Build a built-in model's cache now when it is not yet (its first load would build it anyway: the GGUF
+    dequantised once), so that the checks before loading find its tokenizer and config.json on disk."""
+    if spec in BUILTIN_MODELS and not builtin_ready(spec):
+        BUILTIN_MODELS[spec]()
+
+
 def tokenizer_and_context(spec: str, trust_remote_code: bool = False, read: dict[str, Any] | None = None
                           ) -> tuple[Any, int] | None:
     """``spec``'s tokenizer and context length from the files on disk (:func:`on_disk`), or None; ``read``: the

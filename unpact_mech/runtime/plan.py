@@ -6,7 +6,8 @@ Memory, with W the bytes of one copy of the weights (:class:`~unpact_mech.model.
     peak = baseline + max over steps (copies x W + activations),
 
 * ``baseline``: the Python process with torch, transformers and TransformerLens imported (:data:`BASELINE_BYTES`,
-  measured on the CPU; not on a GPU);
+  measured on the CPU; not on a GPU), and the model's tokenizer, ``TOKENIZER_ENTRY_BYTES x V`` (measured: 46 MiB
+  for SmolLM2's 49,152 entries, 322 MiB for Gemma-3's 262,144);
 * ``copies``: the weight copies a step holds at once (the budget of ``docs/running-big.md``);
 * activations of a forward over ``rows`` sequences of ``new`` positions attending to ``keys`` positions, in the
   toolkit's eager attention, with ``R`` positions unembedded and ``C`` positions of KV cache held:
@@ -43,6 +44,7 @@ from unpact_mech.scoring import GEN_EXTRA_TOKENS
 
 GB = 1e9
 BASELINE_BYTES = int(0.55 * GB)  # RSS of `import unpact_mech` + torch + transformers + TransformerLens (CPU, measured)
+TOKENIZER_ENTRY_BYTES = 1300  # resident bytes per vocabulary entry of a loaded fast tokenizer (988-1,288 measured)
 LIN_COPIES = 12  # (d + f)-wide per-token buffers alive at a forward's peak, allocator slack included (measured)
 SCORE_COPIES = 2.5  # float32 score-sized buffers alive at eager attention's peak (scores, mask sum, softmax; measured)
 LOGIT_BYTES = 16  # per unembedded logit beyond the model dtype: the float64 log-softmax and its exp
@@ -275,7 +277,12 @@ class Plan:
     shape: ModelShape
     dtype: str
     steps: list[Step] = field(default_factory=list)
-    baseline: int = BASELINE_BYTES
+    libraries: int = BASELINE_BYTES
+
+    @property
+    def baseline(self) -> int:
+        """What the process holds before any weights: the libraries and one tokenizer."""
+        return self.libraries + TOKENIZER_ENTRY_BYTES * self.shape.vocab
 
     @property
     def weight_bytes(self) -> int:
@@ -311,7 +318,7 @@ class Plan:
         s = self.worst
         return (f"{self.peak / GB:.1f} GB at its peak ({s.what}: {s.copies:g} weight copies of "
                 f"{self.weight_bytes / GB:.2f} GB in {self.dtype}, {s.activations / GB:.2f} GB of activations, "
-                f"{self.baseline / GB:.2f} GB of libraries)")
+                f"{self.baseline / GB:.2f} GB of libraries and tokenizer)")
 
 
 def available_memory(device: str | None = None, max_memory: dict[Any, str] | None = None) -> tuple[int, str] | None:
