@@ -275,3 +275,14 @@ def test_chat_labels_are_open_unlearnings_on_smollm2(smol, smol_probes):
         assert len(chat_ids) - len(prompt_ids) > len(tok(p.answer, add_special_tokens=False)["input_ids"])
         want.append(_labelled_nll(hf, chat_ids, labels))
     assert np.allclose(om.avg_nll_of(smol, probes, "chat"), want, rtol=1e-4)
+    # the plain format as open-unlearning's tag configs build it (configs/model/Llama-2-7b-hf.yaml): the joint text
+    # "Question: q\nAnswer: a" against "Question: q\nAnswer: ", whose trailing space is its own token, so the answer's
+    # first token (which absorbs that space) is not labelled
+    want = []
+    for p in probes:
+        wrapped = f"Question: {p.prompt}\nAnswer: "
+        chat_ids = tok(wrapped + p.answer)["input_ids"] + [tok.eos_token_id]
+        n = len(tok(wrapped)["input_ids"])
+        assert tok.convert_ids_to_tokens(tok(wrapped)["input_ids"])[-1] == "Ġ"
+        want.append(_labelled_nll(hf, chat_ids, [-100] * n + chat_ids[n:]))
+    assert np.allclose(om.avg_nll_of(smol, probes, "plain"), want, rtol=1e-4)

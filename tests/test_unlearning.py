@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from unpact_mech.model.loading import load_model, read_provenance
+from unpact_mech.probes import Probe
 from unpact_mech.unlearning import METHODS, UnlearningError, collate, to_examples, unlearn
 from unpact_mech.unlearning import losses as L
 
@@ -343,16 +344,17 @@ def test_reference_model_only_for_methods_that_need_one(tiny_llama, tiny_probes,
 def reference_labels(tokenizer, prompt, answer, chat):
     """open-unlearning's labelling, written out from ``src/data/utils.py`` (``preprocess_chat_instance``): the
     whole conversation tokenised, the prompt with the generation prompt tokenised, EOS appended unless last, and
-    every token after the prompt labelled. Plain (no chat template): prompt tag + answer, then EOS."""
+    every token after the prompt labelled. Plain (no chat template): the tags of ``configs/model/Llama-2-7b-hf.yaml``,
+    ``Question: q\nAnswer: a`` against ``Question: q\nAnswer: ``, with special tokens, then EOS."""
     if chat:
         conv = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
         chat_ids = list(tokenizer.apply_chat_template(conv, tokenize=True, return_dict=False))
         prompt_ids = list(tokenizer.apply_chat_template(conv[:1], tokenize=True, add_generation_prompt=True,
                                                         return_dict=False))
     else:
-        wrapped = f"Question: {prompt}\nAnswer:"
-        chat_ids = tokenizer(wrapped + " " + answer, add_special_tokens=False)["input_ids"]
-        prompt_ids = tokenizer(wrapped, add_special_tokens=False)["input_ids"]
+        wrapped = f"Question: {prompt}\nAnswer: "
+        chat_ids = tokenizer(wrapped + answer, add_special_tokens=True)["input_ids"]
+        prompt_ids = tokenizer(wrapped, add_special_tokens=True)["input_ids"]
     if chat_ids[-1] != tokenizer.eos_token_id:
         chat_ids = chat_ids + [tokenizer.eos_token_id]
     return chat_ids, [-100] * len(prompt_ids) + chat_ids[len(prompt_ids):]
@@ -360,7 +362,8 @@ def reference_labels(tokenizer, prompt, answer, chat):
 
 def test_open_unlearning_labels_answer_closing_tokens_and_eos(smol, smol_probes, tiny_llama, tiny_probes):
     """Labels under loss_convention="open_unlearning" equal open-unlearning's on SmolLM2's chat template (answer,
-    <|im_end|>, newline, EOS) and on the plain format (answer, EOS); "unpact_v1" labels the answer only."""
+    <|im_end|>, newline, EOS) and on the plain format (the answer but a first token joined to the prompt's space,
+    then EOS); "unpact_v1" labels the answer only."""
     from unpact_mech.unlearning import qa_example
 
     tok = smol.tokenizer
@@ -378,6 +381,16 @@ def test_open_unlearning_labels_answer_closing_tokens_and_eos(smol, smol_probes,
         ids, labels = reference_labels(tiny_llama.tokenizer, p.prompt, p.answer, chat=False)
         ex = qa_example(tiny_llama.tokenizer, p, "plain")
         assert ex.ids == ids and ex.labels == labels and ex.labels[-1] == tiny_llama.tokenizer.eos_token_id
+    for p in smol_probes[:25]:  # SmolLM2's BPE in the plain format: the answer's first token joins "Answer: "'s space
+        ids, labels = reference_labels(tok, p.prompt, p.answer, chat=False)
+        ex, v1 = qa_example(tok, p, "plain"), qa_example(tok, p, "plain", convention="unpact_v1")
+        assert ex.ids == ids and ex.labels == labels, p.id
+        assert sum(x != -100 for x in ex.labels) == sum(x != -100 for x in v1.labels)  # one answer token less, EOS
+        assert ex.fact_positions == v1.fact_positions
+    ex = qa_example(tok, Probe("h", "Who wrote Hamlet?", "William Shakespeare."), "plain")
+    # Question : ĠWho Ġwrote ĠHamlet ? Ċ Answer : ĠWilliam ĠShakespeare . <|im_end|>; "Answer: " alone ends in Ġ (216)
+    assert ex.ids == [17872, 42, 6244, 4150, 24630, 47, 198, 21350, 42, 4967, 12081, 30, 2]
+    assert ex.labels == [-100] * 10 + [12081, 30, 2]
 
 
 def test_example_without_labelled_token_is_one_clear_error(hf_pair, batch, tiny_llama, tiny_probes):

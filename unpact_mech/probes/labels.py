@@ -1,9 +1,17 @@
 """The tokens open-unlearning labels in an example, so that metrics score, and unlearning trains on, the same set.
 
-* QA (chat and plain formats): the answer, then the chat template's closing tokens of the assistant turn (chat),
-  then EOS unless the sequence already ends with it (``src/data/utils.py: preprocess_chat_instance``: labels are
-  ``chat_ids[len(prompt_ids):]``, with EOS appended to ``chat_ids``). On SmolLM2's chat template: the answer,
-  ``<|im_end|>``, ``\\n``, ``<|im_end|>``.
+* QA (``src/data/utils.py: preprocess_chat_instance``): the whole conversation is tokenized at once, EOS is
+  appended unless it already ends the sequence, and labels are ``chat_ids[len(prompt_ids):]``, where
+  ``prompt_ids`` is the prompt tokenized on its own.
+
+  - chat format: the template rendered with the answer turn against the template with the generation prompt
+    (``apply_chat_template``); on SmolLM2: the answer, ``<|im_end|>``, ``\\n``, ``<|im_end|>``.
+  - plain format: open-unlearning's tag configs (``configs/model/Llama-2-7b-hf.yaml``, ``phi-1_5.yaml``:
+    ``Question: `` / ``\\n`` / ``Answer: ``), so ``Question: q\\nAnswer: a`` against ``Question: q\\nAnswer: ``.
+    The prompt's trailing space is a token of its own, while in the joint text it joins the answer's first
+    word: on BPE and SentencePiece tokenizers the answer's first token is therefore *not* labelled, as in the
+    reference (its comment calls this a tokenization mismatch). ``loss_convention='unpact_v1'`` and the findings'
+    LP keep every answer token.
 * raw text (``fmt='raw'``, MUSE's passages and MIA sets): the continuation after the prefix, no EOS
   (``preprocess_pretraining_instance``).
 
@@ -21,31 +29,46 @@ from typing import Any
 from unpact_mech.probes import ProbeError, TokenizedProbe, chat_text, render_prompt
 
 
-def closing_ids(tokenizer: Any, tp: TokenizedProbe) -> list[int]:
-    """The labelled tokens open-unlearning puts after a QA answer: the chat template's text after the assistant
-    answer (``apply_chat_template(..., add_generation_prompt=False)`` minus the rendered prompt and the answer),
-    then EOS unless the sequence already ends with it."""
-    tail: list[int] = []
+def _ids(tokenizer: Any, text: str, special: bool) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+
+
+def reference_sequence(tokenizer: Any, tp: TokenizedProbe) -> tuple[list[int], int]:
+    """open-unlearning's ``(input_ids, len(prompt_ids))`` of a QA probe (module docstring): labels are
+    ``input_ids[len(prompt_ids):]``."""
+    p = tp.probe
+    prompt = render_prompt(tokenizer, p.prompt, tp.format)[0]
     if tp.format == "chat":
-        prompt = render_prompt(tokenizer, tp.probe.prompt, "chat")[0]
-        full = chat_text(tokenizer, [("user", tp.probe.prompt), ("assistant", tp.probe.answer)], False)
-        at = full.find(tp.probe.answer, len(prompt)) if full.startswith(prompt) else -1
-        if at < 0:
+        full = chat_text(tokenizer, [("user", p.prompt), ("assistant", p.answer)], False)
+        if not full.startswith(prompt) or full.find(p.answer, len(prompt)) < 0:
             raise ProbeError(
-                f"probe '{tp.probe.id}': the chat template does not render the answer turn as the prompt followed by "
-                "the answer, so its closing tokens cannot be found; use fmt='plain' (to unlearn: or "
+                f"probe '{p.id}': the chat template does not render the answer turn as the prompt followed by "
+                "the answer, so its labelled tokens cannot be found; use fmt='plain' (to unlearn: or "
                 "loss_convention='unpact_v1', answer tokens only)")
-        tail = list(tokenizer(full[at + len(tp.probe.answer):], add_special_tokens=False)["input_ids"])
+        ids, prompt_ids = _ids(tokenizer, full, False), _ids(tokenizer, prompt, False)
+    else:
+        wrapped = prompt + " "  # asst_start_tag "Answer: "
+        ids, prompt_ids = _ids(tokenizer, wrapped + p.answer, True), _ids(tokenizer, wrapped, True)
     eos = getattr(tokenizer, "eos_token_id", None)
-    if eos is not None and (list(tp.ids) + tail)[-1] != eos:
-        tail.append(eos)
-    return tail
+    if eos is not None and ids[-1] != eos:
+        ids.append(eos)
+    return ids, len(prompt_ids)
 
 
 def labelled(tokenizer: Any, tp: TokenizedProbe) -> TokenizedProbe:
-    """``tp`` with open-unlearning's labelled tokens as its answer span: the answer plus :func:`closing_ids` for
-    QA formats, the answer alone for raw text."""
-    tail = [] if tp.format == "raw" else closing_ids(tokenizer, tp)
-    if not tail:
+    """``tp`` as open-unlearning feeds it, with its labelled tokens as the answer span (:func:`reference_sequence`);
+    raw text unchanged. Positions (attributable, words, fact tokens) stay where the two tokenizations agree: the
+    fact tokens keep the answer's first token even where it is not labelled."""
+    if tp.format == "raw":
         return tp
-    return replace(tp, ids=tp.ids + tuple(tail), tokens=tp.tokens + tuple(tokenizer.convert_ids_to_tokens(tail)))
+    ids, n = reference_sequence(tokenizer, tp)
+    if tuple(ids) == tp.ids and n == tp.prompt_len:
+        return tp
+    same = next((i for i, (a, b) in enumerate(zip(ids, tp.ids)) if a != b), min(len(ids), len(tp.ids)))
+    keep = min(same, n)
+    facts = tuple(i for i in tp.fact_positions if i < same)
+    return replace(tp, ids=tuple(ids), prompt_len=n,
+                   tokens=tp.tokens[:same] + tuple(tokenizer.decode([t]) for t in ids[same:]),
+                   attributable=tuple(i for i in tp.attributable if i < keep),
+                   words=tuple((w, pos) for w, pos in tp.words if all(i < keep for i in pos)),
+                   fact_positions=facts or tuple(range(n, len(ids))))

@@ -2,9 +2,10 @@
 
 Which QA tokens carry a label depends on ``loss_convention``:
 
-* ``"open_unlearning"`` (default): the answer, then the chat template's closing tokens of the assistant turn,
-  then EOS unless the sequence already ends with it (:mod:`unpact_mech.probes.labels`, the same tokens the
-  open-unlearning metrics score). The plain format has no closing tag, so it labels the answer and EOS.
+* ``"open_unlearning"`` (default): the sequence and labels of ``preprocess_chat_instance``
+  (:func:`unpact_mech.probes.labels.reference_sequence`, the same tokens the open-unlearning metrics score): the
+  answer, the chat template's closing tokens and EOS; in the plain format the answer but its first token (joined
+  to the prompt's trailing space, as in the reference), then EOS.
 * ``"unpact_v1"``: the answer tokens only (this toolkit's first form).
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 
 from unpact_mech.probes import Probe, tokenize_probe
-from unpact_mech.probes.labels import closing_ids
+from unpact_mech.probes.labels import labelled
 from unpact_mech.unlearning.config import UnlearningError
 from unpact_mech.unlearning.losses import Batch, check_convention
 
@@ -41,10 +42,10 @@ def qa_example(tokenizer: Any, probe: Probe, fmt: str = "auto", answer: str | No
     check_convention(convention)
     p = probe if answer is None else replace(probe, answer=answer, fact=None)
     tp = tokenize_probe(tokenizer, p, fmt)
-    tail = closing_ids(tokenizer, tp) if convention == "open_unlearning" else []
-    labels = [-100] * tp.prompt_len + list(tp.answer_ids) + tail
-    content = tuple(tp.attributable) + tuple(range(tp.prompt_len, len(tp.ids)))
-    return Example(list(tp.ids) + tail, labels, tp.fact_positions, content)
+    lab = labelled(tokenizer, tp) if convention == "open_unlearning" else tp
+    labels = [-100] * lab.prompt_len + list(lab.answer_ids)
+    content = tuple(lab.attributable) + tuple(range(tp.prompt_len, min(len(tp.ids), len(lab.ids))))
+    return Example(list(lab.ids), labels, lab.fact_positions, content)
 
 
 def text_example(tokenizer: Any, text: str, max_len: int = 256) -> Example:
