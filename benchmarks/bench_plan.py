@@ -4,7 +4,8 @@ Each case runs in a fresh subprocess: load the model, one short forward (so ever
 the work. Measured: the peak resident set size during the work (``core.meter.measure``, import baseline and
 weights included) and its wall seconds, and apart the peak while loading (``ru_maxrss`` before the work), which
 the plan's load step predicts. The plan is computed from config.json and the tokenized probes alone. A
-randomly initialised model (``--model random-1b``: Llama-3.2-1B's shape, SmolLM2's tokenizer) knows no facts; only
+randomly initialised model (``--model random-1b``, made by ``scripts/make_random_model.py random-1b``: Llama-3.2-1B's
+shape, SmolLM2's tokenizer) knows no facts; only
 its memory and time mean anything.
 
     python benchmarks/bench_plan.py [--model smollm2-135m] [--dtype float32] [--cases score:2048,loo:300,...]

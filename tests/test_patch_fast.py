@@ -16,9 +16,14 @@ TOL = 1e-5
 
 def perturbed_pair(directory, tmp_path_factory, scale=0.3):
     """(base, "unlearned"): the model at ``directory`` and a copy with every matrix perturbed."""
-    from transformers import AutoModelForCausalLM
-
     from unpact_mech.model.loading import load_model
+
+    return load_model(str(directory)), load_model(str(perturbed_dir(directory, tmp_path_factory, scale)))
+
+
+def perturbed_dir(directory, tmp_path_factory, scale=0.3):
+    """A copy of the model at ``directory`` with every matrix perturbed by ``scale`` of its std (seed 1)."""
+    from transformers import AutoModelForCausalLM
 
     out = tmp_path_factory.mktemp(f"{directory.name}_perturbed")
     hf = AutoModelForCausalLM.from_pretrained(directory)
@@ -31,7 +36,7 @@ def perturbed_pair(directory, tmp_path_factory, scale=0.3):
     for f in directory.iterdir():
         if "token" in f.name:
             shutil.copy(f, out / f.name)
-    return load_model(str(directory)), load_model(str(out))
+    return out
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2", "gemma2"])

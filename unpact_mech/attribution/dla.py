@@ -61,6 +61,11 @@ class Decomposition:
         return self.embed + self.heads.sum((0, 1)) + self.attn_bias.sum(0) + self.mlp.sum(0) + self.unembed_bias
 
 
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for 16-bit weights, else the weights' own dtype."""
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
 def _is_ln(cfg: Any) -> bool:
     return str(getattr(cfg, "normalization_type", "RMS")).upper().startswith("LN")
 
@@ -152,18 +157,21 @@ def _decompose(subject: Subject, tp: TokenizedProbe, target: Target, with_paths:
     W_U = b.W_U  # [d_model, vocab]
     b_U = _maybe_bias(b.unembed, "b_U")
     g, b_ln = final_norm_affine(subject, cache, qpos)
+    work = _work_dtype(W_U.dtype)  # the sums below in float32 for bf16/fp16 models (as transformers' norms do)
+    g, b_ln = g.to(work), None if b_ln is None else b_ln.to(work)
+    b_U = None if b_U is None else b_U.to(work)
     transform = OutputTransform.from_config(subject.backend.config)
     if transform.softcap is not None:
         raise UnpactError(f"direct logit attribution of '{subject.name}' is not supported: its final logits are "
                           "soft-capped (tanh), which is not linear in the components")
-    lg = logits[0, qpos]  # [T, vocab]
+    lg = logits[0, qpos].to(work)  # [T, vocab]
     lg = lg - lg.mean(-1, keepdim=True)
     alt: list[int] = []
-    u_mean = W_U.mean(1)  # [d_model]
+    u_mean = W_U.mean(1, dtype=work)  # [d_model], without a float32 copy of W_U
 
     def direction(ids: Tensor) -> tuple[Tensor, Tensor]:
         """(g * u, b_ln . u + centred b_U) for each token id, times the logit scale."""
-        u = W_U[:, ids] - u_mean[:, None]  # [d_model, T]
+        u = W_U[:, ids].to(work) - u_mean[:, None]  # [d_model, T]
         bias = b_ln @ u if b_ln is not None else torch.zeros(len(ids), device=dev, dtype=lg.dtype)
         if b_U is not None:
             bias = bias + b_U[ids] - b_U.mean()
@@ -181,16 +189,16 @@ def _decompose(subject: Subject, tp: TokenizedProbe, target: Target, with_paths:
         total = total - lg.gather(1, alt_t[:, None])[:, 0]
     if _is_ln(cfg):  # (x - mean x) . u == x . (u - mean u)
         U = U - U.mean(0, keepdim=True)
-    scale = cache[act_name("ln_final_scale")][0, qpos, 0]  # [T]
+    scale = cache[act_name("ln_final_scale")][0, qpos, 0].to(work)  # [T]
 
     def direct(resid: Tensor) -> Tensor:  # resid [pos, d_model] -> [T]
-        return (resid[qpos] * U.T).sum(-1) / scale
+        return (resid[qpos].to(work) * U.T).sum(-1) / scale
 
     embed = direct(cache[act_name("embed")][0])
     if act_name("pos_embed") in cache:
         embed = embed + direct(cache[act_name("pos_embed")][0])
     W_O = b.W_O  # [layer, head, d_head, d_model]
-    WOU = None if post else torch.einsum("lhdm,mt->lhdt", W_O, U)  # answer direction folded into W_O
+
     T, dt = len(tgt), lg.dtype
     heads = torch.empty(n_layers, n_heads, T, device=dev, dtype=dt)
     attn_bias = torch.zeros(n_layers, T, device=dev, dtype=dt)
@@ -199,8 +207,8 @@ def _decompose(subject: Subject, tp: TokenizedProbe, target: Target, with_paths:
     kv_of = torch.arange(n_heads, device=dev) // (n_heads // n_kv)
     for layer in range(n_layers):
         u_l, s_q = U, scale  # the answer direction seen by this layer's attention output; divisor per answer row
-        if WOU is not None:
-            wou = WOU[layer]  # W_O folded with the answer direction
+        if not post:
+            wou = torch.einsum("hdm,mt->hdt", W_O[layer].to(work), U)  # W_O folded with the answer direction
         else:  # post-attention norm frozen: head outputs pass x -> x * g_post / scale_post[q]
             g_post, b_post = norm_affine(subject, b.blocks[layer].ln1_post._original_component,
                                          cache[act_name("ln1_post_normalized", layer)][0, qpos],
@@ -208,18 +216,19 @@ def _decompose(subject: Subject, tp: TokenizedProbe, target: Target, with_paths:
             if b_post is not None:
                 raise UnpactError(f"direct logit attribution of '{subject.name}' is not supported: its "
                                   "post-attention norm has a bias")
-            u_l, s_q = g_post[:, None] * U, scale * cache[act_name("ln1_post_scale", layer)][0, qpos, 0]
-            wou = torch.einsum("hdm,mt->hdt", W_O[layer], u_l)
-        z = cache[act_name("z", layer)][0, qpos]  # [T, head, d_head]
+            u_l = g_post.to(work)[:, None] * U
+            s_q = scale * cache[act_name("ln1_post_scale", layer)][0, qpos, 0].to(work)
+            wou = torch.einsum("hdm,mt->hdt", W_O[layer].to(work), u_l)
+        z = cache[act_name("z", layer)][0, qpos].to(work)  # [T, head, d_head]
         heads[layer] = torch.einsum("thd,hdt->ht", z, wou) / s_q
         bo = _maybe_bias(b.blocks[layer].attn, "b_O")
         if bo is not None:
-            attn_bias[layer] = (bo[None] * u_l.T).sum(-1) / s_q
+            attn_bias[layer] = (bo.to(work)[None] * u_l.T).sum(-1) / s_q
         mlp[layer] = direct(cache[act_name("mlp_out", layer)][0])
         if paths is not None:
-            v = cache[act_name("v", layer)][0][:, kv_of]  # [src, head, d_head]
+            v = cache[act_name("v", layer)][0][:, kv_of].to(work)  # [src, head, d_head]
             vu = torch.einsum("shd,hdt->hts", v, wou)  # value . (W_O u) per source
-            pat = cache[act_name("pattern", layer)][0][:, qpos]  # [head, T, src]
+            pat = cache[act_name("pattern", layer)][0][:, qpos].to(work)  # [head, T, src]
             paths[layer] = pat * vu / s_q[None, :, None]
     return Decomposition(tp, target, alt, embed, heads, attn_bias, mlp, ub, total, paths)
 
