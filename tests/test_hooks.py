@@ -203,6 +203,30 @@ def test_per_row_positions_need_one_list_per_row(tiny_llama, tps):
     assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_embedding_scaling_is_scaled_input_embeddings_in_plain_transformers(tiny_llama, tps):
+    """Both forms of ``scale_embedding`` (one position list, and one per batch row) against plain transformers
+    fed ``embed(ids) * s``, with s the factor at the given positions and 1 elsewhere, written out here."""
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(tiny_llama.source).eval()
+    tp = tps[0]
+    ids = torch.tensor([tp.ids, tp.ids])
+    rows, factor = [[1, 3], [2]], 5.0
+    with torch.no_grad():
+        emb = hf.get_input_embeddings()(ids)
+        s = torch.ones(2, ids.shape[1], 1)
+        for r, ps in enumerate(rows):
+            s[r, ps] = factor
+        want = hf(inputs_embeds=emb * s).logits
+        got = tiny_llama.bridge.run_with_hooks(ids, fwd_hooks=scale_embedding(rows, factor))
+        assert torch.allclose(got, want, atol=1e-5) and not torch.allclose(got[0], got[1], atol=1e-3)
+        s[1] = 1.0
+        s[1, [1, 3]] = torch.tensor([2.0, 7.0])[:, None]
+        want = hf(inputs_embeds=emb * s).logits[1]
+        got = tiny_llama.bridge.run_with_hooks(ids[1:], fwd_hooks=scale_embedding([1, 3], [2.0, 7.0]))[0]
+        assert torch.allclose(got, want, atol=1e-5)
+
+
 @pytest.mark.slow  # a naive emphasis loop over every probe, factor and draw
 def test_recovery_rates_equal_naive_emphasis_loop(tiny_llama, tiny_probes, tmp_path):
     """recovery(): its rates on eligible probes == emphasising each probe alone and counting by hand."""
