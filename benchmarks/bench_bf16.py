@@ -23,16 +23,6 @@ from unpact_mech.evals.loaders import load_benchmark  # noqa: E402
 from unpact_mech.model.loading import load_model, on_disk  # noqa: E402
 
 
-class _Tmp:
-    def __init__(self, root: str) -> None:
-        self.root = Path(root)
-
-    def mktemp(self, name: str) -> Path:
-        p = self.root / name
-        p.mkdir()
-        return p
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -46,7 +36,7 @@ def main() -> None:
     load_model(a.model)  # a built-in model is built into the cache on first use
     base = Path(on_disk(a.model))
     with tempfile.TemporaryDirectory() as tmp:
-        unl = perturbed_dir(base, _Tmp(tmp), 0.3)
+        unl = perturbed_dir(base, Path(tmp), 0.3)
         r = _ratios(base, unl, load_benchmark("facts")[: a.probes], "auto", a.patch_probes, dla=not a.no_dla,
                     layers=[int(x) for x in a.layers.split(",")], attn=a.attn)
     print(json.dumps({"model": a.model, "attn": a.attn, **{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}}))

@@ -124,7 +124,7 @@ def hf_greedy(model, prompt, n: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def pair_dirs(tiny_llama_dir, tmp_path_factory):
-    return tiny_llama_dir, perturbed_dir(tiny_llama_dir, tmp_path_factory, 0.3)
+    return tiny_llama_dir, perturbed_dir(tiny_llama_dir, tmp_path_factory.mktemp("tiny_perturbed"), 0.3)
 
 
 def _ratios(base_dir, unl_dir, probes, fmt, n_patch: int, dla: bool = True, layers=None,

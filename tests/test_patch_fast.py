@@ -18,14 +18,14 @@ def perturbed_pair(directory, tmp_path_factory, scale=0.3):
     """(base, "unlearned"): the model at ``directory`` and a copy with every matrix perturbed."""
     from unpact_mech.model.loading import load_model
 
-    return load_model(str(directory)), load_model(str(perturbed_dir(directory, tmp_path_factory, scale)))
+    out = tmp_path_factory.mktemp(f"{directory.name}_perturbed")
+    return load_model(str(directory)), load_model(str(perturbed_dir(directory, out, scale)))
 
 
-def perturbed_dir(directory, tmp_path_factory, scale=0.3):
-    """A copy of the model at ``directory`` with every matrix perturbed by ``scale`` of its std (seed 1)."""
+def perturbed_dir(directory, out, scale=0.3):
+    """``out``: a copy of the model at ``directory`` with every matrix perturbed by ``scale`` of its std (seed 1)."""
     from transformers import AutoModelForCausalLM
 
-    out = tmp_path_factory.mktemp(f"{directory.name}_perturbed")
     hf = AutoModelForCausalLM.from_pretrained(directory)
     torch.manual_seed(1)
     with torch.no_grad():

@@ -198,7 +198,6 @@ def _decompose(subject: Subject, tp: TokenizedProbe, target: Target, with_paths:
     if act_name("pos_embed") in cache:
         embed = embed + direct(cache[act_name("pos_embed")][0])
     W_O = b.W_O  # [layer, head, d_head, d_model]
-
     T, dt = len(tgt), lg.dtype
     heads = torch.empty(n_layers, n_heads, T, device=dev, dtype=dt)
     attn_bias = torch.zeros(n_layers, T, device=dev, dtype=dt)

@@ -41,7 +41,9 @@ from unpact_mech.evals.loaders import Passage
 from unpact_mech.evals.metrics import mean_row, rouge_l_f1
 from unpact_mech.evals.ou_metrics import extraction_strength_of, mia_auc, min_k, privleak
 from unpact_mech.model.subject import Subject
-from unpact_mech.probes import Probe, chat_text, tokenize_probes
+from unpact_mech.probes import Probe, tokenize_probes
+from unpact_mech.probes.labels import reference_ids
+from unpact_mech.probes.labels import tag_text as qa_text
 from unpact_mech.scoring import greedy_batch, score_sequences, stop_token_ids
 
 CONVENTIONS = ("open-unlearning", "muse", "unpact_v1")
@@ -74,33 +76,14 @@ def _decode(tokenizer: Any, ids: Sequence[int]) -> str:
     return str(tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=True))
 
 
-def qa_text(question: str, shots: Sequence[tuple[str, str]] = ()) -> str:
-    """``Question: q\\nAnswer: a\\n\\n`` per in-context example, then ``Question: question\\nAnswer: ``."""
-    return "".join(f"Question: {q}\nAnswer: {a}\n\n" for q, a in shots) + f"Question: {question}\nAnswer: "
-
-
-def _chat(tokenizer: Any, turns: list[tuple[str, str]], generation_prompt: bool) -> list[int]:
-    """``apply_chat_template(..., tokenize=True)``: the rendered text encoded without added special tokens."""
-    return list(tokenizer(chat_text(tokenizer, turns, generation_prompt), add_special_tokens=False)["input_ids"])
-
-
 def knowmem_inputs(tokenizer: Any, question: str, answer: str, shots: Sequence[tuple[str, str]] = (),
                    convention: str = "open-unlearning") -> tuple[list[int], str]:
     """(prompt ids, gold answer) of one KnowMem question with ``shots`` (question, answer) before it."""
     check_convention(convention, ("open-unlearning", "muse"))
-    chat = convention == "open-unlearning" and bool(getattr(tokenizer, "chat_template", None))
-    if not chat:
-        text = qa_text(question, shots)
-        prompt = _ids(tokenizer, text)
-        if convention == "muse":
-            return prompt, answer
-        full = _ids(tokenizer, text + answer)
-    else:
-        turns = [m for q, a in (*shots, (question, answer)) for m in (("user", q), ("assistant", a))]
-        prompt, full = _chat(tokenizer, turns[:-1], True), _chat(tokenizer, turns, False)
-    eos = getattr(tokenizer, "eos_token_id", None)
-    if eos is not None and full[-1] != eos:
-        full.append(eos)
+    if convention == "muse":
+        return _ids(tokenizer, qa_text(question, shots)), answer
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    full, prompt = reference_ids(tokenizer, [*shots, (question, answer)], chat)
     return prompt, _decode(tokenizer, full).replace(_decode(tokenizer, prompt), "").strip()
 
 

@@ -23,35 +23,55 @@ is a real answer token.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from unpact_mech.probes import ProbeError, TokenizedProbe, chat_text, render_prompt
+from unpact_mech.probes import PLAIN_TEMPLATE, ProbeError, TokenizedProbe, chat_text
 
 
 def _ids(tokenizer: Any, text: str, special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
-def reference_sequence(tokenizer: Any, tp: TokenizedProbe) -> tuple[list[int], int]:
-    """open-unlearning's ``(input_ids, len(prompt_ids))`` of a QA probe (module docstring): labels are
-    ``input_ids[len(prompt_ids):]``."""
-    p = tp.probe
-    prompt = render_prompt(tokenizer, p.prompt, tp.format)[0]
-    if tp.format == "chat":
-        full = chat_text(tokenizer, [("user", p.prompt), ("assistant", p.answer)], False)
-        if not full.startswith(prompt) or full.find(p.answer, len(prompt)) < 0:
+def tag_text(question: str, shots: Sequence[tuple[str, str]] = ()) -> str:
+    """The prompt text of open-unlearning's tag configs (``configs/model/Llama-2-7b-hf.yaml``: ``Question: `` /
+    ``\\n`` / ``Answer: `` / ``\\n\\n``), also MUSE's ``metrics/knowmem.py`` format: ``Question: q\\nAnswer: a\\n\\n``
+    per in-context example, then ``Question: question\\nAnswer: ``."""
+    return "".join(f"Question: {q}\nAnswer: {a}\n\n" for q, a in shots) + PLAIN_TEMPLATE.format(prompt=question) + " "
+
+
+def reference_ids(tokenizer: Any, pairs: Sequence[tuple[str, str]], chat: bool, probe_id: str | None = None
+                  ) -> tuple[list[int], list[int]]:
+    """``preprocess_chat_instance``'s ``(chat_ids, prompt_ids)`` of the last (question, answer) pair, the earlier
+    pairs as in-context examples: the whole conversation tokenized at once, EOS appended unless last; labels are
+    ``chat_ids[len(prompt_ids):]``. ``chat``: the model's template (``apply_chat_template``); else
+    :func:`tag_text` with special tokens. With ``probe_id``, a chat template that does not render the answer turn
+    as the prompt followed by the answer is refused, naming the probe."""
+    question, answer = pairs[-1]
+    if chat:
+        turns = [m for q, a in pairs for m in (("user", q), ("assistant", a))]
+        full, prompt = chat_text(tokenizer, turns, False), chat_text(tokenizer, turns[:-1], True)
+        if probe_id is not None and (not full.startswith(prompt) or full.find(answer, len(prompt)) < 0):
             raise ProbeError(
-                f"probe '{p.id}': the chat template does not render the answer turn as the prompt followed by "
+                f"probe '{probe_id}': the chat template does not render the answer turn as the prompt followed by "
                 "the answer, so its labelled tokens cannot be found; use fmt='plain' (to unlearn: or "
                 "loss_convention='unpact_v1', answer tokens only)")
         ids, prompt_ids = _ids(tokenizer, full, False), _ids(tokenizer, prompt, False)
     else:
-        wrapped = prompt + " "  # asst_start_tag "Answer: "
-        ids, prompt_ids = _ids(tokenizer, wrapped + p.answer, True), _ids(tokenizer, wrapped, True)
+        text = tag_text(question, pairs[:-1])
+        ids, prompt_ids = _ids(tokenizer, text + answer, True), _ids(tokenizer, text, True)
     eos = getattr(tokenizer, "eos_token_id", None)
     if eos is not None and ids[-1] != eos:
         ids.append(eos)
+    return ids, prompt_ids
+
+
+def reference_sequence(tokenizer: Any, tp: TokenizedProbe) -> tuple[list[int], int]:
+    """open-unlearning's ``(input_ids, len(prompt_ids))`` of a QA probe (module docstring, :func:`reference_ids`):
+    labels are ``input_ids[len(prompt_ids):]``."""
+    ids, prompt_ids = reference_ids(tokenizer, [(tp.probe.prompt, tp.probe.answer)], tp.format == "chat",
+                                    tp.probe.id)
     return ids, len(prompt_ids)
 
 
